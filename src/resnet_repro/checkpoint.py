@@ -1,0 +1,99 @@
+"""Checkpoints that are either whole or recognisably not.
+
+Each checkpoint is ``ckpt-EEEE-SSSSSS.pt`` (epoch, step within the epoch) plus ``.pt.sha256`` holding the
+SHA-256 of the ``.pt``. Both are written to temp files, fsync'd and renamed, the checksum last; a reader
+trusts a checkpoint only if the checksum file exists and matches. Loading uses ``weights_only=True``, so a
+checkpoint can hold tensors and plain containers only, and no pickled code ever runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+_NAME = re.compile(r"^ckpt-(\d{4})-(\d{6})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_file(path: Path, state: dict) -> Path:
+    """Write ``state`` to ``path`` and its checksum to ``path.sha256``, each atomically, checksum last."""
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    _atomic_write(path, data)
+    _atomic_write(path.with_name(path.name + ".sha256"), (hashlib.sha256(data).hexdigest() + "\n").encode())
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)  # make the renames themselves durable
+    finally:
+        os.close(dfd)
+    return path
+
+
+def save(ckpt_dir: Path, state: dict, epoch: int, step: int, keep: int = 3) -> Path:
+    """Write ``state`` as the checkpoint for (epoch, step) and keep only the newest ``keep``."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = save_file(ckpt_dir / f"ckpt-{epoch:04d}-{step:06d}.pt", state)
+    for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Checkpoint files in (epoch, step) order, oldest first, whole or not."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.iterdir() if _NAME.match(p.name))
+
+
+def load(path: Path, map_location="cpu") -> dict:
+    """Load one checkpoint, verifying its checksum; raises CheckpointError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: file not found")
+    data = path.read_bytes()
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.is_file():
+        want = sidecar.read_text().strip()
+        if hashlib.sha256(data).hexdigest() != want:
+            raise CheckpointError(f"checkpoint {path}: SHA-256 does not match {sidecar.name} (torn or corrupt file)")
+    else:
+        raise CheckpointError(f"checkpoint {path}: no {sidecar.name}; the write did not complete")
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged zip/pickle
+        raise CheckpointError(f"checkpoint {path}: cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"checkpoint {path}: not a resnet-repro checkpoint (no 'model' entry)")
+    return state
+
+
+def load_latest(ckpt_dir: Path, map_location="cpu") -> tuple[Path, dict] | None:
+    """The newest whole checkpoint, skipping torn ones with a warning; None if there is none."""
+    for path in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            return path, load(path, map_location)
+        except CheckpointError as e:
+            print(f"warning: skipping {e}", file=sys.stderr)
+    return None

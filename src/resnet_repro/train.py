@@ -1,0 +1,307 @@
+"""Training, read top to bottom: data -> model -> optimizer -> epochs -> precise BN -> evaluation -> results.
+
+One process::
+
+    resnet-repro train --config configs/fashion_mnist/resnet20.yaml --out runs/fm
+
+One node with 8 GPUs (per-device batch x 8 = global batch)::
+
+    torchrun --nproc-per-node 8 -m resnet_repro train --config configs/imagenet/resnet50_seed.yaml --out runs/r50
+
+Several nodes: the same on every node with ``--nnodes M --rdzv-backend c10d --rdzv-endpoint HOST:PORT``.
+
+Files in RUN_DIR (rank 0 writes): config.yaml (resolved), metrics.jsonl (one object per epoch),
+checkpoints/ (complete state, see checkpoint.py), results.json and model.safetensors at the end.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import __version__, checkpoint, dist
+from .config import Config, save_config
+from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry
+from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
+from .data.records import RecordReader
+from .evaluate import evaluate, topk_correct
+from .models.resnet import build_model
+from .precise_bn import update_bn_stats
+from .schedule import lr_factor
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def pick_device(name: str, env: dist.DistEnv) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        torch.cuda.set_device(env.local_rank)
+        return torch.device("cuda", env.local_rank)
+    return torch.device(name)
+
+
+def autocast_for(precision: str, device: torch.device):
+    """A zero-argument context factory for the run's precision ("auto": bf16 on CUDA, fp32 on CPU)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext, precision
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return (lambda: torch.autocast(device.type, dtype=dtype)), precision
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_wd_bn_bias: bool) -> list[dict]:
+    if not no_wd_bn_bias:
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)  # BN gamma/beta and biases are the 1-d parameters
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class StopRequest:
+    """SIGTERM / SIGUSR1 (cluster preemption) ask the loop to checkpoint at the next step and exit cleanly."""
+
+    def __init__(self):
+        self.signum = None
+        for s in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __bool__(self):
+        return self.signum is not None
+
+
+def _rank_seed_state() -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
+    out = Path(out)
+    t_start = time.time()
+
+    # --- Processes and device -------------------------------------------------------------------------
+    device_kind = "cuda" if (cfg.train.device == "auto" and torch.cuda.is_available()) else cfg.train.device
+    env = dist.init("cuda" if device_kind == "cuda" else "cpu")
+    device = pick_device(cfg.train.device, env)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.train.deterministic
+    autocast, precision = autocast_for(cfg.train.precision, device)
+    log = print if env.is_main else (lambda *a, **k: None)
+
+    # --- Data -------------------------------------------------------------------------------------------
+    train_reader = RecordReader(cfg.data.path, cfg.data.train_split)
+    val_reader = RecordReader(cfg.data.path, cfg.data.val_split)
+    manifest = train_reader.manifest
+    channels = manifest["image"]["channels"]
+    stored = manifest["image"]["height"]
+    num_classes = cfg.model.num_classes or len(manifest["classes"])
+    train_ds = BatchDataset(train_reader, TrainGeometry(cfg.data, stored), channels, cfg.train.seed, train=True)
+    val_ds = BatchDataset(val_reader, EvalGeometry(cfg.data, stored), channels, cfg.train.seed, train=False)
+    to_device = DeviceTransform(cfg.data, channels, device, cfg.train.channels_last)
+    global_batch = cfg.data.batch_size * env.world
+    steps_per_epoch = len(train_reader) // global_batch
+    if steps_per_epoch == 0:
+        raise TrainingError(f"{cfg.data.path}: {len(train_reader)} training samples is fewer than one global "
+                            f"batch ({cfg.data.batch_size} x {env.world} processes)")
+    pin = device.type == "cuda"
+
+    def batches(ds, jobs, workers):
+        return DevicePrefetcher(make_loader(ds, jobs, workers, pin), device, to_device)
+
+    def val_batches():
+        jobs = [Job(0, s, idx) for s, idx in
+                enumerate(eval_batch_indices(len(val_reader), cfg.data.eval_batch_size, env.rank, env.world))]
+        return batches(val_ds, jobs, cfg.data.workers)
+
+    # --- Model and optimizer ----------------------------------------------------------------------------
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = build_model(cfg.model.name, num_classes, cfg.model.in_channels or channels,
+                        cfg.model.zero_init_residual, cfg.model.stride_in_3x3).to(device, memory_format=memory_format)
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if env.world > 1 else model
+    # Linear scaling rule: the recipe's LR is quoted at global batch `lr_batch` (256 in the reference).
+    peak_lr = cfg.optim.lr * global_batch / cfg.optim.lr_batch
+    optimizer = torch.optim.SGD(param_groups(model, cfg.optim.weight_decay, cfg.optim.no_wd_bn_bias), lr=peak_lr,
+                                momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
+                                foreach=device.type == "cuda" or None)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    log(f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters; device {device}, "
+        f"precision {precision}, {env.world} process(es); global batch {global_batch} = {cfg.data.batch_size} x "
+        f"{env.world}; peak lr {peak_lr:g} = {cfg.optim.lr:g} x {global_batch}/{cfg.optim.lr_batch}")
+
+    # --- Run folder and resume --------------------------------------------------------------------------
+    ckpt_dir = out / "checkpoints"
+    start_epoch, start_step = 0, 0
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    if resume:
+        found = checkpoint.load_latest(ckpt_dir) if resume == "auto" else (Path(resume), checkpoint.load(resume))
+        if found is None:
+            log(f"--resume auto: no checkpoint in {ckpt_dir}; starting from scratch")
+        else:
+            path, state = found
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            start_epoch, start_step = state["epoch"], state["step"]
+            rng = state["rng"][env.rank] if env.rank < len(state["rng"]) else state["rng"][0]
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            log(f"resumed from {path} at epoch {start_epoch} step {start_step}")
+
+    def save_checkpoint(epoch: int, step: int) -> None:
+        rng_states = [None] * env.world
+        if env.world > 1:
+            torch.distributed.all_gather_object(rng_states, _rank_seed_state())
+        else:
+            rng_states = [_rank_seed_state()]
+        if env.is_main:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                     "epoch": epoch, "step": step, "rng": rng_states, "config": cfg.to_dict(),
+                     "version": __version__, "classes": manifest["classes"],
+                     "class_names": manifest.get("class_names", manifest["classes"]), "in_channels": channels}
+            checkpoint.save(ckpt_dir, state, epoch, step, keep=cfg.train.keep_checkpoints)
+        dist.barrier()
+
+    # --- Epochs -----------------------------------------------------------------------------------------
+    stop = StopRequest()
+    last_ckpt_time = time.time()
+    epochs = cfg.train.epochs
+    metrics_path = out / "metrics.jsonl"
+    for epoch in range(start_epoch, epochs):
+        jobs = [Job(epoch, s, idx) for s, idx in enumerate(
+            train_batch_indices(len(train_reader), cfg.data.batch_size, cfg.train.seed, epoch, env.rank, env.world))]
+        first = start_step if epoch == start_epoch else 0
+        model.train()
+        # Running sums on the device (no host sync per step): [loss x n, top-1 correct, samples, bad samples].
+        sums = torch.zeros(4, dtype=torch.float64, device=device)
+        t_epoch = t_log = time.time()
+        wait = wait_log = 0.0
+        seen_log = 0
+        step = first
+        it = iter(batches(train_ds, jobs[first:], cfg.data.workers))
+        while True:
+            t0 = time.time()
+            try:
+                x, y, bad = next(it)
+            except StopIteration:
+                break
+            wait += time.time() - t0
+            for group in optimizer.param_groups:
+                group["lr"] = peak_lr * lr_factor(cfg.schedule, epoch + step / steps_per_epoch, epochs)
+            with autocast():
+                logits = net(x)
+                loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            sums += torch.stack([loss.detach().double() * len(y), topk_correct(logits.detach(), y, (1,))[0].double(),
+                                 torch.tensor(float(len(y)), dtype=torch.float64, device=device),
+                                 torch.tensor(float(bad), dtype=torch.float64, device=device)])
+            seen_log += len(y)
+            if step % cfg.train.log_interval == 0 or step == steps_per_epoch:
+                loss_now = loss.item()  # the one host sync per log interval
+                if not math.isfinite(loss_now):
+                    raise TrainingError(f"non-finite loss {loss_now} at epoch {epoch} step {step}; the last good "
+                                        f"checkpoint in {ckpt_dir} is kept (lower the LR or check the data)")
+                now = time.time()
+                rate = seen_log * env.world / (now - t_log)
+                done = epoch * steps_per_epoch + step
+                total = epochs * steps_per_epoch
+                eta = (total - done) * global_batch / rate
+                log(f"epoch {epoch + 1}/{epochs} step {step}/{steps_per_epoch} lr {optimizer.param_groups[0]['lr']:.4g} "
+                    f"loss {loss_now:.4f} {rate:,.0f} img/s data-wait {100 * (wait - wait_log) / (now - t_log):.0f}% "
+                    f"ETA {_fmt_time(eta)}", flush=True)
+                t_log, wait_log, seen_log = now, wait, 0
+            minutes = (time.time() - last_ckpt_time) / 60
+            if stop or (cfg.train.checkpoint_interval_min and minutes >= cfg.train.checkpoint_interval_min):
+                save_checkpoint(epoch, step)
+                last_ckpt_time = time.time()
+                if stop:
+                    log(f"received signal {stop.signum}: checkpoint saved at epoch {epoch} step {step}; "
+                        f"continue with: resnet-repro train --config {out / 'config.yaml'} --out {out} --resume auto")
+                    dist.shutdown()
+                    return {"stopped": True, "epoch": epoch, "step": step}
+        seconds = time.time() - t_epoch
+        dist.all_reduce_sum(sums)
+        loss_sum, correct, n, bad = sums.tolist()
+        if not math.isfinite(loss_sum):
+            raise TrainingError(f"non-finite loss in epoch {epoch}; the last good checkpoint in {ckpt_dir} is kept")
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / max(n, 1),
+                  "train_top1_err": 100 * (1 - correct / max(n, 1)), "images_per_s": n / seconds,
+                  "data_wait_fraction": wait / seconds, "seconds": seconds, "bad_samples": int(bad)}
+        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs:
+            val = evaluate(net, val_batches(), device, autocast)
+            record.update(val_top1_err=val["top1_err"], val_top5_err=val["top5_err"], val_loss=val["loss"])
+        log(json.dumps(record))
+        if env.is_main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        save_checkpoint(epoch + 1, 0)
+        last_ckpt_time = time.time()
+
+    # --- Precise BN, final evaluation, results -----------------------------------------------------------
+    train_wall = time.time() - t_start
+    before = evaluate(net, val_batches(), device, autocast)
+    n_bn = cfg.train.precise_bn_batches
+    if n_bn > 0:
+        bn_jobs = [Job(epochs, s, idx) for s, idx in enumerate(train_batch_indices(
+            len(train_reader), cfg.data.batch_size, cfg.train.seed, epochs, env.rank, env.world)[:n_bn])]
+        used = update_bn_stats(model, batches(train_ds, bn_jobs, cfg.data.workers), n_bn, autocast)
+        after = evaluate(net, val_batches(), device, autocast)
+        log(f"precise BN over {used} batches x {global_batch}: val top-1 error {before['top1_err']:.2f}% -> "
+            f"{after['top1_err']:.2f}%")
+    else:
+        after = before
+    results = {"model": cfg.model.name, "dataset": manifest.get("dataset"), "epochs": epochs,
+               "top1_err": after["top1_err"], "top5_err": after["top5_err"],
+               "top1_err_before_precise_bn": before["top1_err"], "top5_err_before_precise_bn": before["top5_err"],
+               "precise_bn_batches": n_bn, "val_count": after["count"], "wall_s": time.time() - t_start,
+               "train_wall_s": train_wall, "images_per_s": epochs * steps_per_epoch * global_batch / train_wall,
+               "device": str(device), "precision": precision, "world_size": env.world, "version": __version__}
+    if env.is_main:
+        from .export import save_safetensors
+
+        save_safetensors(model, out / "model.safetensors", {"model": cfg.model.name, "classes": manifest["classes"]})
+        # Final weights (after precise BN) with what `evaluate` and `predict` need to rebuild the model.
+        checkpoint.save_file(out / "final.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
+                                                "classes": manifest["classes"], "in_channels": channels,
+                                                "class_names": manifest.get("class_names", manifest["classes"]),
+                                                "epoch": epochs, "step": 0, "version": __version__})
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+        log(json.dumps(results))
+    dist.barrier()
+    dist.shutdown()
+    return results
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
