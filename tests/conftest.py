@@ -1,0 +1,125 @@
+"""Shared helpers: small data sets the tests make themselves (record shards, IDX files), and the CLI in-process.
+
+Nothing here reads data/ or the network; every data set is built under pytest's tmp_path in well under a second.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from resnet_repro.data import records
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- Synthetic images: four texture classes that survive pad-crop and horizontal flip ----------------------------
+
+def texture_images(n: int, size: int, seed: int = 0, num_classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` grayscale images [n, size, size] uint8 and labels in [0, num_classes), classes balanced.
+
+    Class 0: horizontal stripes, 1: vertical stripes, 2: checkerboard, 3: flat grey; each with a random
+    phase and pixel noise. Textures (not positions) keep the classes apart under the paper's pad-crop + flip,
+    so a few epochs of ResNet-20 learn them.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % num_classes
+    rng.shuffle(labels)
+    yy, xx = np.mgrid[0:size, 0:size]
+    images = np.empty((n, size, size), np.uint8)
+    for i, c in enumerate(labels):
+        py, px = rng.integers(0, 4, size=2)
+        pattern = {0: ((yy + py) // 2) % 2, 1: ((xx + px) // 2) % 2,
+                   2: (((yy + py) // 2) + ((xx + px) // 2)) % 2, 3: np.full((size, size), 0.5)}[int(c) % 4]
+        img = 40 + 170 * pattern + rng.normal(0, 12, (size, size))
+        images[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return images, labels.astype(np.int64)
+
+
+def png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    return buf.tobytes()
+
+
+def write_image_dataset(root: Path, splits: dict[str, int], size: int = 16, num_classes: int = 4, seed: int = 0,
+                        shards: int = 2) -> Path:
+    """A prepared data set folder (shards + manifest.json) in the layout `prepare` writes, of texture images."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for k, (split, n) in enumerate(splits.items()):
+        images, labels = texture_images(n, size, seed + k, num_classes)
+        samples = [records.Sample(f"{split}_{i:05d}", png(img), "png", int(lab))
+                   for i, (img, lab) in enumerate(zip(images, labels))]
+        entries[split] = records.write_split(root, split, samples, shards, seed + k)
+    records.write_manifest(root, {
+        "format": records.FORMAT, "dataset": "synthetic-textures",
+        "classes": [str(i) for i in range(num_classes)],
+        "image": {"height": size, "width": size, "channels": 1},
+        "encoding": {"ext": "png", "lossless": True}, "splits": entries})
+    return root
+
+
+@pytest.fixture(scope="session")
+def texture_data(tmp_path_factory) -> Path:
+    """256 training and 64 validation 16x16 texture images in 2 + 2 shards (shared, read-only)."""
+    return write_image_dataset(tmp_path_factory.mktemp("textures"), {"train": 256, "val": 64})
+
+
+# --- IDX files as Fashion-MNIST ships them -------------------------------------------------------------------
+
+def idx_bytes(array: np.ndarray, magic_dims: int | None = None) -> bytes:
+    """IDX encoding of a uint8 array: 00 00 08 <dims>, big-endian uint32 sizes, payload."""
+    dims = array.ndim if magic_dims is None else magic_dims
+    return bytes([0, 0, 8, dims]) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def write_gz(path: Path, raw: bytes) -> Path:
+    # mtime=0: the same content gives the same .gz bytes (the served files in the download tests).
+    path.write_bytes(gzip.compress(raw, mtime=0))
+    return path
+
+
+def write_fashion_mnist_src(src: Path, n_train: int = 12, n_test: int = 5, seed: int = 0) -> dict:
+    """The four Fashion-MNIST .gz files with a few random 28x28 images. Returns {file name: (array, sha256 of
+    the decompressed content)}."""
+    src = Path(src)
+    src.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte.gz": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    out = {}
+    for name, arr in arrays.items():
+        raw = idx_bytes(arr)
+        write_gz(src / name, raw)
+        out[name] = (arr, hashlib.sha256(raw).hexdigest())
+    return out
+
+
+# --- The command line, in-process ------------------------------------------------------------------------------
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(*argv) -> (exit code, stdout, stderr)`` through resnet_repro.cli.main, without a new interpreter."""
+    from resnet_repro.cli import main
+
+    def run(*argv):
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse usage errors
+            code = e.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
