@@ -1,0 +1,189 @@
+"""Test protocols (evaluate.py) on hand-made models whose scores can be worked out by hand."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from resnet_repro.config import DataConfig
+from resnet_repro.data import records
+from resnet_repro.data.augment import DeviceTransform, EvalGeometry
+from resnet_repro.data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader
+from resnet_repro.data.prepare import encode_png
+from resnet_repro.evaluate import (PAPER_SCALES, Protocol, evaluate, evaluate_protocols, five_crops, format_table,
+                                   make_protocol, score_images)
+from resnet_repro.models.resnet import build_model
+
+CPU = torch.device("cpu")
+
+
+def scale_transform(channels=1):
+    # normalize "scale": the model sees pixel / 255, so hand-made models read pixel values directly.
+    return DeviceTransform(DataConfig(normalize="scale", mean=[0.0] * channels, std=[1.0] * channels), channels, CPU,
+                           channels_last=False)
+
+
+def softmax(v):
+    e = np.exp(np.asarray(v, np.float64) - np.max(v))
+    return e / e.sum()
+
+
+class TopRow(nn.Module):
+    """Logits = 8 x the first row of the view (one class per column): which crop it saw is visible in the scores."""
+
+    def forward(self, x):
+        return 8 * x[:, 0, 0, :]
+
+
+class SizeAndLeftEdge(nn.Module):
+    """Logits = [height / 4, width / 4, 3 x mean of the left-most column]: the view's size and its mirroring."""
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        size = torch.tensor([h / 4, w / 4], dtype=x.dtype).expand(n, 2)
+        return torch.cat([size, 3 * x[:, 0, :, 0].mean(dim=1, keepdim=True)], dim=1)
+
+
+def test_five_crops_are_the_corners_and_the_centre():
+    img = np.arange(6 * 8, dtype=np.uint8).reshape(6, 8, 1)
+    tl, tr, bl, br, c = five_crops(img, 4)
+    np.testing.assert_array_equal(tl, img[0:4, 0:4])
+    np.testing.assert_array_equal(tr, img[0:4, 4:8])
+    np.testing.assert_array_equal(bl, img[2:6, 0:4])
+    np.testing.assert_array_equal(br, img[2:6, 4:8])
+    np.testing.assert_array_equal(c, img[1:5, 2:6])
+    with pytest.raises(ValueError, match="smaller than the crop"):
+        five_crops(img, 7)
+
+
+def test_ten_crop_averages_softmax_over_five_crops_and_their_mirrors():
+    small = (10 * np.arange(6)[:, None] + 3 * np.arange(8)[None, :]).astype(np.uint8)  # 6x8, all values distinct
+    # Stored at twice the size: shrinking back to shorter side 6 is an exact 2x2 block average (cv2 INTER_AREA),
+    # so the resized image is `small` again and the crops can be written down by hand.
+    img = np.repeat(np.repeat(small, 2, 0), 2, 1)[:, :, None]
+    protocol = Protocol("10crop", resize=6, crop=4)
+    (probs,) = score_images(TopRow(), [img], [protocol], scale_transform(), CPU)
+    # Top rows of the five crops of the 6x8 image: top-left, top-right, bottom-left, bottom-right, centre.
+    rows = [small[0, 0:4], small[0, 4:8], small[2, 0:4], small[2, 4:8], small[1, 2:6]]
+    rows += [r[::-1] for r in rows]  # the mirrored crops' top rows run backwards
+    expected = np.mean([softmax(8 * r / 255.0) for r in rows], axis=0)
+    assert protocol.views_per_image == 10
+    np.testing.assert_allclose(probs[0].numpy(), expected, rtol=1e-5)
+
+
+def test_single_and_flip_protocols():
+    small = (10 * np.arange(6)[:, None] + 3 * np.arange(8)[None, :]).astype(np.uint8)
+    img = small[:, :, None]
+    single, flip = Protocol("single", 0, 4), Protocol("flip", 0, 4)
+    p_single, p_flip = score_images(TopRow(), [img, img], [single, flip], scale_transform(), CPU)
+    centre = small[1, 2:6]
+    np.testing.assert_allclose(p_single[1].numpy(), softmax(8 * centre / 255.0), rtol=1e-5)
+    np.testing.assert_allclose(p_flip[0].numpy(),
+                               (softmax(8 * centre / 255.0) + softmax(8 * centre[::-1] / 255.0)) / 2, rtol=1e-5)
+
+
+def test_multiscale_runs_whole_images_at_each_scale_and_mirrors_them():
+    img = np.zeros((20, 30, 1), np.uint8)
+    img[:, 15:] = 255  # dark left half, bright right half: only a mirrored view has a bright left edge
+    protocol = Protocol("multiscale", resize=0, crop=0, scales=(8, 10, 16))
+    (probs,) = score_images(SizeAndLeftEdge(), [img, img], [protocol], scale_transform(), CPU)
+    # Shorter side 20 -> s keeps the aspect 3:2, so the whole image is s x 1.5s: 8x12, 10x15, 16x24.
+    expected = np.mean([softmax([h / 4, w / 4, 3 * edge]) for h, w in ((8, 12), (10, 15), (16, 24))
+                        for edge in (0.0, 1.0)], axis=0)
+    assert protocol.views_per_image == 6
+    np.testing.assert_allclose(probs.numpy(), np.stack([expected, expected]), rtol=1e-5)
+
+
+def test_multiscale_groups_views_of_different_images_by_size():
+    seen = []
+
+    class Record(nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return torch.zeros(len(x), 2)
+
+    wide, tall = np.zeros((20, 30, 1), np.uint8), np.zeros((30, 20, 1), np.uint8)
+    score_images(Record(), [wide, tall, wide], [Protocol("multiscale", 0, 0, (10,))], scale_transform(), CPU)
+    # One pass per distinct size, mirrors in the same pass: 2 wide images x 2, then 1 tall image x 2.
+    assert sorted(seen) == [(2, 1, 15, 10), (4, 1, 10, 15)]
+
+
+def test_fully_convolutional_scores_equal_the_forward_pass():
+    # Why multiscale can run the net unchanged: the classifier applied at every position of the last feature
+    # map and averaged over space gives the same scores as global average pooling followed by the classifier.
+    torch.manual_seed(0)
+    model = build_model("resnet20", 5, 1).eval()
+    x = torch.randn(2, 1, 40, 56)
+    with torch.no_grad():
+        features = model.stages(model.stem(x))
+        score_map = torch.einsum("bchw,kc->bkhw", features, model.fc.weight) + model.fc.bias.view(1, -1, 1, 1)
+        torch.testing.assert_close(score_map.mean(dim=(2, 3)), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_protocol_sizes_follow_the_run_and_the_paper():
+    imagenet = DataConfig(val_resize=256, val_size=224)
+    assert make_protocol("10crop", imagenet, None) == Protocol("10crop", 256, 224)
+    assert make_protocol("multiscale", imagenet, None).scales == PAPER_SCALES
+    small = DataConfig()  # Fashion-MNIST: keep the stored 28x28
+    assert make_protocol("single", small, 28) == Protocol("single", 0, 28)
+    assert make_protocol("multiscale", small, 28).scales == (28, 32, 48, 60, 80)
+    assert make_protocol("10crop", small, 28, resize=32).describe() == "shorter side 32, 4 corner + centre crops 28, + mirrors"
+    with pytest.raises(ValueError, match="unknown protocol"):
+        Protocol("12crop", 0, 28)
+
+
+# --- On prepared records -----------------------------------------------------------------------------------
+
+class PixelClassifier(nn.Module):
+    """Predicts class c when the image's mean pixel value is 20 c (images of label c are made that way)."""
+
+    def forward(self, x):
+        mean = x.mean(dim=(1, 2, 3)) * 255
+        return -(mean.view(-1, 1) - 20 * torch.arange(5.0).view(1, -1)).abs()
+
+
+def make_records(root, n=24, wrong_every=4):
+    samples = []
+    for i in range(n):
+        label = i % 5
+        shown = (label + 1) % 5 if i % wrong_every == 0 else label  # every 4th image shows another class
+        img = np.full((12, 12), 20 * shown, np.uint8)
+        samples.append(records.Sample(f"s{i:03d}", encode_png(img), "png", label))
+    split = records.write_split(root, "val", samples, 3, 0)
+    records.write_manifest(root, {"format": records.FORMAT, "dataset": "made", "classes": [str(c) for c in range(5)],
+                                  "image": {"height": 12, "width": 12, "channels": 1}, "splits": {"val": split}})
+    return records.RecordReader(root, "val")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_evaluate_protocols_counts_every_sample_once(tmp_path, workers):
+    reader = make_records(tmp_path)
+    protocols = [make_protocol(p, DataConfig(), 12, crop=8) for p in ("single", "flip", "10crop", "multiscale")]
+    results = evaluate_protocols(PixelClassifier(), reader, protocols, scale_transform(), CPU, batch_size=32,
+                                 workers=workers)
+    assert [r["protocol"] for r in results] == ["single", "flip", "10crop", "multiscale"]
+    for r in results:
+        assert r["count"] == 24
+        assert r["top1_correct"] == 18  # 6 of 24 images (i = 0, 4, ..., 20) show the wrong class
+        assert r["top1_err"] == pytest.approx(25.0)
+    table = format_table(results)
+    assert "10crop" in table and "25.00" in table
+    json.dumps(results)
+
+
+def test_single_protocol_matches_the_training_loops_val_pass(tmp_path):
+    reader = make_records(tmp_path, n=40, wrong_every=3)
+    torch.manual_seed(0)
+    model = build_model("resnet20", 5, 1).eval()
+    cfg = DataConfig(normalize="scale", mean=[0.0], std=[1.0], val_size=10, val_resize=11)
+    transform = DeviceTransform(cfg, 1, CPU)
+    ds = BatchDataset(reader, EvalGeometry(cfg, 12), 1, 0, train=False)
+    jobs = [Job(0, s, idx) for s, idx in enumerate(eval_batch_indices(len(reader), 16))]
+    old = evaluate(model, DevicePrefetcher(make_loader(ds, jobs, 0, False), CPU, transform), CPU)
+    (new,) = evaluate_protocols(model, reader, [make_protocol("single", cfg, 12)], transform, CPU, batch_size=16,
+                                workers=0)
+    assert new["top1_correct"] == old["top1_correct"] and new["top5_correct"] == old["top5_correct"]
+    assert new["loss"] == pytest.approx(old["loss"], rel=1e-4)
