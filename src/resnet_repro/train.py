@@ -35,8 +35,9 @@ from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices
 from .data.records import RecordReader
 from .evaluate import evaluate, topk_correct
 from .models.resnet import build_model
+from .ema import EMA
 from .precise_bn import update_bn_stats
-from .schedule import lr_factor
+from .schedule import lr_factor, schedule_position, train_image_size
 
 
 class TrainingError(RuntimeError):
@@ -164,6 +165,12 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
     if steps_per_epoch == 0:
         raise TrainingError(f"{cfg.data.path}: {len(train_reader)} training samples is fewer than one global "
                             f"batch ({cfg.data.batch_size} x {env.world} processes)")
+    # Run length: `train.max_steps` optimizer steps when set (recipes quoted in iterations), else whole epochs.
+    epochs = cfg.train.epochs
+    total_steps = epochs * steps_per_epoch
+    if cfg.train.max_steps:
+        total_steps = cfg.train.max_steps
+        epochs = -(-total_steps // steps_per_epoch)
     pin = device.type == "cuda"
 
     def batches(ds, jobs, workers):
@@ -189,6 +196,7 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
     step_net = torch.compile(net) if cfg.train.compile else net
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    ema = EMA(model, cfg.train.ema, cfg.train.ema_warmup) if cfg.train.ema else None
     log(f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters; device {device}, "
         f"precision {precision}, {env.world} process(es); global batch {global_batch} = {cfg.data.batch_size} x "
         f"{env.world}; peak lr {peak_lr:g} = {cfg.optim.lr:g} x {global_batch}/{cfg.optim.lr_batch}")
@@ -209,6 +217,12 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             start_epoch, start_step = state["epoch"], state["step"]
+            if ema is not None:
+                if "ema" in state:
+                    ema.load_state_dict(state["ema"])
+                else:
+                    ema = EMA(model, cfg.train.ema, cfg.train.ema_warmup)
+                    log(f"warning: {path} holds no EMA state; the EMA restarts from the resumed weights")
             rng = state["rng"][env.rank] if env.rank < len(state["rng"]) else state["rng"][0]
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] and torch.cuda.is_available():
@@ -226,17 +240,22 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
                      "epoch": epoch, "step": step, "rng": rng_states, "config": cfg.to_dict(),
                      "version": __version__, "classes": manifest["classes"],
                      "class_names": manifest.get("class_names", manifest["classes"]), "in_channels": channels}
+            if ema is not None:
+                state["ema"] = ema.state_dict()
             checkpoint.save(ckpt_dir, state, epoch, step, keep=cfg.train.keep_checkpoints)
         dist.barrier()
 
     # --- Epochs -----------------------------------------------------------------------------------------
     stop = StopRequest()
     last_ckpt_time = time.time()
-    epochs = cfg.train.epochs
     metrics_path = out / "metrics.jsonl"
+    tb = _tensorboard(out / "tensorboard") if cfg.train.tensorboard and env.is_main else None
     for epoch in range(start_epoch, epochs):
-        jobs = [Job(epoch, s, idx) for s, idx in enumerate(
-            train_batch_indices(len(train_reader), cfg.data.batch_size, cfg.train.seed, epoch, env.rank, env.world))]
+        size = train_image_size(cfg.data, epoch, stored)  # progressive resizing, else fixed
+        epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)  # the last may be partial
+        jobs = [Job(epoch, s, idx, size) for s, idx in enumerate(
+            train_batch_indices(len(train_reader), cfg.data.batch_size, cfg.train.seed, epoch, env.rank,
+                                env.world)[:epoch_steps])]
         first = start_step if epoch == start_epoch else 0
         model.train()
         sums = RunningSums(device)  # no host sync per step
@@ -252,13 +271,16 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
             except StopIteration:
                 break
             wait += time.time() - t0
+            progress, total = schedule_position(cfg.schedule, epoch, step, steps_per_epoch, total_steps)
             for group in optimizer.param_groups:
-                group["lr"] = peak_lr * lr_factor(cfg.schedule, epoch + step / steps_per_epoch, epochs)
+                group["lr"] = peak_lr * lr_factor(cfg.schedule, progress, total)
             loss, logits = train_step(step_net, x, y, criterion, optimizer, scaler, autocast)
+            if ema is not None:
+                ema.update(model)
             step += 1
             sums.add(loss, logits, y, bad)
             seen_log += len(y)
-            if step % cfg.train.log_interval == 0 or step == steps_per_epoch:
+            if step % cfg.train.log_interval == 0 or step == epoch_steps:
                 loss_now = loss.item()  # the one host sync per log interval
                 if not math.isfinite(loss_now):
                     raise TrainingError(f"non-finite loss {loss_now} at epoch {epoch} step {step}; the last good "
@@ -266,9 +288,11 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
                 now = time.time()
                 rate = seen_log * env.world / (now - t_log)
                 done = epoch * steps_per_epoch + step
-                total = epochs * steps_per_epoch
-                eta = (total - done) * global_batch / rate
-                log(f"epoch {epoch + 1}/{epochs} step {step}/{steps_per_epoch} lr {optimizer.param_groups[0]['lr']:.4g} "
+                eta = (total_steps - done) * global_batch / rate
+                if tb is not None:
+                    tb.add_scalar("train/loss_step", loss_now, done)
+                    tb.add_scalar("train/lr", optimizer.param_groups[0]["lr"], done)
+                log(f"epoch {epoch + 1}/{epochs} step {step}/{epoch_steps} lr {optimizer.param_groups[0]['lr']:.4g} "
                     f"loss {loss_now:.4f} {rate:,.0f} img/s data-wait {100 * (wait - wait_log) / (now - t_log):.0f}% "
                     f"ETA {_fmt_time(eta)}", flush=True)
                 t_log, wait_log, seen_log = now, wait, 0
@@ -287,14 +311,24 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
             raise TrainingError(f"non-finite loss in epoch {epoch}; the last good checkpoint in {ckpt_dir} is kept")
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / max(n, 1),
                   "train_top1_err": 100 * (1 - correct / max(n, 1)), "images_per_s": n / seconds,
-                  "data_wait_fraction": wait / seconds, "seconds": seconds, "bad_samples": int(bad)}
+                  "data_wait_fraction": wait / seconds, "seconds": seconds, "bad_samples": int(bad),
+                  "image_size": size}
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs:
             val = evaluate(net, val_batches(), device, autocast)
             record.update(val_top1_err=val["top1_err"], val_top5_err=val["top5_err"], val_loss=val["loss"])
+            if ema is not None:
+                val = evaluate(ema.module, val_batches(), device, autocast)
+                record.update(ema_val_top1_err=val["top1_err"], ema_val_top5_err=val["top5_err"],
+                              ema_val_loss=val["loss"])
         log(json.dumps(record))
         if env.is_main:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+        if tb is not None:
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    tb.add_scalar(f"epoch/{key}", value, epoch + 1)
+            tb.flush()
         save_checkpoint(epoch + 1, 0)
         last_ckpt_time = time.time()
 
@@ -311,26 +345,56 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
             f"{after['top1_err']:.2f}%")
     else:
         after = before
+    ema_results = {}
+    if ema is not None:
+        # The averaged weights get their own exact BN statistics (see ema.py), from the same batches.
+        ema_before = evaluate(ema.module, val_batches(), device, autocast)
+        if n_bn > 0:
+            update_bn_stats(ema.module, batches(train_ds, bn_jobs, cfg.data.workers), n_bn, autocast)
+            ema.module.eval()
+        ema_after = evaluate(ema.module, val_batches(), device, autocast) if n_bn > 0 else ema_before
+        ema_results = {"ema_decay": cfg.train.ema, "ema_top1_err": ema_after["top1_err"],
+                       "ema_top5_err": ema_after["top5_err"], "ema_top1_err_before_precise_bn": ema_before["top1_err"]}
+        log(f"EMA weights (decay {cfg.train.ema:g}): val top-1 error {ema_before['top1_err']:.2f}% -> "
+            f"{ema_after['top1_err']:.2f}% after precise BN")
     results = {"model": cfg.model.name, "dataset": manifest.get("dataset"), "epochs": epochs,
                "top1_err": after["top1_err"], "top5_err": after["top5_err"],
                "top1_err_before_precise_bn": before["top1_err"], "top5_err_before_precise_bn": before["top5_err"],
                "precise_bn_batches": n_bn, "val_count": after["count"], "wall_s": time.time() - t_start,
-               "train_wall_s": train_wall, "images_per_s": epochs * steps_per_epoch * global_batch / train_wall,
-               "device": str(device), "precision": precision, "world_size": env.world, "version": __version__}
+               "train_wall_s": train_wall, "steps": total_steps,
+               "images_per_s": (total_steps - start_epoch * steps_per_epoch - start_step) * global_batch / train_wall,
+               "device": str(device), "precision": precision, "world_size": env.world, "version": __version__,
+               **ema_results}
     if env.is_main:
         from .export import save_safetensors
 
         save_safetensors(model, out / "model.safetensors", {"model": cfg.model.name, "classes": manifest["classes"]})
+        if ema is not None:
+            save_safetensors(ema.module, out / "model_ema.safetensors",
+                             {"model": cfg.model.name, "classes": manifest["classes"], "ema_decay": cfg.train.ema})
         # Final weights (after precise BN) with what `evaluate` and `predict` need to rebuild the model.
         checkpoint.save_file(out / "final.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
                                                 "classes": manifest["classes"], "in_channels": channels,
                                                 "class_names": manifest.get("class_names", manifest["classes"]),
-                                                "epoch": epochs, "step": 0, "version": __version__})
+                                                "epoch": epochs, "step": 0, "version": __version__,
+                                                **({"model_ema": ema.module.state_dict()} if ema else {})})
         (out / "results.json").write_text(json.dumps(results, indent=1))
         log(json.dumps(results))
+    if tb is not None:
+        tb.close()
     dist.barrier()
     dist.shutdown()
     return results
+
+
+def _tensorboard(logdir: Path):
+    """A TensorBoard SummaryWriter (optional: `train.tensorboard: true`); metrics.jsonl stays the record."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise TrainingError(f"train.tensorboard is on but TensorBoard cannot be imported ({e}); "
+                            "pip install tensorboard, or set train.tensorboard=false") from None
+    return SummaryWriter(str(logdir))
 
 
 def _fmt_time(seconds: float) -> str:
