@@ -1,0 +1,54 @@
+"""Top-k counting and evaluate() on hand-made logits and a hand-made model."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from resnet_repro.evaluate import evaluate, topk_correct
+
+# 7 classes. Row 0 ranks the classes 4, 1, 6, 5, 2, 0, 3 (best first).
+ROW = [0.1, 0.5, 0.2, 0.0, 0.9, 0.3, 0.4]
+LOGITS = torch.tensor([ROW, ROW, ROW, [3.0, 2, 1, 0, -1, -2, -3]])
+# target 4: rank 1 (top-1 hit); 2: rank 5 (top-5 only); 3: rank 7 (miss); 1: rank 2 (top-3 and top-5).
+TARGETS = torch.tensor([4, 2, 3, 1])
+
+
+def test_topk_on_hand_made_logits():
+    c1, c2, c3, c5, c7 = topk_correct(LOGITS, TARGETS, ks=(1, 2, 3, 5, 7))
+    assert (c1.item(), c2.item(), c3.item(), c5.item(), c7.item()) == (1, 2, 2, 3, 4)
+
+
+def test_topk_caps_k_at_the_number_of_classes():
+    logits = torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
+    targets = torch.tensor([0, 1])
+    c1, c5 = topk_correct(logits, targets)
+    assert (c1.item(), c5.item()) == (0, 2)
+
+
+def batches():
+    second = torch.tensor([[0.0, 0, 0, 0, 0, 0, 5], [5.0, 4, 3, 2, 1, 0, -1]])
+    return [(LOGITS, TARGETS, 0), (second, torch.tensor([6, 6]), 0)]  # (x, y, bad-sample count) as the loader
+
+
+def test_evaluate_error_rates_and_loss_by_hand():
+    # The "model" passes its input through a dropout that would scramble the logits in training mode, so the
+    # figures below only come out if evaluate() switches to eval mode.
+    model = nn.Sequential(nn.Dropout(0.9)).train()
+    result = evaluate(model, batches(), torch.device("cpu"))
+    # top-1 hits: row 0 of batch 1 and row 0 of batch 2 -> 2 of 6; top-5: rows 0, 1, 3 and row 0 of batch 2 -> 4.
+    assert result["count"] == 6 and result["top1_correct"] == 2 and result["top5_correct"] == 4
+    assert result["top1_err"] == pytest.approx(100 * 4 / 6)
+    assert result["top5_err"] == pytest.approx(100 * 2 / 6)
+    rows = [(ROW, 4), (ROW, 2), (ROW, 3), ([3.0, 2, 1, 0, -1, -2, -3], 1), ([0.0] * 6 + [5.0], 6),
+            ([5.0, 4, 3, 2, 1, 0, -1], 6)]
+    loss = sum(math.log(sum(math.exp(v) for v in r)) - r[t] for r, t in rows) / 6  # cross-entropy per sample
+    assert result["loss"] == pytest.approx(loss, rel=1e-6)
+    assert model.training  # mode restored
+
+
+def test_evaluate_with_no_samples_is_an_error():
+    with pytest.raises(ValueError, match="no samples"):
+        evaluate(nn.Identity(), [], torch.device("cpu"))
