@@ -142,6 +142,8 @@ def _coerce(value, typ, key: str):
         if typ is bool:
             if isinstance(value, bool):
                 return value
+            if isinstance(value, int) and value in (0, 1):  # YAML reads `--set data.flip=1` as the int 1
+                return bool(value)
             if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
                 return True
             if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
@@ -163,10 +165,12 @@ def _coerce(value, typ, key: str):
             (inner,) = typing.get_args(typ)
             if isinstance(value, str):
                 value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            elif isinstance(value, (int, float)):
+                value = [value]  # a one-element list written as a scalar: `--set data.std=0.25`
             if not isinstance(value, (list, tuple)):
                 raise ValueError
             return [_coerce(v, inner, key) for v in value]
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, yaml.YAMLError):
         raise ConfigError(f"config key {key!r}: cannot use {value!r} as {getattr(typ, '__name__', typ)}") from None
     raise ConfigError(f"config key {key!r}: unsupported type {typ}")
 
@@ -210,7 +214,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=0.2")
         dotted, value = item.split("=", 1)
         section, key = dotted.split(".", 1)
-        _apply(cfg, section.strip(), key.strip(), yaml.safe_load(value) if value.strip() else value, f"--set {item!r}")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: config key '{dotted.strip()}': {value!r} is not a valid YAML "
+                              "value (quote it, or write lists as [a, b])") from None
+        _apply(cfg, section.strip(), key.strip(), parsed, f"--set {item!r}")
     validate(cfg)
     return cfg
 
