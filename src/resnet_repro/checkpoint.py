@@ -4,16 +4,24 @@ Each checkpoint is ``ckpt-EEEE-SSSSSS.pt`` (epoch, step within the epoch) plus `
 SHA-256 of the ``.pt``. Both are written to temp files, fsync'd and renamed, the checksum last; a reader
 trusts a checkpoint only if the checksum file exists and matches. Loading uses ``weights_only=True``, so a
 checkpoint can hold tensors and plain containers only, and no pickled code ever runs.
+
+What train.py stores (one dict): ``model``, ``optimizer``, ``scaler``, ``ema`` (when enabled), ``epoch`` and
+``step`` (the next step to run in that epoch; the LR is a pure function of them, see schedule.py),
+``steps_per_epoch``, ``global_batch``, ``world``, ``ranks`` (one entry per rank: its RNG states and its running
+metric sums of the unfinished epoch, so a resumed epoch logs the same numbers), ``config`` (resolved),
+``version``, and what ``evaluate``/``predict`` need to rebuild the model (``classes``, ``in_channels``, ...).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import random
 import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 _NAME = re.compile(r"^ckpt-(\d{4})-(\d{6})\.pt$")
@@ -53,7 +61,7 @@ def save(ckpt_dir: Path, state: dict, epoch: int, step: int, keep: int = 3) -> P
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = save_file(ckpt_dir / f"ckpt-{epoch:04d}-{step:06d}.pt", state)
-    for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
+    for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:  # keep=0: keep all
         old.unlink(missing_ok=True)
         old.with_name(old.name + ".sha256").unlink(missing_ok=True)
     return path
@@ -97,3 +105,35 @@ def load_latest(ckpt_dir: Path, map_location="cpu") -> tuple[Path, dict] | None:
         except CheckpointError as e:
             print(f"warning: skipping {e}", file=sys.stderr)
     return None
+
+
+def rng_state() -> dict:
+    """This process's random number generator states, in types ``weights_only`` loading accepts.
+
+    The pipeline draws its augmentation from (seed, epoch, index) alone (data/augment.py), so these matter only
+    to code that uses the global generators (dropout-like layers, a future augmentation); saved all the same, so
+    that resuming never depends on that being true.
+    """
+    np_state = np.random.get_state(legacy=False)
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                      "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                      "gauss": float(np_state["gauss"])},
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` returned (CUDA states only where this process has the same GPUs)."""
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state({"bit_generator": "MT19937",
+                             "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                             "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))

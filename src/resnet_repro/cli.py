@@ -49,10 +49,14 @@ def _cmd_prepare(args) -> int:
 
 def _cmd_train(args) -> int:
     from .config import load_config
-    from .train import train
+    from .train import TrainingError, train
 
     cfg = load_config(args.config, args.set)
-    result = train(cfg, Path(args.out), resume=args.resume)
+    try:
+        result = train(cfg, Path(args.out), resume=args.resume)
+    except TrainingError as e:  # e.g. a non-finite loss: the message says which checkpoint is kept
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     return 0 if result else 1
 
 

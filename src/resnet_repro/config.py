@@ -121,6 +121,12 @@ class TrainConfig:
     deterministic: bool = False  # torch deterministic algorithms (bit-exact resume on CPU)
     checkpoint_interval_min: float = 0.0  # also checkpoint mid-epoch every this many minutes; 0 = epoch ends only
     keep_checkpoints: int = 3  # newest checkpoints kept in RUN_DIR/checkpoints
+    # Also checkpoint every this many optimizer steps within an epoch; 0 = off. Unlike the minutes-based
+    # interval it falls on the same steps in every rerun (the fault-tolerance tests rely on that).
+    checkpoint_every_steps: int = 0
+    # BN statistics over the global batch (torch SyncBatchNorm; CUDA only) instead of per device. The reference
+    # recipe normalizes per device (64 images per GPU), hence off by default.
+    sync_bn: bool = False
 
 
 @dataclass
@@ -268,6 +274,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'train.ema': {cfg.train.ema} is not a decay in [0, 1)")
     if cfg.train.max_steps < 0:
         raise ConfigError("config key 'train.max_steps' must be >= 0")
+    if cfg.train.checkpoint_every_steps < 0 or cfg.train.checkpoint_interval_min < 0:
+        raise ConfigError("config keys 'train.checkpoint_every_steps' and 'train.checkpoint_interval_min' "
+                          "must be >= 0 (0 = off)")
+    if cfg.train.keep_checkpoints < 0:
+        raise ConfigError("config key 'train.keep_checkpoints' must be >= 0 (0 = keep all)")
 
 
 def save_config(cfg: Config, path: Path) -> None:

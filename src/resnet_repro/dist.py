@@ -1,4 +1,9 @@
-"""torchrun environment and rank helpers. One process without torchrun is world size 1, rank 0."""
+"""torchrun environment and rank helpers. One process without torchrun is world size 1, rank 0.
+
+Every helper is a no-op (or the identity) in one process, so the training loop reads the same either way.
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT (and TORCHELASTIC_RESTART_COUNT after a restart);
+``init`` joins the process group they describe: NCCL on GPUs, gloo on CPU.
+"""
 from __future__ import annotations
 
 import os
@@ -24,10 +29,21 @@ def init(device_kind: str) -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return DistEnv()
-    env = DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        env = DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    except KeyError:
+        raise RuntimeError(f"WORLD_SIZE={world} but RANK is not set: launch with torchrun "
+                           "(torchrun --nproc-per-node N -m resnet_repro train ...)") from None
     if not dist.is_initialized():
+        if device_kind == "cuda":
+            torch.cuda.set_device(env.local_rank)  # before NCCL starts, so each rank's communicator uses its GPU
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
     return env
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted the worker group (0 on the first attempt or without torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
 def shutdown() -> None:
@@ -41,11 +57,43 @@ def is_available_and_initialized() -> bool:
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum across ranks in place (a no-op in one process). Counts travel as float64 to stay exact."""
-    if dist.is_available() and dist.is_initialized():
+    if is_available_and_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_available_and_initialized():
         dist.barrier()
+
+
+def all_gather_object(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects; CPU tensors inside are fine)."""
+    if not is_available_and_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s `obj` on every rank."""
+    if not is_available_and_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+@torch.no_grad()
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank `src`'s buffers (BN running statistics).
+
+    DDP copies rank 0's buffers to all ranks before each training forward, after which every rank updates
+    its own from its own batch, so after the last step they differ slightly. Evaluation and checkpoints use
+    rank 0's, the ones the checkpoint stores, so the result does not depend on the number of ranks.
+    """
+    if not is_available_and_initialized():
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src=src)

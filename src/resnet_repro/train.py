@@ -112,9 +112,19 @@ class RunningSums:
         loss_sum, correct, n, bad = dist.all_reduce_sum(both).tolist()
         return loss_sum, correct, int(n), int(bad)
 
+    def state_dict(self) -> dict:
+        return {"sums": self.sums.cpu(), "samples": self.samples, "bad": self.bad}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums.copy_(state["sums"].to(self.sums.device))
+        self.samples, self.bad = int(state["samples"]), int(state["bad"])
+
 
 class StopRequest:
-    """SIGTERM / SIGUSR1 (cluster preemption) ask the loop to checkpoint at the next step and exit cleanly."""
+    """SIGTERM / SIGUSR1 (cluster preemption) ask the loop to checkpoint and exit cleanly (exit status 0).
+
+    The flag is read at the next log step, where the ranks meet anyway (see the loop): a signal can reach
+    ranks at different steps, and a rank that checkpoints while another trains on would deadlock DDP."""
 
     def __init__(self):
         self.signum = None
@@ -126,11 +136,6 @@ class StopRequest:
 
     def __bool__(self):
         return self.signum is not None
-
-
-def _rank_seed_state() -> dict:
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
@@ -186,6 +191,13 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = build_model(cfg.model.name, num_classes, cfg.model.in_channels or channels,
                         cfg.model.zero_init_residual, cfg.model.stride_in_3x3).to(device, memory_format=memory_format)
+    bn_mode = f"per device ({cfg.data.batch_size} images)"
+    if cfg.train.sync_bn and env.world > 1:
+        if device.type != "cuda":
+            raise TrainingError("train.sync_bn: torch's SyncBatchNorm runs on GPUs only; on CPU keep per-device BN "
+                                "(train.sync_bn=false)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state_dict keys: checkpoints interchange
+        bn_mode = f"synchronized over the global batch ({global_batch} images)"
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if env.world > 1 else model
     # Linear scaling rule: the recipe's LR is quoted at global batch `lr_batch` (256 in the reference).
@@ -199,7 +211,8 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
     ema = EMA(model, cfg.train.ema, cfg.train.ema_warmup) if cfg.train.ema else None
     log(f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters; device {device}, "
         f"precision {precision}, {env.world} process(es); global batch {global_batch} = {cfg.data.batch_size} x "
-        f"{env.world}; peak lr {peak_lr:g} = {cfg.optim.lr:g} x {global_batch}/{cfg.optim.lr_batch}")
+        f"{env.world}; peak lr {peak_lr:g} = {cfg.optim.lr:g} x {global_batch}/{cfg.optim.lr_batch} (linear scaling "
+        f"rule); BN statistics {bn_mode}")
 
     # --- Run folder and resume --------------------------------------------------------------------------
     ckpt_dir = out / "checkpoints"
@@ -207,38 +220,64 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
+    epoch_state = None  # this rank's saved metric sums and timings of an unfinished epoch
     if resume:
-        found = checkpoint.load_latest(ckpt_dir) if resume == "auto" else (Path(resume), checkpoint.load(resume))
+        found = _find_checkpoint(resume, ckpt_dir, env)
         if found is None:
             log(f"--resume auto: no checkpoint in {ckpt_dir}; starting from scratch")
         else:
             path, state = found
+            start_epoch, start_step = state["epoch"], state["step"]
+            saved_batch = state.get("global_batch", global_batch)
+            if start_step and saved_batch != global_batch:
+                raise TrainingError(f"{path} was saved mid-epoch (step {start_step}) at global batch {saved_batch}; "
+                                    f"this run's global batch is {global_batch} = {cfg.data.batch_size} x {env.world}. "
+                                    "Resume with the same global batch, or from an epoch-end checkpoint "
+                                    "(ckpt-EEEE-000000.pt)")
+            changed = _config_changes(state.get("config", {}), cfg.to_dict())
+            if changed:
+                log(f"warning: {path} was saved with a different config: {'; '.join(changed)}")
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
-            start_epoch, start_step = state["epoch"], state["step"]
             if ema is not None:
                 if "ema" in state:
                     ema.load_state_dict(state["ema"])
                 else:
                     ema = EMA(model, cfg.train.ema, cfg.train.ema_warmup)
                     log(f"warning: {path} holds no EMA state; the EMA restarts from the resumed weights")
-            rng = state["rng"][env.rank] if env.rank < len(state["rng"]) else state["rng"][0]
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            log(f"resumed from {path} at epoch {start_epoch} step {start_step}")
+            ranks = state.get("ranks") or [{"rng": r} for r in state["rng"]]  # "rng": before per-rank sums
+            same_world = len(ranks) == env.world
+            mine = ranks[env.rank] if same_world else ranks[0]
+            checkpoint.set_rng_state(mine["rng"])
+            if start_step and same_world:
+                epoch_state = mine
+            elif start_step:
+                # Same global batch, another world size: the batches are the same (data/loader.py), so the sums
+                # carry over whole; rank 0 takes them all, the others start at zero (the epoch total adds ranks).
+                epoch_state = _merge_epoch_states(ranks) if env.is_main else None
+            if env.is_main:
+                _trim_metrics(out / "metrics.jsonl", start_epoch)
+            log(f"resumed from {path} at epoch {start_epoch} step {start_step} (saved by {len(ranks)} process(es))")
 
-    def save_checkpoint(epoch: int, step: int) -> None:
-        rng_states = [None] * env.world
-        if env.world > 1:
-            torch.distributed.all_gather_object(rng_states, _rank_seed_state())
-        else:
-            rng_states = [_rank_seed_state()]
+    def save_checkpoint(epoch: int, step: int, sums: RunningSums | None = None, seconds: float = 0.0,
+                        wait: float = 0.0) -> None:
+        """Checkpoint (epoch, step): the next step to run. Collective: every rank calls it at the same step."""
+        # A diverged state must never become the newest checkpoint: every rank checks its weights and loss sums.
+        finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
+        if sums is not None:
+            finite = finite & sums.sums.isfinite().all()
+        if dist.all_reduce_sum((~finite).float().view(1)).item():
+            raise TrainingError(f"non-finite weights or loss at epoch {epoch} step {step}; nothing saved, the newest "
+                                f"good checkpoint is {_newest(ckpt_dir)} (lower the LR or check the data, then "
+                                "--resume auto)")
+        ranks = dist.all_gather_object({"rng": checkpoint.rng_state(), "seconds": seconds, "wait": wait,
+                                        "sums": sums.state_dict() if sums is not None else None})
         if env.is_main:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                     "epoch": epoch, "step": step, "rng": rng_states, "config": cfg.to_dict(),
-                     "version": __version__, "classes": manifest["classes"],
+                     "epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch, "global_batch": global_batch,
+                     "world": env.world, "lr": optimizer.param_groups[0]["lr"], "ranks": ranks,
+                     "config": cfg.to_dict(), "version": __version__, "classes": manifest["classes"],
                      "class_names": manifest.get("class_names", manifest["classes"]), "in_channels": channels}
             if ema is not None:
                 state["ema"] = ema.state_dict()
@@ -261,6 +300,11 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
         sums = RunningSums(device)  # no host sync per step
         t_epoch = t_log = time.time()
         wait = wait_log = 0.0
+        if epoch == start_epoch and epoch_state is not None:  # resumed mid-epoch: the epoch's numbers go on
+            sums.load_state_dict(epoch_state["sums"])
+            t_epoch -= epoch_state["seconds"]
+            wait = wait_log = epoch_state["wait"]
+        want_stop = want_ckpt = False
         seen_log = 0
         step = first
         it = iter(batches(train_ds, jobs[first:], cfg.data.workers))
@@ -281,10 +325,19 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
             sums.add(loss, logits, y, bad)
             seen_log += len(y)
             if step % cfg.train.log_interval == 0 or step == epoch_steps:
-                loss_now = loss.item()  # the one host sync per log interval
+                # The one host sync per log interval, and the ranks' meeting point: a small all-reduce gives the
+                # loss averaged over ranks and the same decision on every rank to checkpoint (rank 0's clock) or
+                # stop (a signal on any rank).
+                due = env.is_main and cfg.train.checkpoint_interval_min > 0 and \
+                    time.time() - last_ckpt_time >= 60 * cfg.train.checkpoint_interval_min
+                meet = torch.cat([loss.float().view(1), torch.tensor([float(bool(stop)), float(due)], device=device)])
+                loss_now, stop_votes, due_votes = dist.all_reduce_sum(meet).tolist()
+                loss_now /= env.world
+                want_stop, want_ckpt = stop_votes > 0, due_votes > 0
                 if not math.isfinite(loss_now):
-                    raise TrainingError(f"non-finite loss {loss_now} at epoch {epoch} step {step}; the last good "
-                                        f"checkpoint in {ckpt_dir} is kept (lower the LR or check the data)")
+                    raise TrainingError(f"non-finite loss {loss_now} at epoch {epoch} step {step}; the newest good "
+                                        f"checkpoint, {_newest(ckpt_dir)}, is kept (lower the LR or check the data, "
+                                        "then --resume auto)")
                 now = time.time()
                 rate = seen_log * env.world / (now - t_log)
                 done = epoch * steps_per_epoch + step
@@ -296,25 +349,34 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
                     f"loss {loss_now:.4f} {rate:,.0f} img/s data-wait {100 * (wait - wait_log) / (now - t_log):.0f}% "
                     f"ETA {_fmt_time(eta)}", flush=True)
                 t_log, wait_log, seen_log = now, wait, 0
-            minutes = (time.time() - last_ckpt_time) / 60
-            if stop or (cfg.train.checkpoint_interval_min and minutes >= cfg.train.checkpoint_interval_min):
-                save_checkpoint(epoch, step)
+            every = cfg.train.checkpoint_every_steps
+            if want_stop or want_ckpt or (every and step % every == 0 and step < epoch_steps):
+                save_checkpoint(epoch, step, sums, time.time() - t_epoch, wait)
                 last_ckpt_time = time.time()
-                if stop:
-                    log(f"received signal {stop.signum}: checkpoint saved at epoch {epoch} step {step}; "
-                        f"continue with: resnet-repro train --config {out / 'config.yaml'} --out {out} --resume auto")
+                want_ckpt = False
+                if want_stop:
+                    why = f"signal {signal.Signals(stop.signum).name}" if stop else "a stop signal on another rank"
+                    log(f"{why}: checkpoint saved at epoch {epoch} step {step}; exiting. To continue, run the same "
+                        f"command with --resume auto, e.g. resnet-repro train --config {out / 'config.yaml'} "
+                        f"--out {out} --resume auto (under torchrun: the same torchrun line plus --resume auto)",
+                        flush=True)
                     dist.shutdown()
                     return {"stopped": True, "epoch": epoch, "step": step}
         seconds = time.time() - t_epoch
         loss_sum, correct, n, bad = sums.total()
         if not math.isfinite(loss_sum):
-            raise TrainingError(f"non-finite loss in epoch {epoch}; the last good checkpoint in {ckpt_dir} is kept")
+            raise TrainingError(f"non-finite loss in epoch {epoch}; the newest good checkpoint, {_newest(ckpt_dir)}, "
+                                "is kept (lower the LR or check the data, then --resume auto)")
+        # Every rank evaluates (and the checkpoint stores) rank 0's BN statistics; see dist.broadcast_buffers.
+        dist.broadcast_buffers(model)
+        if ema is not None:
+            dist.broadcast_buffers(ema.module)
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / max(n, 1),
                   "train_top1_err": 100 * (1 - correct / max(n, 1)), "images_per_s": n / seconds,
                   "data_wait_fraction": wait / seconds, "seconds": seconds, "bad_samples": int(bad),
                   "image_size": size}
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs:
-            val = evaluate(net, val_batches(), device, autocast)
+            val = evaluate(model, val_batches(), device, autocast)
             record.update(val_top1_err=val["top1_err"], val_top5_err=val["top5_err"], val_loss=val["loss"])
             if ema is not None:
                 val = evaluate(ema.module, val_batches(), device, autocast)
@@ -334,13 +396,13 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
 
     # --- Precise BN, final evaluation, results -----------------------------------------------------------
     train_wall = time.time() - t_start
-    before = evaluate(net, val_batches(), device, autocast)
+    before = evaluate(model, val_batches(), device, autocast)
     n_bn = cfg.train.precise_bn_batches
     if n_bn > 0:
         bn_jobs = [Job(epochs, s, idx) for s, idx in enumerate(train_batch_indices(
             len(train_reader), cfg.data.batch_size, cfg.train.seed, epochs, env.rank, env.world)[:n_bn])]
         used = update_bn_stats(model, batches(train_ds, bn_jobs, cfg.data.workers), n_bn, autocast)
-        after = evaluate(net, val_batches(), device, autocast)
+        after = evaluate(model, val_batches(), device, autocast)
         log(f"precise BN over {used} batches x {global_batch}: val top-1 error {before['top1_err']:.2f}% -> "
             f"{after['top1_err']:.2f}%")
     else:
@@ -385,6 +447,61 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
     dist.barrier()
     dist.shutdown()
     return results
+
+
+def _find_checkpoint(resume: str, ckpt_dir: Path, env: dist.DistEnv) -> tuple[Path, dict] | None:
+    """``--resume auto``: the newest whole checkpoint in ckpt_dir (rank 0 chooses, skipping torn ones with a
+    warning; every rank then loads that file), or None if there is none. Otherwise ``resume`` is a path."""
+    if resume == "auto":
+        found = checkpoint.load_latest(ckpt_dir) if env.is_main else None
+        chosen = dist.broadcast_object(str(found[0]) if found else None)
+        if chosen is None or env.is_main:
+            return found
+        path = Path(chosen)
+    else:
+        path = Path(resume)
+    try:
+        return path, checkpoint.load(path)
+    except checkpoint.CheckpointError as e:
+        if env.world > 1:
+            raise checkpoint.CheckpointError(f"rank {env.rank}: {e} (with several nodes, RUN_DIR must be on a file "
+                                             "system every node sees)") from None
+        raise
+
+
+def _merge_epoch_states(ranks: list[dict]) -> dict | None:
+    """The unfinished epoch's sums of all saved ranks as one (resuming with another number of processes)."""
+    parts = [r["sums"] for r in ranks if r.get("sums") is not None]
+    if not parts:
+        return None
+    return {"sums": {"sums": sum(p["sums"] for p in parts), "samples": sum(p["samples"] for p in parts),
+                     "bad": sum(p["bad"] for p in parts)},
+            "seconds": ranks[0]["seconds"], "wait": ranks[0]["wait"]}
+
+
+def _trim_metrics(path: Path, epochs_done: int) -> None:
+    """Drop metrics.jsonl lines of epochs after the checkpoint (written before a crash that the checkpoint
+    missed), so the resumed run does not log an epoch twice."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("epoch", 0) <= epochs_done]
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
+
+
+def _config_changes(saved: dict, now: dict) -> list[str]:
+    """'section.key: saved -> now' for every value that differs between a checkpoint's config and this run's."""
+    return [f"{section}.{key}: {old!r} -> {now[section][key]!r}"
+            for section, values in saved.items() if section in now
+            for key, old in values.items() if key in now[section] and now[section][key] != old]
+
+
+def _newest(ckpt_dir: Path) -> str:
+    found = checkpoint.list_checkpoints(ckpt_dir)
+    return str(found[-1]) if found else f"(none yet in {ckpt_dir})"
 
 
 def _tensorboard(logdir: Path):
