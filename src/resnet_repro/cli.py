@@ -44,7 +44,43 @@ def _cmd_prepare(args) -> int:
                             val_size=val_size, force=args.force)
         print(f"prepared {out}")
         return 0
+    if args.dataset in ("imagenet", "folder"):
+        return _prepare_images(args)
     raise UserError(f"unknown data set {args.dataset!r}")
+
+
+def _prepare_images(args) -> int:
+    from .data.imagenet import discover_folder, discover_imagenet
+    from .data.prepare import Encoding, prepare_images
+
+    if not args.src:
+        raise UserError(f"prepare {args.dataset} needs --src (the folder holding the images)")
+    if args.dataset == "imagenet":
+        source = discover_imagenet(args.src)
+        default = {"train": 1024, "val": 128}  # the reference recipe's shard counts
+    else:
+        source = discover_folder(args.src, args.val_fraction, args.seed)
+        # About ImageNet's 1,250 images per shard, at least one shard per split.
+        default = {k: max(1, round(len(v) / 1250)) for k, v in source.splits.items()}
+    shards = {"train": args.train_shards or default["train"], "val": args.val_shards or default.get("val", 1)}
+    enc = Encoding(max_side=args.max_side, quality=args.quality, max_pixels=int(args.max_megapixels * 1e6))
+    out = prepare_images(source, Path(args.out), shards, seed=args.seed, workers=args.workers, enc=enc,
+                         skip_bad=args.skip_bad, force=args.force)
+    print(f"prepared {out}")
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from .data.verify import verify
+
+    problems, total = verify(args.data, workers=args.workers, decode=not args.no_decode)
+    if problems:
+        print(f"{args.data}: {len(problems)} problem(s):", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    print(f"{args.data}: OK ({total} samples)")
+    return 0
 
 
 def _cmd_train(args) -> int:
@@ -114,14 +150,35 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_cmd_model)
 
     pr = sub.add_parser("prepare", help="convert a raw data set into record shards")
-    pr.add_argument("dataset", choices=["fashion-mnist", "cifar10", "cifar100"])
+    pr.add_argument("dataset", choices=["fashion-mnist", "cifar10", "cifar100", "imagenet", "folder"])
     pr.add_argument("--out", required=True)
     pr.add_argument("--src", help="folder with the raw files (default: the system copy or a download)")
     pr.add_argument("--seed", type=int, default=0, help="shuffle seed, recorded in the manifest")
     pr.add_argument("--force", action="store_true", help="rebuild even if OUT already holds a manifest")
     pr.add_argument("--val-size", type=int, help="cifar10/cifar100: training images held out as split 'val' "
                     "(default 5000, the paper's 45k/5k split)")
+    # imagenet / folder (--src: the folder with train/ and val/ or the Kaggle root; or <class>/<images>).
+    pr.add_argument("--train-shards", type=int, default=0, help="imagenet default 1024; folder: ~1250 images each")
+    pr.add_argument("--val-shards", type=int, default=0, help="imagenet default 128; folder: ~1250 images each")
+    pr.add_argument("--workers", type=int, default=0, help="converter processes (default: one per CPU core)")
+    pr.add_argument("--max-side", type=int, default=0, metavar="N",
+                    help="shrink images whose longer side exceeds N pixels, re-encoded (default: keep sizes)")
+    pr.add_argument("--quality", type=int, default=0, metavar="Q",
+                    help="re-encode every image as JPEG quality Q (default: keep original JPEG bytes; 90 for "
+                         "images shrunk by --max-side)")
+    pr.add_argument("--skip-bad", action="store_true",
+                    help="leave out undecodable files, listing them in the manifest (default: stop and list them)")
+    pr.add_argument("--max-megapixels", type=float, default=100,
+                    help="refuse larger images (decompression-bomb guard, checked in the header)")
+    pr.add_argument("--val-fraction", type=float, default=0.1,
+                    help="folder without train/ and val/: per-class fraction held out as val (seeded)")
     pr.set_defaults(func=_cmd_prepare)
+
+    v = sub.add_parser("verify", help="re-check every shard's checksum and decode every image (exit 1 on problems)")
+    v.add_argument("data", help="prepared data folder (with manifest.json)")
+    v.add_argument("--workers", type=int, default=0, help="processes (default: one per CPU core)")
+    v.add_argument("--no-decode", action="store_true", help="checksums and indexes only")
+    v.set_defaults(func=_cmd_verify)
 
     t = sub.add_parser("train", help="train a model from a recipe")
     t.add_argument("--config", required=True)

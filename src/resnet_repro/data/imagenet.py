@@ -1,0 +1,345 @@
+"""Find the images and labels of ImageNet (ILSVRC-2012), or of any class-per-folder data set, as they lie on disk.
+
+The result is a `Source`: the class list, class names, and per split a list of `Item(key, path, label)`.
+Nothing is read here but directory listings and label files; decoding and checking the images is
+prepare.py's job.
+
+ImageNet layouts accepted (``--src`` is the folder holding ``train/`` and ``val/``, or the root of the Kaggle
+download, which holds ``ILSVRC/Data/CLS-LOC/{train,val}`` and the ``LOC_*`` files)::
+
+    train/<wnid>/<wnid>_<n>.JPEG          ILSVRC2012_img_train.tar, each per-class tar extracted to its folder
+    val/<wnid>/ILSVRC2012_val_<n>.JPEG    val already sorted into class folders (e.g. by the common valprep.sh)
+    val/ILSVRC2012_val_<n>.JPEG           flat val, labelled by one of
+        LOC_val_solution.csv (+ LOC_synset_mapping.txt for class names)     the Kaggle distribution
+        ILSVRC2012_validation_ground_truth.txt + meta.mat                   the devkit (ILSVRC2012_devkit_t12/data)
+
+Class index = position of the wnid in the sorted list of train folders: the torchvision ImageFolder / Caffe
+``synsets.txt`` convention, so that published checkpoints' outputs line up. The devkit numbers classes
+differently (its ILSVRC2012_ID, the order of meta.mat), which is why ground-truth IDs go through meta.mat to
+a wnid and only then to our index.
+
+Hidden files (names starting with '.') are ignored; every other file under a class folder is an input, so a
+stray non-image file is reported by prepare rather than dropped silently.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .sources import SourceError
+
+VAL_CSV = "LOC_val_solution.csv"
+SYNSET_MAPPING = "LOC_synset_mapping.txt"
+GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
+META_MAT = "meta.mat"
+DEVKIT = "ILSVRC2012_devkit_t12"
+
+
+@dataclass
+class Item:
+    key: str  # record key: unique in the data set, no '.' or '/'
+    path: Path  # the source file
+    rel: str  # path relative to the source root, for the manifest and messages
+    label: int
+
+
+@dataclass
+class Source:
+    dataset: str  # "imagenet" | "folder"
+    root: Path
+    classes: list[str]  # sorted folder names (wnids for ImageNet); index = label
+    class_names: list[str]
+    splits: dict[str, list[Item]]
+    layout: dict = field(default_factory=dict)  # how the files were found, recorded in the manifest
+
+
+def list_files(folder: Path) -> list[Path]:
+    """Every non-hidden file under ``folder`` (recursively, following links), in sorted order."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
+    return sorted(found)
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _top_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.is_dir() and not p.name.startswith("."))
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _find(name: str, dirs: list[Path]) -> Path | None:
+    for d in dirs:
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
+def _looked(dirs: list[Path]) -> str:
+    return ", ".join(str(d) for d in dirs)
+
+
+# --- ImageNet --------------------------------------------------------------------------------------------
+
+def _imagenet_base(src: Path) -> Path:
+    """The folder holding train/ and val/: ``src`` itself, or the Kaggle tree below it."""
+    candidates = [src, src / "ILSVRC" / "Data" / "CLS-LOC", src / "Data" / "CLS-LOC"]
+    for c in candidates:
+        if (c / "train").is_dir():
+            return c
+    raise SourceError(f"{src / 'train'}: folder not found (also looked for train/ in "
+                      f"{_looked(candidates[1:])}); --src must hold train/<wnid>/*.JPEG and val/")
+
+
+def _imagenet_key(path: Path) -> str:
+    # ImageNet stems (n01440764_10026, ILSVRC2012_val_00000001) are already valid keys.
+    return re.sub(r"[^A-Za-z0-9_-]", "_", path.stem)
+
+
+def _class_items(split_dir: Path, classes: list[str], root: Path, key_fn) -> list[Item]:
+    index = {c: i for i, c in enumerate(classes)}
+    items = []
+    for d in _subdirs(split_dir):
+        if d.name not in index:
+            raise SourceError(f"{d}: class folder {d.name!r} has no counterpart in the train classes")
+        for f in list_files(d):
+            items.append(Item(key_fn(f), f, _rel(f, root), index[d.name]))
+    return items
+
+
+def read_synset_mapping(path: Path) -> dict[str, str]:
+    """Kaggle's LOC_synset_mapping.txt: ``<wnid> <names>`` per line."""
+    names = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        wnid, _, words = line.strip().partition(" ")
+        if not re.fullmatch(r"n\d{8}", wnid):
+            raise SourceError(f"{path}:{n}: expected '<wnid> <names>', got {line[:60]!r}")
+        names[wnid] = words.strip()
+    return names
+
+
+def read_val_csv(path: Path) -> dict[str, str]:
+    """Kaggle's LOC_val_solution.csv: ``ImageId,PredictionString``; the class is the first token of the
+    prediction string (the rest are bounding boxes, each prefixed with the same wnid)."""
+    labels = {}
+    with open(path, newline="") as f:
+        rows = csv.reader(f)
+        header = next(rows, None)
+        if not header or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
+            raise SourceError(f"{path}:1: expected the header 'ImageId,PredictionString', got {header}")
+        for n, row in enumerate(rows, 2):
+            if not row:
+                continue
+            tokens = row[1].split() if len(row) > 1 else []
+            if not tokens or not re.fullmatch(r"n\d{8}", tokens[0]):
+                raise SourceError(f"{path}:{n}: no wnid in the prediction string of {row[0]!r}")
+            labels[row[0].strip()] = tokens[0]
+    return labels
+
+
+def read_meta_mat(path: Path) -> dict[int, tuple[str, str]]:
+    """The devkit's meta.mat: ILSVRC2012_ID -> (wnid, words) for the 1000 leaf synsets (num_children == 0)."""
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise SourceError(f"{path}: reading the devkit's meta.mat needs scipy, which is not installed; "
+                          "pip install 'resnet-repro[imagenet]' (or pip install scipy)") from None
+    try:
+        synsets = loadmat(str(path), squeeze_me=True)["synsets"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SourceError(f"{path}: not a devkit meta.mat with a 'synsets' struct ({e})") from None
+    table = {}
+    for s in np.atleast_1d(synsets):
+        if int(s["num_children"]) == 0:
+            table[int(s["ILSVRC2012_ID"])] = (str(s["WNID"]), str(s["words"]))
+    if not table:
+        raise SourceError(f"{path}: no leaf synsets (num_children == 0) in 'synsets'")
+    return table
+
+
+def read_ground_truth(path: Path) -> list[int]:
+    """ILSVRC2012_validation_ground_truth.txt: line i holds the ILSVRC2012_ID of ILSVRC2012_val_<i>.JPEG."""
+    ids = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            if not line.strip().isdigit():
+                raise SourceError(f"{path}:{n}: expected an ILSVRC2012_ID (integer), got {line[:40]!r}")
+            ids.append(int(line))
+    return ids
+
+
+def _flat_val(files: list[Path], labels: dict[str, str], classes: list[str], root: Path,
+              label_file: Path) -> list[Item]:
+    """Label flat val files by stem -> wnid; every file needs a label and every label a file."""
+    index = {c: i for i, c in enumerate(classes)}
+    items, unlabelled = [], []
+    stems = set()
+    for f in files:
+        wnid = labels.get(f.stem)
+        if wnid is None:
+            unlabelled.append(f)
+            continue
+        if wnid not in index:
+            raise SourceError(f"{label_file}: {f.stem} is labelled {wnid}, which is not a train class folder")
+        stems.add(f.stem)
+        items.append(Item(_imagenet_key(f), f, _rel(f, root), index[wnid]))
+    if unlabelled:
+        raise SourceError(f"{label_file}: no label for {len(unlabelled)} val file(s): "
+                          + ", ".join(str(p) for p in unlabelled[:10]) + (" ..." if len(unlabelled) > 10 else ""))
+    missing = sorted(set(labels) - stems)
+    if missing:
+        raise SourceError(f"{label_file} labels {len(missing)} val image(s) not found in {files[0].parent if files else 'val/'}: "
+                          + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+    return items
+
+
+def discover_imagenet(src: str | Path) -> Source:
+    src = Path(src)
+    if not src.is_dir():
+        raise SourceError(f"{src}: ImageNet folder not found")
+    base = _imagenet_base(src)
+    train_dir, val_dir = base / "train", base / "val"
+    stray = _top_files(train_dir)
+    if stray:
+        hint = (" — these look like the per-class tars of ILSVRC2012_img_train.tar: extract each into "
+                "train/<wnid>/ and delete it" if stray[0].suffix.lower() == ".tar" else "")
+        raise SourceError(f"{train_dir}: {len(stray)} file(s) directly under train/ (expected only class folders), "
+                          f"e.g. {stray[0].name}{hint}")
+    classes = [d.name for d in _subdirs(train_dir)]
+    if not classes:
+        raise SourceError(f"{train_dir}: no class folders (expected train/<wnid>/*.JPEG)")
+    if not val_dir.is_dir():
+        raise SourceError(f"{val_dir}: folder not found (extract ILSVRC2012_img_val.tar there)")
+    search = list(dict.fromkeys([src, base, val_dir, src / DEVKIT / "data", src / DEVKIT, base / DEVKIT / "data",
+                                 src / "devkit" / "data", src / "data"]))
+    mapping_file = _find(SYNSET_MAPPING, search)
+    meta_file = _find(META_MAT, search)
+    layout = {"train": "train/<wnid>/*", "base": _rel(base, src)}
+    names = {}
+    if mapping_file:
+        names = read_synset_mapping(mapping_file)
+        layout["class_names"] = _rel(mapping_file, src)
+
+    train = _class_items(train_dir, classes, src, _imagenet_key)
+    val_sub, val_files = _subdirs(val_dir), _top_files(val_dir)
+    if val_sub and val_files:
+        raise SourceError(f"{val_dir}: holds both class folders and {len(val_files)} loose file(s) "
+                          f"(e.g. {val_files[0].name}); use one val layout")
+    if val_sub:
+        val = _class_items(val_dir, classes, src, _imagenet_key)
+        layout["val"] = "val/<wnid>/*"
+    elif not val_files:
+        raise SourceError(f"{val_dir}: empty (extract ILSVRC2012_img_val.tar there)")
+    elif (csv_file := _find(VAL_CSV, search)) is not None:
+        val = _flat_val(val_files, read_val_csv(csv_file), classes, src, csv_file)
+        layout["val"] = f"flat val/ labelled by {_rel(csv_file, src)}"
+    elif (truth_file := _find(GROUND_TRUTH, search)) is not None:
+        if meta_file is None:
+            raise SourceError(f"{truth_file} numbers classes by the devkit's ILSVRC2012_ID, which needs {META_MAT} "
+                              f"to map to wnids; {META_MAT} not found in {_looked(search)} "
+                              f"(extract ILSVRC2012_devkit_t12.tar.gz into --src)")
+        meta = read_meta_mat(meta_file)
+        truth = read_ground_truth(truth_file)
+        labels = {}
+        for i, ilsvrc_id in enumerate(truth, 1):
+            if ilsvrc_id not in meta:
+                raise SourceError(f"{truth_file}:{i}: ILSVRC2012_ID {ilsvrc_id} is not a leaf synset in {meta_file}")
+            labels[f"ILSVRC2012_val_{i:08d}"] = meta[ilsvrc_id][0]
+        val = _flat_val(val_files, labels, classes, src, truth_file)
+        layout["val"] = f"flat val/ labelled by {_rel(truth_file, src)} + {_rel(meta_file, src)}"
+        if not names:
+            names = {wnid: words for wnid, words in meta.values()}
+            layout["class_names"] = _rel(meta_file, src)
+    else:
+        raise SourceError(f"{val_dir} is flat (no class folders) and its labels were not found: need {VAL_CSV} "
+                          f"(Kaggle) or {GROUND_TRUTH} + {META_MAT} (devkit {DEVKIT}/data); looked in {_looked(search)}")
+    _check_unique([*train, *val])
+    missing_names = [c for c in classes if c not in names]
+    if names and missing_names:
+        raise SourceError(f"{layout['class_names']}: no name for class folder(s) {', '.join(missing_names[:10])}")
+    return Source("imagenet", src, classes, [names.get(c, c) for c in classes], {"train": train, "val": val}, layout)
+
+
+def _check_unique(items: list[Item]) -> None:
+    seen: dict[str, str] = {}
+    for it in items:
+        if it.key in seen:
+            raise SourceError(f"{it.rel} and {seen[it.key]} map to the same record key {it.key!r}; rename one")
+        seen[it.key] = it.rel
+
+
+# --- Any class-per-folder data set ------------------------------------------------------------------------
+
+def _folder_items(split_dir: Path, classes: list[str], root: Path, prefix: str, used: set[str]) -> list[Item]:
+    def key_fn(f: Path) -> str:
+        # Sanitised path below the split folder, so the key says where the image came from; made unique
+        # deterministically (files are visited in sorted order) when sanitising maps two names together.
+        base = prefix + re.sub(r"[^A-Za-z0-9_-]", "_", str(f.relative_to(split_dir).with_suffix("")))
+        key, n = base, 1
+        while key in used:
+            n += 1
+            key = f"{base}-{n}"
+        used.add(key)
+        return key
+    return _class_items(split_dir, classes, root, key_fn)
+
+
+def discover_folder(src: str | Path, val_fraction: float = 0.1, seed: int = 0) -> Source:
+    """``src/<class>/...`` (val = a seeded, per-class ``val_fraction`` of each class) or, when ``src`` holds
+    ``train/`` and ``val/``, those two folders of class folders as they are."""
+    src = Path(src)
+    if not src.is_dir():
+        raise SourceError(f"{src}: folder not found")
+    if not 0 <= val_fraction < 1:
+        raise SourceError(f"--val-fraction {val_fraction}: must be in [0, 1)")
+    used: set[str] = set()
+    if (src / "train").is_dir() and (src / "val").is_dir():
+        classes = [d.name for d in _subdirs(src / "train")]
+        if not classes:
+            raise SourceError(f"{src / 'train'}: no class folders")
+        splits = {s: _folder_items(src / s, classes, src, f"{s}_", used) for s in ("train", "val")}
+        layout = {"train": "train/<class>/*", "val": "val/<class>/*"}
+    else:
+        classes = [d.name for d in _subdirs(src)]
+        if not classes:
+            raise SourceError(f"{src}: no class folders (expected {src}/<class>/<image files>)")
+        stray = _top_files(src)
+        if stray:
+            raise SourceError(f"{src}: {len(stray)} file(s) next to the class folders (e.g. {stray[0].name}); "
+                              "every image must be inside its class folder")
+        items = _folder_items(src, classes, src, "", used)
+        by_class: dict[int, list[Item]] = {}
+        for it in items:
+            by_class.setdefault(it.label, []).append(it)
+        train, val = [], []
+        rng = np.random.default_rng(seed)
+        for label in sorted(by_class):
+            group = by_class[label]
+            n_val = int(round(val_fraction * len(group)))
+            chosen = set(rng.permutation(len(group))[:n_val].tolist())
+            for i, it in enumerate(group):
+                (val if i in chosen else train).append(it)
+        splits = {"train": train}
+        if val_fraction > 0:
+            splits["val"] = val
+        layout = {"train": "<class>/*", "val": f"per class, a seeded {val_fraction} of <class>/* (seed {seed})"}
+    for name, items in splits.items():
+        if not items:
+            raise SourceError(f"{src}: the {name} split has no files")
+    return Source("folder", src, classes, list(classes), splits, layout)

@@ -1,0 +1,474 @@
+"""Conversion of raw data sets into record shards (see records.py), all or nothing.
+
+Output is built in ``<out>.partial`` and renamed to ``<out>`` only when every shard and the manifest are
+written, so an interrupted prepare never leaves a folder that looks complete. Fashion-MNIST (seconds of work)
+starts over cleanly when run again; ImageNet and class-per-folder data sets resume, reusing every finished
+shard (see the section "ImageNet and class-per-folder data sets" below).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import records, sources
+
+
+class PrepareError(RuntimeError):
+    pass
+
+
+def _begin(out: Path, force: bool) -> Path | None:
+    """Return the staging folder, or None if ``out`` already holds a complete data set."""
+    out = Path(out)
+    if (out / records.MANIFEST).is_file() and not force:
+        print(f"{out}: already prepared (manifest.json present); use --force to rebuild", file=sys.stderr)
+        return None
+    if out.exists() and any(out.iterdir()) and not (out / records.MANIFEST).is_file():
+        raise PrepareError(f"{out}: exists, is not empty and holds no manifest.json; choose an empty or new --out")
+    staging = out.with_name(out.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)  # left by an interrupted run: ours to discard
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _commit(staging: Path, out: Path) -> None:
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise PrepareError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def prepare_fashion_mnist(out: Path, src: Path | None = None, seed: int = 0, train_shards: int = 16,
+                          val_shards: int = 4, force: bool = False, base_url: str = sources.FASHION_MNIST_URL) -> Path:
+    """Fashion-MNIST -> shards. Split "train" = the 60,000 training images; "val" = the official 10,000-image
+    test set (the set every published Fashion-MNIST figure is measured on). Images are stored losslessly (PNG)."""
+    out = Path(out)
+    files = sources.locate_fashion_mnist(src, base_url=base_url)
+    # Validate every input before writing anything.
+    data = {
+        "train": sources.load_idx_pair(files["train-images-idx3-ubyte.gz"], files["train-labels-idx1-ubyte.gz"]),
+        "val": sources.load_idx_pair(files["t10k-images-idx3-ubyte.gz"], files["t10k-labels-idx1-ubyte.gz"]),
+    }
+    for split, (images, labels) in data.items():
+        if labels.size and labels.max() >= len(sources.FASHION_MNIST_CLASSES):
+            raise PrepareError(f"{split} labels: found label {labels.max()}, Fashion-MNIST has 10 classes")
+    staging = _begin(out, force)
+    if staging is None:
+        return out
+    official = all(sources._verified(p, sources.FASHION_MNIST_FILES[n]) for n, p in files.items())
+    splits = {}
+    for split, (images, labels) in data.items():
+        prefix = "train" if split == "train" else "test"
+        samples = [records.Sample(f"{prefix}_{i:05d}", encode_png(img), "png", int(lab))
+                   for i, (img, lab) in enumerate(zip(images, labels))]
+        n_shards = train_shards if split == "train" else val_shards
+        splits[split] = records.write_split(staging, split, samples, n_shards, seed + (split == "val"))
+    h, w = data["train"][0].shape[1:]
+    manifest = {
+        "format": records.FORMAT,
+        "dataset": "fashion-mnist",
+        "classes": [str(i) for i in range(10)],
+        "class_names": sources.FASHION_MNIST_CLASSES,
+        "image": {"height": int(h), "width": int(w), "channels": 1},
+        "encoding": {"ext": "png", "lossless": True, "note": "IDX uint8 pixels stored as 8-bit grayscale PNG"},
+        "source": {name: str(p) for name, p in files.items()},
+        "source_is_official": official,
+        "splits": splits,
+        "notes": {"val": "the official 10,000-image Fashion-MNIST test set"},
+    }
+    records.write_manifest(staging, manifest)
+    _commit(staging, out)
+    return out
+
+
+# --- ImageNet and class-per-folder data sets: parallel, resumable ------------------------------------------
+#
+# The work is cut into one unit per output shard, fixed before any image is read: which files go into which
+# shard, in which order, follows from the sorted file list and the shuffle seed alone. A worker converts its
+# shard's files, writes the tar and index atomically (records.write_shard), then a small report next to it
+# (<staging>/.work/<shard>.json: the shard's checksums, the oddities and bad files found, and a hash of
+# everything the shard's bytes depend on). A re-run reuses a shard only when that report exists, the plan
+# hash matches and the shard's SHA-256 still matches the report; anything else is redone. Since the bytes
+# of a shard are a pure function of its plan, a run killed at any point and run again gives the same shards
+# as an uninterrupted run. The manifest is assembled from the reports and written last.
+
+MAX_PIXELS = 100_000_000  # decompression-bomb guard: ImageNet's largest image is ~12 MP (4288x2848)
+ODDITY_QUALITY = 95  # JPEG quality for files that are not already 3-channel JPEGs (near-transparent re-encode)
+RESIZE_QUALITY = 90  # default JPEG quality with --max-side (FFCV's ImageNet writer: q90)
+CONVERTER = 1  # bump when convert_image changes its output, so that old staged shards are not reused
+
+
+class BadImage(ValueError):
+    """A source file that cannot be used as an image (undecodable, unsupported, or refused); says why."""
+
+
+@dataclass(frozen=True)
+class Encoding:
+    max_side: int = 0  # pixels; longer sides are shrunk to this and re-encoded (0 = keep every size)
+    quality: int = 0  # JPEG quality for re-encoded images; 0 = RESIZE_QUALITY / ODDITY_QUALITY; >0 re-encodes all
+    max_pixels: int = MAX_PIXELS
+
+
+@dataclass
+class Header:
+    fmt: str  # jpeg | png | bmp | webp
+    width: int
+    height: int
+    components: int = 3  # JPEG: colour components in the frame
+    colour: str = "ycbcr"  # JPEG: ycbcr | gray | rgb | cmyk | ycck
+    precision: int = 8  # JPEG: bits per sample
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_header(data: bytes) -> Header:
+    """Walk the JPEG markers up to the frame header (SOFn): size, components, precision; the colour model
+    follows libjpeg's rules (JFIF => YCbCr; Adobe APP14 transform flag; component ids 'R','G','B')."""
+    i, n = 2, len(data)
+    jfif, adobe = False, None
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise BadImage(f"JPEG marker expected at byte {i}")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        seg = data[i + 4:i + 2 + length]
+        if marker == 0xE0 and seg[:5] == b"JFIF\0":
+            jfif = True
+        elif marker == 0xEE and seg[:5] == b"Adobe" and len(seg) >= 12:
+            adobe = seg[11]
+        elif marker in _SOF:
+            if len(seg) < 6:
+                break
+            precision, h, w, nc = seg[0], int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big"), seg[5]
+            ids = bytes(seg[6 + 3 * k] for k in range(nc) if 6 + 3 * k < len(seg))
+            if nc == 1:
+                colour = "gray"
+            elif nc == 3:
+                rgb = adobe == 0 if adobe is not None else (not jfif and ids == b"RGB")
+                colour = "rgb" if rgb else "ycbcr"
+            elif nc == 4:
+                colour = "ycck" if adobe == 2 else "cmyk"
+            else:
+                colour = f"{nc}-component"
+            return Header("jpeg", w, h, nc, colour, precision)
+        elif marker == 0xDA:
+            break
+        i += 2 + length
+    raise BadImage("JPEG without a readable frame header (truncated or not a JPEG)")
+
+
+def read_header(data: bytes) -> Header:
+    """Format and pixel size from the first bytes of an image, without decoding it."""
+    if data[:3] == b"\xff\xd8\xff":
+        return _jpeg_header(data)
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return Header("png", int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"))
+    if data[:2] == b"BM" and len(data) >= 26:
+        w, h = int.from_bytes(data[18:22], "little", signed=True), int.from_bytes(data[22:26], "little", signed=True)
+        return Header("bmp", abs(w), abs(h))
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        chunk = data[12:16]
+        if chunk == b"VP8 ":
+            return Header("webp", int.from_bytes(data[26:28], "little") & 0x3FFF,
+                          int.from_bytes(data[28:30], "little") & 0x3FFF)
+        if chunk == b"VP8L":
+            b = data[21:25]
+            return Header("webp", 1 + (b[0] | (b[1] & 0x3F) << 8), 1 + (b[1] >> 6 | b[2] << 2 | (b[3] & 0x0F) << 10))
+        if chunk == b"VP8X":
+            return Header("webp", 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little"))
+    raise BadImage(f"not a JPEG, PNG, BMP or WebP file (starts with {data[:8].hex() or 'nothing: empty file'})")
+
+
+def oddity(h: Header) -> str | None:
+    """Why a file cannot be stored as it is (None for an ordinary 8-bit YCbCr/JFIF JPEG)."""
+    if h.fmt != "jpeg":
+        return f"{h.fmt}_not_jpeg"
+    if h.colour != "ycbcr":
+        return f"{h.colour}_jpeg".replace("-", "_")
+    if h.precision != 8:
+        return f"{h.precision}bit_jpeg"
+    return None
+
+
+def convert_image(data: bytes, enc: Encoding) -> tuple[bytes, str | None, str | None, tuple[int, int]]:
+    """Check one source image by decoding it; returns (bytes to store, oddity, action, (height, width)).
+
+    Ordinary JPEGs are kept byte for byte (unless --max-side shrinks them or --quality re-encodes all);
+    anything else (CMYK, grayscale, PNG, ...) is decoded to RGB and stored as a JPEG at ODDITY_QUALITY, so
+    that every stored sample decodes to 3 channels with any JPEG decoder."""
+    hdr = read_header(data)
+    if hdr.width * hdr.height > enc.max_pixels:
+        raise BadImage(f"refused: the header says {hdr.width}x{hdr.height} = {hdr.width * hdr.height / 1e6:.0f} MP, "
+                       f"over the {enc.max_pixels / 1e6:.0f} MP limit against decompression bombs")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # BGR; CMYK/gray/alpha -> 3 channels
+    if img is None:
+        raise BadImage(f"cannot be decoded ({hdr.fmt}, {hdr.width}x{hdr.height}; truncated or corrupt)")
+    odd = oddity(hdr)
+    h, w = img.shape[:2]
+    shrink = enc.max_side and max(h, w) > enc.max_side
+    if odd is None and not shrink and not enc.quality:
+        return data, None, None, (h, w)
+    if shrink:
+        s = enc.max_side / max(h, w)
+        h, w = max(1, round(h * s)), max(1, round(w * s))
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+    quality = enc.quality or (RESIZE_QUALITY if shrink else ODDITY_QUALITY)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise BadImage("JPEG re-encoding failed")
+    action = f"stored as RGB JPEG q{quality}" + (f", resized to {w}x{h}" if shrink else "")
+    return buf.tobytes(), odd, action, (h, w)
+
+
+@dataclass
+class ShardJob:
+    split: str
+    name: str  # e.g. train-00042.tar
+    staging: str
+    items: list[tuple[str, str, str, int]]  # (key, path, rel, label)
+    enc: Encoding
+    num_classes: int
+    skip_bad: bool = False
+
+
+def _work(staging: Path) -> Path:
+    return Path(staging) / ".work"
+
+
+def _report_path(job: ShardJob) -> Path:
+    return _work(Path(job.staging)) / (job.name + ".json")
+
+
+def _plan_hash(job: ShardJob) -> str:
+    """Everything the shard's bytes depend on: the files (with size and mtime, so an edited source is
+    redone), their keys, labels and order, the encoding options, and the converter and OpenCV versions."""
+    h = hashlib.sha256(json.dumps([records.FORMAT, CONVERTER, cv2.__version__, asdict(job.enc)]).encode())
+    for key, path, rel, label in job.items:
+        try:
+            st = os.stat(path)
+            stamp = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None
+        h.update(json.dumps([key, rel, label, stamp]).encode())
+    return h.hexdigest()
+
+
+def _reusable(job: ShardJob, plan: str) -> dict | None:
+    """The report of an earlier run if its shard is complete and was made from the same plan."""
+    try:
+        report = json.loads(_report_path(job).read_text())
+        entry = report["entry"]
+        tar, idx = Path(job.staging) / entry["name"], Path(job.staging) / entry["index"]
+        if (report["plan"] == plan and tar.stat().st_size == entry["bytes"]
+                and records.sha256_file(tar) == entry["sha256"] and records.sha256_file(idx) == entry["index_sha256"]):
+            return report
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def run_shard(job: ShardJob) -> dict:
+    """Convert one shard's files and write the shard (or reuse an identical earlier one). Returns its report;
+    with bad files (and --skip-bad off) nothing is written and the report lists them."""
+    plan = _plan_hash(job)
+    report = _reusable(job, plan)
+    if report is not None:
+        report["reused"] = True
+        return report
+    samples, odd, bad, counts = [], [], [], np.zeros(job.num_classes, np.int64)
+    sides = []
+    for key, path, rel, label in job.items:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            stored, kind, action, (h, w) = convert_image(data, job.enc)
+        except (OSError, BadImage) as e:
+            bad.append({"split": job.split, "file": rel, "key": key, "error": str(e)})
+            continue
+        if kind is not None:
+            odd.append({"split": job.split, "file": rel, "key": key, "kind": kind, "action": action})
+        samples.append(records.Sample(key, stored, "jpg", label))
+        counts[label] += 1
+        sides.append((h, w, len(stored)))
+    stats = np.array(sides, np.int64).reshape(-1, 3)
+    report = {"split": job.split, "name": job.name, "plan": plan, "oddities": odd, "bad": bad,
+              "counts_per_class": counts.tolist(), "reused": False,
+              "stats": {"images": len(sides), "sum_height": int(stats[:, 0].sum()), "sum_width": int(stats[:, 1].sum()),
+                        "min_side": int(stats[:, :2].min()) if len(sides) else 0,
+                        "max_side": int(stats[:, :2].max()) if len(sides) else 0, "bytes": int(stats[:, 2].sum())}}
+    if bad and not job.skip_bad:
+        return report  # nothing written: prepare stops once every shard has been checked, listing all bad files
+    report["entry"] = records.write_shard(Path(job.staging) / job.name, samples)
+    path = _report_path(job)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report))
+    os.replace(tmp, path)  # the report is written after the shard: its presence vouches for the shard
+    return report
+
+
+def _begin_resumable(out: Path, force: bool) -> Path | None:
+    """Like _begin, but keeps ``<out>.partial`` from an interrupted run: its finished shards are reused."""
+    if (out / records.MANIFEST).is_file() and not force:
+        print(f"{out}: already prepared (manifest.json present); use --force to rebuild", file=sys.stderr)
+        return None
+    if out.exists() and any(out.iterdir()) and not (out / records.MANIFEST).is_file():
+        raise PrepareError(f"{out}: exists, is not empty and holds no manifest.json; choose an empty or new --out")
+    staging = out.with_name(out.name + ".partial")
+    _work(staging).mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def _plan_jobs(source, staging: Path, shards: dict[str, int], seed: int, enc: Encoding,
+               skip_bad: bool) -> tuple[list[ShardJob], dict[str, int]]:
+    jobs, seeds = [], {}
+    for s, (split, items) in enumerate(source.splits.items()):
+        seeds[split] = seed + s  # train: seed, val: seed + 1 (as the Fashion-MNIST importer)
+        for i, idx in enumerate(records.shuffled_shards(len(items), shards[split], seeds[split])):
+            chosen = [(items[j].key, str(items[j].path), items[j].rel, items[j].label) for j in idx]
+            jobs.append(ShardJob(split, f"{split}-{i:05d}.tar", str(staging), chosen, enc, len(source.classes),
+                                 skip_bad))
+    return jobs, seeds
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one core per worker: the parallelism is the worker processes
+
+
+def _run_jobs(jobs: list[ShardJob], workers: int, progress: bool):
+    """Yield each job's report as it finishes, with a progress line every few seconds on stderr."""
+    total = sum(len(j.items) for j in jobs)
+    start = last = time.monotonic()
+    done = images = reused = 0
+    if workers <= 1:
+        _init_worker()
+        results = map(run_shard, jobs)
+        pool = None
+    else:
+        # spawn, not fork: the parent may hold OpenCV / BLAS thread pools, which do not survive a fork.
+        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+        results = pool.imap_unordered(run_shard, jobs)  # one shard per task: shards are the unit of resumption
+    try:
+        for report in results:
+            done += 1
+            reused += report["reused"]
+            images += report["stats"]["images"] + len(report["bad"])
+            now = time.monotonic()
+            if progress and (now - last > 10 or done == len(jobs)):
+                last = now
+                rate = images / max(now - start, 1e-9)
+                eta = (total - images) / rate if rate > 0 else 0
+                print(f"prepare: {done}/{len(jobs)} shards ({reused} reused), {images}/{total} images, "
+                      f"{rate:.0f} img/s, ETA {eta / 60:.1f} min", file=sys.stderr, flush=True)
+            yield report
+    finally:
+        if pool is not None:
+            pool.terminate()  # on an error or Ctrl-C too: finished shards stay for the next run
+            pool.join()
+
+
+def prepare_images(source, out: Path, shards: dict[str, int], seed: int = 0, workers: int = 0,
+                   enc: Encoding = Encoding(), skip_bad: bool = False, force: bool = False,
+                   progress: bool = True) -> Path:
+    """A discovered ImageNet / folder source (see imagenet.py) -> shards + manifest in ``out``; resumable.
+
+    ``shards`` gives the number of shards per split; ``workers`` processes convert shards in parallel
+    (0 = one per CPU core)."""
+    out = Path(out)
+    staging = _begin_resumable(out, force)
+    if staging is None:
+        return out
+    workers = workers or os.cpu_count() or 1
+    jobs, seeds = _plan_jobs(source, staging, shards, seed, enc, skip_bad)
+    reports = {r["name"]: r for r in _run_jobs(jobs, workers, progress)}
+    reports = [reports[j.name] for j in jobs]  # back in shard order
+    bad = [b for r in reports for b in r["bad"]]
+    if bad and not skip_bad:
+        lines = "\n".join(f"  {b['file']}: {b['error']}" for b in bad)
+        raise PrepareError(f"{len(bad)} source file(s) cannot be used:\n{lines}\nFix or remove them, or re-run with "
+                           f"--skip-bad to leave them out (they are then listed in the manifest). The shards already "
+                           f"written in {staging} are reused by the next run.")
+    splits = {}
+    for split in source.splits:
+        mine = [r for r in reports if r["split"] == split]
+        counts = np.sum([r["counts_per_class"] for r in mine], axis=0, dtype=np.int64)
+        n = sum(r["stats"]["images"] for r in mine)
+        nonempty = [r["stats"] for r in mine if r["stats"]["images"]]
+        splits[split] = {
+            "count": n, "counts_per_class": counts.tolist(), "shuffle_seed": seeds[split],
+            "shards": [r["entry"] for r in mine],
+            "image_stats": {
+                "mean_height": sum(r["stats"]["sum_height"] for r in mine) / max(n, 1),
+                "mean_width": sum(r["stats"]["sum_width"] for r in mine) / max(n, 1),
+                "min_side": min((s["min_side"] for s in nonempty), default=0),
+                "max_side": max((s["max_side"] for s in nonempty), default=0),
+                "mean_bytes": sum(r["stats"]["bytes"] for r in mine) / max(n, 1)},
+        }
+    oddities = [o for r in reports for o in r["oddities"]]
+    kinds: dict[str, int] = {}
+    for o in oddities:
+        kinds[o["kind"]] = kinds.get(o["kind"], 0) + 1
+    reencode = bool(enc.max_side or enc.quality)
+    manifest = {
+        "format": records.FORMAT,
+        "dataset": source.dataset,
+        "classes": source.classes,
+        "class_names": source.class_names,
+        # Variable-size images: height/width 0 say "no single stored size" (as data/synthetic.py).
+        "image": {"height": 0, "width": 0, "channels": 3},
+        "encoding": {
+            "ext": "jpg", "lossless": False,
+            "mode": "reencode" if reencode else "copy",
+            "max_side": enc.max_side, "quality": enc.quality or (RESIZE_QUALITY if enc.max_side else None),
+            "oddity_quality": enc.quality or ODDITY_QUALITY,
+            "note": ("JPEGs whose longer side exceeds max_side are shrunk (INTER_AREA) and re-encoded; "
+                     if enc.max_side else "") + ("every image re-encoded at `quality`; " if enc.quality else
+                                                 "ordinary 3-channel JPEGs kept byte for byte; ")
+                    + "other files (CMYK/grayscale JPEG, PNG, ...) stored as RGB JPEG at oddity_quality",
+        },
+        "max_pixels": enc.max_pixels,
+        "source": {"root": str(source.root), "layout": source.layout},
+        "splits": splits,
+        "oddities": {"counts": kinds, "files": oddities},
+        "skip_bad": skip_bad,
+        "skipped_bad_files": bad,
+    }
+    # Clear out what no longer belongs: temp files of killed runs, shards of an earlier plan. The reports go
+    # only after the rename, so a run killed before it still reuses every shard.
+    keep = {e[k] for s in splits.values() for e in s["shards"] for k in ("name", "index")} | {_work(staging).name}
+    for p in staging.iterdir():
+        if p.name not in keep:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    records.write_manifest(staging, manifest)
+    _commit(staging, out)
+    shutil.rmtree(_work(out), ignore_errors=True)
+    if progress:
+        print(f"prepared {out}: " + ", ".join(f"{k} {v['count']} images in {len(v['shards'])} shards"
+                                              for k, v in splits.items())
+              + (f"; oddities {kinds}" if kinds else "") + (f"; skipped {len(bad)} bad file(s)" if bad else ""),
+              file=sys.stderr)
+    return out
