@@ -1,0 +1,174 @@
+"""Deterministic batches from record shards: sampler, worker batches, prefetch to the device.
+
+Sample order is a pure function of (seed, epoch): one permutation per epoch, cut into global batches of
+``batch_size x world`` samples, of which rank r takes the r-th slice. A 1-process run with global batch G and
+an N-process run with per-rank batch G/N therefore see the same samples in each step; the remainder that
+does not fill a global batch is dropped, so every rank runs the same number of steps.
+
+Each worker process builds a whole uint8 batch (decode + geometry per sample, see augment.py); batches come
+back in order whatever the number of workers.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from .augment import COLOR_STREAM, DecodeError, decode, sample_rng
+from .records import RecordReader
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+
+
+def train_steps_per_epoch(n: int, batch_size: int, world: int) -> int:
+    return n // (batch_size * world)
+
+
+def train_batch_indices(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[np.ndarray]:
+    """This rank's sample indices for every step of `epoch` (equal length on all ranks, remainder dropped)."""
+    perm = epoch_permutation(n, seed, epoch)
+    g = batch_size * world
+    return [perm[s * g + rank * batch_size: s * g + (rank + 1) * batch_size]
+            for s in range(train_steps_per_epoch(n, batch_size, world))]
+
+
+def eval_batch_indices(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[np.ndarray]:
+    """Every sample exactly once across ranks (rank r takes r, r+world, ...): no padding, no duplicates."""
+    mine = np.arange(rank, n, world)
+    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+@dataclass
+class Job:
+    epoch: int
+    step: int
+    indices: np.ndarray
+    size: int = 0  # side of the train crops for this batch (progressive resizing); 0 = the geometry's own
+
+
+class BatchDataset(torch.utils.data.Dataset):
+    """Turns a Job into (images uint8 [B,H,W,C], labels int64 [B], bad-sample count, colour params float32 [B,P]).
+
+    The colour parameters are drawn here from each sample's own colour stream (P = 0 without colour
+    augmentation, and always for val); the device applies them (augment.DeviceTransform, data/color.py)."""
+
+    def __init__(self, reader: RecordReader, geometry, channels: int, seed: int, train: bool):
+        self.reader, self.geometry, self.channels = reader, geometry, channels
+        self.seed, self.train = seed, train
+        self.default_size = getattr(geometry, "size", 0)
+
+    def __len__(self):  # the sampler decides what is loaded
+        return 0
+
+    def load(self, i: int, epoch: int) -> np.ndarray:
+        key, data, _ = self.reader[i]
+        rng = sample_rng(self.seed, epoch, i) if self.train else None
+        if hasattr(self.geometry, "load"):  # decodes only what its crop needs (augment.decode_box)
+            return self.geometry.load(data, self.channels, rng)
+        return self.geometry(decode(data, self.channels), rng)
+
+    def color_params(self, i: int, epoch: int) -> np.ndarray:
+        draw = getattr(self.geometry, "color_params", None) if self.train else None
+        return draw(sample_rng(self.seed, epoch, i, COLOR_STREAM)) if draw else np.zeros(0, np.float32)
+
+    def __getitem__(self, job: Job):
+        if self.train:  # the size travels with the job, so it holds in any worker process, persistent or not
+            self.geometry.size = job.size or self.default_size
+        images, labels, params, bad = [], [], [], 0
+        for i in job.indices.tolist():
+            try:
+                img = self.load(i, job.epoch)
+                label = int(self.reader.labels[i])
+                params.append(self.color_params(i, job.epoch))
+            except DecodeError:
+                if not self.train:
+                    raise DecodeError(f"{self.reader.where(i)}: cannot decode (val samples are never replaced)")
+                # A sample damaged after prepare: log it, substitute a deterministic other sample, count it.
+                print(f"warning: {self.reader.where(i)}: cannot decode; using a replacement sample", file=sys.stderr)
+                bad += 1
+                j = int(sample_rng(self.seed, job.epoch, i).integers(len(self.reader)))
+                img, label = self.load(j, job.epoch), int(self.reader.labels[j])
+                params.append(self.color_params(j, job.epoch))
+            images.append(img)
+            labels.append(label)
+        return (torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64), bad,
+                torch.from_numpy(np.stack(params)))
+
+
+class JobSampler(torch.utils.data.Sampler):
+    def __init__(self, jobs: list[Job]):
+        self.jobs = jobs
+
+    def __iter__(self):
+        return iter(self.jobs)
+
+    def __len__(self):
+        return len(self.jobs)
+
+
+def _worker_init(_):
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: BatchDataset, jobs: list[Job], workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, sampler=JobSampler(jobs), num_workers=workers, pin_memory=pin_memory,
+        worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None,
+        persistent_workers=False)
+
+
+class DevicePrefetcher:
+    """Copies the next batch to the device (non-blocking, from pinned memory, on a side stream on CUDA)
+    while the current one trains, and applies the device-side transform there."""
+
+    def __init__(self, loader, device: torch.device, transform):
+        self.loader, self.device, self.transform = loader, device, transform
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def _transform(self, x, params):
+        # Colour parameters (train batches with colour augmentation) go with the images; otherwise the
+        # transform gets the images alone.
+        if params is not None and params.numel():
+            return self.transform(x, params.to(self.device, non_blocking=True))
+        return self.transform(x)
+
+    def _to_device(self, batch):
+        x, y, bad = batch[:3]
+        params = batch[3] if len(batch) > 3 else None
+        if self.stream is None:
+            return self._transform(x.to(self.device), params), y.to(self.device), bad
+        with torch.cuda.stream(self.stream):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            x = self._transform(x, params)
+        return x, y, bad
+
+    def __iter__(self):
+        it = iter(self.loader)
+        nxt = None
+        try:
+            nxt = self._to_device(next(it))
+        except StopIteration:
+            return
+        while nxt is not None:
+            if self.stream is not None:
+                torch.cuda.current_stream(self.device).wait_stream(self.stream)
+                for t in nxt[:2]:
+                    t.record_stream(torch.cuda.current_stream(self.device))
+            cur = nxt
+            try:
+                nxt = self._to_device(next(it))
+            except StopIteration:
+                nxt = None
+            yield cur
+
+    def __len__(self):
+        return len(self.loader)

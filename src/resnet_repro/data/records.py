@@ -1,0 +1,211 @@
+"""Record shards: the one on-disk format every data set is converted to.
+
+Layout of a prepared data set folder::
+
+    manifest.json            written last: its presence means every shard it lists is complete
+    train-00000.tar          WebDataset layout: <key>.<ext> (image bytes) then <key>.cls (label, ASCII)
+    train-00000.idx          offset index: numpy .npz with key, offset, size, label per sample
+    ...
+
+The tars are plain POSIX tars, so ``tar tf`` and the ``webdataset`` library read them; the index gives random
+access (one ``pread`` per sample) without scanning. Tars are written byte-for-byte deterministically (fixed
+mtime/owner), so the same inputs and seed give shards with the same SHA-256.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+FORMAT = "resnet-repro-records/1"
+
+
+class RecordError(RuntimeError):
+    """A shard, index or manifest that is missing, truncated or inconsistent; the message names it."""
+
+
+@dataclass
+class Sample:
+    key: str  # unique within the data set, no dots or slashes (WebDataset groups members by key)
+    data: bytes  # encoded image bytes
+    ext: str  # "png", "jpg", ...
+    label: int
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_shard(path: Path, samples: list[Sample]) -> dict:
+    """Write one tar shard and its index atomically (temp files, fsync, rename). Returns its manifest entry."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    keys, offsets, sizes, labels = [], [], [], []
+    with open(tmp, "wb") as raw:
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for s in samples:
+                if "." in s.key or "/" in s.key:
+                    raise RecordError(f"{path.name}: sample key {s.key!r} must not contain '.' or '/'")
+                info = _tarinfo(f"{s.key}.{s.ext}", len(s.data))
+                tar.addfile(info, io.BytesIO(s.data))
+                keys.append(s.key)
+                # The data block ends where the tar now stands, padded to 512-byte records.
+                offsets.append(tar.offset - -(-len(s.data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE)
+                sizes.append(len(s.data))
+                labels.append(s.label)
+                cls = str(int(s.label)).encode()
+                tar.addfile(_tarinfo(f"{s.key}.cls", len(cls)), io.BytesIO(cls))
+        raw.flush()
+        os.fsync(raw.fileno())
+    idx_path = path.with_suffix(".idx")
+    idx_tmp = idx_path.with_name(idx_path.name + ".tmp")
+    with open(idx_tmp, "wb") as f:
+        np.savez(f, key=np.array(keys, dtype=str), offset=np.array(offsets, dtype=np.int64),
+                 size=np.array(sizes, dtype=np.int64), label=np.array(labels, dtype=np.int64))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(idx_tmp, idx_path)
+    os.replace(tmp, path)
+    return {"name": path.name, "index": idx_path.name, "count": len(samples), "bytes": path.stat().st_size,
+            "sha256": sha256_file(path), "index_sha256": sha256_file(idx_path)}
+
+
+def shuffled_shards(n: int, num_shards: int, seed: int) -> list[np.ndarray]:
+    """Split a seeded permutation of range(n) into `num_shards` nearly equal, contiguous runs."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return [a for a in np.array_split(perm, min(num_shards, max(n, 1))) if len(a)]
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    out = Path(out)
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, out / MANIFEST)
+
+
+def load_manifest(root: Path) -> dict:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise RecordError(f"{path}: no manifest; prepare the data set first (resnet-repro prepare ...)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path}: not valid JSON ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise RecordError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+class RecordReader:
+    """Random access to one split of a prepared data set: ``reader[i] -> (key, bytes, label)``.
+
+    Opening checks every shard against the manifest (present, full size, index count) so that a missing or
+    truncated shard is an error at start-up, not mid-epoch. File handles are opened lazily per process, so a
+    reader can be handed to forked or spawned loader workers.
+    """
+
+    def __init__(self, root: str | Path, split: str):
+        self.root = Path(root)
+        self.manifest = load_manifest(self.root)
+        splits = self.manifest["splits"]
+        if split not in splits:
+            raise RecordError(f"{self.root / MANIFEST}: no split {split!r}; has {', '.join(splits)}")
+        self.split = split
+        self.shards = splits[split]["shards"]
+        keys, offsets, sizes, labels, shard_ids = [], [], [], [], []
+        for sid, entry in enumerate(self.shards):
+            shard = self.root / entry["name"]
+            if not shard.is_file():
+                raise RecordError(f"shard {shard} listed in the manifest is missing")
+            if shard.stat().st_size != entry["bytes"]:
+                raise RecordError(f"shard {shard} is {shard.stat().st_size} bytes, manifest says {entry['bytes']} "
+                                  "(truncated or changed after prepare; re-run prepare or verify)")
+            idx_path = self.root / entry["index"]
+            try:
+                with np.load(idx_path) as idx:
+                    arrays = [idx[k] for k in ("key", "offset", "size", "label")]
+            except (OSError, ValueError, KeyError) as e:
+                raise RecordError(f"index {idx_path} is missing or unreadable ({e})") from None
+            if len(arrays[0]) != entry["count"]:
+                raise RecordError(f"index {idx_path} has {len(arrays[0])} samples, manifest says {entry['count']}")
+            for lst, arr in zip((keys, offsets, sizes, labels), arrays):
+                lst.append(arr)
+            shard_ids.append(np.full(len(arrays[0]), sid, dtype=np.int32))
+        self.keys = np.concatenate(keys) if keys else np.array([], dtype=str)
+        self.offsets = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
+        self.sizes = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+        self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+        self.shard_ids = np.concatenate(shard_ids) if shard_ids else np.zeros(0, np.int32)
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest["classes"]
+
+    def _fd(self, sid: int) -> int:
+        if self._pid != os.getpid():  # a forked worker must not share the parent's file offsets
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.get(sid)
+        if fd is None:
+            fd = self._fds[sid] = os.open(self.root / self.shards[sid]["name"], os.O_RDONLY)
+        return fd
+
+    def where(self, i: int) -> str:
+        return f"shard {self.shards[self.shard_ids[i]]['name']} key {self.keys[i]}"
+
+    def __getitem__(self, i: int) -> tuple[str, bytes, int]:
+        sid = int(self.shard_ids[i])
+        size = int(self.sizes[i])
+        data = os.pread(self._fd(sid), size, int(self.offsets[i]))
+        if len(data) != size:
+            raise RecordError(f"{self.where(i)}: read {len(data)} of {size} bytes (shard truncated?)")
+        return str(self.keys[i]), data, int(self.labels[i])
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_fds"] = {}
+        return state
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+
+def write_split(out: Path, split: str, samples: list[Sample], num_shards: int, seed: int) -> dict:
+    """Shuffle ``samples`` across ``num_shards`` shards with ``seed``; returns the split's manifest entry."""
+    shards = []
+    for i, idx in enumerate(shuffled_shards(len(samples), num_shards, seed)):
+        shards.append(write_shard(Path(out) / f"{split}-{i:05d}.tar", [samples[j] for j in idx]))
+    return split_entry(shards, [s.label for s in samples], seed)
+
+
+def split_entry(shards: list[dict], labels: list[int], seed: int) -> dict:
+    counts = np.bincount(np.asarray(labels, dtype=np.int64)).tolist() if len(labels) else []
+    return {"count": int(sum(s["count"] for s in shards)), "counts_per_class": counts, "shuffle_seed": seed,
+            "shards": shards}
