@@ -28,7 +28,7 @@ def train_dataset(reader, seed=0, **data) -> BatchDataset:
 
 def epoch_batches(ds, epoch, workers, seed=0, rank=0, world=1, batch=BATCH):
     jobs = [Job(epoch, s, idx) for s, idx in enumerate(train_batch_indices(N, batch, seed, epoch, rank, world))]
-    return [(x, y) for x, y, _ in make_loader(ds, jobs, workers, pin_memory=False)]
+    return [(batch[0], batch[1]) for batch in make_loader(ds, jobs, workers, pin_memory=False)]  # (x, y, bad, ...)
 
 
 def assert_same_batches(a, b):
@@ -67,7 +67,7 @@ def test_next_epoch_and_other_seed_change_order_and_augmentation(reader):
 def test_labels_follow_their_samples(reader):
     ds = train_dataset(reader, crop="none", flip=False, random_erasing=0.0)  # identity geometry
     jobs = [Job(0, s, idx) for s, idx in enumerate(train_batch_indices(N, BATCH, 0, 0))]
-    for job, (x, y, bad) in zip(jobs, make_loader(ds, jobs, 0, False)):
+    for job, (x, y, bad, *_) in zip(jobs, make_loader(ds, jobs, 0, False)):
         assert bad == 0
         for row, i in enumerate(job.indices.tolist()):
             assert int(y[row]) == int(reader.labels[i])
@@ -149,6 +149,6 @@ def test_device_prefetcher_yields_every_batch_in_order(reader):
     got = list(DevicePrefetcher(make_loader(ds, jobs, 0, False), torch.device("cpu"), transform))
     ref = epoch_batches(ds, 0, 0)
     assert len(got) == len(ref)
-    for (x, y, _), (xr, yr) in zip(got, ref):
+    for (x, y, *_), (xr, yr) in zip(got, ref):
         torch.testing.assert_close(x, xr.permute(0, 3, 1, 2).float() / 255)
         assert torch.equal(y, yr)

@@ -259,6 +259,15 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
             if env.is_main:
                 _trim_metrics(out / "metrics.jsonl", start_epoch)
             log(f"resumed from {path} at epoch {start_epoch} step {start_step} (saved by {len(ranks)} process(es))")
+    if start_epoch * steps_per_epoch + start_step >= total_steps:
+        # A finished run (`make train` again, or --resume auto after the end): nothing to train. Keep its
+        # results.json as it is, rather than redoing precise BN and overwriting it with this call's timings.
+        done = dist.broadcast_object(json.loads((out / "results.json").read_text())
+                                     if env.is_main and (out / "results.json").is_file() else None)
+        if done is not None:
+            log(f"{out}: already trained for {epochs} epochs; results.json kept (top-1 error {done['top1_err']:.2f}%)")
+            dist.shutdown()
+            return done
 
     def save_checkpoint(epoch: int, step: int, sums: RunningSums | None = None, seconds: float = 0.0,
                         wait: float = 0.0) -> None:
