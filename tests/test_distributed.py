@@ -1,0 +1,215 @@
+"""Several processes on CPU with gloo, launched the way users launch them: torchrun, one node or two.
+
+Training runs use ResNet-20 on 96 tiny 8x8 images, global batch 8 (12 steps per epoch, 2 epochs), deterministic
+algorithms, one thread per process, and go through tests/faults.py (the real command line, plus faults and
+FREEZE_BN on request). Every subprocess has a timeout.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_image_dataset
+from resnet_repro import checkpoint
+
+TESTS = Path(__file__).resolve().parent
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # = the torchrun console script of this interpreter
+
+RECIPE = """\
+data: {path: DATA, batch_size: 4, eval_batch_size: 5, workers: 0, pad: 1, normalize: scale}
+model: {name: resnet20}
+optim: {lr: 0.2, lr_batch: 8, nesterov: true}
+schedule: {kind: cosine, warmup_epochs: 0.5}
+train: {epochs: 2, seed: 3, threads: 1, channels_last: false, log_interval: 2, precise_bn_batches: 2,
+        deterministic: true, checkpoint_every_steps: 3, keep_checkpoints: 3}
+"""
+
+
+def child_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAULT", "FREEZE_BN"))}
+    env.update(OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def run(cmd: list[str], env: dict, timeout: int = 150) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=timeout)
+    return r
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dist")
+    data = write_image_dataset(root / "data", {"train": 96, "val": 23}, size=8)
+    path = root / "recipe.yaml"
+    path.write_text(RECIPE.replace("DATA", str(data)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_proc_frozen_bn(recipe, tmp_path_factory) -> Path:
+    """`torchrun --nproc-per-node 2`, 4 images per rank, BN frozen (see the first test): the reference run."""
+    out = tmp_path_factory.mktemp("two_proc")
+    r = run([*TORCHRUN, "--standalone", "--nproc-per-node", 2, TESTS / "faults.py", "train", "--config", recipe,
+             "--out", out], child_env(FREEZE_BN="1"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "global batch 8 = 4 x 2; peak lr 0.2 = 0.2 x 8/8 (linear scaling rule)" in r.stdout
+    return out
+
+
+def model_state(out: Path) -> dict:
+    return checkpoint.load(out / "final.pt")["model"]
+
+
+def test_two_processes_give_the_weights_of_one_process_with_the_same_global_batch(recipe, two_proc_frozen_bn,
+                                                                                   tmp_path):
+    """2 processes x 4 images vs 1 process x 8 images, 24 SGD steps: the same weights to float tolerance.
+
+    BN is frozen (eval mode on its initial statistics, FREEZE_BN in tests/faults.py). With per-device BN (the
+    default) each rank normalizes by the mean and variance of its own 4 images, so the two runs compute
+    different functions by construction; with frozen BN every sample's loss depends only on the weights and that
+    sample, the 8-image mean loss is the average of the two 4-image means, and DDP's averaged gradient is exactly
+    the 1-process gradient (up to float summation order). torch's SyncBatchNorm (train.sync_bn) would make them
+    equal too, but it runs on GPUs only. The loader gives rank r the r-th 4-image slice of the 8-image global
+    batch, so both runs see the same samples with the same augmentation in every step.
+    """
+    r = run([sys.executable, TESTS / "faults.py", "train", "--config", recipe, "--out", tmp_path,
+             "--set", "data.batch_size=8"], child_env(FREEZE_BN="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "global batch 8 = 8 x 1; peak lr 0.2 = 0.2 x 8/8 (linear scaling rule)" in r.stdout
+    one, two = model_state(tmp_path), model_state(two_proc_frozen_bn)
+    assert one.keys() == two.keys()
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=f"{k} differs")
+    # Training moved the weights well beyond that tolerance, so agreeing is not a given.
+    early = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "checkpoints")[0])["model"]
+    assert max((one[k] - early[k]).abs().max().item() for k in one if one[k].is_floating_point()) > 1e-2
+    m1 = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x) for x in (two_proc_frozen_bn / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(m1, m2, strict=True):  # metrics averaged over ranks: the same numbers as one process
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["train_top1_err"] == b["train_top1_err"]
+
+
+def test_torchrun_restarts_a_failed_rank_from_the_last_checkpoint_to_the_same_weights(recipe, two_proc_frozen_bn,
+                                                                                       tmp_path):
+    # Rank 1 dies (os._exit) after step 17 = epoch 1 step 5, on the first attempt only. torchrun tears the group
+    # down and starts both ranks again (TORCHELASTIC_RESTART_COUNT=1); --resume auto takes epoch 1 step 3.
+    r = run([*TORCHRUN, "--standalone", "--nproc-per-node", 2, "--max-restarts", 1, TESTS / "faults.py", "train",
+             "--config", recipe, "--out", tmp_path, "--resume", "auto"],
+            child_env(FREEZE_BN="1", FAULT="exit", FAULT_RANK="1", FAULT_STEP="17", FAULT_ATTEMPT="0"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "exit after optimizer step 17" in r.stderr
+    assert "ckpt-0001-000003.pt at epoch 1 step 3 (saved by 2 process(es))" in r.stdout
+    a, b = model_state(tmp_path), model_state(two_proc_frozen_bn)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs from the uninterrupted 2-process run"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_localhost_complete_a_run(recipe, tmp_path):
+    """Two torchrun launches, --nnodes 2 with one process each, meeting through the c10d rendezvous."""
+    port = free_port()
+    cmd = [*TORCHRUN, "--nnodes", 2, "--nproc-per-node", 1, "--rdzv-backend", "c10d", "--rdzv-endpoint",
+           f"127.0.0.1:{port}", "--rdzv-id", "two-nodes", "-m", "resnet_repro", "train", "--config", recipe,
+           "--out", tmp_path, "--set", "train.epochs=1"]
+    env = child_env()
+    nodes = [subprocess.Popen([str(c) for c in cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=150) for p in nodes]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in nodes] == [0, 0], outs
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["world_size"] == 2 and results["val_count"] == 23
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1  # rank 0 alone writes
+
+
+PROBE = """\
+import sys, torch
+from resnet_repro import dist
+from resnet_repro.data.loader import eval_batch_indices, train_batch_indices
+from resnet_repro.evaluate import evaluate
+from resnet_repro.models.resnet import build_model
+from resnet_repro.precise_bn import update_bn_stats
+
+env = dist.init("cpu")
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = build_model("resnet20", 10, 1)
+g = torch.Generator().manual_seed(1)
+val_x, val_y = torch.randn(23, 1, 8, 8, generator=g), torch.randint(0, 10, (23,), generator=g)
+train_x = 2 * torch.randn(48, 1, 8, 8, generator=g) + 1
+val = [(val_x[i], val_y[i]) for i in eval_batch_indices(23, 4, env.rank, env.world)]
+before = evaluate(model, val, torch.device("cpu"))
+# 6 batches of 4 in all, whatever the world size: rank r takes the r-th 4 of every 4 x world.
+mine = [train_x[i] for i in train_batch_indices(48, 4, 0, 0, env.rank, env.world)[: 6 // env.world]]
+used = update_bn_stats(model, mine, len(mine))
+after = evaluate(model, val, torch.device("cpu"))
+stats = {k: v for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+if env.is_main:
+    torch.save({"before": before, "after": after, "bn": stats, "used": used, "world": env.world}, sys.argv[1])
+dist.shutdown()
+"""
+
+
+def test_eval_counts_and_precise_bn_are_the_same_for_1_2_3_processes(tmp_path):
+    """23 val images (not divisible by 2 or 3): every rank scores a disjoint part, counts are all-reduced, so
+    top-1/top-5 counts match exactly with no padding duplicates. Precise BN over the same 6 batches of 4 (split
+    across the ranks) averages to the same running statistics."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    got = {}
+    for world in (1, 2, 3):
+        out = tmp_path / f"w{world}.pt"
+        r = run([*TORCHRUN, "--standalone", "--nproc-per-node", world, probe, out], child_env())
+        assert r.returncode == 0, r.stderr[-3000:]
+        got[world] = torch.load(out, weights_only=True)
+    for world in (2, 3):
+        for phase in ("before", "after"):
+            a, b = got[1][phase], got[world][phase]
+            assert a["count"] == b["count"] == 23
+            assert (a["top1_correct"], a["top5_correct"]) == (b["top1_correct"], b["top5_correct"]), (world, phase)
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        for k, v in got[1]["bn"].items():
+            torch.testing.assert_close(got[world]["bn"][k], v, rtol=1e-5, atol=1e-6, msg=f"{k}, {world} processes")
+        assert got[world]["used"] == 6 // world
+    # Precise BN did change the statistics (from the initial 0 / 1), so the comparison above means something.
+    assert any((v - (1 if k.endswith("var") else 0)).abs().max() > 0.05 for k, v in got[1]["bn"].items())
+
+
+def test_sync_bn_on_cpu_with_several_processes_is_a_clear_error(recipe, tmp_path):
+    r = run([*TORCHRUN, "--standalone", "--nproc-per-node", 2, "-m", "resnet_repro", "train", "--config", recipe,
+             "--out", tmp_path, "--set", "train.sync_bn=true"], child_env())
+    assert r.returncode != 0
+    assert "SyncBatchNorm runs on GPUs only" in r.stderr
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="SyncBatchNorm with NCCL needs 2 GPUs")
+def test_sync_bn_two_gpus_match_one_gpu(recipe, tmp_path):
+    """On 2 GPUs, train.sync_bn normalizes over the global batch: 2 x 4 images give the weights of 1 x 8."""
+    gpu = ["--set", "train.device=cuda", "--set", "train.precision=fp32", "--set", "train.deterministic=false"]
+    r1 = run([sys.executable, "-m", "resnet_repro", "train", "--config", recipe, "--out", tmp_path / "one",
+              "--set", "data.batch_size=8", *gpu], child_env())
+    r2 = run([*TORCHRUN, "--standalone", "--nproc-per-node", 2, "-m", "resnet_repro", "train", "--config", recipe,
+              "--out", tmp_path / "two", "--set", "train.sync_bn=true", *gpu], child_env())
+    assert r1.returncode == 0 and r2.returncode == 0, r1.stderr[-2000:] + r2.stderr[-2000:]
+    assert "synchronized over the global batch" in r2.stdout
+    one, two = model_state(tmp_path / "one"), model_state(tmp_path / "two")
+    for k in one:
+        if one[k].is_floating_point():
+            torch.testing.assert_close(two[k], one[k], rtol=1e-3, atol=1e-4, msg=k)
