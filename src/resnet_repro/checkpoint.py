@@ -91,7 +91,12 @@ def load(path: Path, map_location="cpu") -> dict:
     try:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for a damaged zip/pickle
-        raise CheckpointError(f"checkpoint {path}: cannot be read ({type(e).__name__}: {e})") from None
+        # One line: torch's weights-only refusal runs to a dozen lines and advises weights_only=False, which is
+        # the wrong advice for a damaged or foreign file.
+        lines = str(e).strip().splitlines()
+        reason = "not a weights-only torch file" if "Weights only load failed" in str(e) or not lines else lines[0][:200]
+        raise CheckpointError(f"checkpoint {path}: cannot be read ({type(e).__name__}: {reason}); the file is "
+                              "damaged or not a resnet-repro checkpoint") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path}: not a resnet-repro checkpoint (no 'model' entry)")
     return state
