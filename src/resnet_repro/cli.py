@@ -96,39 +96,104 @@ def _cmd_train(args) -> int:
     return 0 if result else 1
 
 
+def _load_trained(args):
+    """--checkpoint CK, or --torchvision-weights FILE --model NAME --data DIR -> evaluate.Trained."""
+    if getattr(args, "torchvision_weights", None):
+        if not args.model or not args.data:
+            raise UserError("--torchvision-weights needs --model NAME (resnet18 ... resnet152) and --data DIR")
+        from .models.torchvision_weights import trained_from_torchvision
+
+        return trained_from_torchvision(args.torchvision_weights, args.model, args.data)
+    if not args.checkpoint:
+        raise UserError("give --checkpoint CK (a run's final.pt or checkpoints/ckpt-*.pt)")
+    from .evaluate import load_trained
+
+    return load_trained(args.checkpoint, args.weights, args.data)
+
+
+def _write_json(path: str, obj) -> None:
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 def _cmd_evaluate(args) -> int:
+    import os
+
     import torch
 
-    from . import checkpoint
-    from .config import config_from_dict
-    from .data.augment import DeviceTransform, EvalGeometry
-    from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader
-    from .data.records import RecordReader
-    from .evaluate import evaluate
-    from .models.resnet import build_model
-    from .train import autocast_for
+    from .evaluate import evaluate_trained, format_table
 
-    state = checkpoint.load(args.checkpoint)
-    cfg = config_from_dict(state["config"])
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    reader = RecordReader(args.data or cfg.data.path, args.split)
-    manifest = reader.manifest
-    channels = manifest["image"]["channels"]
-    if manifest["classes"] != state["classes"]:
-        raise UserError(f"{args.checkpoint} was trained on different classes than {reader.root}")
-    model = build_model(cfg.model.name, len(state["classes"]), state["in_channels"], stride_in_3x3=cfg.model.stride_in_3x3)
-    model.load_state_dict(state["model"])
-    model = model.to(device, memory_format=torch.channels_last)
-    ds = BatchDataset(reader, EvalGeometry(cfg.data, manifest["image"]["height"]), channels, 0, train=False)
-    jobs = [Job(0, s, idx) for s, idx in enumerate(eval_batch_indices(len(reader), args.batch_size))]
-    batches = DevicePrefetcher(make_loader(ds, jobs, args.workers, device.type == "cuda"), device,
-                               DeviceTransform(cfg.data, channels, device))
-    autocast, _ = autocast_for(cfg.train.precision, device)
-    result = evaluate(model, batches, device, autocast)
-    result.update(checkpoint=str(args.checkpoint), data=str(reader.root), split=args.split)
-    print(json.dumps(result) if args.json else
-          f"{args.split}: top-1 error {result['top1_err']:.2f}%  top-5 error {result['top5_err']:.2f}%  "
-          f"({result['count']} images)")
+    try:
+        trained = _load_trained(args)
+        device = None if args.device == "auto" else torch.device(args.device)
+        out = evaluate_trained(trained, args.protocol or ["single"], args.data, args.split, args.resize, args.crop,
+                               tuple(args.scales) if args.scales else None, args.batch_size, args.workers, device)
+    except ValueError as e:  # protocol, class list or image size that does not fit; WeightsError
+        raise UserError(str(e)) from None
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    if args.out:
+        _write_json(args.out, out)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{out['model']} ({out['weights']}) on {out['data']} split {out['split']}, {out['precision']} on "
+              f"{out['device']} x{out['world_size']}:")
+        print(format_table(out["results"]))
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import ReportError, write_report
+
+    try:
+        paths = write_report(args.run_dir, args.out)
+    except ReportError as e:
+        raise UserError(str(e)) from None
+    if not args.quiet:
+        print(Path(paths["markdown"]).read_text())
+    print(f"wrote {paths['png']} and {paths['markdown']}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .export import ExportError, export_trained
+
+    args.data = None
+    try:
+        info = export_trained(_load_trained(args), args.format, args.out, check=not args.no_check)
+    except (ExportError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"wrote {info['out']} ({info['bytes'] / 1e6:.1f} MB, {info['format']})")
+    check = info.get("check")
+    if isinstance(check, dict):
+        print(f"checked with onnxruntime {check['onnxruntime']}: max |logit difference| {check['max_abs_diff']:.2e} "
+              f"on a batch of {check['batch']} at two image sizes")
+    elif check:
+        print(f"not checked: {check.removeprefix('skipped: ')}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    import torch
+
+    from .predict import PredictError, format_predictions, predict
+
+    try:
+        trained = _load_trained(args)
+        device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+        preds = predict(trained, args.images, args.topk, args.protocol, device)
+    except (PredictError, ValueError) as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(preds) if args.json else format_predictions(preds))
     return 0
 
 
@@ -187,15 +252,56 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="auto|CHECKPOINT", help="auto: newest whole checkpoint in OUT")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("evaluate", help="top-1/top-5 error of a checkpoint on a prepared split")
-    e.add_argument("--checkpoint", required=True)
+    e = sub.add_parser("evaluate", help="top-1/top-5 error of a checkpoint on a prepared split, per test protocol",
+                       description="Protocols: single = centre crop; flip = + mirror; 10crop = 4 corners + centre "
+                       "and mirrors; multiscale = whole image at shorter sides {224,256,384,480,640} and mirrors "
+                       "(the ResNet paper's fully-convolutional test). Sizes default to the run's data.val_resize / "
+                       "data.val_size; views are averaged as softmax probabilities. Works under torchrun.")
+    e.add_argument("--checkpoint", help="final.pt or checkpoints/ckpt-*.pt of a run")
+    e.add_argument("--torchvision-weights", metavar="FILE", help="instead of --checkpoint: a torchvision-layout "
+                   "ResNet state_dict (.pth/.safetensors), evaluated as our v1.5 net; needs --model and --data")
+    e.add_argument("--model", help="with --torchvision-weights: resnet18|34|50|101|152")
+    e.add_argument("--weights", choices=["model", "ema"], default="model", help="ema: the run's EMA weights")
     e.add_argument("--data", help="prepared data folder (default: the one the checkpoint was trained on)")
     e.add_argument("--split", default="val")
-    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--protocol", action="append", choices=["single", "flip", "10crop", "multiscale"],
+                   help="repeat for several (one pass over the data); default: single")
+    e.add_argument("--resize", type=int, help="shorter side before cropping, pixels (default: data.val_resize)")
+    e.add_argument("--crop", type=int, help="crop side, pixels (default: data.val_size or the stored size)")
+    e.add_argument("--scales", type=int, nargs="+", help="multiscale shorter sides, pixels (default: the paper's, "
+                   "times crop/224)")
+    e.add_argument("--batch-size", type=int, default=256, help="views per forward pass")
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--device", default="auto")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    e.add_argument("--out", help="also write the JSON here (RUN_DIR/evaluation.json goes into `report`)")
     e.set_defaults(func=_cmd_evaluate)
+
+    r = sub.add_parser("report", help="plots and a table next to published results, from a run folder")
+    r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("--out", help="output folder (default RUN_DIR/report)")
+    r.add_argument("--quiet", action="store_true", help="do not print the Markdown report")
+    r.set_defaults(func=_cmd_report)
+
+    x = sub.add_parser("export", help="write a checkpoint's weights as safetensors or ONNX")
+    x.add_argument("checkpoint", metavar="CHECKPOINT")
+    x.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors")
+    x.add_argument("--out", required=True)
+    x.add_argument("--weights", choices=["model", "ema"], default="model")
+    x.add_argument("--no-check", action="store_true", help="onnx: skip the onnxruntime-vs-PyTorch check")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=_cmd_export)
+
+    pd = sub.add_parser("predict", help="top-5 classes of image files")
+    pd.add_argument("images", nargs="+", metavar="IMAGE")
+    pd.add_argument("--checkpoint", required=True)
+    pd.add_argument("--weights", choices=["model", "ema"], default="model")
+    pd.add_argument("--data", help="prepared data folder whose manifest gives the image size (default: the run's)")
+    pd.add_argument("--topk", type=int, default=5)
+    pd.add_argument("--protocol", choices=["single", "flip", "10crop", "multiscale"], default="single")
+    pd.add_argument("--device", default="auto")
+    pd.add_argument("--json", action="store_true")
+    pd.set_defaults(func=_cmd_predict)
     return p
 
 
