@@ -25,6 +25,7 @@ are batched tensor ops on the device.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
 import cv2
@@ -299,3 +300,87 @@ def format_table(results: list[dict]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in
                                enumerate(zip(row, widths))).rstrip() for row in rows)
+
+
+# --- Trained models for evaluate / predict / export ---------------------------------------------------------
+
+@dataclass
+class Trained:
+    """A model ready for inference and what is needed to feed it and name its outputs."""
+
+    model: torch.nn.Module
+    cfg: object  # config.Config: data.* gives the normalization and val geometry
+    classes: list[str]
+    class_names: list[str]
+    in_channels: int
+    image_size: int | None  # side of the training data's stored images, when known (0-size configs use it)
+    source: str
+
+
+def load_trained(path, weights: str = "model", data: str | None = None) -> Trained:
+    """A resnet-repro checkpoint (final.pt or checkpoints/ckpt-*.pt) -> Trained.
+
+    `weights`: "model" (the trained weights) or "ema" (their moving average, when the run kept one).
+    `data`: a prepared data folder whose manifest gives the stored image size (default: the run's own)."""
+    from . import checkpoint
+    from .config import config_from_dict
+    from .data.records import RecordError, load_manifest
+    from .models.resnet import build_model
+
+    state = checkpoint.load(path)
+    cfg = config_from_dict(state["config"])
+    if weights == "model":
+        tensors = state["model"]
+    elif weights == "ema":
+        tensors = state.get("model_ema") or (state.get("ema") or {}).get("module")
+        if tensors is None:
+            raise checkpoint.CheckpointError(f"checkpoint {path}: holds no EMA weights (train.ema was off)")
+    else:
+        raise ValueError(f"weights must be 'model' or 'ema', not {weights!r}")
+    model = build_model(cfg.model.name, len(state["classes"]), state["in_channels"],
+                        stride_in_3x3=cfg.model.stride_in_3x3)
+    model.load_state_dict(tensors)
+    image_size = (state.get("image") or {}).get("height")
+    if image_size is None:
+        try:
+            image_size = load_manifest(data or cfg.data.path)["image"].get("height")
+        except RecordError:
+            image_size = None
+    return Trained(model.eval(), cfg, list(state["classes"]), list(state.get("class_names", state["classes"])),
+                   int(state["in_channels"]), image_size, str(path))
+
+
+def eval_transform(data_cfg, channels: int, device: torch.device):
+    """The device-side input transform at test time: normalization only (no colour or lighting noise)."""
+    from .data.augment import DeviceTransform
+
+    return DeviceTransform(dataclasses.replace(data_cfg, color="none", lighting=0.0), channels, device)
+
+
+def evaluate_trained(trained: Trained, protocol_names: list[str], data: str | None = None, split: str = "val",
+                     resize: int | None = None, crop: int | None = None, scales: tuple[int, ...] | None = None,
+                     batch_size: int = 256, workers: int = 2, device: torch.device | None = None) -> dict:
+    """`resnet-repro evaluate`: a trained model on a prepared split under each protocol (one pass, all ranks)."""
+    from .data.records import RecordReader
+    from .train import autocast_for
+
+    kind = device.type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    env = dist.init(kind)  # torchrun: each rank scores its own share; one process otherwise
+    if kind == "cuda" and (device is None or device.index is None):
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    device = device or torch.device("cpu")
+    reader = RecordReader(data or trained.cfg.data.path, split)
+    if reader.classes != trained.classes:
+        raise ValueError(f"{trained.source} was trained on other classes than {reader.root} has")
+    channels = reader.manifest["image"]["channels"]
+    if channels != trained.in_channels:
+        raise ValueError(f"{trained.source} takes {trained.in_channels}-channel images, {reader.root} has {channels}")
+    stored = reader.manifest["image"].get("height")
+    protocols = [make_protocol(name, trained.cfg.data, stored, resize, crop, scales) for name in protocol_names]
+    model = trained.model.to(device, memory_format=torch.channels_last)
+    autocast, precision = autocast_for(trained.cfg.train.precision, device)  # the run's own precision
+    results = evaluate_protocols(model, reader, protocols, eval_transform(trained.cfg.data, channels, device), device,
+                                 batch_size, workers, autocast, env.rank, env.world)
+    return {"model": trained.cfg.model.name, "weights": trained.source, "data": str(reader.root), "split": split,
+            "precision": precision, "device": str(device), "world_size": env.world, "results": results}

@@ -121,3 +121,23 @@ def model_from_torchvision(state: dict, name: str, where: str = "state_dict") ->
                                f"{name} needs {tuple(expected[k].shape)}")
     model.load_state_dict(ours)
     return model
+
+
+def trained_from_torchvision(path: str | Path, name: str, data: str | Path):
+    """torchvision weights as an evaluate.Trained, with torchvision's published test geometry (shorter side
+    256, centre crop 224, ImageNet mean/std) and the class list of the prepared data set at `data`."""
+    from ..config import Config
+    from ..data.records import load_manifest
+    from ..evaluate import Trained
+
+    model = model_from_torchvision(read_state_dict(path), name, str(path))
+    manifest = load_manifest(data)
+    classes = manifest["classes"]
+    if len(classes) != model.fc.out_features:
+        raise WeightsError(f"{path}: {model.fc.out_features} classes, but {data} has {len(classes)}")
+    cfg = Config()
+    cfg.data.path, cfg.model.name, cfg.model.stride_in_3x3 = str(data), name, True
+    cfg.data.val_resize, cfg.data.val_size = 256, 224  # torchvision's ImageNet evaluation: resize 256, crop 224
+    cfg.data.normalize = "meanstd"  # the Config defaults are torchvision's ImageNet mean / std
+    return Trained(model.eval(), cfg, list(classes), list(manifest.get("class_names", classes)),
+                   model.stem[0].in_channels, manifest["image"].get("height"), str(path))

@@ -1,0 +1,60 @@
+"""Top-5 classes of image files under a trained model: ``resnet-repro predict --checkpoint CK IMAGE...``.
+
+Images go through the run's own test geometry (evaluate.make_protocol: resize the shorter side, centre crop)
+and normalization; a data set stored at a fixed small size (Fashion-MNIST 28x28) has no resize step of its
+own, so any other image is first scaled so that its shorter side is that size. Colour images are converted
+to grey for 1-channel models, as OpenCV decodes them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.augment import DecodeError, decode
+from .evaluate import Trained, eval_transform, make_protocol, score_images
+from .models.resnet import SPECS
+
+
+class PredictError(RuntimeError):
+    """An image that cannot be read; the message names the file."""
+
+
+def read_image(path: str | Path, channels: int) -> np.ndarray:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PredictError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return decode(data, channels)
+    except DecodeError:
+        raise PredictError(f"{path}: not an image OpenCV can decode (JPEG, PNG, BMP, TIFF, WebP ...)") from None
+
+
+def predict(trained: Trained, paths: list[str | Path], topk: int = 5, protocol: str = "single",
+            device: torch.device | None = None) -> list[dict]:
+    """For each image: its `topk` classes, best first, as {"class", "name", "prob"} (mean softmax over views)."""
+    device = device or torch.device("cpu")
+    images = [read_image(p, trained.in_channels) for p in paths]
+    d = trained.cfg.data
+    crop = d.val_size or trained.image_size or SPECS[trained.cfg.model.name].input_size
+    p = make_protocol(protocol, d, trained.image_size, resize=d.val_resize or crop, crop=crop)
+    model = trained.model.to(device)
+    (probs,) = score_images(model, images, [p], eval_transform(d, trained.in_channels, device), device)
+    values, indices = probs.cpu().topk(min(topk, probs.shape[1]), dim=1)
+    return [{"image": str(path), "protocol": p.describe(),
+             "top": [{"class": trained.classes[i], "name": trained.class_names[i], "prob": float(v)}
+                     for v, i in zip(vals.tolist(), idx.tolist())]}
+            for path, vals, idx in zip(paths, values, indices)]
+
+
+def format_predictions(predictions: list[dict]) -> str:
+    lines = []
+    for pred in predictions:
+        lines.append(f"{pred['image']}:")
+        for rank, t in enumerate(pred["top"], start=1):
+            label = t["name"] if t["name"] == t["class"] else f"{t['name']} ({t['class']})"
+            lines.append(f"  {rank}. {100 * t['prob']:6.2f}%  {label}")
+    return "\n".join(lines)

@@ -1,0 +1,348 @@
+"""Results people can read: ``resnet-repro report RUN_DIR`` -> RUN_DIR/report/{curves.png, report.md}.
+
+Reads only what the run wrote (metrics.jsonl, the record; config.yaml; results.json when the run finished;
+evaluation.json from ``resnet-repro evaluate --out RUN_DIR/evaluation.json`` when present) and draws:
+
+* curves.png: top-1 error and loss per epoch, train and val, with the learning rate on a second axis, and
+  training throughput (img/s) with the share of time spent waiting for data;
+* report.md: the run's figures in a table next to published ones for the same model and data set (the
+  ResNet paper, the reference recipe, fb.resnet.torch, torchvision ...; shared/REFERENCE.md lists the sources),
+  with the test protocol and epochs of each.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+# --- Published figures -------------------------------------------------------------------------------------
+# (data set, model, who / what, epochs, test protocol, top-1 err %, top-5 err % or None, source). Figures as
+# their sources state them; collected in shared/REFERENCE.md. "v1.5" marks the stride-in-3x3 bottleneck.
+_IN_CROP = "centre crop 224 of shorter side 256"
+_PAPER_ITERS = "~120 (60e4 it.)"  # 600k iterations x 256 images / 1.28M training images
+PUBLISHED = [
+    ("imagenet", "resnet50", "He et al. 2015, released Caffe model", _PAPER_ITERS, _IN_CROP, 24.7, 7.8,
+     "KaimingHe/deep-residual-networks README"),
+    ("imagenet", "resnet50", "He et al. 2015, released Caffe model", _PAPER_ITERS, "10-crop", 22.9, None,
+     "KaimingHe/deep-residual-networks README"),
+    ("imagenet", "resnet101", "He et al. 2015, released Caffe model", _PAPER_ITERS, _IN_CROP, 23.6, 7.1,
+     "KaimingHe/deep-residual-networks README"),
+    ("imagenet", "resnet101", "He et al. 2015, released Caffe model", _PAPER_ITERS, "10-crop", 21.8, None,
+     "KaimingHe/deep-residual-networks README"),
+    ("imagenet", "resnet152", "He et al. 2015, released Caffe model", _PAPER_ITERS, _IN_CROP, 23.0, 6.7,
+     "KaimingHe/deep-residual-networks README"),
+    ("imagenet", "resnet152", "He et al. 2015, released Caffe model", _PAPER_ITERS, "10-crop", 21.4, None,
+     "KaimingHe/deep-residual-networks README"),
+    ("imagenet", "resnet50", "reference recipe (TF 1.12, 4x Titan XP, ~4 days)", "120", _IN_CROP, 24.36, 7.46,
+     "seed README"),
+    ("imagenet", "resnet50", "tornadomeet/ResNet (MXNet, v2 pre-activation)", "120", _IN_CROP, 24.39, 7.24,
+     "tornadomeet/ResNet README"),
+    *[("imagenet", f"resnet{d}", "fb.resnet.torch", "90", _IN_CROP, e1, e5, "facebook/fb.resnet.torch README")
+      for d, e1, e5 in ((18, 30.43, 10.76), (34, 26.73, 8.74), (50, 24.01, 7.02), (101, 22.44, 6.21),
+                        (152, 22.16, 6.16))],
+    ("imagenet", "resnet50", "torchvision IMAGENET1K_V1 (v1.5, step 30)", "90", _IN_CROP, 23.87, 7.14,
+     "pytorch.org docs (acc 76.13 / 92.862)"),
+    ("imagenet", "resnet50", "torchvision IMAGENET1K_V2 (v1.5, TA, mixup, cutmix, EMA, LS)", "600",
+     "centre crop 224 of 232", 19.14, 4.57, "pytorch/vision PR #5201"),
+    ("imagenet", "resnet50", "NVIDIA DeepLearningExamples (v1.5, AMP)", "90", _IN_CROP, 22.88, None,
+     "DeepLearningExamples README"),
+    ("imagenet", "resnet50", "NVIDIA DeepLearningExamples (v1.5, AMP)", "250", _IN_CROP, 21.57, None,
+     "DeepLearningExamples README"),
+    *[("imagenet", "resnet50", "FFCV, 8x A100", str(ep), "FFCV test (res 256)", e1, None,
+       f"ffcv-imagenet README ({minutes} min)") for ep, e1, minutes in ((16, 26.2, 14.9), (88, 21.6, 77.2))],
+    ("imagenet", "resnet18", "FFCV, 1x A100", "16", "FFCV test", 33.1, None, "ffcv-imagenet README (35.0 min)"),
+    ("imagenet", "resnet18", "FFCV, 1x A100", "88", "FFCV test", 27.6, None, "ffcv-imagenet README (187.3 min)"),
+    ("imagenet", "resnet50", "timm ResNet strikes back A1", "600", "centre crop 224", 19.6, None, "arXiv 2110.00476"),
+    *[("cifar10", f"resnet{d}", "He et al. 2015, Table 6", "~182 (64k it.)", "single 32x32 view", e1, None,
+       "arXiv 1512.03385 Table 6") for d, e1 in ((20, 8.75), (32, 7.51), (44, 7.17), (56, 6.97), (110, 6.43),
+                                                  (1202, 7.93))],
+    # The Fashion-MNIST README's benchmark (other models: context, not a like-for-like comparison).
+    *[("fashion-mnist", "*", f"{model} ({aug})", "-", "test set, single view", e1, None,
+       "zalandoresearch/fashion-mnist README benchmark")
+      for model, aug, e1 in (("ResNet18", "normalization, h/v flip, translation, rotation", 5.1),
+                             ("MobileNet", "horizontal flips", 5.0),
+                             ("DenseNet-BC 768K params", "mean/std, random crops, h flips", 4.6),
+                             ("WRN-28-10", "mean/std, random crops, h flips", 4.1),
+                             ("WRN-28-10 + Random Erasing", "same + random erasing", 3.7),
+                             ("WRN40-4 8.9M params", "mean/std, random crops, h flips", 3.3))],
+]
+
+
+def published_for(dataset: str | None, model: str | None) -> list[tuple]:
+    """Published rows for the run's data set and model (every row for data sets benchmarked on other models)."""
+    ds = (dataset or "").lower().replace("_", "-")
+    ds = {"fashion_mnist": "fashion-mnist", "cifar-10": "cifar10"}.get(ds, ds)
+    return [r for r in PUBLISHED if r[0] == ds and r[1] in ("*", model)]
+
+
+# --- The run -------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    root: Path
+    metrics: list[dict]
+    config: dict = field(default_factory=dict)
+    results: dict | None = None
+    evaluation: dict | None = None
+    dataset: str | None = None
+
+    @property
+    def model(self) -> str:
+        return (self.results or {}).get("model") or self.config.get("model", {}).get("name", "?")
+
+    @property
+    def planned_epochs(self) -> int | None:
+        return (self.results or {}).get("epochs") or self.config.get("train", {}).get("epochs")
+
+
+class ReportError(RuntimeError):
+    """A run folder that cannot be reported on; the message names the file."""
+
+
+def load_run(root: str | Path) -> Run:
+    root = Path(root)
+    path = root / "metrics.jsonl"
+    if not path.is_file():
+        raise ReportError(f"{path}: not found; is {root} a run folder (resnet-repro train --out {root})?")
+    metrics = []
+    lines = path.read_text().splitlines()
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            metrics.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if n == len(lines):  # a line cut off by a killed writer: the run's record up to the line before
+                break
+            raise ReportError(f"{path} line {n}: not valid JSON ({e})") from None
+    if not metrics:
+        raise ReportError(f"{path}: no epochs logged yet")
+    run = Run(root, metrics)
+    if (root / "config.yaml").is_file():
+        run.config = yaml.safe_load((root / "config.yaml").read_text()) or {}
+    for name in ("results", "evaluation"):
+        f = root / f"{name}.json"
+        if f.is_file():
+            try:
+                setattr(run, name, json.loads(f.read_text()))
+            except json.JSONDecodeError as e:
+                raise ReportError(f"{f}: not valid JSON ({e})") from None
+    run.dataset = (run.results or {}).get("dataset") or _dataset_from_manifest(run)
+    return run
+
+
+def _dataset_from_manifest(run: Run) -> str | None:
+    data = run.config.get("data", {}).get("path")
+    for base in ([Path(data)] if data and Path(data).is_absolute() else [Path.cwd() / str(data), run.root / str(data)]):
+        try:
+            return json.loads((base / "manifest.json").read_text()).get("dataset")
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+# --- Plots ---------------------------------------------------------------------------------------------
+
+def _series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pts = [(m["epoch"], m[key]) for m in metrics if isinstance(m.get(key), (int, float)) and math.isfinite(m[key])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_curves(run: Run, path: Path) -> Path:
+    """Three stacked panels over epochs: top-1 error, loss (both with the LR), throughput."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ReportError("plots need matplotlib: pip install 'resnet-repro[report]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    m = run.metrics
+    fig, axes = plt.subplots(3, 1, figsize=(9, 10.5), sharex=True, height_ratios=[1.25, 1, 0.8])
+    done, planned = m[-1]["epoch"], run.planned_epochs
+    title = f"{run.model} on {run.dataset or 'unknown data'}: {done}" + (f" of {planned}" if planned else "") + " epochs"
+    if run.results:
+        title += f"; final top-1 error {run.results['top1_err']:.2f}%"
+    fig.suptitle(title, fontsize=13, fontweight="bold")
+    lr_x, lr_y = _series(m, "lr")
+
+    def add_lr(ax):
+        # The LR logged for epoch e is the LR at its last step: drawn as a step over (e - 1, e].
+        twin = ax.twinx()
+        twin.step([lr_x[0] - 1] + lr_x, [lr_y[0]] + lr_y, where="pre", color="0.55", lw=1.3, ls="--",
+                  label="learning rate (right axis)")
+        twin.set_ylabel("learning rate", color="0.4")
+        twin.tick_params(axis="y", colors="0.4")
+        twin.set_ylim(0, max(lr_y) * 1.08)
+        return twin
+
+    ax = axes[0]
+    x, y = _series(m, "train_top1_err")
+    ax.plot(x, y, color="tab:blue", lw=1.8, label="train (augmented, running)")
+    x, y = _series(m, "val_top1_err")
+    ax.plot(x, y, color="tab:orange", lw=1.8, marker="o", ms=3, label="val")
+    x, y = _series(m, "ema_val_top1_err")
+    if x:
+        ax.plot(x, y, color="tab:green", lw=1.5, marker="o", ms=2.5, label="val, EMA weights")
+    if run.results:
+        ax.plot([done], [run.results["top1_err"]], marker="*", ms=14, color="tab:red", ls="none",
+                label=f"final, precise BN: {run.results['top1_err']:.2f}%")
+    # Errors fall by an order of magnitude; a log axis keeps the end of training readable.
+    errs = [v for k in ("train_top1_err", "val_top1_err") for v in _series(m, k)[1] if v > 0]
+    if errs and max(errs) / min(errs) > 4:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "235" else ""))
+    ax.set_ylabel("top-1 error (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    twin = add_lr(ax)
+    _legend(ax, twin)
+
+    ax = axes[1]
+    x, y = _series(m, "train_loss")
+    ax.plot(x, y, color="tab:blue", lw=1.8, label="train")
+    x, y = _series(m, "val_loss")
+    ax.plot(x, y, color="tab:orange", lw=1.8, marker="o", ms=3, label="val")
+    ls = run.config.get("optim", {}).get("label_smoothing")
+    ax.set_ylabel("cross-entropy loss" + (f"\n(train with label smoothing {ls:g})" if ls else ""))
+    ax.grid(True, alpha=0.3)
+    twin = add_lr(ax)
+    _legend(ax, twin)
+
+    ax = axes[2]
+    x, y = _series(m, "images_per_s")
+    ax.plot(x, y, color="tab:purple", lw=1.8, marker="o", ms=3, label="training img/s (incl. data wait)")
+    ax.set_ylim(0, max(y) * 1.15 if y else 1)
+    ax.set_ylabel("images / s")
+    ax.grid(True, alpha=0.3)
+    twin = ax.twinx()
+    x, y = _series(m, "data_wait_fraction")
+    twin.plot(x, [100 * v for v in y], color="0.55", lw=1.2, ls="--", label="waiting for data (right axis)")
+    twin.set_ylim(0, max(100 * max(y) * 1.3, 10) if y else 10)
+    twin.set_ylabel("waiting for data (%)", color="0.4")
+    twin.tick_params(axis="y", colors="0.4")
+    _legend(ax, twin, loc="lower right")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0, max(done, planned or 0) + 0.5)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _legend(ax, twin, loc="upper right"):
+    handles, labels = [], []
+    for a in (ax, twin):
+        h, lab = a.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    ax.legend(handles, labels, loc=loc, fontsize=9, framealpha=0.9)
+
+
+# --- Tables --------------------------------------------------------------------------------------------
+
+def _protocol_of_run(run: Run) -> str:
+    d = run.config.get("data", {})
+    size, resize = d.get("val_size") or 0, d.get("val_resize") or 0
+    if not size and not resize:
+        return "single view, stored size"
+    return f"centre crop {size or 'stored size'}" + (f" of shorter side {resize}" if resize else "")
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def comparison_rows(run: Run) -> list[dict]:
+    """This run's rows (final, EMA, each evaluate protocol) then the published ones, as dicts."""
+    m, res = run.metrics, run.results
+    epochs = str(m[-1]["epoch"])
+    where = run.root.name
+    rows = []
+    if res:
+        machine = f"{res.get('device', '?')} x{res.get('world_size', 1)}, {res.get('precision', '?')}"
+        when = f"{where}/results.json ({machine}, {_hours(res.get('train_wall_s', res.get('wall_s', 0)))})"
+        rows.append({"who": "**this run**", "epochs": epochs, "protocol": _protocol_of_run(run) + ", precise BN",
+                     "top1": res["top1_err"], "top5": res.get("top5_err"), "source": when})
+        if "ema_top1_err" in res:
+            rows.append({"who": "**this run, EMA weights**", "epochs": epochs, "protocol": _protocol_of_run(run),
+                         "top1": res["ema_top1_err"], "top5": res.get("ema_top5_err"), "source": when})
+    else:
+        last = next((r for r in reversed(m) if "val_top1_err" in r), None)
+        if last:
+            planned = run.planned_epochs
+            rows.append({"who": "**this run (not finished)**", "epochs": f"{last['epoch']}" + (f" of {planned}" if planned else ""),
+                         "protocol": _protocol_of_run(run), "top1": last["val_top1_err"],
+                         "top5": last.get("val_top5_err"), "source": f"{where}/metrics.jsonl (no results.json yet)"})
+    for r in (run.evaluation or {}).get("results", []):
+        rows.append({"who": f"**this run, {r['protocol']}**", "epochs": epochs, "protocol": r["description"],
+                     "top1": r["top1_err"], "top5": r["top5_err"], "source": f"{where}/evaluation.json"})
+    for ds, model, who, ep, protocol, e1, e5, source in published_for(run.dataset, run.model):
+        rows.append({"who": who, "epochs": ep, "protocol": protocol, "top1": e1, "top5": e5, "source": source})
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    out = ["| system | epochs | test protocol | top-1 err % | top-5 err % | source |",
+           "|---|---:|---|---:|---:|---|"]
+    out += [f"| {r['who']} | {r['epochs']} | {r['protocol']} | {_fmt(r['top1'])} | {_fmt(r['top5'])} | {r['source']} |"
+            for r in rows]
+    return "\n".join(out)
+
+
+def report_markdown(run: Run, png_name: str = "curves.png") -> str:
+    m, res = run.metrics, run.results
+    lines = [f"# {run.model} on {run.dataset or 'unknown data'} — {run.root.name}", ""]
+    seconds = sum(r.get("seconds", 0) for r in m)
+    rates = [r["images_per_s"] for r in m if "images_per_s" in r]
+    facts = [f"epochs logged: {m[-1]['epoch']}" + (f" of {run.planned_epochs}" if run.planned_epochs else ""),
+             f"training time in epochs: {_hours(seconds)}"]
+    if rates:
+        facts.append(f"throughput: median {sorted(rates)[len(rates) // 2]:,.0f} img/s (incl. data wait)")
+    if res:
+        facts.append(f"final top-1 / top-5 error: {res['top1_err']:.2f}% / {res['top5_err']:.2f}% on "
+                     f"{res.get('val_count', '?')} images (after precise BN over {res.get('precise_bn_batches')} "
+                     f"batches; before: {res.get('top1_err_before_precise_bn', float('nan')):.2f}%)")
+        facts.append(f"device: {res.get('device')} x{res.get('world_size', 1)}, precision {res.get('precision')}, "
+                     f"wall time {_hours(res.get('wall_s', 0))}")
+    else:
+        facts.append("no results.json: the run is still going or was stopped (figures are from the last epoch)")
+    lines += [f"- {f}" for f in facts] + ["", f"![training curves]({png_name})", "", "## Next to published results", ""]
+    rows = comparison_rows(run)
+    lines.append(markdown_table(rows))
+    if not published_for(run.dataset, run.model):
+        lines += ["", f"No published figures are recorded for {run.model} on {run.dataset or 'this data set'}."]
+    if run.dataset == "fashion-mnist":
+        lines += ["", "The Fashion-MNIST rows are the data set's README benchmark (other models and training recipes):"
+                  " context for the error level, not a like-for-like comparison."]
+    if not run.evaluation:
+        lines += ["", f"More test protocols: `resnet-repro evaluate --checkpoint {run.root}/final.pt --protocol single "
+                  f"--protocol flip --protocol 10crop --protocol multiscale --out {run.root}/evaluation.json`, then "
+                  "report again."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> dict:
+    """Write curves.png and report.md into `out` (default RUN_DIR/report); returns their paths."""
+    run = load_run(run_dir)
+    out = Path(out) if out else run.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_curves(run, out / "curves.png")
+    md = out / "report.md"
+    tmp = md.with_name(md.name + ".tmp")
+    tmp.write_text(report_markdown(run, os.path.relpath(png, out)))
+    os.replace(tmp, md)
+    return {"png": str(png), "markdown": str(md)}
