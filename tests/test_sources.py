@@ -182,8 +182,10 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, monkeypatch):
     """An HTTP server on 127.0.0.1 serving tmp_path/www; yields (base_url, www folder, request log)."""
+    for var in ("no_proxy", "NO_PROXY"):  # a machine-wide http_proxy must not catch requests to ourselves
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
     www = tmp_path / "www"
     www.mkdir()
     handler = type("Handler", (_Handler,), {"requests": []})
@@ -258,3 +260,15 @@ def test_prepare_downloads_when_there_is_no_src_and_no_system_copy(server, no_sy
     np.testing.assert_array_equal(images, made[IMAGES][0])
     np.testing.assert_array_equal(labels, made[LABELS][0])
     assert len(requests) == 4
+
+
+def test_system_copy_is_used_before_any_download(tmp_path, monkeypatch):
+    system = tmp_path / "usr-share-datasets-fashion-mnist"
+    made = write_fashion_mnist_src(system)
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", system)
+    monkeypatch.setenv("RESNET_REPRO_CACHE", str(tmp_path / "cache"))
+    # An unreachable base URL: any download attempt would fail the test.
+    found = sources.locate_fashion_mnist(None, base_url="http://127.0.0.1:9/",
+                                         files={n: sha for n, (_, sha) in made.items()})
+    assert found == {name: system / name for name in made}
+    assert not (tmp_path / "cache").exists()
