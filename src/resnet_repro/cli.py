@@ -197,6 +197,21 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_bench_train(args) -> int:
+    from .bench_train import bench_train
+
+    try:
+        result = bench_train(args.model, None if args.synthetic else args.data, args.batch_size, args.steps,
+                             args.warmup, args.compile, args.precision, args.decode, args.workers, args.device,
+                             args.channels_last, args.config, args.set, rounds=args.rounds,
+                             log=(lambda *a, **k: None) if args.json else print)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
 class UserError(RuntimeError):
     pass
 
@@ -302,6 +317,34 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--device", default="auto")
     pd.add_argument("--json", action="store_true")
     pd.set_defaults(func=_cmd_predict)
+
+    b = sub.add_parser("bench", help="throughput benchmarks")
+    bench = b.add_subparsers(dest="bench", required=True)
+    bt = bench.add_parser("train", help="training img/s: compute alone (synthetic batch on the device) and end to end "
+                                        "from record shards, data-wait fraction, peak memory, model FLOP/s")
+    bt.add_argument("--model", default="resnet50")
+    src = bt.add_mutually_exclusive_group()
+    src.add_argument("--synthetic", action="store_true", help="compute phase only (the default without --data)")
+    src.add_argument("--data", metavar="SHARDS", help="prepared data folder: also time the end-to-end input path")
+    bt.add_argument("--batch-size", type=int, default=256, help="per device")
+    bt.add_argument("--steps", type=int, default=50, help="timed steps per phase")
+    bt.add_argument("--warmup", type=int, default=10, help="untimed steps before each phase")
+    bt.add_argument("--compile", action="store_true", help="torch.compile the model (compiles during warm-up)")
+    bt.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"],
+                    help="default: the config's, else auto = bf16 autocast on CUDA, fp32 on CPU")
+    bt.add_argument("--decode", choices=["cpu", "gpu"], help="JPEG decoding for --data (default: the config's)")
+    bt.add_argument("--workers", type=int, help="loader processes (default: the config's, else CPU cores - 2)")
+    bt.add_argument("--device", default="auto")
+    bt.add_argument("--rounds", type=int, default=1, help="alternate the phases this many times; report medians "
+                                                           "(steadier on a shared machine)")
+    bt.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    bt.add_argument("--config", help="recipe whose data section (crop, normalize, ...) the end-to-end phase uses")
+    bt.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    bt.add_argument("--json", action="store_true", help="print one JSON object instead of the text lines")
+    bt.set_defaults(func=_cmd_bench_train)
+    from .bench import add_loader_parser
+
+    add_loader_parser(bench)
     return p
 
 

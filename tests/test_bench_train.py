@@ -1,0 +1,161 @@
+"""`bench train` (bench_train.py) and the trainer's no-host-sync step (train.train_step, train.RunningSums).
+
+Speed itself is measured by the bench command, never asserted here: these tests check that the figures are
+computed right (a fake clock), that both phases run end to end on the CPU, and that a training step reads
+nothing back from the device (counted reads do not grow with the number of steps).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import REPO
+from resnet_repro import bench_train as bt
+from resnet_repro import train as train_mod
+from resnet_repro.config import load_config
+
+KEYS = {"compute_images_per_s", "end_to_end_images_per_s", "data_wait_fraction", "peak_memory_mb",
+        "compute_tflops", "train_flops_per_image", "end_to_end_over_compute"}
+
+
+def test_step_timer_rate_and_wait_from_marks(monkeypatch):
+    """Steps at [0, 1], [1.5, 2.5], [3, 4] seconds: 3 steps in 4 s, 1 s of it between steps."""
+    clock = iter([0.0, 1.0, 1.5, 2.5, 3.0, 4.0])
+    monkeypatch.setattr(bt.time, "perf_counter", lambda: next(clock))
+    timer = bt.StepTimer(torch.device("cpu"))
+    for _ in range(6):
+        timer.mark()
+    r = timer.result(batch_size=8)
+    assert r["images_per_s"] == pytest.approx(3 * 8 / 4.0) and r["wait_fraction"] == pytest.approx(0.25)
+    assert r["step_ms"] == pytest.approx(4000 / 3) and r["steps"] == 3
+
+
+def test_synthetic_compute_phase_on_cpu():
+    r = bt.bench_train("resnet20", batch_size=4, steps=2, warmup=1, log=lambda *a: None)
+    assert r["compute_images_per_s"] > 0 and r["compute_step_ms"] > 0 and r["peak_memory_mb"] > 0
+    assert r["end_to_end_images_per_s"] is None and r["data_wait_fraction"] is None
+    # ResNet-20 at 32x32: 41 M multiply-adds forward (paper: ~41 M), x 3 passes x 2 FLOPs each.
+    assert r["train_flops_per_image"] == 6 * r["train_flops_per_image"] // 6
+    assert 40e6 < r["train_flops_per_image"] / 6 < 42e6
+    assert r["compute_tflops"] == pytest.approx(r["compute_images_per_s"] * r["train_flops_per_image"] / 1e12)
+
+
+def test_real_and_synthetic_in_one_run_via_the_cli(texture_data, cli):
+    code, out, err = cli("bench", "train", "--model", "resnet20", "--data", texture_data, "--batch-size", "16",
+                         "--steps", "2", "--warmup", "1", "--workers", "1", "--rounds", "2", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert KEYS <= set(r)
+    assert r["end_to_end_images_per_s"] > 0 and 0 <= r["data_wait_fraction"] < 1
+    assert r["end_to_end_over_compute"] == pytest.approx(r["end_to_end_images_per_s"] / r["compute_images_per_s"])
+    assert len(r["compute_images_per_s_rounds"]) == len(r["end_to_end_images_per_s_rounds"]) == 2
+    assert r["image_size"] == 16 and r["decode"] == "cpu" and r["workers"] == 1
+
+
+def test_text_output_and_recipe_data_settings(texture_data, cli):
+    recipe = REPO / "configs" / "fashion_mnist" / "resnet20.yaml"
+    code, out, err = cli("bench", "train", "--model", "resnet20", "--data", texture_data, "--config", recipe,
+                         "--set", "data.workers=0", "--batch-size", "8", "--steps", "1", "--warmup", "0")
+    assert code == 0, err
+    assert "compute" in out and "end to end" in out and "data wait" in out and "peak memory" in out
+    assert "bf16" in out  # the recipe's precision when --precision is not given
+
+
+def test_bad_arguments_are_user_errors(texture_data, cli):
+    code, _, err = cli("bench", "train", "--model", "resnet7", "--synthetic")
+    assert code == 2 and "unknown model" in err
+    code, _, err = cli("bench", "train", "--model", "resnet20", "--data", texture_data, "--batch-size", "1000")
+    assert code == 2 and "fewer than one batch" in err
+
+
+def test_parallel_bench_shards_merge_into_one_data_set(tmp_path):
+    from resnet_repro.data.records import RecordReader
+
+    root = bt.make_bench_shards(tmp_path / "jpegs", 7, 3, num_classes=4, size=(64, 48), processes=3)
+    train, val = RecordReader(root, "train"), RecordReader(root, "val")
+    assert len(train) == 7 and len(val) == 3 and len(set(train.keys)) == 7
+    assert sum(train.manifest["splits"]["train"]["counts_per_class"]) == 7
+    assert [int(train.labels[i]) == train[i][2] for i in range(7)] == [True] * 7
+    assert not (tmp_path / "jpegs.parts").exists()
+
+
+# --- No host synchronisation per step ---------------------------------------------------------------------------
+
+READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+
+@pytest.fixture
+def count_reads(monkeypatch):
+    """Counts every Tensor method that copies a value back to the host (on a GPU: waits for the device)."""
+    counts = {"n": 0}
+    for name in READS:
+        original = getattr(torch.Tensor, name)
+
+        def wrapped(self, *a, _original=original, **k):
+            counts["n"] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    return counts
+
+
+def test_running_sums_read_nothing_until_total(count_reads):
+    sums = train_mod.RunningSums(torch.device("cpu"))
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    y = torch.tensor([0, 1, 1])
+    for _ in range(50):
+        sums.add(torch.tensor(0.5), logits, y, bad=1)
+    assert count_reads["n"] == 0
+    loss_sum, correct, n, bad = sums.total()
+    assert (loss_sum, correct, n, bad) == (pytest.approx(50 * 0.5 * 3), 100, 150, 50)
+
+
+def test_train_step_reads_nothing_back(count_reads):
+    model = torch.nn.Linear(4, 3)
+    opt = train_mod.make_optimizer(model, load_config().optim, 0.1, torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    autocast, _ = train_mod.autocast_for("fp32", torch.device("cpu"))
+    for _ in range(5):
+        loss, logits = train_mod.train_step(model, torch.randn(8, 4), torch.randint(0, 3, (8,)),
+                                            torch.nn.CrossEntropyLoss(), opt, scaler, autocast)
+    assert count_reads["n"] == 0 and not loss.requires_grad and logits.shape == (8, 3)
+
+
+def test_reads_per_epoch_do_not_grow_with_steps(texture_data, tmp_path, count_reads):
+    """A whole `train` epoch with 4 steps and with 16: the same number of host reads (log lines, epoch end,
+    evaluation, checkpoint), none per step."""
+    counts = []
+    for batch in (64, 16):
+        cfg = load_config(None, [f"data.path={texture_data}", f"data.batch_size={batch}", "data.eval_batch_size=32",
+                                 "data.workers=0", "data.normalize=scale", "model.name=resnet20", "train.epochs=1",
+                                 "train.precision=fp32", "train.precise_bn_batches=0", "train.log_interval=1000"])
+        count_reads["n"] = 0
+        train_mod.train(cfg, tmp_path / f"b{batch}")
+        counts.append(count_reads["n"])
+    assert counts[0] == counts[1], counts
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_no_synchronising_call_in_a_cuda_step():
+    """torch's sync debug mode turns any synchronising call (a read-back, a pageable copy) into an error."""
+    dev = torch.device("cuda")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).to(dev)
+    model(torch.randn(2, 3, 8, 8, device=dev))
+    opt = train_mod.make_optimizer(model, load_config().optim, 0.1, dev)
+    for precision in ("bf16", "fp16"):
+        scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+        autocast, _ = train_mod.autocast_for(precision, dev)
+        sums = train_mod.RunningSums(dev)
+        x, y = torch.randn(4, 3, 8, 8, device=dev), torch.randint(0, 5, (4,), device=dev)
+        train_mod.train_step(model, x, y, torch.nn.CrossEntropyLoss(), opt, scaler, autocast)  # warm-up
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                loss, logits = train_mod.train_step(model, x, y, torch.nn.CrossEntropyLoss(), opt, scaler, autocast)
+                sums.add(loss, logits, y, 0)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert sums.total()[2] == 12
