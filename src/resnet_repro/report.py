@@ -160,7 +160,7 @@ def plot_curves(run: Run, path: Path) -> Path:
         raise ReportError("plots need matplotlib: pip install 'resnet-repro[report]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
     m = run.metrics
     fig, axes = plt.subplots(3, 1, figsize=(9, 10.5), sharex=True, height_ratios=[1.25, 1, 0.8])
@@ -170,6 +170,7 @@ def plot_curves(run: Run, path: Path) -> Path:
         title += f"; final top-1 error {run.results['top1_err']:.2f}%"
     fig.suptitle(title, fontsize=13, fontweight="bold")
     lr_x, lr_y = _series(m, "lr")
+    step_schedule = run.config.get("schedule", {}).get("kind", "step") in ("step", "multistep")
 
     def add_lr(ax):
         # The LR logged for epoch e is the LR at its last step: drawn as a step over (e - 1, e].
@@ -177,8 +178,12 @@ def plot_curves(run: Run, path: Path) -> Path:
         twin.step([lr_x[0] - 1] + lr_x, [lr_y[0]] + lr_y, where="pre", color="0.55", lw=1.3, ls="--",
                   label="learning rate (right axis)")
         twin.set_ylabel("learning rate", color="0.4")
-        twin.tick_params(axis="y", colors="0.4")
-        twin.set_ylim(0, max(lr_y) * 1.08)
+        twin.tick_params(axis="y", colors="0.4", which="both")
+        positive = [v for v in lr_y if v > 0]
+        if step_schedule and len(positive) == len(lr_y) and max(lr_y) / min(lr_y) > 20:
+            twin.set_yscale("log")  # each /10 drop of a step schedule is an equal step, the last ones visible
+        else:
+            twin.set_ylim(0, max(lr_y) * 1.08)
         return twin
 
     ax = axes[0]
@@ -196,8 +201,12 @@ def plot_curves(run: Run, path: Path) -> Path:
     errs = [v for k in ("train_top1_err", "val_top1_err") for v in _series(m, k)[1] if v > 0]
     if errs and max(errs) / min(errs) > 4:
         ax.set_yscale("log")
+        lo, hi = min(errs) / 1.1, max(errs) * 1.1
+        ax.set_ylim(lo, hi)
+        ticks = [t * 10 ** k for k in range(-2, 3) for t in (1, 1.5, 2, 3, 5, 7)]
+        ax.yaxis.set_major_locator(FixedLocator([t for t in ticks if lo <= t <= hi]))
+        ax.yaxis.set_minor_locator(NullLocator())
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "235" else ""))
     ax.set_ylabel("top-1 error (%)")
     ax.grid(True, which="both", alpha=0.3)
     twin = add_lr(ax)

@@ -1,0 +1,95 @@
+"""report: curves PNG and the Markdown comparison table, from run folders made here."""
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from resnet_repro.config import Config
+from resnet_repro.report import PUBLISHED, ReportError, load_run, published_for, report_markdown, write_report
+
+
+def make_run(root, model="resnet50", dataset="imagenet", epochs=12, finished=True, val_size=224, val_resize=256):
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = Config()
+    cfg.model.name, cfg.train.epochs = model, epochs
+    cfg.data.val_size, cfg.data.val_resize = val_size, val_resize
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    lines = []
+    for e in range(1, epochs + 1 if finished else epochs // 2 + 1):
+        lr = 0.1 * 0.1 ** (e > epochs // 2)
+        lines.append(json.dumps({"epoch": e, "lr": lr, "train_loss": 3 / e, "train_top1_err": 80 / math.sqrt(e),
+                                 "images_per_s": 1000 + 10 * e, "data_wait_fraction": 0.05, "seconds": 60.0,
+                                 "bad_samples": 0, "val_top1_err": 75 / math.sqrt(e), "val_top5_err": 40 / e,
+                                 "val_loss": 2.5 / e}))
+    (root / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if finished:
+        (root / "results.json").write_text(json.dumps({
+            "model": model, "dataset": dataset, "epochs": epochs, "top1_err": 21.65, "top5_err": 11.55,
+            "top1_err_before_precise_bn": 21.9, "precise_bn_batches": 25, "val_count": 50000, "wall_s": 7300,
+            "train_wall_s": 7200, "device": "cuda:0", "precision": "bf16", "world_size": 8}))
+    return root
+
+
+def test_imagenet_run_sits_next_to_the_published_resnet50_figures(tmp_path):
+    run = make_run(tmp_path / "r50")
+    md = report_markdown(load_run(run))
+    assert "| **this run** | 12 | centre crop 224 of shorter side 256, precise BN | 21.65 | 11.55 |" in md
+    assert "cuda:0 x8, bf16, 2.00 h" in md
+    for who, e1 in (("fb.resnet.torch", "24.01"), ("torchvision IMAGENET1K_V1", "23.87"),
+                    ("reference recipe", "24.36"), ("He et al. 2015, released Caffe model", "24.70")):
+        assert any(who in line and f"| {e1} |" in line for line in md.splitlines()), who
+    assert "10-crop | 22.90 |" in md
+    assert "30.43" not in md  # ResNet-18's row belongs to another model
+
+
+def test_each_data_set_gets_its_own_published_rows():
+    assert [r[5] for r in published_for("cifar10", "resnet56")] == [6.97]
+    assert len(published_for("fashion-mnist", "resnet20")) == 6  # the README benchmark, any model
+    assert published_for("cifar100", "resnet20") == []
+    assert all(r[5] > 0 and r[7] for r in PUBLISHED)  # every figure has a source
+
+
+def test_unfinished_run_and_evaluation_rows(tmp_path):
+    run = make_run(tmp_path / "fm", model="resnet20", dataset="fashion-mnist", epochs=10, finished=False,
+                   val_size=0, val_resize=0)
+    (run / "evaluation.json").write_text(json.dumps({"results": [
+        {"protocol": "10crop", "description": "shorter side 32, 4 corner + centre crops 28, + mirrors",
+         "top1_err": 6.5, "top5_err": 0.2}]}))
+    md = report_markdown(load_run(run))
+    assert "| **this run (not finished)** | 5 of 10 | single view, stored size | 33.54 |" in md
+    assert "| **this run, 10crop** | 5 | shorter side 32, 4 corner + centre crops 28, + mirrors | 6.50 | 0.20 |" in md
+    assert "no results.json" in md
+
+
+def test_png_is_drawn(tmp_path):
+    paths = write_report(make_run(tmp_path / "r50"))
+    img = cv2.imread(paths["png"])
+    assert img is not None and img.shape[0] > 900 and img.shape[1] > 700
+    assert img.std() > 20  # not blank
+    assert "![training curves](curves.png)" in (tmp_path / "r50" / "report" / "report.md").read_text()
+
+
+def test_torn_and_broken_logs(tmp_path):
+    run = make_run(tmp_path / "r", finished=False)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 7, "lr": 0.0')  # a writer killed mid-line: the record up to the line before
+    assert len(load_run(run).metrics) == 6
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\nnot json\n{"epoch": 3}\n')
+    with pytest.raises(ReportError, match="metrics.jsonl line 2"):
+        load_run(run)
+    with pytest.raises(ReportError, match="not found"):
+        load_run(tmp_path / "nothing")
+
+
+def test_report_cli(cli, tmp_path):
+    run = make_run(tmp_path / "r50")
+    code, out, err = cli("report", run, "--out", tmp_path / "rep")
+    assert code == 0, err
+    assert "| **this run** |" in out and (tmp_path / "rep" / "curves.png").is_file()
+    code, out, err = cli("report", tmp_path / "none")
+    assert code == 2 and "metrics.jsonl: not found" in err
