@@ -259,3 +259,14 @@ def test_gpu_path_matches_the_cpu_path_on_cuda(jpeg_data):
     gpu = GpuDecoder(torch.device("cuda"))(batch).cpu().float()
     assert gpu.shape == cpu.shape
     assert (gpu - cpu).abs().mean(dim=(1, 2, 3)).max() < 6.0
+
+
+def test_training_with_gpu_decode_needs_cuda(texture_data, tmp_path):
+    from resnet_repro.train import TrainingError, train
+
+    if torch.cuda.is_available():
+        pytest.skip("the error is for machines without CUDA")
+    cfg = load_config(None, [f"data.path={texture_data}", "data.decode=gpu", "data.normalize=scale",
+                             "model.name=resnet20", "train.epochs=1"])
+    with pytest.raises(TrainingError, match="data.decode=cpu"):
+        train(cfg, tmp_path / "run")

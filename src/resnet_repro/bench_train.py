@@ -145,7 +145,7 @@ def bench_train(model_name: str = "resnet50", data: str | None = None, batch_siz
         if len(reader) < batch_size:
             raise ValueError(f"{data}: {len(reader)} training samples, fewer than one batch of {batch_size}")
     else:
-        channels, size = 3, spec.input_size
+        channels, size = 3, cfg.data.image_size or spec.input_size
         num_classes = 1000 if spec.stem == "imagenet" else 10
 
     torch.manual_seed(seed)

@@ -165,6 +165,17 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
     train_ds = BatchDataset(train_reader, TrainGeometry(cfg.data, stored), channels, cfg.train.seed, train=True)
     val_ds = BatchDataset(val_reader, EvalGeometry(cfg.data, stored), channels, cfg.train.seed, train=False)
     to_device = DeviceTransform(cfg.data, channels, device, cfg.train.channels_last)
+    train_transform = to_device
+    if cfg.data.decode == "gpu":
+        # Workers ship JPEG bytes and the CPU path's crop boxes; the batch is decoded (nvJPEG) and resized on the
+        # GPU, then takes the same DeviceTransform (data/gpu_decode.py). Val stays on the CPU path.
+        from .data.gpu_decode import EncodedBatchDataset, GpuDecoder
+
+        if device.type != "cuda" or channels != 3:
+            raise TrainingError(f"data.decode=gpu needs a CUDA device and RGB JPEGs (device {device}, {channels} "
+                                "channel(s)); use data.decode=cpu")
+        train_ds = EncodedBatchDataset(train_reader, TrainGeometry(cfg.data, stored), cfg.train.seed)
+        train_transform = GpuDecoder(device, to_device)
     global_batch = cfg.data.batch_size * env.world
     steps_per_epoch = len(train_reader) // global_batch
     if steps_per_epoch == 0:
@@ -179,7 +190,8 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
     pin = device.type == "cuda"
 
     def batches(ds, jobs, workers):
-        return DevicePrefetcher(make_loader(ds, jobs, workers, pin), device, to_device)
+        return DevicePrefetcher(make_loader(ds, jobs, workers, pin), device,
+                                train_transform if ds is train_ds else to_device)
 
     def val_batches():
         jobs = [Job(0, s, idx) for s, idx in
