@@ -32,8 +32,15 @@ class DataConfig:
     # (needs CUDA and torchvision; see data/gpu_decode.py). Val images are always decoded on the CPU.
     decode: str = "cpu"
     # Train geometry. "pad_crop": pad by `pad` pixels then random crop back (the paper's CIFAR recipe);
-    # "inception" / "tf_cnn" / "paper": ImageNet crops (see data/augment.py).
+    # "none": resize + centre crop. ImageNet crops (data/augment.py), each resized to `image_size` (default 224):
+    # "inception": area U[0.08, 1], aspect log-U[3/4, 4/3], 10 tries, centre-crop fallback (torchvision
+    # RandomResizedCrop, fb.resnet.torch); "tf_cnn": tf.image.sample_distorted_bounding_box(min_object_covered
+    # 0.1, aspect [0.75, 1.33], area [0.05, 1], 100 attempts) as tf_cnn_benchmarks (the seed recipe);
+    # "paper": shorter side U[256, 480], random crop (He et al. 2015 s3.4).
     crop: str = "pad_crop"
+    # Decode JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg-turbo) when the train crop shrinks by >= 2x
+    # anyway; off = always decode at full size (slower on large images, pixels differ by a few levels).
+    dct_reduce: bool = True
     pad: int = 4  # pixels, pad_crop only
     image_size: int = 0  # train crop side in pixels; 0 = the stored image size (small-image data sets)
     # Progressive resizing (FFCV's rn50/rn18 configs: 160 -> 192, rounded to multiples of 32): the train side is
@@ -48,10 +55,16 @@ class DataConfig:
     # Val geometry: resize the shorter side to `val_resize`, centre crop `val_size` (0 = keep stored size).
     val_resize: int = 0
     val_size: int = 0
-    color: str = "none"  # device-side colour distortion: none | tf_cnn | jitter
+    # Device-side colour distortion (data/color.py): "tf_cnn" = tf_cnn_benchmarks' distort_color (brightness
+    # +-32/255, saturation [0.5, 1.5], hue +-0.2, contrast [0.5, 1.5], one of two orders per sample, clip [0, 1]),
+    # with saturation and hue applied in YIQ rather than TensorFlow's HSV, so the whole chain is one 3x4 matrix
+    # per image (tf_cnn's own distort_color_in_yiq option, DALI's color_twist): luma is kept, grey stays grey;
+    # tests/test_color.py bounds the difference to the HSV definition. "jitter" = fb.resnet.torch's
+    # ColorJitter 0.4/0.4/0.4 in random order (exact). "none" = off.
+    color: str = "none"
     lighting: float = 0.0  # PCA lighting noise alphastd (AlexNet / fb.resnet.torch: 0.1); 0 = off
     # Pixel normalization on the device: "scale" (x/255 -> [0,1], the reference recipe's "no mean
-    # subtraction"), "scale_pm1" ([-1,1]), or "meanstd" with `mean`/`std` in [0,1] units.
+    # subtraction"; "none" is the same), "scale_pm1" ([-1,1]), or "meanstd" with `mean`/`std` in [0,1] units.
     normalize: str = "meanstd"
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -240,9 +253,9 @@ def config_from_dict(d: dict) -> Config:
 
 
 _CHOICES = {
-    ("data", "crop"): ("pad_crop", "none"),
-    ("data", "color"): ("none",),
-    ("data", "normalize"): ("scale", "scale_pm1", "meanstd"),
+    ("data", "crop"): ("pad_crop", "none", "inception", "tf_cnn", "paper"),
+    ("data", "color"): ("none", "tf_cnn", "jitter"),
+    ("data", "normalize"): ("none", "scale", "scale_pm1", "meanstd"),
     ("data", "decode"): ("cpu", "gpu"),
     ("schedule", "kind"): ("step", "multistep", "cosine", "linear", "onecycle"),
     ("schedule", "unit"): ("epoch", "step"),

@@ -114,8 +114,11 @@ class JobSampler(torch.utils.data.Sampler):
 def _worker_init(_):
     import cv2
 
+    from .augment import keep_freed_memory
+
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    keep_freed_memory()
 
 
 def make_loader(dataset: BatchDataset, jobs: list[Job], workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:

@@ -1,0 +1,193 @@
+"""Colour augmentation on the training device: one 3x4 colour matrix per image, applied to the whole batch.
+
+Loader workers draw each sample's parameters (``ColorAugment.sample``, from the sample's own Philox stream, so
+they are a pure function of seed, epoch and index) and ship them as a small float tensor with the batch. On
+the device, ``affine`` turns them into a per-image affine map of RGB (a 3x3 matrix A and an offset t, in [0, 1]
+pixel units) and ``apply`` runs it over the batch together with normalization, as DALI's color_twist does.
+
+Every op below is affine in RGB once the image's per-channel mean is known, and the mean of an affine map of an
+image is the same map of its mean; so a whole chain of ops folds into one matrix per image, computed from the
+input's per-channel means (one reduction over the batch) and a few dozen numbers per image.
+
+``tf_cnn`` — tf_cnn_benchmarks' distort_color (the seed recipe), per sample in one of its two orders:
+    0: brightness, saturation, hue, contrast    1: brightness, contrast, saturation, hue;    then clip to [0, 1]
+    brightness: x + d, d ~ U[-32/255, 32/255]
+    contrast:   (x - mean_c) * f + mean_c, per-channel image mean, f ~ U[0.5, 1.5]    (tf.image.adjust_contrast)
+    saturation: f ~ U[0.5, 1.5];  hue: d ~ U[-0.2, 0.2] of a full turn
+  DEVIATION: TensorFlow scales saturation and shifts hue in HSV, which is not linear (HSV's value is the
+  channel maximum). Here both act in YIQ — saturation scales the I and Q chroma axes, hue rotates the IQ
+  plane by 2*pi*d — the linear approximation that tf_cnn_benchmarks itself offers (distort_color_in_yiq,
+  random_hsv_in_yiq) and DALI uses. Grey stays grey and luma is kept exactly (HSV desaturation instead moves
+  pixels to their channel maximum). tests/test_color.py compares its output statistics with a per-pixel HSV
+  implementation of TensorFlow's definition. Hue range: tf_cnn's own YIQ option rotates by at most 0.2*pi;
+  we keep the HSV path's +-0.2 turn (+-72 degrees) so the distortion strength matches the default reference.
+
+``jitter`` — fb.resnet.torch's ColorJitter(brightness 0.4, contrast 0.4, saturation 0.4), in random order:
+    brightness: a x;   contrast: a x + (1 - a) mean(grey(x));   saturation: a x + (1 - a) grey(x);
+    a = 1 + U[-0.4, 0.4] each, grey = 0.299 R + 0.587 G + 0.114 B — all linear, so this is exact.
+``lighting`` (alphastd > 0) — AlexNet's PCA lighting noise as fb.resnet.torch: x + V (alpha * lambda),
+    alpha ~ N(0, alphastd^2) per image, ImageNet eigenvalues lambda / eigenvectors V (below). Exact.
+No clipping after jitter/lighting, as fb.resnet.torch.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# tf_cnn_benchmarks distort_color ranges (preprocessing.py).
+TF_BRIGHTNESS = 32.0 / 255.0  # max |delta|, [0, 1] pixel units
+TF_SATURATION = (0.5, 1.5)  # factor
+TF_HUE = 0.2  # max |delta|, fraction of a full turn of hue
+TF_CONTRAST = (0.5, 1.5)  # factor
+# fb.resnet.torch imagenet.lua: ColorJitter{brightness = 0.4, contrast = 0.4, saturation = 0.4}.
+JITTER = 0.4  # factor = 1 + U[-0.4, 0.4]
+# fb.resnet.torch imagenet.lua `pca` (from the ImageNet training set, RGB in [0, 1]); V's columns are eigenvectors.
+IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGVEC = ((-0.5675, 0.7192, 0.4009),
+                   (-0.5808, -0.0045, -0.8140),
+                   (-0.5836, -0.6948, 0.4203))
+
+# Rec. 601 luma weights: fb.resnet.torch's grayscale() and the Y row of YIQ.
+LUMA = (0.299, 0.587, 0.114)
+# NTSC RGB -> YIQ, the matrix of TensorFlow's distort_image_ops (random_hsv_in_yiq); its inverse is computed.
+RGB_TO_YIQ = ((0.299, 0.587, 0.114),
+              (0.596, -0.274, -0.322),
+              (0.211, -0.523, 0.312))
+
+KINDS = ("none", "tf_cnn", "jitter")
+# All 3! orders of fb.resnet.torch's RandomOrder over (brightness, contrast, saturation).
+_JITTER_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+class ColorAugment:
+    """Per-sample parameter draws (worker side) and the batched affine colour transform (device side)."""
+
+    def __init__(self, kind: str = "none", lighting: float = 0.0):
+        if kind not in KINDS:
+            raise ValueError(f"data.color={kind!r} is not one of {', '.join(KINDS)}")
+        self.kind, self.lighting = kind, float(lighting)
+        self.base_params = {"none": 0, "tf_cnn": 5, "jitter": 4}[kind]
+        self.num_params = self.base_params + (3 if self.lighting > 0 else 0)
+        self.clip = kind == "tf_cnn"  # distort_color ends in clip_by_value(0, 1); fb.resnet.torch never clips
+
+    @classmethod
+    def from_config(cls, cfg) -> "ColorAugment":
+        return cls(cfg.color, cfg.lighting)
+
+    # --- worker side -----------------------------------------------------------------------------------
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """This sample's parameters, float32 [num_params]."""
+        p = []
+        if self.kind == "tf_cnn":
+            p = [float(rng.integers(0, 2)), rng.uniform(-TF_BRIGHTNESS, TF_BRIGHTNESS), rng.uniform(*TF_SATURATION),
+                 rng.uniform(-TF_HUE, TF_HUE), rng.uniform(*TF_CONTRAST)]
+        elif self.kind == "jitter":
+            p = [float(rng.integers(0, 6)), *(1.0 + rng.uniform(-JITTER, JITTER, 3))]  # order, b, c, s
+        if self.lighting > 0:
+            p += list(rng.normal(0.0, self.lighting, 3))
+        return np.asarray(p, np.float32)
+
+    # --- device side -----------------------------------------------------------------------------------
+    def affine(self, params: torch.Tensor, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image colour map before clipping and lighting: (A [B,3,3], t [B,3]) with x' = A x + t in [0, 1]
+        units; `means` [B,3] are the input images' per-channel means in [0, 1]."""
+        b = params.shape[0]
+        dev = params.device
+        eye = torch.eye(3, device=dev).expand(b, 3, 3)
+        a, t = eye.clone(), torch.zeros(b, 3, device=dev)
+        if self.kind == "tf_cnn":
+            order, delta, sat, hue, con = params[:, :5].unbind(1)
+            a, t = a, t + delta[:, None]  # brightness
+            twist = _yiq_twist(sat, hue)
+            a0, t0 = _contrast_per_channel(*_matmul(twist, a, t), means, con)  # order 0: sat+hue, contrast
+            a1, t1 = _matmul(twist, *_contrast_per_channel(a, t, means, con))  # order 1: contrast, sat+hue
+            first = (order < 0.5)
+            a = torch.where(first[:, None, None], a0, a1)
+            t = torch.where(first[:, None], t0, t1)
+        elif self.kind == "jitter":
+            orders = torch.tensor(_JITTER_ORDERS, device=dev)[params[:, 0].long()]  # [B, 3] op ids by position
+            alpha = params[:, 1:4]  # brightness, contrast, saturation factors
+            luma = torch.tensor(LUMA, device=dev)
+            sat_blend = luma.expand(3, 3)  # rows: grey(x) for every channel
+            for pos in range(3):
+                op = orders[:, pos]
+                cand = []
+                for k in range(3):
+                    f = alpha[:, k][:, None]
+                    if k == 0:  # brightness: blend with black
+                        cand.append((a * f[:, :, None], t * f))
+                    elif k == 1:  # contrast: blend with the mean grey level of the current image
+                        grey_mean = ((torch.einsum("bij,bj->bi", a, means) + t) * luma).sum(1, keepdim=True)
+                        cand.append((a * f[:, :, None], t * f + (1 - f) * grey_mean))
+                    else:  # saturation: blend with the image's own grey
+                        s = f[:, :, None] * eye + (1 - f[:, :, None]) * sat_blend
+                        cand.append(_matmul(s, a, t))
+                a = torch.stack([c[0] for c in cand])[op, torch.arange(b, device=dev)]
+                t = torch.stack([c[1] for c in cand])[op, torch.arange(b, device=dev)]
+        return a, t
+
+    def lighting_offset(self, params: torch.Tensor) -> torch.Tensor | None:
+        """AlexNet PCA lighting: per-image RGB offset V (alpha * lambda), [B, 3], in [0, 1] units."""
+        if self.lighting <= 0:
+            return None
+        alpha = params[:, self.base_params:self.base_params + 3]
+        vec = torch.tensor(IMAGENET_EIGVEC, device=params.device)
+        val = torch.tensor(IMAGENET_EIGVAL, device=params.device)
+        return (alpha * val) @ vec.T
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC [B,H,W,3] -> colour-distorted, normalized float NHWC: ((colour(x / 255)) - mean) / std."""
+        b, h, w, c = x.shape
+        params = params.to(device=x.device, dtype=torch.float32)
+        flat = x.reshape(b, h * w, c).float()
+        means = flat.mean(1) / 255.0
+        a, t = self.affine(params, means)
+        a = a / 255.0  # act on 0..255 input directly
+        light = self.lighting_offset(params)
+        if self.clip:
+            y = _affine_pixels(flat, a, t).clamp_(0.0, 1.0)
+            offset = (-mean if light is None else light - mean) / std
+            y = y.div_(std).add_(offset[:, None, :] if offset.dim() == 2 else offset)
+        else:  # fold lighting and normalization into the one map
+            if light is not None:
+                t = t + light
+            y = _affine_pixels(flat, a / std[:, None], (t - mean) / std)
+        return y.view(b, h, w, c)
+
+
+def _affine_pixels(flat: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """y[b, p, :] = a[b] @ flat[b, p, :] + t[b] as three multiply-adds over the batch: exact float32 on every
+    device (a batched matmul would run in TF32 on GPUs that allow it)."""
+    y = torch.addcmul(t[:, None, :], flat[:, :, 0:1], a[:, None, :, 0])
+    y.addcmul_(flat[:, :, 1:2], a[:, None, :, 1])
+    return y.addcmul_(flat[:, :, 2:3], a[:, None, :, 2])
+
+
+def _matmul(m: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compose the linear map m after the affine map (a, t)."""
+    return m @ a, (m @ t[:, :, None])[:, :, 0]
+
+
+def _contrast_per_channel(a, t, means, factor):
+    """tf.image.adjust_contrast after (a, t): the current per-channel mean is a m + t."""
+    cur = (a @ means[:, :, None])[:, :, 0] + t
+    f = factor[:, None]
+    return a * f[:, :, None], t * f + (1 - f) * cur
+
+
+def _yiq_twist(sat: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
+    """[B,3,3] RGB map: to YIQ, scale I and Q by `sat`, rotate them by `hue` turns, back to RGB.
+
+    The rotation is clockwise in the (I, Q) plane for positive `hue`, so that a positive shift moves red
+    towards yellow as an HSV hue increase does."""
+    dev = sat.device
+    to_yiq = torch.tensor(RGB_TO_YIQ, dtype=torch.float64)
+    from_yiq = torch.linalg.inv(to_yiq).to(dev, torch.float32)
+    to_yiq = to_yiq.to(dev, torch.float32)
+    ang = -2 * torch.pi * hue
+    cos, sin = torch.cos(ang) * sat, torch.sin(ang) * sat
+    m = torch.zeros(sat.shape[0], 3, 3, device=dev)
+    m[:, 0, 0] = 1.0
+    m[:, 1, 1], m[:, 1, 2] = cos, -sin
+    m[:, 2, 1], m[:, 2, 2] = sin, cos
+    return from_yiq @ m @ to_yiq
