@@ -1,0 +1,280 @@
+"""``resnet-repro bench loader``: images/s of the training input pipeline against the JPEG decode limit.
+
+What is timed is the real input path of ``resnet-repro train``: loader worker processes (read from the
+shards, header, crop box, DCT-reduced decode, resize, flip, colour parameters; data/augment.py) -> the
+DataLoader's transfer -> DevicePrefetcher -> the device-side colour distortion and normalization
+(data/color.py). The yardstick, measured in the same run on the same files, is the decode limit: bare
+``cv2.imdecode`` of the full image on one core, nothing else. Per worker the pipeline should reach >= 0.85 x
+that limit (issue 3), i.e. everything we add costs at most 15 % over decoding, and N workers on N idle cores
+should give >= 0.9 N x one worker. Both ratios are printed.
+
+Timing: the first batches (every worker's start-up, the device's first transform) are not timed; the rate is
+the timed batches' images over the time from the last untimed batch to the last timed one, with the device
+synchronized. The decode limit is measured before and after the pipeline runs and averaged, so a shared
+machine's load drifts into both sides alike. Worker peak RSS is each worker's VmHWM (it includes the pages
+it shares with the parent after fork); RSS growth is a worker's resident size at its last batch minus at its
+first, which stays flat when nothing accumulates per sample (no copy-on-read growth).
+
+``--compare torchvision`` runs the familiar torchvision pipeline (ImageFolder + RandomResizedCrop + flip +
+ColorJitter + ToTensor + Normalize) on the same images, batch size and worker count; torchvision is optional.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# numpy, OpenCV and torch are imported inside the functions: building the CLI parser must stay cheap.
+
+# The seed recipe's augmentation (tf_cnn_benchmarks): what `bench loader` runs unless --config / --set say else.
+DEFAULT_DATA = ("data.crop=tf_cnn", "data.color=tf_cnn", "data.image_size=224", "data.normalize=scale_pm1")
+
+
+def decode_limit(blobs: list[bytes], seconds: float = 2.0) -> float:
+    """Images/s of bare full-size decoding on one core (the pipeline's ceiling per worker); at least one pass
+    over `blobs` and at least `seconds`."""
+    import cv2
+    import numpy as np
+
+    cv2.setNumThreads(1)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        for b in blobs:
+            if cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) is None:
+                raise ValueError("a sample in the benchmark data cannot be decoded; run `resnet-repro verify`")
+        n += len(blobs)
+        if time.perf_counter() - t0 >= seconds:
+            return n / (time.perf_counter() - t0)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _MeasuredDataset:
+    """The training BatchDataset, plus per batch: (worker pid, seconds spent building it, peak RSS MB, RSS MB)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __len__(self):
+        return 0
+
+    def __getitem__(self, job):
+        t0 = time.perf_counter()
+        out = self.inner[job]
+        seconds = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+        return (*out, (os.getpid(), seconds, peak, _rss_mb()))
+
+
+def _split_stats(loader, sink: list):
+    """Pass the loader's batches on without their measurement tuple, which goes to `sink`."""
+    for batch in loader:
+        sink.append(batch[-1])
+        yield batch[:-1]
+
+
+def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, device: torch.device,
+                  warmup: int | None = None, seed: int = 0) -> dict:
+    """Run the train input pipeline (workers -> device transform) for warmup + `batches` batches."""
+    import torch
+
+    from .data.augment import DeviceTransform, TrainGeometry
+    from .data.loader import BatchDataset, DevicePrefetcher, Job, make_loader, train_batch_indices
+
+    warmup = 2 * max(workers, 1) + 2 if warmup is None else warmup
+    steps = train_batch_indices(len(reader), batch_size, seed, 0)
+    need = warmup + batches
+    if len(steps) < need:
+        raise ValueError(f"{reader.root}: {len(reader)} images give {len(steps)} batches of {batch_size}; the "
+                         f"benchmark needs {need} (lower --batches / --batch-size or make more data)")
+    jobs = [Job(0, s, idx) for s, idx in enumerate(steps[:need])]
+    ds = _MeasuredDataset(BatchDataset(reader, TrainGeometry(cfg.data, 0), 3, seed, train=True))
+    transform = DeviceTransform(cfg.data, 3, device)
+    stats: list = []
+    loader = make_loader(ds, jobs, workers, pin_memory=device.type == "cuda")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t0 = None
+    count = 0
+    for k, (x, y, bad) in enumerate(DevicePrefetcher(_split_stats(loader, stats), device, transform)):
+        if k == warmup - 1:
+            sync()
+            t0 = time.perf_counter()
+        elif k >= warmup:
+            count += len(y)
+    sync()
+    seconds = time.perf_counter() - t0
+    timed = stats[warmup:]
+    per_pid: dict[int, list] = {}
+    for pid, sec, peak, rss in stats:
+        per_pid.setdefault(pid, []).append((sec, peak, rss))
+    # Worker compute rate: images over the time the workers spent building the timed batches (no transfer).
+    compute = sum(len(j.indices) for j in jobs[warmup:]) / max(sum(s[1] for s in timed), 1e-9) * max(workers, 1)
+    return {
+        "workers": workers,
+        "images_per_s": count / seconds,
+        "images_per_s_per_worker": count / seconds / max(workers, 1),
+        "worker_compute_images_per_s": compute / max(workers, 1),
+        "peak_rss_mb_per_worker": max(v[1] for vals in per_pid.values() for v in vals),
+        "rss_growth_mb_per_worker": max(vals[-1][2] - vals[0][2] for vals in per_pid.values()),
+        "timed_images": count,
+        "seconds": seconds,
+    }
+
+
+def torchvision_rate(reader, indices, workers: int, batch_size: int, batches: int,
+                     mean, std, warmup: int | None = None) -> float | None:
+    """Images/s of ImageFolder + RandomResizedCrop + flip + ColorJitter + ToTensor + Normalize on the same
+    images; None if torchvision is not installed."""
+    import numpy as np
+    import torch
+    try:
+        import torchvision.transforms as T
+        from torchvision.datasets import ImageFolder
+    except ImportError:
+        return None
+    warmup = 2 * max(workers, 1) + 2 if warmup is None else warmup
+    tmp = Path(tempfile.mkdtemp(prefix="bench-tv-"))
+    try:
+        for i in indices.tolist():
+            key, data, label = reader[i]
+            d = tmp / f"{label:05d}"
+            d.mkdir(exist_ok=True)
+            (d / f"{key}.jpg").write_bytes(data)
+        tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ColorJitter(0.4, 0.4, 0.4),
+                        T.ToTensor(), T.Normalize(mean, std)])
+        ds = ImageFolder(str(tmp), transform=tf)
+        sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=(warmup + batches) * batch_size)
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                             prefetch_factor=4 if workers else None)
+        t0, count = None, 0
+        for k, (x, y) in enumerate(loader):
+            if k == warmup - 1:
+                t0 = time.perf_counter()
+            elif k >= warmup:
+                count += len(y)
+        return count / (time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_loader(data: str, workers: list[int], batch_size: int = 64, batches: int = 30, config: str | None = None,
+                 overrides: list[str] | None = None, device: str = "auto", split: str = "train",
+                 compare: str | None = None, log=print) -> dict:
+    import cv2
+    import numpy as np
+    import torch
+
+    from .config import load_config
+    from .data.records import RecordReader
+
+    cfg = load_config(config, ([] if config else list(DEFAULT_DATA)) + list(overrides or []))
+    dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    reader = RecordReader(data, split)
+    if reader.manifest["image"].get("channels", 3) != 3:
+        raise ValueError(f"{data}: bench loader is for RGB JPEG data sets (ImageNet layout)")
+    # The decode limit is measured on the images the pipeline reads (its first timed batches).
+    from .data.loader import train_batch_indices
+
+    from .data.augment import keep_freed_memory
+
+    keep_freed_memory()  # as in the loader workers: the decode limit is measured at its best
+    sample_idx = np.concatenate(train_batch_indices(len(reader), batch_size, 0, 0)[:max(1, 256 // batch_size)])
+    blobs = [reader[int(i)][1] for i in sample_idx]
+    hw = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8).shape for b in blobs[:32]]
+    log(f"data: {data} split {split} ({len(reader)} images, mean {np.mean([len(b) for b in blobs]) / 1e3:.0f} kB, "
+        f"about {8 * np.mean([s[1] for s in hw]):.0f}x{8 * np.mean([s[0] for s in hw]):.0f}); crop {cfg.data.crop}, "
+        f"colour {cfg.data.color}, lighting {cfg.data.lighting}, size {cfg.data.image_size}, batch {batch_size}, "
+        f"device {dev}; {os.cpu_count()} CPU cores")
+    limits = [decode_limit(blobs)]
+    log(f"decode limit (bare full-size cv2.imdecode, one core): {limits[0]:.0f} img/s")
+    runs = []
+    for n in workers:
+        r = pipeline_rate(cfg, reader, n, batch_size, batches, dev)
+        limits.append(decode_limit(blobs))
+        runs.append(r)
+        log(f"workers {n}: {r['images_per_s']:.0f} img/s = {r['images_per_s_per_worker']:.0f} per worker "
+            f"({r['worker_compute_images_per_s']:.0f} img/s building batches, before transfer); peak RSS "
+            f"{r['peak_rss_mb_per_worker']:.0f} MB per worker, RSS growth {r['rss_growth_mb_per_worker']:+.1f} MB")
+    limit = statistics.mean(limits)
+    for r in runs:
+        r["per_worker_vs_decode_limit"] = r["images_per_s_per_worker"] / limit
+    result = {**runs[-1], "decode_limit_per_s": limit, "decode_limit_samples_per_s": limits, "runs": runs,
+              "batch_size": batch_size, "batches": batches, "device": str(dev), "cpu_count": os.cpu_count(),
+              "crop": cfg.data.crop, "color": cfg.data.color, "lighting": cfg.data.lighting}
+    log(f"decode limit over the run: {limit:.0f} img/s (samples {', '.join(f'{v:.0f}' for v in limits)})")
+    for r in runs:
+        log(f"workers {r['workers']}: per worker {r['per_worker_vs_decode_limit']:.2f} x the decode limit "
+            f"(target >= 0.85)")
+    one = next((r for r in runs if r["workers"] == 1), None)
+    for r in runs:
+        if one is not None and r["workers"] > 1:
+            r["scaling"] = r["images_per_s"] / (r["workers"] * one["images_per_s"])
+            log(f"workers {r['workers']}: {r['images_per_s'] / one['images_per_s']:.2f} x one worker = "
+                f"{r['scaling']:.2f} x {r['workers']} (target >= 0.9 x N on N idle cores)")
+    if "scaling" in runs[-1]:
+        result["scaling"] = runs[-1]["scaling"]
+    if compare == "torchvision":
+        tv = torchvision_rate(reader, np.concatenate(train_batch_indices(len(reader), batch_size, 0, 0)),
+                              workers[-1], batch_size, batches, cfg.data.mean, cfg.data.std)
+        if tv is None:
+            log("--compare torchvision: torchvision is not installed (pip install torchvision); skipped")
+            result["torchvision_images_per_s"] = None
+        else:
+            result["torchvision_images_per_s"] = tv
+            result["vs_torchvision"] = runs[-1]["images_per_s"] / tv
+            log(f"torchvision (ImageFolder + RandomResizedCrop + flip + ColorJitter + ToTensor + Normalize), "
+                f"{workers[-1]} workers: {tv:.0f} img/s; ours {result['vs_torchvision']:.2f} x (target >= 4)")
+    return result
+
+
+def _cmd_loader(args) -> int:
+    import json
+
+    from .cli import UserError
+
+    try:
+        workers = [int(w) for w in str(args.workers).split(",")]
+    except ValueError:
+        raise UserError(f"--workers {args.workers!r}: expected a count or a comma-separated list, e.g. 1,2") from None
+    if any(w < 1 for w in workers):
+        raise UserError("--workers: every count must be >= 1 (the decode limit is per worker process)")
+    try:
+        result = bench_loader(args.data, workers, args.batch_size, args.batches, args.config, args.set, args.device,
+                              args.split, args.compare, log=(lambda *a, **k: None) if args.json else print)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def add_loader_parser(bench_subparsers) -> None:
+    """`bench loader` under the `bench` command of cli.py."""
+    p = bench_subparsers.add_parser(
+        "loader", help="train input pipeline img/s (incl. device-side colour ops) against the one-core JPEG "
+                       "decode limit; per-worker rate, scaling, worker RSS")
+    p.add_argument("--data", required=True, metavar="SHARDS", help="prepared JPEG data set (e.g. ImageNet, or "
+                                                                 "python bench/make_jpeg_shards.py)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--workers", default="1", help="worker processes; a comma-separated list (1,2) runs each and "
+                                                  "reports the scaling against 1")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batches", type=int, default=30, help="timed batches per run (after 2 x workers + 2 untimed)")
+    p.add_argument("--config", help="recipe whose data section is used (default: crop tf_cnn, color tf_cnn, 224)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    p.add_argument("--device", default="auto", help="where the colour ops run: auto (cuda if available), cpu, cuda")
+    p.add_argument("--compare", choices=["torchvision"], help="also time the torchvision pipeline on the same images")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the text lines")
+    p.set_defaults(func=_cmd_loader)
+
+
+if __name__ == "__main__":
+    sys.exit("use: resnet-repro bench loader --data SHARDS ...")
