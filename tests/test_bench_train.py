@@ -70,17 +70,6 @@ def test_bad_arguments_are_user_errors(texture_data, cli):
     assert code == 2 and "fewer than one batch" in err
 
 
-def test_parallel_bench_shards_merge_into_one_data_set(tmp_path):
-    from resnet_repro.data.records import RecordReader
-
-    root = bt.make_bench_shards(tmp_path / "jpegs", 7, 3, num_classes=4, size=(64, 48), processes=3)
-    train, val = RecordReader(root, "train"), RecordReader(root, "val")
-    assert len(train) == 7 and len(val) == 3 and len(set(train.keys)) == 7
-    assert sum(train.manifest["splits"]["train"]["counts_per_class"]) == 7
-    assert [int(train.labels[i]) == train[i][2] for i in range(7)] == [True] * 7
-    assert not (tmp_path / "jpegs.parts").exists()
-
-
 # --- No host synchronisation per step ---------------------------------------------------------------------------
 
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
