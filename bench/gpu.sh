@@ -105,21 +105,28 @@ EOF
     grep -i "warning" "$WORK/$name.err" | head -3
 }
 
+# Expected seconds per run: what the H100 took on 2026-11-26 (eager ~30, compiled ~70 with its compilation).
 SHAPE=(--set "data.image_size=$SIZE")
-run eager-bf16-cpu-decode 45 120 --precision bf16 --data "$DATA" --decode cpu --workers "$WORKERS" "${SHAPE[@]}"
-run eager-bf16-gpu-decode 45 120 --precision bf16 --data "$DATA" --decode gpu --workers "$WORKERS" "${SHAPE[@]}"
-run eager-fp32 30 90 --precision fp32 --synthetic "${SHAPE[@]}"
+run eager-bf16-cpu-decode 35 120 --precision bf16 --data "$DATA" --decode cpu --workers "$WORKERS" "${SHAPE[@]}"
+run eager-bf16-gpu-decode 35 120 --precision bf16 --data "$DATA" --decode gpu --workers "$WORKERS" "${SHAPE[@]}"
+run eager-fp32 35 90 --precision fp32 --synthetic "${SHAPE[@]}"
 if [[ $COMPILE == 1 ]]; then
-    run compiled-bf16-cpu-decode 120 200 --compile --precision bf16 --data "$DATA" --decode cpu --workers "$WORKERS" \
+    run compiled-bf16-cpu-decode 75 200 --compile --precision bf16 --data "$DATA" --decode cpu --workers "$WORKERS" \
         "${SHAPE[@]}"
-    run compiled-fp32 100 170 --compile --precision fp32 --synthetic "${SHAPE[@]}"
+    run compiled-fp32 75 170 --compile --precision fp32 --synthetic "${SHAPE[@]}"
 fi
+# Optional: CPU-decode end to end with other worker counts (e.g. GPU_BENCH_SWEEP_WORKERS="10 12"), to see whether
+# leaving the training process more cores shortens its steps.
+for w in ${GPU_BENCH_SWEEP_WORKERS:-}; do
+    run "eager-bf16-cpu-decode-w$w" 35 120 --precision bf16 --data "$DATA" --decode cpu --workers "$w" "${SHAPE[@]}"
+done
 
 if [[ $TESTS == 1 ]]; then
     if (( SECONDS - START + 40 <= HARD )); then
         echo "== CUDA-only tests (nvJPEG vs CPU decode, GPU vs CPU crop path, side-stream prefetch, no sync per step)"
         timeout $(( HARD - (SECONDS - START) )) $PY -m pytest -q -p no:cacheprovider tests/test_gpu_decode.py tests/test_prefetch.py \
-            tests/test_bench_train.py -k "cuda or nvjpeg" 2>&1 | tail -n 15
+            tests/test_bench_train.py -k "cuda or nvjpeg" -rfEs > "${OUT:-$WORK}/gpu_tests.log" 2>&1
+        tail -n 25 "${OUT:-$WORK}/gpu_tests.log"
     else
         echo "== CUDA-only tests: skipped (time budget)"
     fi
