@@ -187,3 +187,77 @@ def test_single_protocol_matches_the_training_loops_val_pass(tmp_path):
                                 workers=0)
     assert new["top1_correct"] == old["top1_correct"] and new["top5_correct"] == old["top5_correct"]
     assert new["loss"] == pytest.approx(old["loss"], rel=1e-4)
+
+
+# --- The command line ------------------------------------------------------------------------------------
+
+def test_evaluate_cli_table_json_and_out(cli, tmp_path, texture_data):
+    from test_export import fake_run_checkpoint
+
+    ck = fake_run_checkpoint(tmp_path / "final.pt", texture_data)
+    code, out, err = cli("evaluate", "--checkpoint", ck, "--protocol", "single", "--protocol", "10crop", "--resize",
+                         "18", "--crop", "16", "--workers", "0", "--out", tmp_path / "evaluation.json")
+    assert code == 0, err
+    header, single, tencrop = out.splitlines()[1:4]
+    assert header.split()[:3] == ["protocol", "views", "top-1"]
+    assert single.split()[:2] == ["single", "1"] and tencrop.split()[:2] == ["10crop", "10"]
+    saved = json.loads((tmp_path / "evaluation.json").read_text())
+    assert [r["count"] for r in saved["results"]] == [64, 64]
+    code, out, err = cli("evaluate", "--checkpoint", ck, "--json", "--workers", "0")
+    assert code == 0 and json.loads(out)["results"][0]["protocol"] == "single"  # the default protocol
+    code, out, err = cli("evaluate", "--checkpoint", ck, "--protocol", "10crop", "--crop", "20", "--workers", "0")
+    assert code == 2 and "smaller than the crop 20" in err and "shard val-" in err
+
+
+def test_evaluate_cli_with_torchvision_weights(cli, tmp_path):
+    from test_torchvision_weights import torchvision_forward, torchvision_state_dict
+
+    # Four classes of 3-channel 40x40 images; torchvision-layout ResNet-18 weights with a 4-way classifier.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 40, 40, 3), dtype=np.uint8)
+    labels = [0, 1, 2, 3, 0, 1]
+    samples = [records.Sample(f"s{i}", encode_png(img[:, :, ::-1]), "png", lab)  # PNG holds BGR for OpenCV
+               for i, (img, lab) in enumerate(zip(images, labels))]
+    data = tmp_path / "data"
+    data.mkdir()
+    split = records.write_split(data, "val", samples, 1, 0)
+    records.write_manifest(data, {"format": records.FORMAT, "dataset": "made", "classes": ["a", "b", "c", "d"],
+                                  "image": {"height": 40, "width": 40, "channels": 3}, "splits": {"val": split}})
+    tv = torchvision_state_dict("resnet18", num_classes=4, seed=5)
+    torch.save(tv, tmp_path / "tv.pth")
+    code, out, err = cli("evaluate", "--torchvision-weights", tmp_path / "tv.pth", "--model", "resnet18", "--data",
+                         data, "--resize", "40", "--crop", "32", "--workers", "0", "--json")
+    assert code == 0, err
+    (result,) = json.loads(out)["results"]
+    # By hand: centre 32x32 crop, torchvision's ImageNet mean/std, torchvision's forward.
+    x = torch.from_numpy(images[:, 4:36, 4:36].astype(np.float32) / 255).permute(0, 3, 1, 2)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = int((torchvision_forward(tv, x, "resnet18").argmax(1) == torch.tensor(labels)).sum())
+    assert result["top1_correct"] == want and result["count"] == 6
+    code, out, err = cli("evaluate", "--torchvision-weights", tmp_path / "tv.pth", "--data", data)
+    assert code == 2 and "needs --model" in err
+
+
+def test_evaluate_under_torchrun_counts_each_image_once(tmp_path, texture_data):
+    import os
+    import subprocess
+    import sys
+
+    from test_export import fake_run_checkpoint
+
+    ck = fake_run_checkpoint(tmp_path / "final.pt", texture_data)
+    args = ["evaluate", "--checkpoint", str(ck), "--protocol", "flip", "--protocol", "multiscale", "--workers", "0",
+            "--batch-size", "24", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "resnet_repro", *args, "--out", str(tmp_path / "two.json")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    from resnet_repro.cli import main
+
+    assert main([*args, "--out", str(tmp_path / "one.json")]) == 0
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert two["world_size"] == 2
+    for a, b in zip(one["results"], two["results"]):
+        assert b["count"] == 64 and (a["top1_correct"], a["top5_correct"]) == (b["top1_correct"], b["top5_correct"])
