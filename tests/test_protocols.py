@@ -127,6 +127,8 @@ def test_protocol_sizes_follow_the_run_and_the_paper():
     imagenet = DataConfig(val_resize=256, val_size=224)
     assert make_protocol("10crop", imagenet, None) == Protocol("10crop", 256, 224)
     assert make_protocol("multiscale", imagenet, None).scales == PAPER_SCALES
+    # Images of varying size and no val sizes in the config: the per-epoch val pass's 256 -> 224.
+    assert make_protocol("single", DataConfig(val_resize=0, val_size=0), None) == Protocol("single", 256, 224)
     small = DataConfig()  # Fashion-MNIST: keep the stored 28x28
     assert make_protocol("single", small, 28) == Protocol("single", 0, 28)
     assert make_protocol("multiscale", small, 28).scales == (28, 32, 48, 60, 80)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import torch.utils.data
 
 from . import dist
-from .data.augment import DecodeError, center_crop_resize, decode
+from .data.augment import DecodeError, EvalGeometry, center_crop_resize, decode
 
 PROTOCOLS = ("single", "flip", "10crop", "multiscale")
 # Shorter-side lengths in pixels of the paper's multi-scale test (He et al. 2015, s3.4, after VGG / OverFeat),
@@ -147,14 +147,14 @@ class Protocol:
 
 def make_protocol(name: str, data_cfg, stored_size: int | None, resize: int | None = None, crop: int | None = None,
                   scales: tuple[int, ...] | None = None) -> Protocol:
-    """A protocol sized like the run's own val geometry (data.val_resize / data.val_size), unless overridden.
+    """A protocol sized like the run's own per-epoch val pass (augment.EvalGeometry: data.val_resize /
+    data.val_size, else the stored size, else 256 -> 224), unless `resize` / `crop` override it.
 
     Multi-scale defaults to the paper's scales for nets tested on 224 crops, else to those scales times
     crop / 224 (Fashion-MNIST's 28 -> 28, 32, 48, 60, 80)."""
-    crop = crop or data_cfg.val_size or stored_size
-    if not crop:
-        raise ValueError("the data set has no fixed image size; give the crop size (data.val_size or --crop)")
-    resize = data_cfg.val_resize if resize is None else resize
+    val = EvalGeometry(data_cfg, stored_size or 0)
+    crop = crop or val.size
+    resize = val.resize if resize is None else resize
     if name == "multiscale" and not scales:
         scales = PAPER_SCALES if crop == 224 else tuple(round(s * crop / 224) for s in PAPER_SCALES)
     return Protocol(name, resize, crop, tuple(scales or ()))
