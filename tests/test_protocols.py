@@ -74,6 +74,19 @@ def test_ten_crop_averages_softmax_over_five_crops_and_their_mirrors():
     np.testing.assert_allclose(probs[0].numpy(), expected, rtol=1e-5)
 
 
+def test_ten_crop_of_a_pad_crop_net_crops_the_zero_padded_image():
+    img = (1 + 10 * np.arange(4)[:, None] + 3 * np.arange(4)[None, :]).astype(np.uint8)[:, :, None]  # 4x4
+    protocol = make_protocol("10crop", DataConfig(crop="pad_crop", pad=1), 4)  # trained with pad-1 crops of 4
+    assert protocol == Protocol("10crop", 0, 4, (), 1)
+    (probs,) = score_images(TopRow(), [img], [protocol], scale_transform(), CPU)
+    padded = np.pad(img[:, :, 0], 1)  # 6x6: crops of 4 at (0,0), (0,2), (2,0), (2,2) and the centre (1,1)
+    rows = [padded[0, 0:4], padded[0, 2:6], padded[2, 0:4], padded[2, 2:6], padded[1, 1:5]]
+    rows += [r[::-1] for r in rows]
+    expected = np.mean([softmax(8 * r / 255.0) for r in rows], axis=0)
+    np.testing.assert_allclose(probs[0].numpy(), expected, rtol=1e-5)
+    assert "of the 1-px zero-padded image" in protocol.describe()
+
+
 def test_single_and_flip_protocols():
     small = (10 * np.arange(6)[:, None] + 3 * np.arange(8)[None, :]).astype(np.uint8)
     img = small[:, :, None]

@@ -132,7 +132,8 @@ def _cmd_evaluate(args) -> int:
         trained = _load_trained(args)
         device = None if args.device == "auto" else torch.device(args.device)
         out = evaluate_trained(trained, args.protocol or ["single"], args.data, args.split, args.resize, args.crop,
-                               tuple(args.scales) if args.scales else None, args.batch_size, args.workers, device)
+                               tuple(args.scales) if args.scales else None, args.batch_size, args.workers, device,
+                               args.pad)
     except ValueError as e:  # protocol, class list or image size that does not fit; WeightsError
         raise UserError(str(e)) from None
     if int(os.environ.get("RANK", "0")) != 0:
@@ -285,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--crop", type=int, help="crop side, pixels (default: data.val_size or the stored size)")
     e.add_argument("--scales", type=int, nargs="+", help="multiscale shorter sides, pixels (default: the paper's, "
                    "times crop/224)")
+    e.add_argument("--pad", type=int, help="10crop: zero border, pixels, before cropping (default: data.pad for "
+                   "nets trained with pad-crop and tested at the stored size, else 0)")
     e.add_argument("--batch-size", type=int, default=256, help="views per forward pass")
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--device", default="auto")

@@ -109,6 +109,7 @@ class Protocol:
     resize: int  # shorter side in pixels before cropping; 0 = keep the stored size
     crop: int  # crop side in pixels (single / flip / 10crop)
     scales: tuple[int, ...] = ()  # shorter sides in pixels (multiscale)
+    pad: int = 0  # 10crop: zero border in pixels added before cropping (pad-crop nets, see make_protocol)
 
     def __post_init__(self):
         if self.name not in PROTOCOLS:
@@ -132,7 +133,8 @@ class Protocol:
         if self.name == "flip":
             return f"{resized}centre crop {self.crop} + mirror"
         if self.name == "10crop":
-            return f"{resized}4 corner + centre crops {self.crop}, + mirrors"
+            padded = f" of the {self.pad}-px zero-padded image" if self.pad else ""
+            return f"{resized}4 corner + centre crops {self.crop}{padded}, + mirrors"
         return f"full image, shorter side {{{', '.join(map(str, self.scales))}}}, + mirrors"
 
     def views(self, img: np.ndarray) -> list[np.ndarray]:
@@ -141,23 +143,31 @@ class Protocol:
             # own sizes reproduces the figure in its training log.
             return [center_crop_resize(img, self.resize, self.crop)]
         if self.name == "10crop":
-            return five_crops(resize_shorter(img, self.resize), self.crop)
+            img = resize_shorter(img, self.resize)
+            if self.pad:
+                img = np.pad(img, ((self.pad, self.pad), (self.pad, self.pad), (0, 0)))
+            return five_crops(img, self.crop)
         return [resize_shorter(img, s) for s in self.scales]
 
 
 def make_protocol(name: str, data_cfg, stored_size: int | None, resize: int | None = None, crop: int | None = None,
-                  scales: tuple[int, ...] | None = None) -> Protocol:
+                  scales: tuple[int, ...] | None = None, pad: int | None = None) -> Protocol:
     """A protocol sized like the run's own per-epoch val pass (augment.EvalGeometry: data.val_resize /
     data.val_size, else the stored size, else 256 -> 224), unless `resize` / `crop` override it.
 
     Multi-scale defaults to the paper's scales for nets tested on 224 crops, else to those scales times
-    crop / 224 (Fashion-MNIST's 28 -> 28, 32, 48, 60, 80)."""
+    crop / 224 (Fashion-MNIST's 28 -> 28, 32, 48, 60, 80). 10-crop of a net trained with pad-crop on
+    images it sees whole (CIFAR, Fashion-MNIST) takes its crops from the image zero-padded by data.pad, the
+    positions its training crops came from; otherwise the five crops would all be the whole image."""
     val = EvalGeometry(data_cfg, stored_size or 0)
     crop = crop or val.size
     resize = val.resize if resize is None else resize
     if name == "multiscale" and not scales:
         scales = PAPER_SCALES if crop == 224 else tuple(round(s * crop / 224) for s in PAPER_SCALES)
-    return Protocol(name, resize, crop, tuple(scales or ()))
+    if pad is None:
+        whole = not resize and stored_size and crop == stored_size
+        pad = data_cfg.pad if name == "10crop" and data_cfg.crop == "pad_crop" and whole else 0
+    return Protocol(name, resize, crop, tuple(scales or ()), pad if name == "10crop" else 0)
 
 
 # --- Scoring (device, per batch) --------------------------------------------------------------------------
@@ -359,7 +369,8 @@ def eval_transform(data_cfg, channels: int, device: torch.device):
 
 def evaluate_trained(trained: Trained, protocol_names: list[str], data: str | None = None, split: str = "val",
                      resize: int | None = None, crop: int | None = None, scales: tuple[int, ...] | None = None,
-                     batch_size: int = 256, workers: int = 2, device: torch.device | None = None) -> dict:
+                     batch_size: int = 256, workers: int = 2, device: torch.device | None = None,
+                     pad: int | None = None) -> dict:
     """`resnet-repro evaluate`: a trained model on a prepared split under each protocol (one pass, all ranks)."""
     from .data.records import RecordReader
     from .train import autocast_for
@@ -377,7 +388,7 @@ def evaluate_trained(trained: Trained, protocol_names: list[str], data: str | No
     if channels != trained.in_channels:
         raise ValueError(f"{trained.source} takes {trained.in_channels}-channel images, {reader.root} has {channels}")
     stored = reader.manifest["image"].get("height")
-    protocols = [make_protocol(name, trained.cfg.data, stored, resize, crop, scales) for name in protocol_names]
+    protocols = [make_protocol(name, trained.cfg.data, stored, resize, crop, scales, pad) for name in protocol_names]
     model = trained.model.to(device, memory_format=torch.channels_last)
     autocast, precision = autocast_for(trained.cfg.train.precision, device)  # the run's own precision
     results = evaluate_protocols(model, reader, protocols, eval_transform(trained.cfg.data, channels, device), device,

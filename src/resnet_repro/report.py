@@ -173,10 +173,13 @@ def plot_curves(run: Run, path: Path) -> Path:
     step_schedule = run.config.get("schedule", {}).get("kind", "step") in ("step", "multistep")
 
     def add_lr(ax):
-        # The LR logged for epoch e is the LR at its last step: drawn as a step over (e - 1, e].
+        # The LR logged for epoch e is the LR at its last step: for a step schedule the LR of all of (e - 1, e].
         twin = ax.twinx()
-        twin.step([lr_x[0] - 1] + lr_x, [lr_y[0]] + lr_y, where="pre", color="0.55", lw=1.3, ls="--",
-                  label="learning rate (right axis)")
+        if step_schedule:
+            twin.step([lr_x[0] - 1] + lr_x, [lr_y[0]] + lr_y, where="pre", color="0.55", lw=1.3, ls="--",
+                      label="learning rate (right axis)")
+        else:  # a smooth schedule: the logged end-of-epoch values joined up
+            twin.plot(lr_x, lr_y, color="0.55", lw=1.3, ls="--", label="learning rate (right axis)")
         twin.set_ylabel("learning rate", color="0.4")
         twin.tick_params(axis="y", colors="0.4", which="both")
         positive = [v for v in lr_y if v > 0]
