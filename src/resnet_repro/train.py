@@ -16,6 +16,7 @@ checkpoints/ (complete state, see checkpoint.py), results.json and model.safeten
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -166,6 +167,10 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
     val_ds = BatchDataset(val_reader, EvalGeometry(cfg.data, stored), channels, cfg.train.seed, train=False)
     to_device = DeviceTransform(cfg.data, channels, device, cfg.train.channels_last)
     train_transform = to_device
+    # Val batches get normalization only: colour distortion and lighting noise are training augmentation (and
+    # val workers draw no colour parameters for them).
+    val_transform = DeviceTransform(dataclasses.replace(cfg.data, color="none", lighting=0.0), channels, device,
+                                    cfg.train.channels_last)
     if cfg.data.decode == "gpu":
         # Workers ship JPEG bytes and the CPU path's crop boxes; the batch is decoded (nvJPEG) and resized on the
         # GPU, then takes the same DeviceTransform (data/gpu_decode.py). Val stays on the CPU path.
@@ -191,7 +196,7 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
 
     def batches(ds, jobs, workers):
         return DevicePrefetcher(make_loader(ds, jobs, workers, pin), device,
-                                train_transform if ds is train_ds else to_device)
+                                train_transform if ds is train_ds else val_transform)
 
     def val_batches():
         jobs = [Job(0, s, idx) for s, idx in
