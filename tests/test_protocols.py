@@ -124,6 +124,21 @@ def test_multiscale_groups_views_of_different_images_by_size():
     assert sorted(seen) == [(2, 1, 15, 10), (4, 1, 10, 15)]
 
 
+def test_larger_views_go_through_in_smaller_passes():
+    seen = []
+
+    class Record(nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return torch.zeros(len(x), 2)
+
+    imgs = [np.zeros((20, 30, 1), np.uint8)] * 3
+    # max_views 8 of the 10x10 crop size: 10x15 views get 8 x 100/150 -> 5 views a pass, i.e. 2 images + their
+    # mirrors; 20x30 views get 8 x 100/600 -> 1 view, i.e. 1 image + mirror (never fewer).
+    score_images(Record(), imgs, [Protocol("multiscale", 0, 10, (10, 20))], scale_transform(), CPU, max_views=8)
+    assert seen == [(4, 1, 10, 15), (2, 1, 10, 15), (2, 1, 20, 30), (2, 1, 20, 30), (2, 1, 20, 30)]
+
+
 def test_fully_convolutional_scores_equal_the_forward_pass():
     # Why multiscale can run the net unchanged: the classifier applied at every position of the last feature
     # map and averaged over space gives the same scores as global average pooling followed by the classifier.

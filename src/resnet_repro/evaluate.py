@@ -200,16 +200,19 @@ def score_groups(model: torch.nn.Module, groups, n_images: int, protocols: list[
                  device: torch.device, autocast=contextlib.nullcontext, max_views: int = 256) -> list[torch.Tensor]:
     """Device side: the view groups of `n_images` images -> per protocol, mean softmax probabilities [N, classes].
 
-    Each forward pass takes at most `max_views` views (mirrors included); `transform` maps uint8 NHWC to the
-    model's normalized NCHW input (augment.DeviceTransform)."""
+    A forward pass takes at most `max_views` views (mirrors included) of the protocol's crop size, and
+    proportionally fewer of larger ones (multi-scale), so that memory stays bounded; `transform` maps uint8
+    NHWC to the model's normalized NCHW input (augment.DeviceTransform)."""
     sums: list[torch.Tensor | None] = [None] * len(protocols)
     for p_id, views, owners in groups:
-        mirror = protocols[p_id].mirror
-        step = max(1, max_views // (2 if mirror else 1))
+        protocol = protocols[p_id]
+        area = views.shape[1] * views.shape[2]
+        budget = max_views * min(1.0, (protocol.crop ** 2 or area) / area)
+        step = max(1, int(budget) // (2 if protocol.mirror else 1))
         for start in range(0, len(views), step):
             x = transform(views[start:start + step].to(device, non_blocking=True))
             own = owners[start:start + step].to(device, non_blocking=True)
-            if mirror:
+            if protocol.mirror:
                 x = torch.cat([x, x.flip(3)])  # mirror along the width axis of NCHW
                 own = torch.cat([own, own])
             with autocast():
@@ -265,13 +268,13 @@ def evaluate_protocols(model: torch.nn.Module, reader, protocols: list[Protocol]
                        rank: int = 0, world: int = 1) -> list[dict]:
     """Top-1/top-5 error of `model` on every sample of `reader` under each protocol, in one pass.
 
-    `batch_size` bounds the views per forward pass; a loader batch holds as many images as keep all their
-    views within it. Counts are all-reduced across ranks (each rank reads its own disjoint indices)."""
+    `batch_size` bounds the views per forward pass (see score_groups); a loader batch holds as many images as
+    keep the protocol with the most views within it. Counts are all-reduced across ranks (each rank reads its
+    own disjoint indices)."""
     from .data.loader import eval_batch_indices
 
     channels = reader.manifest["image"]["channels"]
-    views = sum(p.views_per_image for p in protocols)
-    images_per_batch = max(1, batch_size // views)
+    images_per_batch = max(1, batch_size // max(p.views_per_image for p in protocols))
     index_batches = eval_batch_indices(len(reader), images_per_batch, rank, world)
     loader = torch.utils.data.DataLoader(
         ViewDataset(reader, channels, protocols), batch_size=None, sampler=index_batches, num_workers=workers,
