@@ -11,9 +11,11 @@ driven by the parameters the workers drew) and normalization, where a GPU does t
 ImageNet crops decode only what they need: the crop box is drawn in full-resolution coordinates from the JPEG
 header's size (no decode), and when the box will be shrunk by 2x or more, libjpeg-turbo decodes the image at
 1/2, 1/4 or 1/8 scale in the DCT domain (OpenCV's IMREAD_REDUCED_*), which skips most of the inverse DCT and
-upsampling work; the box is mapped into the reduced image. The remaining resize is then always a shrink
-below 2x or an enlargement, where bilinear interpolation (as TensorFlow's resize_images in the reference
-recipe) does not alias and costs a tenth of OpenCV's area filter.
+upsampling work; the box is mapped into the reduced image, its edges snapped to the reduced pixel grid (they
+move by at most factor / 2 full-resolution pixels, under 1 % of a box that is shrunk >= 2x). The remaining
+resize is then always a shrink below 2x or an enlargement, where bilinear interpolation (as TensorFlow's
+resize_images in the reference recipe) hardly aliases and costs a seventh of OpenCV's area filter (0.08 vs
+0.6 ms for a ~316-pixel crop to 224, one core), which alone would eat 30 % of a 500x375 decode.
 """
 from __future__ import annotations
 
@@ -236,7 +238,9 @@ def paper_box(h: int, w: int, rng: np.random.Generator, size: int, short_side=PA
     scale = s / min(h, w)
     rh, rw = max(size, int(round(h * scale))), max(size, int(round(w * scale)))
     y, x = int(rng.integers(0, rh - size + 1)), int(rng.integers(0, rw - size + 1))
-    return y / scale, x / scale, size / scale, size / scale
+    side = size / scale
+    # Rounding the resized size can put the last crop position a fraction of a pixel past the image: clamp.
+    return min(y / scale, max(h - side, 0.0)), min(x / scale, max(w - side, 0.0)), side, side
 
 
 def decode_box(data: bytes, channels: int, box, full_hw: tuple[int, int] | None, out_hw: tuple[int, int],
@@ -272,8 +276,8 @@ def cut_resize(img: np.ndarray, box, full_hw: tuple[int, int] | None, out_hw: tu
     ch, cw = crop.shape[:2]
     if (ch, cw) == (oh, ow):
         return np.ascontiguousarray(crop)
-    # Bilinear for shrinks < 2x and enlargements (no aliasing to speak of, and a tenth of the area filter's
-    # cost); area averaging only for a shrink that the 1/8 decode could not bring under 2x.
+    # Bilinear for shrinks < 2x and enlargements (little aliasing, a seventh of the area filter's cost); area
+    # averaging only for a shrink that the 1/8 decode could not bring under 2x.
     interp = cv2.INTER_AREA if min(ch / oh, cw / ow) >= 2 else cv2.INTER_LINEAR
     out = cv2.resize(crop, (ow, oh), interpolation=interp)
     return out[:, :, None] if out.ndim == 2 else out

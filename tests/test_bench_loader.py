@@ -1,0 +1,77 @@
+"""`resnet-repro bench loader` and the photo-like JPEG shards it runs on (data/synthetic.py).
+
+No timing is asserted (speed is what the command prints); these check that the command runs the real pipeline,
+reports every figure it promises, and that the bench data are deterministic and ImageNet-shaped."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from resnet_repro.data.augment import decode, image_size
+from resnet_repro.data.records import RecordReader, sha256_file
+from resnet_repro.data.synthetic import make_jpeg_shards
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_jpeg_shards(tmp_path_factory.mktemp("bench") / "jpegs", 40, 4, 5, size=(96, 72), seed=0,
+                            train_shards=2, val_shards=1)
+
+
+def test_jpeg_shards_are_deterministic_whatever_the_process_count(shards, tmp_path):
+    again = make_jpeg_shards(tmp_path / "again", 40, 4, 5, size=(96, 72), seed=0, train_shards=2, val_shards=1,
+                             workers=2)
+    for name in ("train-00000.tar", "train-00001.tar", "val-00000.tar"):
+        assert sha256_file(shards / name) == sha256_file(again / name)
+    assert not (tmp_path / "again.partial").exists()
+
+
+def test_jpeg_shards_look_like_imagenet(shards):
+    reader = RecordReader(shards, "train")
+    assert len(reader) == 40 and len(RecordReader(shards, "val")) == 4
+    assert reader.manifest["image"]["channels"] == 3 and len(reader.classes) == 5
+    sizes = []
+    for i in range(len(reader)):
+        _, data, label = reader[i]
+        assert data[:2] == b"\xff\xd8" and 0 <= label < 5
+        h, w = image_size(data)
+        assert decode(data, 3).shape == (h, w, 3)
+        sizes.append((h, w))
+    sizes = np.array(sizes)
+    # +-20 % around 96x72, a quarter portrait
+    assert sizes.min() >= int(72 * 0.8) - 1 and sizes.max() <= int(96 * 1.2)
+    assert 0 < (sizes[:, 0] > sizes[:, 1]).mean() < 0.6
+
+
+def test_bench_loader_json_reports_every_figure(shards, cli):
+    code, out, err = cli("bench", "loader", "--data", shards, "--workers", "1", "--batch-size", "4", "--batches", "3",
+                         "--set", "data.image_size=32", "--device", "cpu", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    for key in ("images_per_s", "images_per_s_per_worker", "decode_limit_per_s", "peak_rss_mb_per_worker"):
+        assert r[key] > 0, key
+    assert r["workers"] == 1 and r["timed_images"] == 12
+    assert r["crop"] == "tf_cnn" and r["color"] == "tf_cnn"
+    assert r["per_worker_vs_decode_limit"] == pytest.approx(r["images_per_s_per_worker"] / r["decode_limit_per_s"])
+
+
+def test_bench_loader_text_scaling_and_torchvision_comparison(shards, cli):
+    code, out, err = cli("bench", "loader", "--data", shards, "--workers", "1,2", "--batch-size", "2", "--batches", "2",
+                         "--set", "data.image_size=32", "--set", "data.crop=inception", "--set", "data.color=jitter",
+                         "--set", "data.lighting=0.1", "--device", "cpu", "--compare", "torchvision")
+    assert code == 0, err
+    assert "decode limit" in out and "workers 2:" in out and "x one worker" in out
+    try:
+        import torchvision  # noqa: F401
+        assert "torchvision (ImageFolder" in out
+    except ImportError:
+        assert "torchvision is not installed" in out
+
+
+def test_bench_loader_errors_name_the_problem(shards, cli):
+    code, _, err = cli("bench", "loader", "--data", shards, "--workers", "0")
+    assert code == 2 and "--workers" in err
+    code, _, err = cli("bench", "loader", "--data", shards, "--batch-size", "16", "--batches", "30")
+    assert code == 2 and "batches" in err and str(shards) in err
