@@ -29,7 +29,7 @@ data: {path: DATA, batch_size: 8, eval_batch_size: 5, workers: 0, pad: 1, normal
 model: {name: resnet20}
 optim: {lr: 0.2, lr_batch: 8, nesterov: true}
 schedule: {kind: cosine, warmup_epochs: 0.5}
-train: {epochs: 2, seed: 3, threads: 1, channels_last: false, log_interval: 2, precise_bn_batches: 2,
+train: {device: cpu, epochs: 2, seed: 3, threads: 1, channels_last: false, log_interval: 2, precise_bn_batches: 2,
         deterministic: true, checkpoint_every_steps: 3, keep_checkpoints: 3}
 """
 
@@ -43,8 +43,9 @@ def recipe(tmp_path_factory) -> Path:
     return path
 
 
-def run(recipe: Path, out: Path, *extra: str, fault: str | None = None, step: int = 0, timeout: int = 120):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run(recipe: Path, out: Path, *extra: str, fault: str | None = None, step: int = 0, timeout: int = 600,
+        env_extra: dict | None = None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     env.pop("FAULT", None)
     if fault:
         env.update(FAULT=fault, FAULT_STEP=str(step))
@@ -136,6 +137,23 @@ def test_non_finite_loss_stops_keeping_the_last_good_checkpoint(recipe, tmp_path
     assert names(tmp_path) == ["ckpt-0000-000003.pt"]
     state = checkpoint.load(tmp_path / "checkpoints" / "ckpt-0000-000003.pt")
     assert all(t.isfinite().all() for t in state["model"].values() if t.is_floating_point())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_sigterm_and_kill9_resume_bit_identical(recipe, tmp_path):
+    """The same on one GPU with bf16 autocast: CUDA RNG states restored, cuDNN/cuBLAS deterministic."""
+    gpu = ("--set", "train.device=cuda", "--set", "train.precision=bf16")
+    env = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}  # cuBLAS needs it for deterministic algorithms
+    ref = tmp_path / "ref"
+    r = run(recipe, ref, *gpu, env_extra=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for fault, step, code in (("sigterm", 7, 0), ("kill9", 20, -signal.SIGKILL)):
+        out = tmp_path / fault
+        r = run(recipe, out, *gpu, fault=fault, step=step, env_extra=env)
+        assert r.returncode == code, r.stderr[-3000:]
+        r = run(recipe, out, *gpu, "--resume", "auto", env_extra=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert_same_run(out, ref)
 
 
 # --- checkpoint.py on its own -----------------------------------------------------------------------------------

@@ -121,7 +121,8 @@ def rng_state() -> dict:
     """
     np_state = np.random.get_state(legacy=False)
     return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # Only where this process uses CUDA: a CPU run on a GPU machine must not open a CUDA context for this.
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
             "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
                       "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
                       "gauss": float(np_state["gauss"])},
@@ -132,7 +133,7 @@ def set_rng_state(state: dict) -> None:
     """Restore what ``rng_state`` returned (CUDA states only where this process has the same GPUs)."""
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+    if cuda and torch.cuda.is_initialized() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
     if "numpy" in state:
         n = state["numpy"]
