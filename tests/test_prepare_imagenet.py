@@ -148,6 +148,16 @@ def test_val_layouts_give_sorted_wnid_labels(tmp_path, layout):
     assert manifest["encoding"]["mode"] == "copy" and not manifest["oddities"]["files"]
 
 
+def test_label_files_and_scripts_inside_val_are_not_images(tmp_path):
+    val = make_imagenet(tmp_path, "devkit")
+    data = tmp_path / "ILSVRC2012_devkit_t12" / "data"
+    (data / "ILSVRC2012_validation_ground_truth.txt").rename(tmp_path / "val" / "ILSVRC2012_validation_ground_truth.txt")
+    (tmp_path / "val" / "valprep.sh").write_text("#!/bin/sh\n")
+    src = imagenet.discover_imagenet(tmp_path)
+    assert {it.key: SORTED[it.label] for it in src.splits["val"]} == val
+    assert src.layout["ignored_in_val"] == ["ILSVRC2012_validation_ground_truth.txt", "valprep.sh"]
+
+
 def test_kaggle_tree_below_the_download_root(tmp_path):
     root = tmp_path / "kaggle"
     val = make_imagenet(root / "ILSVRC" / "Data" / "CLS-LOC", "kaggle")

@@ -38,6 +38,7 @@ SYNSET_MAPPING = "LOC_synset_mapping.txt"
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 META_MAT = "meta.mat"
 DEVKIT = "ILSVRC2012_devkit_t12"
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}  # loose files in a flat val/ that count as images
 
 
 @dataclass
@@ -237,9 +238,14 @@ def discover_imagenet(src: str | Path) -> Source:
         layout["class_names"] = _rel(mapping_file, src)
 
     train = _class_items(train_dir, classes, src, _imagenet_key)
-    val_sub, val_files = _subdirs(val_dir), _top_files(val_dir)
+    # Label files and helper scripts may sit in val/ itself (valprep.sh, the ground truth): not images.
+    val_sub, loose = _subdirs(val_dir), _top_files(val_dir)
+    val_files = [f for f in loose if f.suffix.lower() in IMAGE_SUFFIXES]
+    ignored = [f.name for f in loose if f.suffix.lower() not in IMAGE_SUFFIXES]
+    if ignored:
+        layout["ignored_in_val"] = ignored  # recorded in the manifest: nothing is dropped silently
     if val_sub and val_files:
-        raise SourceError(f"{val_dir}: holds both class folders and {len(val_files)} loose file(s) "
+        raise SourceError(f"{val_dir}: holds both class folders and {len(val_files)} loose image(s) "
                           f"(e.g. {val_files[0].name}); use one val layout")
     if val_sub:
         val = _class_items(val_dir, classes, src, _imagenet_key)

@@ -469,7 +469,7 @@ def prepare_images(source, out: Path, shards: dict[str, int], seed: int = 0, wor
                     + "other files (CMYK/grayscale JPEG, PNG, ...) stored as RGB JPEG at oddity_quality",
         },
         "max_pixels": enc.max_pixels,
-        "source": {"root": str(source.root), "layout": source.layout},
+        "source": {"root": str(Path(source.root).resolve()), "layout": source.layout},
         "splits": splits,
         "oddities": {"counts": kinds, "files": oddities},
         "skip_bad": skip_bad,
