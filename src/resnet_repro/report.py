@@ -300,7 +300,9 @@ def comparison_rows(run: Run) -> list[dict]:
                          "protocol": _protocol_of_run(run), "top1": last["val_top1_err"],
                          "top5": last.get("val_top5_err"), "source": f"{where}/metrics.jsonl (no results.json yet)"})
     for r in (run.evaluation or {}).get("results", []):
-        rows.append({"who": f"**this run, {r['protocol']}**", "epochs": epochs, "protocol": r["description"],
+        # The image count shows when evaluate ran on another split or a subset than the training's val pass.
+        count = f" ({r['count']} images)" if "count" in r else ""
+        rows.append({"who": f"**this run, {r['protocol']}**", "epochs": epochs, "protocol": r["description"] + count,
                      "top1": r["top1_err"], "top5": r["top5_err"], "source": f"{where}/evaluation.json"})
     for ds, model, who, ep, protocol, e1, e5, source in published_for(run.dataset, run.model):
         rows.append({"who": who, "epochs": ep, "protocol": protocol, "top1": e1, "top5": e5, "source": source})
