@@ -39,7 +39,7 @@ train: $(DATA)/manifest.json
 	$(BIN)/resnet-repro report $(RUN)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest tests
 
 clean-venv:
 	rm -rf $(VENV)
