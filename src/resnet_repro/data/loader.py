@@ -10,6 +10,7 @@ back in order whatever the number of workers.
 """
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -119,6 +120,10 @@ def _worker_init(_):
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     keep_freed_memory()
+    # Preemption (SLURM, `timeout`, Ctrl-C) signals the whole process group. The trainer checkpoints on
+    # SIGTERM/SIGUSR1 and then shuts its loader down itself; a worker dying first would abort it instead.
+    for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def make_loader(dataset: BatchDataset, jobs: list[Job], workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
