@@ -27,8 +27,11 @@ class PrepareError(RuntimeError):
     pass
 
 
-def _begin(out: Path, force: bool) -> Path | None:
-    """Return the staging folder, or None if ``out`` already holds a complete data set."""
+def _begin(out: Path, force: bool, resumable: bool = False) -> Path | None:
+    """Return the staging folder ``<out>.partial``, or None if ``out`` already holds a complete data set.
+
+    A staging folder left by an interrupted run is discarded, unless ``resumable``: then its finished shards
+    are reused (see prepare_images)."""
     out = Path(out)
     if (out / records.MANIFEST).is_file() and not force:
         print(f"{out}: already prepared (manifest.json present); use --force to rebuild", file=sys.stderr)
@@ -36,6 +39,9 @@ def _begin(out: Path, force: bool) -> Path | None:
     if out.exists() and any(out.iterdir()) and not (out / records.MANIFEST).is_file():
         raise PrepareError(f"{out}: exists, is not empty and holds no manifest.json; choose an empty or new --out")
     staging = out.with_name(out.name + ".partial")
+    if resumable:
+        _work(staging).mkdir(parents=True, exist_ok=True)
+        return staging
     if staging.exists():
         shutil.rmtree(staging)  # left by an interrupted run: ours to discard
     staging.mkdir(parents=True)
@@ -349,18 +355,6 @@ def run_shard(job: ShardJob) -> dict:
     return report
 
 
-def _begin_resumable(out: Path, force: bool) -> Path | None:
-    """Like _begin, but keeps ``<out>.partial`` from an interrupted run: its finished shards are reused."""
-    if (out / records.MANIFEST).is_file() and not force:
-        print(f"{out}: already prepared (manifest.json present); use --force to rebuild", file=sys.stderr)
-        return None
-    if out.exists() and any(out.iterdir()) and not (out / records.MANIFEST).is_file():
-        raise PrepareError(f"{out}: exists, is not empty and holds no manifest.json; choose an empty or new --out")
-    staging = out.with_name(out.name + ".partial")
-    _work(staging).mkdir(parents=True, exist_ok=True)
-    return staging
-
-
 def _plan_jobs(source, staging: Path, shards: dict[str, int], seed: int, enc: Encoding,
                skip_bad: bool) -> tuple[list[ShardJob], dict[str, int]]:
     jobs, seeds = [], {}
@@ -417,7 +411,7 @@ def prepare_images(source, out: Path, shards: dict[str, int], seed: int = 0, wor
     ``shards`` gives the number of shards per split; ``workers`` processes convert shards in parallel
     (0 = one per CPU core)."""
     out = Path(out)
-    staging = _begin_resumable(out, force)
+    staging = _begin(out, force, resumable=True)
     if staging is None:
         return out
     workers = workers or os.cpu_count() or 1
