@@ -140,7 +140,16 @@ class StopRequest:
 
 
 def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
-    out = Path(out)
+    """`resnet-repro train`: the run `cfg` describes, into `out` (resume: None, "auto" or a checkpoint path)."""
+    try:
+        return _train(cfg, Path(out), resume)
+    finally:
+        # Errors included: a gloo group left to the interpreter's exit-time destructors can abort the process
+        # ("terminate called without an active exception"), burying the error message under a SIGABRT.
+        dist.shutdown()
+
+
+def _train(cfg: Config, out: Path, resume: str | None) -> dict:
     t_start = time.time()
 
     # --- Processes and device -------------------------------------------------------------------------
