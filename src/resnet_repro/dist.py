@@ -37,8 +37,35 @@ def init(device_kind: str) -> DistEnv:
     if not dist.is_initialized():
         if device_kind == "cuda":
             torch.cuda.set_device(env.local_rank)  # before NCCL starts, so each rank's communicator uses its GPU
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+        backend = "nccl" if device_kind == "cuda" else "gloo"
+        store = _attempt_store(env)
+        if store is None:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world)
     return env
+
+
+def _attempt_store(env: DistEnv):
+    """The rendezvous store, scoped to this torchrun attempt where that scope is known to be the same on every rank.
+
+    torchrun (torch >= 2.5) keeps one TCPStore in its agent for the whole job and hands it to every attempt
+    unprefixed, so after a restart a rank can read a peer's gloo address or NCCL id left by the attempt before
+    and connect to a dead port ("Gloo connectFullMesh failed ... Connection refused"; pytorch/pytorch#135712, seen
+    here in 1 of 3 restarted two-rank runs on a loaded 2-core machine). On one node TORCHELASTIC_RESTART_COUNT
+    comes from the one agent, so it names the attempt consistently on every rank; across nodes each agent counts
+    only its own failures, so there the count cannot be the scope: launch multi-node restarts with
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment (a fresh store per attempt; the SLURM script
+    does). None: plain init_process_group.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or int(os.environ.get("LOCAL_WORLD_SIZE", "0")) != env.world:
+        return None
+    from datetime import timedelta
+
+    timeout = timedelta(minutes=10)  # NCCL's default; gloo's is 30
+    store, _, _ = next(dist.rendezvous("env://", rank=env.rank, world_size=env.world, timeout=timeout))
+    return dist.PrefixStore(f"resnet_repro/attempt_{int(attempt)}", store)
 
 
 def restart_count() -> int:
