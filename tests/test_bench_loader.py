@@ -50,7 +50,8 @@ def test_bench_loader_json_reports_every_figure(shards, cli):
                          "--set", "data.image_size=32", "--device", "cpu", "--json")
     assert code == 0, err
     r = json.loads(out)
-    for key in ("images_per_s", "images_per_s_per_worker", "decode_limit_per_s", "peak_rss_mb_per_worker"):
+    for key in ("images_per_s", "images_per_s_per_worker", "decode_limit_per_s", "peak_rss_mb_per_worker",
+                "device_transform_images_per_s"):
         assert r[key] > 0, key
     assert r["workers"] == 1 and r["timed_images"] == 12
     assert r["crop"] == "tf_cnn" and r["color"] == "tf_cnn"
@@ -63,6 +64,10 @@ def test_bench_loader_text_scaling_and_torchvision_comparison(shards, cli):
                          "--set", "data.lighting=0.1", "--device", "cpu", "--compare", "torchvision")
     assert code == 0, err
     assert "decode limit" in out and "workers 2:" in out and "x one worker" in out
+    import os
+
+    left = max(1, (os.cpu_count() or 1) - 2)  # the cores the 2 workers leave to the CPU "device"
+    assert f"device-side transform alone (colour + normalize on cpu, {left} thread(s))" in out
     try:
         import torchvision  # noqa: F401
         assert "torchvision (ImageFolder" in out

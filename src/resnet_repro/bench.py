@@ -101,15 +101,23 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
     stats: list = []
     loader = make_loader(ds, jobs, workers, pin_memory=device.type == "cuda")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        # The "device" is the CPU: its colour ops get the cores the workers leave (at least one), rather than
+        # torch's default of every core, which would take time from the workers being measured.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
     t0 = None
     count = 0
-    for k, (x, y, bad) in enumerate(DevicePrefetcher(_split_stats(loader, stats), device, transform)):
-        if k == warmup - 1:
-            sync()
-            t0 = time.perf_counter()
-        elif k >= warmup:
-            count += len(y)
-    sync()
+    try:
+        for k, (x, y, bad) in enumerate(DevicePrefetcher(_split_stats(loader, stats), device, transform)):
+            if k == warmup - 1:
+                sync()
+                t0 = time.perf_counter()
+            elif k >= warmup:
+                count += len(y)
+        sync()
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - t0
     timed = stats[warmup:]
     per_pid: dict[int, list] = {}
@@ -127,6 +135,36 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
         "timed_images": count,
         "seconds": seconds,
     }
+
+
+def transform_rate(cfg, batch_size: int, device, threads: int, seconds: float = 1.0) -> float:
+    """Images/s of the device-side transform alone (colour matrix + normalization) on `device`, with `threads`
+    CPU threads when that device is the CPU: where the pipeline's rate stops being the workers'."""
+    import numpy as np
+    import torch
+
+    from .data.augment import COLOR_STREAM, DeviceTransform, TrainGeometry, sample_rng
+
+    geometry, transform = TrainGeometry(cfg.data, 0), DeviceTransform(cfg.data, 3, device)
+    size = geometry.size
+    x = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8).to(device)
+    params = torch.from_numpy(np.stack([geometry.color_params(sample_rng(0, 0, i, COLOR_STREAM))
+                                        for i in range(batch_size)])).to(device)
+    run = (lambda: transform(x, params)) if params.numel() else (lambda: transform(x))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run()
+        sync()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            run()
+            n += batch_size
+        sync()
+        return n / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
 
 
 def torchvision_rate(reader, indices, workers: int, batch_size: int, batches: int,
@@ -204,11 +242,18 @@ def bench_loader(data: str, workers: list[int], batch_size: int = 64, batches: i
             f"({r['worker_compute_images_per_s']:.0f} img/s building batches, before transfer); peak RSS "
             f"{r['peak_rss_mb_per_worker']:.0f} MB per worker, RSS growth {r['rss_growth_mb_per_worker']:+.1f} MB")
     limit = statistics.mean(limits)
+    # With a CPU "device" the colour ops run in the main process on the cores the workers leave; say what that
+    # costs, so that a pipeline rate capped by it is not read as the workers'.
+    threads = max(1, (os.cpu_count() or 1) - max(workers)) if dev.type == "cpu" else torch.get_num_threads()
+    device_rate = transform_rate(cfg, batch_size, dev, threads)
+    log(f"device-side transform alone (colour + normalize on {dev}"
+        f"{f', {threads} thread(s)' if dev.type == 'cpu' else ''}): {device_rate:.0f} img/s")
     for r in runs:
         r["per_worker_vs_decode_limit"] = r["images_per_s_per_worker"] / limit
     result = {**runs[-1], "decode_limit_per_s": limit, "decode_limit_samples_per_s": limits, "runs": runs,
               "batch_size": batch_size, "batches": batches, "device": str(dev), "cpu_count": os.cpu_count(),
-              "crop": cfg.data.crop, "color": cfg.data.color, "lighting": cfg.data.lighting}
+              "crop": cfg.data.crop, "color": cfg.data.color, "lighting": cfg.data.lighting,
+              "device_transform_images_per_s": device_rate}
     log(f"decode limit over the run: {limit:.0f} img/s (samples {', '.join(f'{v:.0f}' for v in limits)})")
     for r in runs:
         log(f"workers {r['workers']}: per worker {r['per_worker_vs_decode_limit']:.2f} x the decode limit "
