@@ -68,9 +68,10 @@ def bench_prepare(src: Path | None, images: int, workers: int, repeats: int) -> 
         limit, limit_cpu = decode_limit(files, repeats)
         source = imagenet.discover_folder(src, val_fraction=0.1)
         n = sum(len(v) for v in source.splits.values())
-        # As `prepare folder` chooses by default: ~1,250 images per shard (ImageNet's 1024 train shards), and
-        # at least as many shards as workers, so that every worker has work.
-        shards = {k: max(workers, round(len(v) / 1250)) for k, v in source.splits.items()}
+        # ~1,250 images per shard as `prepare folder` chooses by default (ImageNet's 1024 train shards), but at
+        # least 8 per worker: ImageNet's 1,152 shards keep every worker busy to the end, and a small benchmark
+        # with a few lumpy shards would time one worker finishing alone instead.
+        shards = {k: max(8 * workers, round(len(v) / 1250)) for k, v in source.splits.items()}
         best, best_cpu = 0.0, 0.0
         for r in range(repeats):
             out = tmp / f"out{r}"
