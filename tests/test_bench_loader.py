@@ -80,3 +80,15 @@ def test_bench_loader_errors_name_the_problem(shards, cli):
     assert code == 2 and "--workers" in err
     code, _, err = cli("bench", "loader", "--data", shards, "--batch-size", "16", "--batches", "30")
     assert code == 2 and "batches" in err and str(shards) in err
+
+
+def test_prepare_bench_times_a_complete_copy_mode_prepare(capsys):
+    """`python -m resnet_repro.data.prepare_bench`: it prepares the folder it made (every image counted) and
+    reports the ratio it promises. No speed is asserted."""
+    from resnet_repro.data.prepare_bench import main
+
+    assert main(["--images", "100", "--workers", "1", "--repeats", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["images"] == 100 and r["workers"] == 1
+    assert r["decode_limit_per_s"] > 0 and r["prepare_images_per_s"] > 0
+    assert r["ratio_per_worker"] == pytest.approx(r["prepare_images_per_s_per_worker"] / r["decode_limit_per_s"])
