@@ -19,14 +19,10 @@ accepts the numpy array types the archive holds, so a crafted archive cannot run
 from __future__ import annotations
 
 import codecs
-import hashlib
 import io
-import os
 import pickle
 import sys
 import tarfile
-import tempfile
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +31,7 @@ import numpy as np
 
 from . import records
 from .prepare import PrepareError, _begin, _commit, encode_png
-from .sources import SourceError, default_cache
+from .sources import SourceError, default_cache, download
 
 
 @dataclass(frozen=True)
@@ -104,28 +100,6 @@ class _ArrayUnpickler(pickle.Unpickler):
         return get()
 
 
-def download_archive(url: str, dest: Path, sha256: str, timeout: float = 60) -> Path:
-    """Download `url` to `dest` through a temp file that is renamed only once its SHA-256 matches."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
-        h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            while block := resp.read(1 << 20):
-                h.update(block)
-                out.write(block)
-        if h.hexdigest() != sha256:
-            raise SourceError(f"{url}: downloaded file has SHA-256 {h.hexdigest()}, expected {sha256} "
-                              "(incomplete or altered download; nothing was kept)")
-        os.replace(tmp, dest)
-    except OSError as e:
-        raise SourceError(f"{url}: download failed ({e})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
-
-
 def locate_archive(spec: CifarSpec, src: Path | None, base_url: str | None = None) -> Path:
     """``src`` (the archive, or a folder holding it; no fallback if given), else the cache, else a download."""
     if src is not None:
@@ -139,7 +113,7 @@ def locate_archive(spec: CifarSpec, src: Path | None, base_url: str | None = Non
         return dest
     url = (base_url or CIFAR_URL) + spec.archive
     print(f"downloading {url} -> {dest}", file=sys.stderr)
-    return download_archive(url, dest, spec.sha256)
+    return download(url, dest, spec.sha256, digest=records.sha256_file)
 
 
 def read_archive(spec: CifarSpec, path: Path) -> dict:

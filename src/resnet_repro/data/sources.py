@@ -68,21 +68,28 @@ def parse_idx(raw: bytes, path: Path, expect_dims: int) -> np.ndarray:
 
 def _verified(path: Path, sha256: str) -> bool:
     try:
-        return hashlib.sha256(read_gz(path)).hexdigest() == sha256
+        return gz_content_sha256(path) == sha256
     except SourceError:
         return False
 
 
-def download(url: str, dest: Path, sha256_of_content: str, timeout: float = 60) -> Path:
-    """Download ``url`` to ``dest`` (via a temp file, renamed only after the checksum matches)."""
+def gz_content_sha256(path: Path) -> str:
+    """SHA-256 of a .gz file's decompressed content: what the Fashion-MNIST checksums name."""
+    return hashlib.sha256(read_gz(path)).hexdigest()
+
+
+def download(url: str, dest: Path, sha256: str, digest=gz_content_sha256, timeout: float = 60) -> Path:
+    """Download ``url`` to ``dest`` via a temp file, renamed only once ``digest(file)`` equals ``sha256``; nothing
+    is kept otherwise. ``digest``: SHA-256 of the decompressed content (default) or of the file itself."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out)
-        got = hashlib.sha256(read_gz(Path(tmp))).hexdigest()
-        if got != sha256_of_content:
-            raise SourceError(f"{url}: downloaded content has SHA-256 {got}, expected {sha256_of_content}")
+            shutil.copyfileobj(resp, out, 1 << 20)
+        got = digest(Path(tmp))
+        if got != sha256:
+            raise SourceError(f"{url}: downloaded data has SHA-256 {got}, expected {sha256} "
+                              "(incomplete or altered download; nothing was kept)")
         os.replace(tmp, dest)
     except OSError as e:
         raise SourceError(f"{url}: download failed ({e})") from None
