@@ -161,7 +161,9 @@ def test_two_nodes_on_localhost_complete_a_run(recipe, tmp_path):
                     p.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     p.kill()
-    assert [p.returncode for p in nodes] == [0, 0], outs
+    assert [p.returncode for p in nodes] == [0, 0], "\n".join(
+        f"node {k}: exit {p.returncode}\n" + why(subprocess.CompletedProcess(p.args, p.returncode, *o))
+        for k, (p, o) in enumerate(zip(nodes, outs)))
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["world_size"] == 2 and results["val_count"] == 23
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1  # rank 0 alone writes
