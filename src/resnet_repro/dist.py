@@ -58,14 +58,13 @@ def _attempt_store(env: DistEnv):
     TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment (a fresh store per attempt; the SLURM script
     does). None: plain init_process_group.
     """
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if attempt is None or int(os.environ.get("LOCAL_WORLD_SIZE", "0")) != env.world:
+    if int(os.environ.get("LOCAL_WORLD_SIZE", "0")) != env.world:
         return None
     from datetime import timedelta
 
     timeout = timedelta(minutes=10)  # NCCL's default; gloo's is 30
     store, _, _ = next(dist.rendezvous("env://", rank=env.rank, world_size=env.world, timeout=timeout))
-    return dist.PrefixStore(f"resnet_repro/attempt_{int(attempt)}", store)
+    return dist.PrefixStore(f"resnet_repro/attempt_{restart_count()}", store)
 
 
 def restart_count() -> int:

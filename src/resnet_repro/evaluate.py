@@ -363,11 +363,11 @@ def load_trained(path, weights: str = "model", data: str | None = None) -> Train
                    int(state["in_channels"]), image_size, str(path))
 
 
-def eval_transform(data_cfg, channels: int, device: torch.device):
+def eval_transform(data_cfg, channels: int, device: torch.device, channels_last: bool = True):
     """The device-side input transform at test time: normalization only (no colour or lighting noise)."""
     from .data.augment import DeviceTransform
 
-    return DeviceTransform(dataclasses.replace(data_cfg, color="none", lighting=0.0), channels, device)
+    return DeviceTransform(dataclasses.replace(data_cfg, color="none", lighting=0.0), channels, device, channels_last)
 
 
 def evaluate_trained(trained: Trained, protocol_names: list[str], data: str | None = None, split: str = "val",

@@ -16,7 +16,6 @@ checkpoints/ (complete state, see checkpoint.py), results.json and model.safeten
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -34,7 +33,7 @@ from .config import Config, save_config
 from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry
 from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
 from .data.records import RecordReader
-from .evaluate import evaluate, topk_correct
+from .evaluate import eval_transform, evaluate, topk_correct
 from .models.resnet import build_model
 from .ema import EMA
 from .precise_bn import update_bn_stats
@@ -178,8 +177,7 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
     train_transform = to_device
     # Val batches get normalization only: colour distortion and lighting noise are training augmentation (and
     # val workers draw no colour parameters for them).
-    val_transform = DeviceTransform(dataclasses.replace(cfg.data, color="none", lighting=0.0), channels, device,
-                                    cfg.train.channels_last)
+    val_transform = eval_transform(cfg.data, channels, device, cfg.train.channels_last)
     if cfg.data.decode == "gpu":
         # Workers ship JPEG bytes and the CPU path's crop boxes; the batch is decoded (nvJPEG) and resized on the
         # GPU, then takes the same DeviceTransform (data/gpu_decode.py). Val stays on the CPU path.
@@ -292,7 +290,6 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
                                      if env.is_main and (out / "results.json").is_file() else None)
         if done is not None:
             log(f"{out}: already trained for {epochs} epochs; results.json kept (top-1 error {done['top1_err']:.2f}%)")
-            dist.shutdown()
             return done
 
     def save_checkpoint(epoch: int, step: int, sums: RunningSums | None = None, seconds: float = 0.0,
@@ -395,7 +392,6 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
                         f"command with --resume auto, e.g. resnet-repro train --config {out / 'config.yaml'} "
                         f"--out {out} --resume auto (under torchrun: the same torchrun line plus --resume auto)",
                         flush=True)
-                    dist.shutdown()
                     return {"stopped": True, "epoch": epoch, "step": step}
         seconds = time.time() - t_epoch
         loss_sum, correct, n, bad = sums.total()
@@ -479,8 +475,7 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
         log(json.dumps(results))
     if tb is not None:
         tb.close()
-    dist.barrier()
-    dist.shutdown()
+    dist.barrier()  # every rank done with the files before the group closes (train() closes it)
     return results
 
 
