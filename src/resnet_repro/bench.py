@@ -20,6 +20,7 @@ ColorJitter + ToTensor + Normalize) on the same images, batch size and worker co
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -50,6 +51,26 @@ def decode_limit(blobs: list[bytes], seconds: float = 2.0) -> float:
         n += len(blobs)
         if time.perf_counter() - t0 >= seconds:
             return n / (time.perf_counter() - t0)
+
+
+def device_threads(device, workers: int) -> int | None:
+    """Torch threads for the device-side ops: on a CPU "device", the cores the workers leave (at least one), rather
+    than torch's default of every core, which would take time from the workers being measured; None elsewhere."""
+    return max(1, (os.cpu_count() or 1) - workers) if device.type == "cpu" else None
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """Run the block with `n` torch threads (None: as they are), then restore the count."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _rss_mb() -> float:
@@ -101,14 +122,9 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
     stats: list = []
     loader = make_loader(ds, jobs, workers, pin_memory=device.type == "cuda")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        # The "device" is the CPU: its colour ops get the cores the workers leave (at least one), rather than
-        # torch's default of every core, which would take time from the workers being measured.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
     t0 = None
     count = 0
-    try:
+    with _torch_threads(device_threads(device, workers)):
         for k, (x, y, bad) in enumerate(DevicePrefetcher(_split_stats(loader, stats), device, transform)):
             if k == warmup - 1:
                 sync()
@@ -116,8 +132,6 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
             elif k >= warmup:
                 count += len(y)
         sync()
-    finally:
-        torch.set_num_threads(threads)
     seconds = time.perf_counter() - t0
     timed = stats[warmup:]
     per_pid: dict[int, list] = {}
@@ -137,9 +151,9 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
     }
 
 
-def transform_rate(cfg, batch_size: int, device, threads: int, seconds: float = 1.0) -> float:
+def transform_rate(cfg, batch_size: int, device, threads: int | None, seconds: float = 1.0) -> float:
     """Images/s of the device-side transform alone (colour matrix + normalization) on `device`, with `threads`
-    CPU threads when that device is the CPU: where the pipeline's rate stops being the workers'."""
+    torch threads (device_threads): where the pipeline's rate stops being the workers'."""
     import numpy as np
     import torch
 
@@ -152,9 +166,7 @@ def transform_rate(cfg, batch_size: int, device, threads: int, seconds: float = 
                                         for i in range(batch_size)])).to(device)
     run = (lambda: transform(x, params)) if params.numel() else (lambda: transform(x))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _torch_threads(threads):
         run()
         sync()
         n, t0 = 0, time.perf_counter()
@@ -163,8 +175,6 @@ def transform_rate(cfg, batch_size: int, device, threads: int, seconds: float = 
             n += batch_size
         sync()
         return n / (time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(before)
 
 
 def torchvision_rate(reader, indices, workers: int, batch_size: int, batches: int,
@@ -244,10 +254,10 @@ def bench_loader(data: str, workers: list[int], batch_size: int = 64, batches: i
     limit = statistics.mean(limits)
     # With a CPU "device" the colour ops run in the main process on the cores the workers leave; say what that
     # costs, so that a pipeline rate capped by it is not read as the workers'.
-    threads = max(1, (os.cpu_count() or 1) - max(workers)) if dev.type == "cpu" else torch.get_num_threads()
+    threads = device_threads(dev, max(workers))
     device_rate = transform_rate(cfg, batch_size, dev, threads)
     log(f"device-side transform alone (colour + normalize on {dev}"
-        f"{f', {threads} thread(s)' if dev.type == 'cpu' else ''}): {device_rate:.0f} img/s")
+        f"{f', {threads} thread(s)' if threads else ''}): {device_rate:.0f} img/s")
     for r in runs:
         r["per_worker_vs_decode_limit"] = r["images_per_s_per_worker"] / limit
     result = {**runs[-1], "decode_limit_per_s": limit, "decode_limit_samples_per_s": limits, "runs": runs,
