@@ -110,32 +110,32 @@ def test_multiscale_runs_whole_images_at_each_scale_and_mirrors_them():
     np.testing.assert_allclose(probs.numpy(), np.stack([expected, expected]), rtol=1e-5)
 
 
+class ShapeRecorder(nn.Module):
+    """Appends the shape of every forward pass's input to `seen`; scores every view 0."""
+
+    def __init__(self, seen: list):
+        super().__init__()
+        self.seen = seen
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape))
+        return torch.zeros(len(x), 2)
+
+
 def test_multiscale_groups_views_of_different_images_by_size():
     seen = []
-
-    class Record(nn.Module):
-        def forward(self, x):
-            seen.append(tuple(x.shape))
-            return torch.zeros(len(x), 2)
-
     wide, tall = np.zeros((20, 30, 1), np.uint8), np.zeros((30, 20, 1), np.uint8)
-    score_images(Record(), [wide, tall, wide], [Protocol("multiscale", 0, 0, (10,))], scale_transform(), CPU)
+    score_images(ShapeRecorder(seen), [wide, tall, wide], [Protocol("multiscale", 0, 0, (10,))], scale_transform(), CPU)
     # One pass per distinct size, mirrors in the same pass: 2 wide images x 2, then 1 tall image x 2.
     assert sorted(seen) == [(2, 1, 15, 10), (4, 1, 10, 15)]
 
 
 def test_larger_views_go_through_in_smaller_passes():
     seen = []
-
-    class Record(nn.Module):
-        def forward(self, x):
-            seen.append(tuple(x.shape))
-            return torch.zeros(len(x), 2)
-
     imgs = [np.zeros((20, 30, 1), np.uint8)] * 3
     # max_views 8 of the 10x10 crop size: 10x15 views get 8 x 100/150 -> 5 views a pass, i.e. 2 images + their
     # mirrors; 20x30 views get 8 x 100/600 -> 1 view, i.e. 1 image + mirror (never fewer).
-    score_images(Record(), imgs, [Protocol("multiscale", 0, 10, (10, 20))], scale_transform(), CPU, max_views=8)
+    score_images(ShapeRecorder(seen), imgs, [Protocol("multiscale", 0, 10, (10, 20))], scale_transform(), CPU, max_views=8)
     assert seen == [(4, 1, 10, 15), (2, 1, 10, 15), (2, 1, 20, 30), (2, 1, 20, 30), (2, 1, 20, 30)]
 
 
