@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from resnet_repro.config import DataConfig
-from resnet_repro.data import augment, records
+from resnet_repro.data import augment, jpeg_region, records
 from resnet_repro.data.augment import (DecodeError, EvalGeometry, TrainGeometry, decode, decode_box, image_size,
                                        inception_box, paper_box, sample_rng, tf_cnn_box)
 from resnet_repro.data.loader import BatchDataset, Job
@@ -111,20 +111,25 @@ def test_paper_box_is_a_224_crop_of_the_image_resized_to_short_side_256_to_480()
 # camera image, which is smooth at the pixel scale): DCT-domain 1/f decode + bilinear vs full decode + area.
 MEAN_BOUND, P99_BOUND = 4.5, 20  # measured: mean 2.7-3.4, p99 11-14 (bilinear alone, no reduction: 1.2, 7)
 
-def test_dct_reduced_decode_is_close_to_full_decode_and_resize(monkeypatch):
+@pytest.mark.parametrize("region", [False, True])
+def test_dct_reduced_decode_is_close_to_full_decode_and_resize(monkeypatch, region):
     """The reduced decode cuts the box on the reduced pixel grid: each edge moves by at most factor / 2
     full-resolution pixels (< 1 % of a box that is shrunk >= 2x, immaterial for a random crop). Against a full
-    decode + area resize of that same box, the pixels differ by about a level or two."""
+    decode + area resize of that same box, the pixels differ by about a level or two. The same with the whole
+    image decoded (OpenCV) and with only the box decoded (region=True, the native helper)."""
+    if region and not jpeg_region.available():
+        pytest.skip(jpeg_region.unavailable_reason())
     data = jpeg(1600, 1200, seed=2)
     used = []
-    real = augment._imdecode
+    real, real_region = augment._imdecode, jpeg_region.decode_region
     monkeypatch.setattr(augment, "_imdecode", lambda d, c, f=1: used.append(f) or real(d, c, f))
+    monkeypatch.setattr(jpeg_region, "decode_region", lambda d, c, f, *a: used.append(f) or real_region(d, c, f, *a))
     full = decode(data, 3)
     for box, factor in [((100, 150, 1000, 1000), 4), ((0, 0, 1200, 1600), 4), ((300, 200, 500, 700), 2),
                         ((10, 20, 300, 300), 1), ((0, 0, 1200, 1200), 4), ((50, 60, 1190, 1500), 4),
                         ((3, 5, 1197, 1590), 4)]:
         used.clear()
-        got = decode_box(data, 3, box, (1200, 1600), (224, 224))
+        got = decode_box(data, 3, box, (1200, 1600), (224, 224), region=region)
         assert used == [factor]
         y, x, bh, bw = box
         y0, x0, y1, x1 = (int(round(v / factor)) * factor for v in (y, x, y + bh, x + bw))
@@ -135,7 +140,7 @@ def test_dct_reduced_decode_is_close_to_full_decode_and_resize(monkeypatch):
         assert diff.mean() < MEAN_BOUND, (box, diff.mean())
         assert np.percentile(diff, 99) < P99_BOUND, (box, np.percentile(diff, 99))
     used.clear()
-    decode_box(data, 3, (100, 150, 1000, 1000), (1200, 1600), (224, 224), reduce=False)
+    decode_box(data, 3, (100, 150, 1000, 1000), (1200, 1600), (224, 224), reduce=False, region=region)
     assert used == [1]
 
 

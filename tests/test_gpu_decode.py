@@ -74,8 +74,8 @@ def test_boxes_and_flips_are_the_cpu_paths_sample_for_sample(crop, jpeg_data, mo
     """Spy on the box the CPU path decodes and compare with what the GPU path's workers ship."""
     seen = []
     real = augment.decode_box
-    monkeypatch.setattr(augment, "decode_box", lambda data, ch, box, full_hw, out_hw, reduce=True:
-                        seen.append((box, full_hw)) or real(data, ch, box, full_hw, out_hw, reduce))
+    monkeypatch.setattr(augment, "decode_box", lambda data, ch, box, full_hw, out_hw, *a:
+                        seen.append((box, full_hw)) or real(data, ch, box, full_hw, out_hw, *a))
     reader = RecordReader(jpeg_data, "train")
     geo = geometry(crop)
     job = Job(epoch=3, step=0, indices=np.arange(len(reader)))

@@ -41,6 +41,10 @@ class DataConfig:
     # Decode JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg-turbo) when the train crop shrinks by >= 2x
     # anyway; off = always decode at full size (slower on large images, pixels differ by a few levels).
     dct_reduce: bool = True
+    # Decode only the train crop's rows and columns (libjpeg-turbo, through the native helper data/_jpeg_region.c,
+    # built at install when a C compiler and libjpeg's headers are there). The pixels are the same as a whole
+    # decode followed by the cut; off, or without the helper, the whole image is decoded (OpenCV).
+    region_decode: bool = True
     pad: int = 4  # pixels, pad_crop only
     image_size: int = 0  # train crop side in pixels; 0 = the stored image size (small-image data sets)
     # Progressive resizing (FFCV's rn50/rn18 configs: 160 -> 192, rounded to multiples of 32): the train side is

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
+from . import jpeg_region
 
 cv2.setNumThreads(1)  # one thread per worker process; parallelism comes from the processes
 
@@ -244,35 +245,57 @@ def paper_box(h: int, w: int, rng: np.random.Generator, size: int, short_side=PA
 
 
 def decode_box(data: bytes, channels: int, box, full_hw: tuple[int, int] | None, out_hw: tuple[int, int],
-               reduce: bool = True) -> np.ndarray:
+               reduce: bool = True, region: bool = True) -> np.ndarray:
     """Decode only what the crop needs and return the box resized to out_hw (HWC uint8, RGB for 3 channels).
 
     `box` = (y, x, h, w) in the coordinates of the full-resolution image of size `full_hw` (from the header).
     With `reduce`, a JPEG whose box will shrink by >= 2x is decoded at 1/2, 1/4 or 1/8 scale (the largest
-    factor not exceeding the shrink), so the remaining resize is a shrink < 2x or an enlargement."""
+    factor not exceeding the shrink), so the remaining resize is a shrink < 2x or an enlargement. With
+    `region` (and the native helper built, data/jpeg_region.py), libjpeg decodes only the box's rows and
+    columns; the pixels are the same as cutting them from the whole decode."""
     factor = 1
-    if reduce and full_hw is not None and data[:2] == b"\xff\xd8":
+    jpeg = full_hw is not None and data[:2] == b"\xff\xd8"
+    if reduce and jpeg:
         shrink = min(box[2] / out_hw[0], box[3] / out_hw[1])
         factor = 8 if shrink >= 8 else 4 if shrink >= 4 else 2 if shrink >= 2 else 1
+    if region and jpeg and jpeg_region.available():
+        # libjpeg's reduced size is ceil(full / factor)
+        dhw = (-(-full_hw[0] // factor), -(-full_hw[1] // factor))
+        y0, x0, y1, x1 = reduced_box(box, full_hw, dhw)
+        try:
+            cut = jpeg_region.decode_region(data, channels, factor, y0, x0, y1, x1, full_hw)
+        except jpeg_region.RegionDecodeError as e:
+            raise DecodeError(f"cannot decode image: {e}") from None
+        if cut is not None:  # None: CMYK/YCCK, which the whole-image path below converts
+            return resize_cut(cut, out_hw)  # RGB already
     img = cut_resize(_imdecode(data, channels, factor), box, full_hw, out_hw)
     if channels == 1:
         return img
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # after the resize: a 224x224 swap costs microseconds
 
 
-def cut_resize(img: np.ndarray, box, full_hw: tuple[int, int] | None, out_hw: tuple[int, int]) -> np.ndarray:
-    """Cut `box` (given in the pixels of a `full_hw` image; None = img's own size) out of `img`, which may be
-    a reduced decode of it, and resize the cut to out_hw."""
+def reduced_box(box, full_hw: tuple[int, int], dhw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """`box` (y, x, h, w) in the pixels of a `full_hw` image -> (y0, x0, y1, x1) in a `dhw` decode of it (a
+    reduced one when smaller): mapped with the actual ratio, rounded to whole pixels, at least one pixel."""
     y, x, bh, bw = box
-    oh, ow = out_hw
-    dh, dw = img.shape[:2]
-    fh, fw = full_hw if full_hw is not None else (dh, dw)
-    # libjpeg's reduced size is ceil(full / factor): map with the actual ratio, round to whole pixels, keep
-    # at least one pixel.
+    (fh, fw), (dh, dw) = full_hw, dhw
     sy, sx = dh / fh, dw / fw
     y0, x0 = min(int(round(y * sy)), dh - 1), min(int(round(x * sx)), dw - 1)
     y1, x1 = max(y0 + 1, min(dh, int(round((y + bh) * sy)))), max(x0 + 1, min(dw, int(round((x + bw) * sx))))
-    crop = img[y0:y1, x0:x1]
+    return y0, x0, y1, x1
+
+
+def cut_resize(img: np.ndarray, box, full_hw: tuple[int, int] | None, out_hw: tuple[int, int]) -> np.ndarray:
+    """Cut `box` (given in the pixels of a `full_hw` image; None = img's own size) out of `img`, which may be
+    a reduced decode of it, and resize the cut to out_hw."""
+    dhw = img.shape[:2]
+    y0, x0, y1, x1 = reduced_box(box, full_hw if full_hw is not None else dhw, dhw)
+    return resize_cut(img[y0:y1, x0:x1], out_hw)
+
+
+def resize_cut(crop: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Resize a cut (HWC uint8) to out_hw."""
+    oh, ow = out_hw
     ch, cw = crop.shape[:2]
     if (ch, cw) == (oh, ow):
         return np.ascontiguousarray(crop)
@@ -327,7 +350,8 @@ class TrainGeometry:
         hw = image_size(data)
         if hw is None:  # not a JPEG/PNG header we can read: decode fully (a broken file fails here)
             return self(decode(data, channels), rng)
-        img = decode_box(data, channels, self.crop_box(*hw, rng), hw, (self.size, self.size), self.cfg.dct_reduce)
+        img = decode_box(data, channels, self.crop_box(*hw, rng), hw, (self.size, self.size), self.cfg.dct_reduce,
+                         self.cfg.region_decode)
         return self._flip_erase(img, rng)
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
