@@ -228,3 +228,21 @@ def test_cuda_matches_cpu(photos, kind, lighting):
         cpu = DeviceTransform(cfg, 3, torch.device("cpu"))(x, params)
         gpu = DeviceTransform(cfg, 3, torch.device("cuda"))(x.cuda(), params.cuda())
         torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind,lighting", [("tf_cnn", 0.0), ("jitter", 0.1), ("tf_cnn", 0.1), ("none", 0.0)])
+def test_the_cpu_pixel_path_matches_the_torch_path_every_other_device_runs(photos, kind, lighting, monkeypatch):
+    """On the CPU the per-pixel map runs through OpenCV (color._affine_pixels_cv2); CUDA runs the torch ops.
+    Both are computed here on the CPU, from the same matrices, and must agree to float32 rounding."""
+    x = torch.from_numpy(photos)
+    params = torch.from_numpy(params_for(ColorAugment(kind, lighting), len(photos)))
+    for normalize in ("meanstd", "scale_pm1", "none"):
+        cfg = DataConfig(color=kind, lighting=lighting, normalize=normalize)
+        fast = DeviceTransform(cfg, 3, torch.device("cpu"))(x, params)
+        with monkeypatch.context() as m:
+            m.setattr(color, "_affine_pixels_cv2", color._affine_pixels_torch)
+            m.setattr(color, "_channel_means_cv2", lambda t: t.reshape(len(t), -1, 3).float().mean(1) / 255.0)
+            ref = DeviceTransform(cfg, 3, torch.device("cpu"))(x, params)
+        assert fast.shape == ref.shape == (len(photos), 3, 36, 48)
+        assert fast.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-5)

@@ -28,6 +28,7 @@ import torch
 
 from ..config import DataConfig
 from . import jpeg_region
+from .color import affine_pixels
 
 cv2.setNumThreads(1)  # one thread per worker process; parallelism comes from the processes
 
@@ -458,8 +459,8 @@ class DeviceTransform:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device)
         self.std = torch.tensor(std, dtype=torch.float32, device=device)
         # Fold /255 into the affine map: x_norm = x_uint8 * scale + shift.
-        self.scale = (1.0 / (255.0 * self.std)).view(1, -1, 1, 1)
-        self.shift = (-self.mean / self.std).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * self.std)
+        self.shift = -self.mean / self.std
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, x: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
@@ -468,7 +469,9 @@ class DeviceTransform:
                 raise ValueError(f"colour augmentation needs params [{x.shape[0]}, {self.color.num_params}], got "
                                  f"{None if params is None else tuple(params.shape)}")
             x = self.color.apply(x, params, self.mean, self.std)  # NHWC float, normalized
-            return x.permute(0, 3, 1, 2).contiguous(memory_format=self.memory_format)
-        x = x.permute(0, 3, 1, 2).float()  # NHWC uint8 -> NCHW view, channels_last in memory
-        x = x * self.scale + self.shift
-        return x.contiguous(memory_format=self.memory_format)
+        else:  # normalization alone: the diagonal map x * scale + shift, through the same per-pixel kernel
+            b, c = x.shape[0], x.shape[-1]
+            scale, shift = self.scale.view(1, c).expand(b, c), self.shift.view(1, c).expand(b, c)
+            x = affine_pixels(x, torch.diag_embed(scale), shift)
+        # NHWC float -> NCHW view, channels_last in memory (a copy only when channels_last is off)
+        return x.permute(0, 3, 1, 2).contiguous(memory_format=self.memory_format)

@@ -137,30 +137,78 @@ class ColorAugment:
 
     def apply(self, x: torch.Tensor, params: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC [B,H,W,3] -> colour-distorted, normalized float NHWC: ((colour(x / 255)) - mean) / std."""
-        b, h, w, c = x.shape
         params = params.to(device=x.device, dtype=torch.float32)
-        flat = x.reshape(b, h * w, c).float()
-        means = flat.mean(1) / 255.0
-        a, t = self.affine(params, means)
+        a, t = self.affine(params, channel_means(x))
         a = a / 255.0  # act on 0..255 input directly
         light = self.lighting_offset(params)
         if self.clip:
-            y = _affine_pixels(flat, a, t).clamp_(0.0, 1.0)
             offset = (-mean if light is None else light - mean) / std
-            y = y.div_(std).add_(offset[:, None, :] if offset.dim() == 2 else offset)
-        else:  # fold lighting and normalization into the one map
-            if light is not None:
-                t = t + light
-            y = _affine_pixels(flat, a / std[:, None], (t - mean) / std)
-        return y.view(b, h, w, c)
+            return affine_pixels(x, a, t, clip_then=(std, offset.expand(x.shape[0], -1)))
+        if light is not None:  # fold lighting and normalization into the one map
+            t = t + light
+        return affine_pixels(x, a / std[:, None], (t - mean) / std)
 
 
-def _affine_pixels(flat: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """y[b, p, :] = a[b] @ flat[b, p, :] + t[b] as three multiply-adds over the batch: exact float32 on every
-    device (a batched matmul would run in TF32 on GPUs that allow it)."""
+def channel_means(x: torch.Tensor) -> torch.Tensor:
+    """Per-image channel means of uint8 NHWC [B,H,W,C], in [0, 1] units: [B, C] float32."""
+    b, h, w, c = x.shape
+    if x.device.type == "cpu" and c <= 4:
+        return _channel_means_cv2(x)
+    return x.reshape(b, h * w, c).float().mean(1) / 255.0
+
+
+def _channel_means_cv2(x: torch.Tensor) -> torch.Tensor:
+    import cv2  # sums in double with SIMD; on the CPU torch's float conversion alone takes longer
+
+    return torch.tensor([cv2.mean(img)[:x.shape[-1]] for img in x.contiguous().numpy()], dtype=torch.float32) / 255.0
+
+
+def affine_pixels(x: torch.Tensor, a: torch.Tensor, t: torch.Tensor, clip_then=None) -> torch.Tensor:
+    """y = a[b] @ x[b, h, w, :] + t[b] for every pixel of uint8 NHWC `x` -> float32 NHWC. With
+    ``clip_then=(std, offset)``: y = clamp(y, 0, 1) / std + offset[b] (tf_cnn's clip, then normalization).
+
+    On CUDA (any device but the CPU): three multiply-adds over the batch, exact float32 (a batched matmul would
+    run in TF32 on GPUs that allow it). On the CPU those broadcast multiply-adds and torch's uint8 -> float
+    conversion of a fresh 38 MB batch crawl (65 ms for 64 images of 224 x 224 on one core, about what a loader
+    worker needs to decode them), so the same map runs image by image through OpenCV's cv2.transform (SIMD,
+    buffers reused in cache). Same numbers within float32 rounding (tests/test_color.py)."""
+    if x.device.type == "cpu" and x.shape[-1] == 3:
+        return _affine_pixels_cv2(x, a, t, clip_then)
+    return _affine_pixels_torch(x, a, t, clip_then)
+
+
+def _affine_pixels_torch(x: torch.Tensor, a: torch.Tensor, t: torch.Tensor, clip_then) -> torch.Tensor:
+    b, h, w, c = x.shape
+    flat = x.reshape(b, h * w, c).float()
     y = torch.addcmul(t[:, None, :], flat[:, :, 0:1], a[:, None, :, 0])
-    y.addcmul_(flat[:, :, 1:2], a[:, None, :, 1])
-    return y.addcmul_(flat[:, :, 2:3], a[:, None, :, 2])
+    for k in range(1, c):
+        y.addcmul_(flat[:, :, k:k + 1], a[:, None, :, k])
+    if clip_then is not None:
+        std, offset = clip_then
+        y = y.clamp_(0.0, 1.0).div_(std).add_(offset[:, None, :])
+    return y.view(b, h, w, c)
+
+
+def _affine_pixels_cv2(x: torch.Tensor, a: torch.Tensor, t: torch.Tensor, clip_then) -> torch.Tensor:
+    import cv2
+
+    b, h, w, c = x.shape
+    out = torch.empty(b, h, w, c, dtype=torch.float32)
+    src, dst = x.contiguous().numpy(), out.numpy()
+    m = torch.cat([a, t[:, :, None]], 2).double().numpy()  # [B, 3, 4]: cv2.transform's affine form
+    if clip_then is not None:
+        std, offset = clip_then
+        post = torch.cat([torch.diag_embed((1.0 / std).expand(b, c)), offset[:, :, None]], 2).double().numpy()
+    pixels, mapped = np.empty((h, w, c), np.float32), np.empty((h, w, c), np.float32)
+    for i in range(b):
+        np.copyto(pixels, src[i], casting="unsafe")  # uint8 -> float32, exact
+        if clip_then is None:
+            cv2.transform(pixels, m[i], dst=dst[i])
+        else:
+            cv2.transform(pixels, m[i], dst=mapped)
+            np.clip(mapped, 0.0, 1.0, out=mapped)
+            cv2.transform(mapped, post[i], dst=dst[i])
+    return out
 
 
 def _matmul(m: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
