@@ -55,6 +55,9 @@ def test_bench_loader_json_reports_every_figure(shards, cli):
         assert r[key] > 0, key
     assert r["workers"] == 1 and r["timed_images"] == 12
     assert r["crop"] == "tf_cnn" and r["color"] == "tf_cnn"
+    from resnet_repro.data import jpeg_region
+
+    assert r["region_decode"] is jpeg_region.available()  # says which decoder the figures are for
     assert r["per_worker_vs_decode_limit"] == pytest.approx(r["images_per_s_per_worker"] / r["decode_limit_per_s"])
 
 
@@ -64,6 +67,7 @@ def test_bench_loader_text_scaling_and_torchvision_comparison(shards, cli):
                          "--set", "data.lighting=0.1", "--device", "cpu", "--compare", "torchvision")
     assert code == 0, err
     assert "decode limit" in out and "workers 2:" in out and "x one worker" in out
+    assert "crop decode: " in out
     import os
 
     left = max(1, (os.cpu_count() or 1) - 2)  # the cores the 2 workers leave to the CPU "device"

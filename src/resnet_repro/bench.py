@@ -241,6 +241,14 @@ def bench_loader(data: str, workers: list[int], batch_size: int = 64, batches: i
         f"about {8 * np.mean([s[1] for s in hw]):.0f}x{8 * np.mean([s[0] for s in hw]):.0f}); crop {cfg.data.crop}, "
         f"colour {cfg.data.color}, lighting {cfg.data.lighting}, size {cfg.data.image_size}, batch {batch_size}, "
         f"device {dev}; {os.cpu_count()} CPU cores")
+    from .data import jpeg_region
+    from .data.augment import IMAGENET_CROPS
+
+    why_whole = ("data.region_decode is off" if not cfg.data.region_decode else jpeg_region.unavailable_reason()
+                 if not jpeg_region.available() else "" if cfg.data.crop in IMAGENET_CROPS else
+                 f"data.crop={cfg.data.crop} crops after decoding")
+    log("crop decode: " + (f"whole images (OpenCV): {why_whole}" if why_whole else
+                           "the crop's rows and columns only (libjpeg-turbo, native helper)"))
     limits = [decode_limit(blobs)]
     log(f"decode limit (bare full-size cv2.imdecode, one core): {limits[0]:.0f} img/s")
     runs = []
@@ -260,7 +268,7 @@ def bench_loader(data: str, workers: list[int], batch_size: int = 64, batches: i
         f"{f', {threads} thread(s)' if threads else ''}): {device_rate:.0f} img/s")
     for r in runs:
         r["per_worker_vs_decode_limit"] = r["images_per_s_per_worker"] / limit
-    result = {**runs[-1], "decode_limit_per_s": limit, "decode_limit_samples_per_s": limits, "runs": runs,
+    result = {**runs[-1], "region_decode": not why_whole, "decode_limit_per_s": limit, "decode_limit_samples_per_s": limits, "runs": runs,
               "batch_size": batch_size, "batches": batches, "device": str(dev), "cpu_count": os.cpu_count(),
               "crop": cfg.data.crop, "color": cfg.data.color, "lighting": cfg.data.lighting,
               "device_transform_images_per_s": device_rate}

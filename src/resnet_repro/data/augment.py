@@ -9,9 +9,10 @@ Device side (per batch, torch): uint8 NHWC -> float NCHW (channels_last), colour
 driven by the parameters the workers drew) and normalization, where a GPU does them almost for free.
 
 ImageNet crops decode only what they need: the crop box is drawn in full-resolution coordinates from the JPEG
-header's size (no decode), and when the box will be shrunk by 2x or more, libjpeg-turbo decodes the image at
-1/2, 1/4 or 1/8 scale in the DCT domain (OpenCV's IMREAD_REDUCED_*), which skips most of the inverse DCT and
-upsampling work; the box is mapped into the reduced image, its edges snapped to the reduced pixel grid (they
+header's size (no decode); libjpeg-turbo then decodes only the box's rows and columns (data/jpeg_region.py: same
+pixels, 1.37x a whole decode for tf_cnn boxes), and when the box will be shrunk by 2x or more, it decodes at
+1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg's scale_denom; OpenCV's IMREAD_REDUCED_*), which skips most
+of the inverse DCT and upsampling work; the box is mapped into the reduced image, its edges snapped to the reduced pixel grid (they
 move by at most factor / 2 full-resolution pixels, under 1 % of a box that is shrunk >= 2x). The remaining
 resize is then always a shrink below 2x or an enlargement, where bilinear interpolation (as TensorFlow's
 resize_images in the reference recipe) hardly aliases and costs a seventh of OpenCV's area filter (0.08 vs
