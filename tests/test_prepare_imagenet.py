@@ -223,6 +223,36 @@ def test_oddities_stored_as_rgb_jpeg_and_listed(tmp_path):
             assert np.abs(img.astype(int) - truth).mean() < 3, key
 
 
+def test_the_scaled_down_check_rejects_exactly_the_files_a_full_decode_rejects():
+    """Kept JPEGs are checked with a 1/8-scale decode (prepare.convert_image). Damage of every kind — cut at
+    many points (inside the headers and the scan), bytes overwritten in the entropy-coded data, markers
+    broken — must fail that check exactly when OpenCV's full decode fails."""
+    from resnet_repro.data.synthetic import photo_like_image
+
+    rng = np.random.default_rng(0)
+    img = photo_like_image(rng, 160, 120)
+    sources = [cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes(),
+               cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()]
+    variants = []
+    for data in sources:
+        variants += [data[:n] for n in (100, 300, 700, len(data) // 3, len(data) // 2, len(data) - 100, len(data) - 2)]
+        for _ in range(12):  # overwrite a run of bytes somewhere after the first 200
+            at, run = int(rng.integers(200, len(data) - 20)), int(rng.integers(1, 16))
+            variants.append(data[:at] + rng.integers(0, 256, run, dtype=np.uint8).tobytes() + data[at + run:])
+        variants += [data.replace(b"\xff\xda", b"\xff\xdb", 1), data.replace(b"\xff\xc4", b"\xff\x00", 1)]
+    outcomes = set()
+    for i, data in enumerate(variants):
+        full_ok = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None
+        try:
+            prepare.convert_image(data, Encoding())
+            check_ok = True
+        except prepare.BadImage:
+            check_ok = False
+        assert check_ok == full_ok, f"variant {i}: full decode {'passes' if full_ok else 'fails'}, check disagrees"
+        outcomes.add(full_ok)
+    assert outcomes == {True, False}  # the variants include both kinds
+
+
 def test_bad_files_stop_prepare_with_every_name_unless_skip_bad(tmp_path):
     good = jpeg(5)
     extra = {"n01440764_truncated": good[: len(good) // 2], "n02102040_text": b"not an image at all",
