@@ -244,9 +244,13 @@ def bench_loader(data: str, workers: list[int], batch_size: int = 64, batches: i
     from .data import jpeg_region
     from .data.augment import IMAGENET_CROPS
 
-    why_whole = ("data.region_decode is off" if not cfg.data.region_decode else jpeg_region.unavailable_reason()
-                 if not jpeg_region.available() else "" if cfg.data.crop in IMAGENET_CROPS else
-                 f"data.crop={cfg.data.crop} crops after decoding")
+    why_whole = ""  # why the crops decode whole images, if they do (the conditions of augment.decode_box)
+    if not cfg.data.region_decode:
+        why_whole = "data.region_decode is off"
+    elif not jpeg_region.available():
+        why_whole = jpeg_region.unavailable_reason()
+    elif cfg.data.crop not in IMAGENET_CROPS:
+        why_whole = f"data.crop={cfg.data.crop} crops after decoding"
     log("crop decode: " + (f"whole images (OpenCV): {why_whole}" if why_whole else
                            "the crop's rows and columns only (libjpeg-turbo, native helper)"))
     limits = [decode_limit(blobs)]
@@ -268,7 +272,8 @@ def bench_loader(data: str, workers: list[int], batch_size: int = 64, batches: i
         f"{f', {threads} thread(s)' if threads else ''}): {device_rate:.0f} img/s")
     for r in runs:
         r["per_worker_vs_decode_limit"] = r["images_per_s_per_worker"] / limit
-    result = {**runs[-1], "region_decode": not why_whole, "decode_limit_per_s": limit, "decode_limit_samples_per_s": limits, "runs": runs,
+    result = {**runs[-1], "region_decode": not why_whole, "decode_limit_per_s": limit,
+              "decode_limit_samples_per_s": limits, "runs": runs,
               "batch_size": batch_size, "batches": batches, "device": str(dev), "cpu_count": os.cpu_count(),
               "crop": cfg.data.crop, "color": cfg.data.color, "lighting": cfg.data.lighting,
               "device_transform_images_per_s": device_rate}

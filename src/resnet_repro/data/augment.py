@@ -12,11 +12,11 @@ ImageNet crops decode only what they need: the crop box is drawn in full-resolut
 header's size (no decode); libjpeg-turbo then decodes only the box's rows and columns (data/jpeg_region.py: same
 pixels, 1.37x a whole decode for tf_cnn boxes), and when the box will be shrunk by 2x or more, it decodes at
 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg's scale_denom; OpenCV's IMREAD_REDUCED_*), which skips most
-of the inverse DCT and upsampling work; the box is mapped into the reduced image, its edges snapped to the reduced pixel grid (they
-move by at most factor / 2 full-resolution pixels, under 1 % of a box that is shrunk >= 2x). The remaining
-resize is then always a shrink below 2x or an enlargement, where bilinear interpolation (as TensorFlow's
-resize_images in the reference recipe) hardly aliases and costs a seventh of OpenCV's area filter (0.08 vs
-0.6 ms for a ~316-pixel crop to 224, one core), which alone would eat 30 % of a 500x375 decode.
+of the inverse DCT and upsampling work; the box is mapped into the reduced image, its edges snapped to the
+reduced pixel grid (they move by at most factor / 2 full-resolution pixels, under 1 % of a box that is shrunk
+>= 2x). The remaining resize is then always a shrink below 2x or an enlargement, where bilinear interpolation
+(as TensorFlow's resize_images in the reference recipe) hardly aliases and costs a seventh of OpenCV's area
+filter (0.08 vs 0.6 ms for a ~316-pixel crop to 224, one core), which alone would eat 30 % of a 500x375 decode.
 """
 from __future__ import annotations
 
@@ -472,7 +472,6 @@ class DeviceTransform:
             x = self.color.apply(x, params, self.mean, self.std)  # NHWC float, normalized
         else:  # normalization alone: the diagonal map x * scale + shift, through the same per-pixel kernel
             b, c = x.shape[0], x.shape[-1]
-            scale, shift = self.scale.view(1, c).expand(b, c), self.shift.view(1, c).expand(b, c)
-            x = affine_pixels(x, torch.diag_embed(scale), shift)
+            x = affine_pixels(x, torch.diag(self.scale).expand(b, c, c), self.shift.expand(b, c))
         # NHWC float -> NCHW view, channels_last in memory (a copy only when channels_last is off)
         return x.permute(0, 3, 1, 2).contiguous(memory_format=self.memory_format)

@@ -221,6 +221,10 @@ def oddity(h: Header) -> str | None:
     return None
 
 
+def _undecodable(hdr: Header) -> BadImage:
+    return BadImage(f"cannot be decoded ({hdr.fmt}, {hdr.width}x{hdr.height}; truncated or corrupt)")
+
+
 def convert_image(data: bytes, enc: Encoding) -> tuple[bytes, str | None, str | None, tuple[int, int]]:
     """Check one source image by decoding it; returns (bytes to store, oddity, action, (height, width)).
 
@@ -239,11 +243,11 @@ def convert_image(data: bytes, enc: Encoding) -> tuple[bytes, str | None, str | 
         # data warnings arise) but skips most of the inverse DCT, upsampling and colour conversion, which cannot
         # fail. 2.5-3x faster than a full decode; the same files pass and fail (tests/test_prepare_imagenet.py).
         if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_COLOR_8) is None:
-            raise BadImage(f"cannot be decoded ({hdr.fmt}, {hdr.width}x{hdr.height}; truncated or corrupt)")
+            raise _undecodable(hdr)
         return data, None, None, (hdr.height, hdr.width)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # BGR; CMYK/gray/alpha -> 3 channels
     if img is None:
-        raise BadImage(f"cannot be decoded ({hdr.fmt}, {hdr.width}x{hdr.height}; truncated or corrupt)")
+        raise _undecodable(hdr)
     h, w = img.shape[:2]
     if shrink:
         s = enc.max_side / max(h, w)
