@@ -3,6 +3,8 @@ determinism per (seed, epoch, index), colour parameters in the batch, and bad JP
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -243,3 +245,30 @@ def test_batches_carry_colour_params_and_replace_bad_jpegs_deterministically(jpe
     assert not (ds[Job(1, 0, idx)][3] == params).all()
     good = [i for i in range(len(reader)) if i != bad_index]
     assert len(set(map(tuple, params[good].tolist()))) == len(good)
+
+
+HEAP_PROBE = """
+import sys
+import numpy as np
+from resnet_repro.data.augment import keep_freed_memory
+if sys.argv[1] != "default":
+    keep_freed_memory(large=sys.argv[1] == "large")
+a = np.empty(40 << 20, np.uint8)  # above glibc's 32 MB ceiling for the mmap threshold
+a[::4096] = 1
+lo, hi = next(tuple(int(v, 16) for v in line.split()[0].split("-")) for line in open("/proc/self/maps")
+              if line.rstrip().endswith("[heap]"))
+print(lo <= a.ctypes.data < hi)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc and /proc/self/maps")
+def test_keep_freed_memory_large_serves_big_blocks_from_the_heap():
+    """A CPU device transform's 38.5 MB output batch is heap memory with large=True, fresh pages otherwise."""
+    def in_heap(mode):
+        r = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    assert in_heap("default") == "False"
+    assert in_heap("small") == "False"  # the 32 MB threshold alone still mmaps a 40 MB block
+    assert in_heap("large") == "True"
