@@ -51,8 +51,9 @@ def test_bench_loader_json_reports_every_figure(shards, cli):
     assert code == 0, err
     r = json.loads(out)
     for key in ("images_per_s", "images_per_s_per_worker", "decode_limit_per_s", "peak_rss_mb_per_worker",
-                "device_transform_images_per_s"):
+                "device_transform_images_per_s", "main_cpu_ms_per_image"):
         assert r[key] > 0, key
+    assert isinstance(r["rss_growth_mb_per_worker"], float) and isinstance(r["rss_growth_from_first_batch_mb"], float)
     assert r["workers"] == 1 and r["timed_images"] == 12
     assert r["crop"] == "tf_cnn" and r["color"] == "tf_cnn"
     from resnet_repro.data import jpeg_region
@@ -96,3 +97,26 @@ def test_prepare_bench_times_a_complete_copy_mode_prepare(capsys):
     assert r["images"] == 100 and r["workers"] == 1
     assert r["decode_limit_per_s"] > 0 and r["prepare_images_per_s"] > 0
     assert r["ratio_per_worker"] == pytest.approx(r["prepare_images_per_s_per_worker"] / r["decode_limit_per_s"])
+
+
+@pytest.mark.parametrize("color, jitter", [("tf_cnn", (32 / 255, 0.5, 0.5, 0.2)), ("jitter", (0.4, 0.4, 0.4, 0.0)),
+                                           ("none", None)])
+def test_the_torchvision_comparison_does_the_same_colour_work(color, jitter):
+    """--compare torchvision runs the ColorJitter that matches data.color: tf_cnn's distortion has a hue shift."""
+    T = pytest.importorskip("torchvision.transforms")
+    from resnet_repro.bench import torchvision_transform
+    from resnet_repro.config import DataConfig
+
+    transform, what = torchvision_transform(DataConfig(color=color))
+    kinds = [type(t) for t in transform.transforms]
+    assert kinds[:2] == [T.RandomResizedCrop, T.RandomHorizontalFlip] and kinds[-2:] == [T.ToTensor, T.Normalize]
+    cj = [t for t in transform.transforms if isinstance(t, T.ColorJitter)]
+    if jitter is None:
+        assert not cj and "ColorJitter" not in what
+        return
+    (cj,) = cj
+    b, c, s, h = jitter
+    assert cj.brightness == pytest.approx((1 - b, 1 + b)) and cj.contrast == pytest.approx((1 - c, 1 + c))
+    assert cj.saturation == pytest.approx((1 - s, 1 + s))
+    assert (cj.hue is None) if h == 0 else cj.hue == pytest.approx((-h, h))
+    assert "ColorJitter(" in what

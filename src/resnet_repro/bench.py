@@ -13,10 +13,14 @@ the timed batches' images over the time from the last untimed batch to the last 
 synchronized. The decode limit is measured before and after the pipeline runs and averaged, so a shared
 machine's load drifts into both sides alike. Worker peak RSS is each worker's VmHWM (it includes the pages
 it shares with the parent after fork); RSS growth is a worker's resident size at its last batch minus at its
-first, which stays flat when nothing accumulates per sample (no copy-on-read growth).
+first timed one, which stays flat when nothing accumulates per sample (no copy-on-read growth). The growth
+from its very first batch is printed too: the first batches grow the heap to one batch's working set.
 
 ``--compare torchvision`` runs the familiar torchvision pipeline (ImageFolder + RandomResizedCrop + flip +
 ColorJitter + ToTensor + Normalize) on the same images, batch size and worker count; torchvision is optional.
+Its ColorJitter does the colour work the configured ``data.color`` does (``torchvision_transform``), so both
+sides run the same operations: the seed recipe's tf_cnn distortion includes a hue shift, ColorJitter(0.4, 0.4,
+0.4) has none, and in torchvision the hue shift is the most expensive of the four.
 """
 from __future__ import annotations
 
@@ -128,15 +132,18 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
         for k, (x, y, bad) in enumerate(DevicePrefetcher(_split_stats(loader, stats), device, transform)):
             if k == warmup - 1:
                 sync()
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), time.process_time()
             elif k >= warmup:
                 count += len(y)
         sync()
-    seconds = time.perf_counter() - t0
+    seconds, main_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     timed = stats[warmup:]
     per_pid: dict[int, list] = {}
-    for pid, sec, peak, rss in stats:
-        per_pid.setdefault(pid, []).append((sec, peak, rss))
+    for k, (pid, sec, peak, rss) in enumerate(stats):
+        per_pid.setdefault(pid, []).append((sec, peak, rss, k >= warmup))
+    # RSS growth over the timed batches: a worker's first batches grow its heap to the working set of one
+    # batch (glibc keeps freed memory, augment.keep_freed_memory), a plateau; what must stay flat is after.
+    timed_rss = [[v[2] for v in vals if v[3]] for vals in per_pid.values()]
     # Worker compute rate: images over the time the workers spent building the timed batches (no transfer).
     compute = sum(len(j.indices) for j in jobs[warmup:]) / max(sum(s[1] for s in timed), 1e-9) * max(workers, 1)
     return {
@@ -145,7 +152,11 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
         "images_per_s_per_worker": count / seconds / max(workers, 1),
         "worker_compute_images_per_s": compute / max(workers, 1),
         "peak_rss_mb_per_worker": max(v[1] for vals in per_pid.values() for v in vals),
-        "rss_growth_mb_per_worker": max(vals[-1][2] - vals[0][2] for vals in per_pid.values()),
+        "rss_growth_mb_per_worker": max((r[-1] - r[0] for r in timed_rss if r), default=0.0),
+        "rss_growth_from_first_batch_mb": max(vals[-1][2] - vals[0][2] for vals in per_pid.values()),
+        # The training process's own CPU time per image (receiving batches, device transform on a CPU device,
+        # all its threads): what the workers' cores must leave free.
+        "main_cpu_ms_per_image": 1e3 * main_cpu / count,
         "timed_images": count,
         "seconds": seconds,
     }
@@ -177,17 +188,32 @@ def transform_rate(cfg, batch_size: int, device, threads: int | None, seconds: f
         return n / (time.perf_counter() - t0)
 
 
-def torchvision_rate(reader, indices, workers: int, batch_size: int, batches: int,
-                     mean, std, warmup: int | None = None) -> float | None:
-    """Images/s of ImageFolder + RandomResizedCrop + flip + ColorJitter + ToTensor + Normalize on the same
-    images; None if torchvision is not installed."""
+def torchvision_transform(data_cfg):
+    """The torchvision pipeline a user would write for `data_cfg`'s augmentation, and its description:
+    RandomResizedCrop(224) + flip + the ColorJitter doing the same colour operations + ToTensor + Normalize.
+
+    color tf_cnn (brightness +-32/255, saturation and contrast [0.5, 1.5], hue +-0.2) -> ColorJitter(32/255,
+    0.5, 0.5, 0.2): torchvision's brightness is a factor where tf_cnn's is an offset, the same work per pixel.
+    color jitter -> ColorJitter(0.4, 0.4, 0.4), fb.resnet.torch's. torchvision has no PCA lighting op."""
+    import torchvision.transforms as T
+
+    jitter = {"tf_cnn": (32 / 255, 0.5, 0.5, 0.2), "jitter": (0.4, 0.4, 0.4, 0.0)}.get(data_cfg.color)
+    steps = [T.RandomResizedCrop(224), T.RandomHorizontalFlip()]
+    what = ["RandomResizedCrop(224)", "flip"]
+    if jitter is not None:
+        steps.append(T.ColorJitter(*jitter))
+        what.append(f"ColorJitter({', '.join(f'{v:.3g}' for v in jitter)})")
+    steps += [T.ToTensor(), T.Normalize(data_cfg.mean, data_cfg.std)]
+    return T.Compose(steps), "ImageFolder + " + " + ".join(what + ["ToTensor", "Normalize"])
+
+
+def torchvision_rate(reader, indices, workers: int, batch_size: int, batches: int, transform,
+                     warmup: int | None = None) -> float:
+    """Images/s of ImageFolder + `transform` (torchvision_transform) on the same images."""
     import numpy as np
     import torch
-    try:
-        import torchvision.transforms as T
-        from torchvision.datasets import ImageFolder
-    except ImportError:
-        return None
+    from torchvision.datasets import ImageFolder
+
     warmup = 2 * max(workers, 1) + 2 if warmup is None else warmup
     tmp = Path(tempfile.mkdtemp(prefix="bench-tv-"))
     try:
@@ -196,9 +222,7 @@ def torchvision_rate(reader, indices, workers: int, batch_size: int, batches: in
             d = tmp / f"{label:05d}"
             d.mkdir(exist_ok=True)
             (d / f"{key}.jpg").write_bytes(data)
-        tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ColorJitter(0.4, 0.4, 0.4),
-                        T.ToTensor(), T.Normalize(mean, std)])
-        ds = ImageFolder(str(tmp), transform=tf)
+        ds = ImageFolder(str(tmp), transform=transform)
         sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=(warmup + batches) * batch_size)
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                              prefetch_factor=4 if workers else None)
@@ -233,7 +257,9 @@ def bench_loader(data: str, workers: list[int], batch_size: int = 64, batches: i
 
     from .data.augment import keep_freed_memory
 
-    keep_freed_memory()  # as in the loader workers: the decode limit is measured at its best
+    # As in the loader workers: the decode limit is measured at its best; as in `train` on a CPU device, the
+    # device transform's output batch is reused heap memory.
+    keep_freed_memory(large=dev.type == "cpu")
     sample_idx = np.concatenate(train_batch_indices(len(reader), batch_size, 0, 0)[:max(1, 256 // batch_size)])
     blobs = [reader[int(i)][1] for i in sample_idx]
     hw = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8).shape for b in blobs[:32]]
@@ -262,7 +288,9 @@ def bench_loader(data: str, workers: list[int], batch_size: int = 64, batches: i
         runs.append(r)
         log(f"workers {n}: {r['images_per_s']:.0f} img/s = {r['images_per_s_per_worker']:.0f} per worker "
             f"({r['worker_compute_images_per_s']:.0f} img/s building batches, before transfer); peak RSS "
-            f"{r['peak_rss_mb_per_worker']:.0f} MB per worker, RSS growth {r['rss_growth_mb_per_worker']:+.1f} MB")
+            f"{r['peak_rss_mb_per_worker']:.0f} MB per worker, RSS growth {r['rss_growth_mb_per_worker']:+.1f} MB "
+            f"over the timed batches ({r['rss_growth_from_first_batch_mb']:+.1f} MB from the first batch); main "
+            f"process CPU {r['main_cpu_ms_per_image']:.2f} ms per image")
     limit = statistics.mean(limits)
     # With a CPU "device" the colour ops run in the main process on the cores the workers leave; say what that
     # costs, so that a pipeline rate capped by it is not read as the workers'.
@@ -290,16 +318,18 @@ def bench_loader(data: str, workers: list[int], batch_size: int = 64, batches: i
     if "scaling" in runs[-1]:
         result["scaling"] = runs[-1]["scaling"]
     if compare == "torchvision":
-        tv = torchvision_rate(reader, np.concatenate(train_batch_indices(len(reader), batch_size, 0, 0)),
-                              workers[-1], batch_size, batches, cfg.data.mean, cfg.data.std)
-        if tv is None:
+        try:
+            transform, what = torchvision_transform(cfg.data)
+        except ImportError:
             log("--compare torchvision: torchvision is not installed (pip install torchvision); skipped")
             result["torchvision_images_per_s"] = None
-        else:
-            result["torchvision_images_per_s"] = tv
-            result["vs_torchvision"] = runs[-1]["images_per_s"] / tv
-            log(f"torchvision (ImageFolder + RandomResizedCrop + flip + ColorJitter + ToTensor + Normalize), "
-                f"{workers[-1]} workers: {tv:.0f} img/s; ours {result['vs_torchvision']:.2f} x (target >= 4)")
+            return result
+        tv = torchvision_rate(reader, np.concatenate(train_batch_indices(len(reader), batch_size, 0, 0)),
+                              workers[-1], batch_size, batches, transform)
+        result.update(torchvision_images_per_s=tv, torchvision_pipeline=what,
+                      vs_torchvision=runs[-1]["images_per_s"] / tv)
+        log(f"torchvision ({what}{'; it has no PCA lighting' if cfg.data.lighting else ''}), {workers[-1]} "
+            f"workers: {tv:.0f} img/s; ours {result['vs_torchvision']:.2f} x (target >= 4)")
     return result
 
 
