@@ -86,7 +86,7 @@ for x in r["runs"]:
           f"{x['per_worker_vs_decode_limit']:.2f} x limit, scaling {x['images_per_s'] / (one * x['workers']):.2f}, "
           f"build {x['worker_compute_images_per_s']:.0f}/s, peak RSS {x['peak_rss_mb_per_worker']:.0f} MB, "
           f"growth {x['rss_growth_mb_per_worker']:+.1f} MB")
-print("torchvision", r.get("torchvision_images_per_s"), "ratio", r.get("vs_torchvision"))
+print("torchvision", r.get("torchvision_pipeline"), r.get("torchvision_images_per_s"), "ratio", r.get("vs_torchvision"))
 PYEOF
 echo "== bench loader: fb.resnet.torch recipe (inception crop + jitter + lighting)"
 $PY -m resnet_repro bench loader --data "$WORK/jpegs" --workers "1,$MAXW" --batch-size 64 --batches 40 --device cuda \

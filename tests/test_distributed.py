@@ -169,6 +169,49 @@ def test_two_nodes_on_localhost_complete_a_run(recipe, tmp_path):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1  # rank 0 alone writes
 
 
+THREADS_PROBE = """\
+import os, sys, threading, time
+from resnet_repro.config import load_config
+from resnet_repro.train import train
+
+def gloo_threads():
+    names = []
+    for t in os.listdir("/proc/self/task"):
+        try:
+            names.append(open(f"/proc/self/task/{t}/comm").read().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return sum(n.startswith("pt_gloo") for n in names)
+
+seen, done = [0], threading.Event()
+def watch():
+    while not done.is_set():
+        seen[0] = max(seen[0], gloo_threads())
+        time.sleep(0.01)
+watcher = threading.Thread(target=watch)
+watcher.start()
+train(load_config(sys.argv[1], ["train.epochs=1"]), sys.argv[2] + os.environ["RANK"])
+done.set()
+watcher.join()
+print(f"rank {os.environ['RANK']} gloo threads during {seen[0]} after {gloo_threads()}", flush=True)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names from /proc")
+def test_no_gloo_thread_outlives_train(recipe, tmp_path):
+    """A gloo group that outlives train() keeps worker threads that may retire a work while the interpreter shuts
+    down, which aborts the process (the intermittent two-node failure). The group must really be gone."""
+    probe = tmp_path / "threads_probe.py"
+    probe.write_text(THREADS_PROBE)
+    r = run([*TORCHRUN, "--standalone", "--nproc-per-node", 2, probe, recipe, tmp_path / "run"], child_env())
+    assert r.returncode == 0, why(r)
+    for rank in (0, 1):
+        line = next(x for x in r.stdout.splitlines() if x.startswith(f"rank {rank} gloo threads"))
+        during, after = (int(v) for v in line.split()[5::2])
+        assert during > 0, line  # the names are there to be seen in this torch build
+        assert after == 0, line
+
+
 RESTART_PROBE = """\
 import os, sys, time, torch
 import torch.distributed as tdist

@@ -35,6 +35,14 @@ def init(device_kind: str) -> DistEnv:
         raise RuntimeError(f"WORLD_SIZE={world} but RANK is not set: launch with torchrun "
                            "(torchrun --nproc-per-node N -m resnet_repro train ...)") from None
     if not dist.is_initialized():
+        # torch._dynamo, which DDP imports on first use, keeps the default process group alive when it is
+        # first imported after the group exists (torch 2.13). destroy_process_group then leaves gloo's worker
+        # threads running, and one that retires its last work while the interpreter shuts down aborts the
+        # process ("terminate called without an active exception", the mechanism of pytorch/pytorch#179291; 6 of
+        # ~210 two-node launches on the 2-core sandbox). Imported before the group exists, it holds nothing;
+        # tests/test_distributed.py checks that no gloo thread outlives train().
+        import torch._dynamo  # noqa: F401
+
         if device_kind == "cuda":
             torch.cuda.set_device(env.local_rank)  # before NCCL starts, so each rank's communicator uses its GPU
         backend = "nccl" if device_kind == "cuda" else "gloo"
