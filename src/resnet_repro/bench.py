@@ -257,9 +257,7 @@ def bench_loader(data: str, workers: list[int], batch_size: int = 64, batches: i
 
     from .data.augment import keep_freed_memory
 
-    # As in the loader workers: the decode limit is measured at its best; as in `train` on a CPU device, the
-    # device transform's output batch is reused heap memory.
-    keep_freed_memory(large=dev.type == "cpu")
+    keep_freed_memory()  # as in the loader workers: the decode limit is measured at its best
     sample_idx = np.concatenate(train_batch_indices(len(reader), batch_size, 0, 0)[:max(1, 256 // batch_size)])
     blobs = [reader[int(i)][1] for i in sample_idx]
     hw = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8).shape for b in blobs[:32]]

@@ -110,7 +110,7 @@ def bench_train(model_name: str = "resnet50", data: str | None = None, batch_siz
 
     ``rounds`` > 1 alternates the two phases that many times (each end-to-end round with a fresh loader) and
     reports each phase's median round: on a shared machine, load that comes and goes then hits both alike."""
-    from .data.augment import DeviceTransform, TrainGeometry, keep_freed_memory
+    from .data.augment import DeviceTransform, TrainGeometry
     from .data.loader import BatchDataset, DevicePrefetcher, Job, make_loader, train_batch_indices
     from .models.resnet import SPECS, build_model, count_macs
     from .train import autocast_for, make_optimizer, train_step
@@ -129,8 +129,6 @@ def bench_train(model_name: str = "resnet50", data: str | None = None, batch_siz
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # autotune conv algorithms once per shape (during warm-up)
         torch.cuda.reset_peak_memory_stats(dev)
-    else:  # as `train` does on a CPU device: the device transform's float batches reuse heap memory
-        keep_freed_memory(large=True)
     autocast, precision = autocast_for(precision, dev)
 
     spec = SPECS[model_name]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from . import __version__, checkpoint, dist
 from .config import Config, save_config
-from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry, keep_freed_memory
+from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry
 from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
 from .data.records import RecordReader
 from .evaluate import eval_transform, evaluate, topk_correct
@@ -161,8 +161,6 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
         torch.use_deterministic_algorithms(True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
-    else:  # the device transform's float batches (38.5 MB at 64 x 224^2) reuse heap memory, no fresh pages
-        keep_freed_memory(large=True)
     autocast, precision = autocast_for(cfg.train.precision, device)
     log = print if env.is_main else (lambda *a, **k: None)
 

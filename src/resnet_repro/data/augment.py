@@ -72,7 +72,7 @@ def keep_freed_memory(large: bool = False) -> None:
     Called in each loader worker (and by `bench loader` before timing the decode limit). No-op off glibc.
 
     `large`: serve blocks above glibc's 32 MB ceiling for the mmap threshold from the heap too (no mmap at
-    all). For the process that runs the device transform on a CPU device: its float output for 64 images of
+    all). Set by DeviceTransform on a CPU device, for the process that runs it: its float output for 64 images of
     224^2 is 38.5 MB, fresh pages on every batch otherwise; measured on the 2-core sandbox, 17.7 -> 5.2 ms per
     batch for the tf_cnn transform. CPU training itself neither gained nor lost (ResNet-20/50 compute img/s)."""
     try:
@@ -453,6 +453,10 @@ class DeviceTransform:
     def __init__(self, cfg: DataConfig, channels: int, device: torch.device, channels_last: bool = True):
         from .color import ColorAugment
 
+        if torch.device(device).type == "cpu":
+            # The float batch this returns (38.5 MB at 64 x 224^2) is above glibc's mmap ceiling: reuse heap
+            # memory instead of faulting in fresh pages on every batch (keep_freed_memory; process-wide, idempotent).
+            keep_freed_memory(large=True)
         if cfg.normalize == "meanstd":
             if len(cfg.mean) != channels:
                 raise ValueError(f"data.mean has {len(cfg.mean)} values, the images have {channels} channel(s)")
