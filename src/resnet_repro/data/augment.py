@@ -369,6 +369,14 @@ class TrainGeometry:
             # The paper's CIFAR recipe: zero-pad `pad` pixels per side, take a random crop of the original size.
             p = cfg.pad
             h, w = img.shape[:2]
+            if self.size != h or self.size != w:
+                # Progressive resizing (or image_size below the stored size): shrink the whole image to the
+                # epoch's side first (area filter: no aliasing) and scale the pad with it, so an early epoch sees
+                # the same content and the same relative shifts at lower resolution, not a smaller window of it.
+                shrunk = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
+                img = shrunk.reshape(self.size, self.size, img.shape[2])  # cv2 drops a single channel's axis
+                p = int(round(p * self.size / max(h, w)))
+                h, w = self.size, self.size
             y, x = rng.integers(0, 2 * p + 1, size=2)
             out = np.zeros((self.size, self.size, img.shape[2]), np.uint8)
             # Copy the overlap of the crop window [y-p, y-p+size) x [x-p, x-p+size) with the image.
