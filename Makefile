@@ -34,9 +34,12 @@ $(DATA)/manifest.json: $(STAMP)
 
 data: $(DATA)/manifest.json
 
+# A run stopped cleanly (SIGTERM, Ctrl-C) exits 0 with its checkpoint saved: say how to go on instead of
+# reporting on a run that has not finished.
 train: $(DATA)/manifest.json
 	$(BIN)/resnet-repro train --config $(RECIPE) --out $(RUN) --resume auto
-	$(BIN)/resnet-repro report $(RUN)
+	@if [ -f $(RUN)/results.json ]; then $(BIN)/resnet-repro report $(RUN); \
+	else echo "$(RUN): stopped before the end, checkpoint saved; \`make train\` again resumes it"; fi
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

@@ -6,7 +6,7 @@
 It runs the real command line (resnet_repro.cli.main); the faults come from outside the package, by wrapping
 torch's SGD so that something happens right after this process's k-th optimizer step. Environment:
 
-    FAULT         kill9 (SIGKILL itself: `kill -9`), sigterm (SIGTERM itself: preemption), exit (os._exit(17):
+    FAULT         kill9 (SIGKILL itself: `kill -9`), sigterm (SIGTERM itself: preemption), sigint (Ctrl-C), exit (os._exit(17):
                   a crashed rank), nan (fill one weight with NaN: a diverged run)
     FAULT_STEP    k, counted from 1 in this process (resuming starts counting again)
     FAULT_RANK    only on this rank (default: every rank)
@@ -49,13 +49,15 @@ class FaultySGD(torch.optim.SGD):
                 os.kill(os.getpid(), signal.SIGKILL)
             elif fault == "sigterm":
                 os.kill(os.getpid(), signal.SIGTERM)
+            elif fault == "sigint":
+                os.kill(os.getpid(), signal.SIGINT)
             elif fault == "exit":
                 os._exit(17)
             elif fault == "nan":
                 with torch.no_grad():
                     self.param_groups[0]["params"][0].fill_(float("nan"))
             else:
-                raise ValueError(f"FAULT={fault!r}: expected kill9, sigterm, exit or nan")
+                raise ValueError(f"FAULT={fault!r}: expected kill9, sigterm, sigint, exit or nan")
         return out
 
 

@@ -13,6 +13,7 @@ import torch
 
 from conftest import REPO
 from resnet_repro import bench_train as bt
+from resnet_repro import runtime
 from resnet_repro import train as train_mod
 from resnet_repro.config import load_config
 
@@ -60,7 +61,8 @@ def test_text_output_and_recipe_data_settings(texture_data, cli):
                          "--set", "data.workers=0", "--batch-size", "8", "--steps", "1", "--warmup", "0")
     assert code == 0, err
     assert "compute" in out and "end to end" in out and "data wait" in out and "peak memory" in out
-    assert "bf16" in out  # the recipe's precision when --precision is not given
+    # The recipe's precision (auto) and memory format (auto) as train would choose them on this machine.
+    assert ("bf16" if runtime.detect().cpu_native_bf16 else "fp32") in out and "NCHW" in out
 
 
 def test_bad_arguments_are_user_errors(texture_data, cli):
@@ -105,7 +107,7 @@ def test_train_step_reads_nothing_back(count_reads):
     model = torch.nn.Linear(4, 3)
     opt = train_mod.make_optimizer(model, load_config().optim, 0.1, torch.device("cpu"))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    autocast, _ = train_mod.autocast_for("fp32", torch.device("cpu"))
+    autocast, _ = runtime.autocast_for("fp32", torch.device("cpu"))
     for _ in range(5):
         loss, logits = train_mod.train_step(model, torch.randn(8, 4), torch.randint(0, 3, (8,)),
                                             torch.nn.CrossEntropyLoss(), opt, scaler, autocast)
@@ -135,7 +137,7 @@ def test_no_synchronising_call_in_a_cuda_step():
     opt = train_mod.make_optimizer(model, load_config().optim, 0.1, dev)
     for precision in ("bf16", "fp16"):
         scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-        autocast, _ = train_mod.autocast_for(precision, dev)
+        autocast, _ = runtime.autocast_for(precision, dev)
         sums = train_mod.RunningSums(dev)
         x, y = torch.randn(4, 3, 8, 8, device=dev), torch.randint(0, 5, (4,), device=dev)
         train_mod.train_step(model, x, y, torch.nn.CrossEntropyLoss(), opt, scaler, autocast)  # warm-up

@@ -97,17 +97,20 @@ def test_kill9_mid_epoch_then_resume_is_bit_identical(recipe, reference, tmp_pat
     assert_same_run(tmp_path, reference)
 
 
-def test_sigterm_checkpoints_exits_0_and_resumes_to_the_same_weights(recipe, reference, tmp_path):
-    # SIGTERM arrives after step 7; the ranks' next meeting point is the log step 8 (log_interval 2).
-    r = run(recipe, tmp_path, fault="sigterm", step=7)
+@pytest.mark.parametrize("fault, name", [("sigterm", "SIGTERM"), ("sigint", "SIGINT")])
+def test_stop_signal_checkpoints_at_the_next_step_exits_0_and_resumes_to_the_same_weights(recipe, reference, tmp_path,
+                                                                                          fault, name):
+    # The signal arrives after step 7. With log_interval 100 the next log step is far away; one process reads its
+    # stop flag after every step, so the checkpoint is the one after step 7 itself. Ctrl-C is a stop like SIGTERM.
+    r = run(recipe, tmp_path, "--set", "train.log_interval=100", fault=fault, step=7)
     assert r.returncode == 0, r.stderr
-    assert "signal SIGTERM: checkpoint saved at epoch 0 step 8" in r.stdout
+    assert f"signal {name}: checkpoint saved at epoch 0 step 7" in r.stdout
     assert "--resume auto" in r.stdout
-    assert names(tmp_path)[-1] == "ckpt-0000-000008.pt"
+    assert names(tmp_path)[-1] == "ckpt-0000-000007.pt"
     assert not (tmp_path / "metrics.jsonl").exists()  # stopped mid-epoch 0
-    state = checkpoint.load(tmp_path / "checkpoints" / "ckpt-0000-000008.pt")
-    assert (state["epoch"], state["step"], state["world"], state["global_batch"]) == (0, 8, 1, 8)
-    assert state["ranks"][0]["sums"]["samples"] == 64  # the epoch's running sums travel with it
+    state = checkpoint.load(tmp_path / "checkpoints" / "ckpt-0000-000007.pt")
+    assert (state["epoch"], state["step"], state["world"], state["global_batch"]) == (0, 7, 1, 8)
+    assert state["ranks"][0]["sums"]["samples"] == 56  # the epoch's running sums travel with it
     r = run(recipe, tmp_path, "--resume", "auto")
     assert r.returncode == 0, r.stderr
     assert_same_run(tmp_path, reference)  # including epoch 1's logged train loss, accumulated across the stop

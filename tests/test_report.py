@@ -93,3 +93,12 @@ def test_report_cli(cli, tmp_path):
     assert "| **this run** |" in out and (tmp_path / "rep" / "curves.png").is_file()
     code, out, err = cli("report", tmp_path / "none")
     assert code == 2 and "metrics.jsonl: not found" in err
+
+
+def test_report_on_a_run_with_no_finished_epoch_says_so_in_one_line(cli, tmp_path):
+    run = tmp_path / "stopped"
+    run.mkdir()
+    (run / "config.yaml").write_text("train: {epochs: 3}\n")  # what train writes before its first step
+    code, out, err = cli("report", run)
+    assert code == 2 and "no epoch has finished yet" in err and "--resume auto" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

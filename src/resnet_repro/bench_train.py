@@ -103,7 +103,7 @@ def _bench_config(config: str | None, overrides: list[str], data: str | None) ->
 
 def bench_train(model_name: str = "resnet50", data: str | None = None, batch_size: int = 256, steps: int = 50,
                 warmup: int = 10, compile: bool = False, precision: str | None = None, decode: str | None = None,
-                workers: int | None = None, device: str = "auto", channels_last: bool = True,
+                workers: int | None = None, device: str = "auto", channels_last: bool | None = None,
                 config: str | None = None, overrides: list[str] | None = None, seed: int = 0, rounds: int = 1,
                 log=print) -> dict:
     """Run the compute phase and, given ``data``, the end-to-end phase; return the figures as a dict.
@@ -113,7 +113,9 @@ def bench_train(model_name: str = "resnet50", data: str | None = None, batch_siz
     from .data.augment import DeviceTransform, TrainGeometry
     from .data.loader import BatchDataset, DevicePrefetcher, Job, make_loader, train_batch_indices
     from .models.resnet import SPECS, build_model, count_macs
-    from .train import autocast_for, make_optimizer, train_step
+    from . import runtime
+    from .runtime import autocast_for
+    from .train import make_optimizer, train_step
 
     if model_name not in SPECS:
         raise ValueError(f"unknown model {model_name!r}; known: {', '.join(SPECS)}")
@@ -124,12 +126,15 @@ def bench_train(model_name: str = "resnet50", data: str | None = None, batch_siz
         cfg.data.decode = decode
     if precision is None:
         precision = cfg.train.precision if config else "auto"
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    hw = runtime.detect()
+    dev = runtime.pick_device(device, 0, hw)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # autotune conv algorithms once per shape (during warm-up)
         torch.cuda.reset_peak_memory_stats(dev)
-    autocast, precision = autocast_for(precision, dev)
+    # The same choices as `train` (runtime.py) unless the command line pins them.
+    autocast, precision = autocast_for(runtime.choose_precision(precision, dev.type, hw, dev.index or 0).value, dev)
+    if channels_last is None:
+        channels_last = runtime.choose_channels_last(cfg.train.channels_last, dev.type).value
 
     spec = SPECS[model_name]
     reader = None

@@ -213,6 +213,19 @@ def _cmd_bench_train(args) -> int:
     return 0
 
 
+def _cmd_env(args) -> int:
+    from . import env, runtime
+    from .config import load_config
+
+    try:
+        cfg = load_config(args.config, args.set)
+        r = env.report(cfg, args.config)
+    except runtime.DeviceError as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(r, indent=1) if args.json else env.format_text(r))
+    return 0
+
+
 class UserError(RuntimeError):
     pass
 
@@ -220,6 +233,14 @@ class UserError(RuntimeError):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resnet-repro", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("env", help="this machine (CPU class, cores, memory, torch/CUDA, GPUs) and what a run "
+                                    "would choose on it (precision, profile, memory format, loader, decoder)")
+    ev.add_argument("--config", default="configs/fashion_mnist/resnet20.yaml",
+                    help="recipe whose choices to show (default: the make train recipe)")
+    ev.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=_cmd_env)
 
     m = sub.add_parser("model", help="print parameters, multiply-adds and output shape of a model")
     m.add_argument("name")
@@ -340,7 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--device", default="auto")
     bt.add_argument("--rounds", type=int, default=1, help="alternate the phases this many times; report medians "
                                                            "(steadier on a shared machine)")
-    bt.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    cl = bt.add_mutually_exclusive_group()
+    cl.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
+                    help="default: the config's train.channels_last (auto: NHWC on GPUs, NCHW on CPUs)")
+    cl.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     bt.add_argument("--config", help="recipe whose data section (crop, normalize, ...) the end-to-end phase uses")
     bt.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     bt.add_argument("--json", action="store_true", help="print one JSON object instead of the text lines")

@@ -119,9 +119,16 @@ class TrainConfig:
     epochs: int = 120
     seed: int = 0
     device: str = "auto"  # auto = cuda if available, else cpu
-    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 | bf16 | fp16
+    # auto = from the hardware (runtime.py): bf16 on CUDA >= 8.0 and on CPUs with AVX-512 BF16 / AMX, fp16 with a
+    # GradScaler on CUDA 7.x, fp32 elsewhere (CPU bf16 without those units is emulated, ~17x slower); or pin
+    # fp32 | bf16 | fp16. The first log line says what was chosen and why.
+    precision: str = "auto"
     compile: bool = False  # torch.compile the training forward/backward (ResNet-50: ~1-2 min once, then faster steps)
-    channels_last: bool = True
+    channels_last: str = "auto"  # auto = NHWC on GPUs, NCHW on CPUs (measured faster there, runtime.py); true | false
+    # Which of the recipe's `profiles:` (machine-dependent parts, e.g. the epoch budget) applies: auto = from the
+    # hardware (runtime.profile_for: cuda, cpu_bf16 or cpu); config.yaml records the one chosen. Pin it to run
+    # another machine class's recipe.
+    profile: str = "auto"
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     log_interval: int = 50  # steps between progress lines
     eval_every: int = 1  # epochs between val evaluations (the last epoch is always evaluated)
@@ -181,7 +188,9 @@ def _coerce(value, typ, key: str):
                 raise ValueError
             return float(value)
         if typ is str:
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            if isinstance(value, bool):  # YAML reads `channels_last: true` as a bool; auto|true|false fields
+                return "true" if value else "false"
+            if not isinstance(value, (str, int, float)):
                 raise ValueError
             return str(value)
         if origin is list:
@@ -214,24 +223,61 @@ def _apply(cfg: Config, section: str, key: str, value, where: str) -> None:
     setattr(sub, key, _coerce(value, types[key], f"{section}.{key}"))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides, then validation."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, hardware=None) -> Config:
+    """Defaults, then the YAML file at ``path``, then its profile for this machine (below), then
+    ``section.key=value`` overrides, then validation.
+
+    A recipe may hold a top-level ``profiles:`` mapping of machine classes (``cpu``, ``cpu_bf16``, ``cuda``) to
+    partial configs: what depends on the machine, such as the epoch budget a 2-core laptop can afford.
+    ``train.profile`` (auto = runtime.profile_for the detected ``hardware``; or pinned, in the file or by --set)
+    picks one; the resolved config keeps the name and the values, and no ``profiles:`` section, so a saved
+    config.yaml means the same run on any machine."""
+    raw = _read_recipe(path) if path is not None else {}
+    profiles = raw.pop("profiles", None)
+    cfg = _build(raw, overrides, path)
+    if profiles is not None:
+        if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
+            raise ConfigError(f"config file {path}: 'profiles' must map profile names to config sections")
+        name = cfg.train.profile
+        if name == "auto":
+            from . import runtime
+
+            hw = hardware or runtime.detect()
+            name = runtime.profile_for(runtime.device_type(cfg.train.device, hw), hw).value
+        if name not in profiles:
+            raise ConfigError(f"config key 'train.profile': {name!r} is not a profile of {path}; it has "
+                              f"{', '.join(profiles)}")
+        cfg = _build(raw, overrides, path, profile=(name, profiles[name]))
+        cfg.train.profile = name
+    # Without a `profiles:` section the name is only a record: a saved config.yaml keeps the profile applied.
+    validate(cfg)
+    return cfg
+
+
+def _read_recipe(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping of sections")
+    return raw
+
+
+def _build(raw: dict, overrides: list[str] | None, path, profile: tuple[str, dict] | None = None) -> Config:
     cfg = Config()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path}: top level must be a mapping of sections")
-        for section, values in raw.items():
+    layers = [(raw, f"config file {path}")]
+    if profile is not None:
+        layers.append((profile[1], f"config file {path}, profile {profile[0]!r}"))
+    for layer, where in layers:
+        for section, values in layer.items():
             if not isinstance(values, dict):
-                raise ConfigError(f"config file {path}: section {section!r} must be a mapping")
+                raise ConfigError(f"{where}: section {section!r} must be a mapping")
             for key, value in values.items():
-                _apply(cfg, section, key, value, f"config file {path}")
+                _apply(cfg, section, key, value, where)
     for item in overrides or []:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=0.2")
@@ -243,7 +289,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"--set {item!r}: config key '{dotted.strip()}': {value!r} is not a valid YAML "
                               "value (quote it, or write lists as [a, b])") from None
         _apply(cfg, section.strip(), key.strip(), parsed, f"--set {item!r}")
-    validate(cfg)
     return cfg
 
 
@@ -265,6 +310,7 @@ _CHOICES = {
     ("schedule", "unit"): ("epoch", "step"),
     ("schedule", "warmup_mode"): ("linear", "constant"),
     ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
+    ("train", "channels_last"): ("auto", "true", "false"),
 }
 
 

@@ -396,7 +396,7 @@ def evaluate_trained(trained: Trained, protocol_names: list[str], data: str | No
 def _evaluate_on_ranks(trained, protocol_names, data, split, resize, crop, scales, batch_size, workers, device, pad,
                        kind, env) -> dict:
     from .data.records import RecordReader
-    from .train import autocast_for
+    from .runtime import autocast_for
 
     if kind == "cuda" and (device is None or device.index is None):
         device = torch.device("cuda", env.local_rank)

@@ -107,6 +107,10 @@ def load_run(root: str | Path) -> Run:
     root = Path(root)
     path = root / "metrics.jsonl"
     if not path.is_file():
+        if (root / "config.yaml").is_file():  # a run folder whose first epoch has not finished
+            raise ReportError(f"{root}: no epoch has finished yet (the run stopped or is still in its first epoch); "
+                              f"continue it with resnet-repro train --config {root / 'config.yaml'} --out {root} "
+                              "--resume auto")
         raise ReportError(f"{path}: not found; is {root} a run folder (resnet-repro train --out {root})?")
     metrics = []
     lines = path.read_text().splitlines()

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import __version__, checkpoint, dist
+from . import __version__, checkpoint, dist, runtime
 from .config import Config, save_config
 from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry
 from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
@@ -42,25 +42,6 @@ from .schedule import lr_factor, schedule_position, train_image_size
 
 class TrainingError(RuntimeError):
     pass
-
-
-def pick_device(name: str, env: dist.DistEnv) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        torch.cuda.set_device(env.local_rank)
-        return torch.device("cuda", env.local_rank)
-    return torch.device(name)
-
-
-def autocast_for(precision: str, device: torch.device):
-    """A zero-argument context factory for the run's precision ("auto": bf16 on CUDA, fp32 on CPU)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext, precision
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return (lambda: torch.autocast(device.type, dtype=dtype)), precision
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_wd_bn_bias: bool) -> list[dict]:
@@ -121,21 +102,64 @@ class RunningSums:
 
 
 class StopRequest:
-    """SIGTERM / SIGUSR1 (cluster preemption) ask the loop to checkpoint and exit cleanly (exit status 0).
+    """SIGTERM / SIGUSR1 (cluster preemption) and SIGINT (Ctrl-C) ask the loop to checkpoint and exit cleanly
+    (exit status 0); a second Ctrl-C interrupts at once, for a user who would rather not wait for the save.
 
-    The flag is read at the next log step, where the ranks meet anyway (see the loop): a signal can reach
-    ranks at different steps, and a rank that checkpoints while another trains on would deadlock DDP."""
+    One process reads the flag after every step; several ranks agree on it at their meetings (`RankMeeting`):
+    a signal can reach ranks at different steps, and a rank that checkpoints while another trains on would
+    deadlock DDP."""
 
     def __init__(self):
         self.signum = None
-        for s in (signal.SIGTERM, signal.SIGUSR1):
+        self.final = False  # set once training is over: precise BN and the last evaluation just finish
+        for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(s, self._handle)
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.signum = signum
+        if self.final:
+            print(f"{signal.Signals(signum).name}: training is over and its last checkpoint saved; finishing precise "
+                  "BN and the final evaluation (seconds), then exiting", file=sys.stderr, flush=True)
 
     def __bool__(self):
         return self.signum is not None
+
+
+class RankMeeting:
+    """The ranks' meeting point: one small all-reduce that carries the loss to log (at log steps), any rank's stop
+    request and rank 0's checkpoint clock, so every rank makes the same decision at the same step.
+
+    Meetings fall every `period` steps, and rank 0 re-chooses the period at each one so that they are about
+    `SECONDS` apart whatever a step costs: a stop then acts within a few seconds on every rank (clusters often
+    grant 30 s between SIGTERM and SIGKILL), while a fast GPU step does not wait on the host every step. The
+    period travels in the all-reduce, so all ranks always agree on where the next meeting is. One process needs
+    no meeting: it reads its own flag after every step, and reads the loss only at log steps."""
+
+    SECONDS = 2.0
+
+    def __init__(self, world: int, device: torch.device, log_interval: int):
+        self.world, self.device, self.log_interval = world, device, log_interval
+        self.period, self.t_last, self.step_last = 1, time.time(), 0
+
+    def __call__(self, step: int, loss: torch.Tensor, stop: bool, due: bool, log_now: bool, is_main: bool):
+        """(loss averaged over ranks or None, stop, checkpoint) after `step`; None when no meeting is due."""
+        if self.world == 1:
+            return (loss.item() if log_now else None), stop, due
+        if not log_now and step % self.period:
+            return None
+        proposal = 0.0
+        if is_main:
+            now = time.time()
+            per_step = (now - self.t_last) / max(step - self.step_last, 1)
+            proposal = float(min(max(int(self.SECONDS / max(per_step, 1e-6)), 1), self.log_interval))
+            self.t_last, self.step_last = now, step
+        votes = torch.tensor([float(stop), float(due), proposal], device=self.device)
+        meet = dist.all_reduce_sum(torch.cat([loss.float().view(1) if log_now else votes.new_zeros(1), votes]))
+        loss_sum, stop_votes, due_votes, period = meet.tolist()
+        self.period = int(period)
+        return (loss_sum / self.world if log_now else None), stop_votes > 0, due_votes > 0
 
 
 def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
@@ -151,18 +175,25 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
 def _train(cfg: Config, out: Path, resume: str | None) -> dict:
     t_start = time.time()
 
-    # --- Processes and device -------------------------------------------------------------------------
-    device_kind = "cuda" if (cfg.train.device == "auto" and torch.cuda.is_available()) else cfg.train.device
-    env = dist.init("cuda" if device_kind == "cuda" else "cpu")
-    device = pick_device(cfg.train.device, env)
+    # --- Processes, device and precision (runtime.py: chosen from the hardware, with the reason logged) -------
+    hw = runtime.detect()
+    env = dist.init(runtime.device_type(cfg.train.device, hw))
+    device = runtime.pick_device(cfg.train.device, env.local_rank, hw)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
-    autocast, precision = autocast_for(cfg.train.precision, device)
     log = print if env.is_main else (lambda *a, **k: None)
+    chosen = runtime.choose_precision(cfg.train.precision, device.type, hw, device.index or 0)
+    autocast, precision = runtime.autocast_for(chosen.value, device)
+    channels_last = runtime.choose_channels_last(cfg.train.channels_last, device.type)
+    log(f"precision {precision} ({chosen.reason}); memory format {'channels_last' if channels_last.value else 'NCHW'} "
+        f"({channels_last.reason})" + (f"; recipe profile {cfg.train.profile}" if cfg.train.profile != "auto" else ""),
+        flush=True)
+    if chosen.warning:
+        log(f"warning: {chosen.warning}", flush=True)
 
     # --- Data -------------------------------------------------------------------------------------------
     train_reader = RecordReader(cfg.data.path, cfg.data.train_split)
@@ -173,11 +204,11 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
     num_classes = cfg.model.num_classes or len(manifest["classes"])
     train_ds = BatchDataset(train_reader, TrainGeometry(cfg.data, stored), channels, cfg.train.seed, train=True)
     val_ds = BatchDataset(val_reader, EvalGeometry(cfg.data, stored), channels, cfg.train.seed, train=False)
-    to_device = DeviceTransform(cfg.data, channels, device, cfg.train.channels_last)
+    to_device = DeviceTransform(cfg.data, channels, device, channels_last.value)
     train_transform = to_device
     # Val batches get normalization only: colour distortion and lighting noise are training augmentation (and
     # val workers draw no colour parameters for them).
-    val_transform = eval_transform(cfg.data, channels, device, cfg.train.channels_last)
+    val_transform = eval_transform(cfg.data, channels, device, channels_last.value)
     if cfg.data.decode == "gpu":
         # Workers ship JPEG bytes and the CPU path's crop boxes; the batch is decoded (nvJPEG) and resized on the
         # GPU, then takes the same DeviceTransform (data/gpu_decode.py). Val stays on the CPU path.
@@ -212,7 +243,7 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
 
     # --- Model and optimizer ----------------------------------------------------------------------------
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if channels_last.value else torch.contiguous_format
     model = build_model(cfg.model.name, num_classes, cfg.model.in_channels or channels,
                         cfg.model.zero_init_residual, cfg.model.stride_in_3x3).to(device, memory_format=memory_format)
     bn_mode = f"per device ({cfg.data.batch_size} images)"
@@ -318,6 +349,7 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
 
     # --- Epochs -----------------------------------------------------------------------------------------
     stop = StopRequest()
+    meeting = RankMeeting(env.world, device, cfg.train.log_interval)
     last_ckpt_time = time.time()
     metrics_path = out / "metrics.jsonl"
     tb = _tensorboard(out / "tensorboard") if cfg.train.tensorboard and env.is_main else None
@@ -356,16 +388,13 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
             step += 1
             sums.add(loss, logits, y, bad)
             seen_log += len(y)
-            if step % cfg.train.log_interval == 0 or step == epoch_steps:
-                # The one host sync per log interval, and the ranks' meeting point: a small all-reduce gives the
-                # loss averaged over ranks and the same decision on every rank to checkpoint (rank 0's clock) or
-                # stop (a signal on any rank).
-                due = env.is_main and cfg.train.checkpoint_interval_min > 0 and \
-                    time.time() - last_ckpt_time >= 60 * cfg.train.checkpoint_interval_min
-                meet = torch.cat([loss.float().view(1), torch.tensor([float(bool(stop)), float(due)], device=device)])
-                loss_now, stop_votes, due_votes = dist.all_reduce_sum(meet).tolist()
-                loss_now /= env.world
-                want_stop, want_ckpt = stop_votes > 0, due_votes > 0
+            log_now = step % cfg.train.log_interval == 0 or step == epoch_steps
+            due = env.is_main and cfg.train.checkpoint_interval_min > 0 and \
+                time.time() - last_ckpt_time >= 60 * cfg.train.checkpoint_interval_min
+            met = meeting(step, loss, bool(stop), due, log_now, env.is_main)
+            if met is not None:
+                loss_now, want_stop, want_ckpt = met
+            if log_now:
                 if not math.isfinite(loss_now):
                     raise TrainingError(f"non-finite loss {loss_now} at epoch {epoch} step {step}; the newest good "
                                         f"checkpoint, {_newest(ckpt_dir)}, is kept (lower the LR or check the data, "
@@ -426,6 +455,7 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
         last_ckpt_time = time.time()
 
     # --- Precise BN, final evaluation, results -----------------------------------------------------------
+    stop.final = True
     train_wall = time.time() - t_start
     before = evaluate(model, val_batches(), device, autocast)
     n_bn = cfg.train.precise_bn_batches

@@ -1,0 +1,203 @@
+"""Run-time choices from faked hardware (runtime.py), recipe profiles (config.py), the ranks' meeting and stop
+requests (train.py)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+from resnet_repro import runtime, train
+from resnet_repro.config import ConfigError, load_config
+from resnet_repro.runtime import Gpu, Hardware
+
+AVX2 = Hardware(cpu_model="AMD EPYC", cpu_capability="AVX2", cores=2)
+SPR = Hardware(cpu_model="Intel Xeon Platinum 8480", cpu_capability="AVX512", cpu_avx512_bf16=True, cpu_amx=True,
+               cores=2)
+SKX = Hardware(cpu_model="Intel Xeon Gold 6148", cpu_capability="AVX512", cores=2)  # AVX-512 without BF16
+SPR_AS_AVX2 = Hardware(cpu_model="Intel Xeon Platinum 8480", cpu_capability="AVX2", cpu_avx512_bf16=True,
+                       cpu_amx=True, onednn_max_isa="AVX2", cores=2)
+
+
+def gpu(cc: tuple[int, int], name="GPU") -> Hardware:
+    return Hardware(cpu_capability="AVX2", gpus=(Gpu(name, cc, 16.0),))
+
+
+@pytest.mark.parametrize("hw", [AVX2, SKX, SPR_AS_AVX2,
+                                Hardware(cpu_capability="AVX2", cpu_avx512_bf16=True),  # ATen capped only
+                                Hardware(cpu_capability="AVX512", cpu_avx512_bf16=True, onednn_max_isa="AVX512_CORE")])
+def test_cpu_without_native_bf16_never_gets_bf16(hw):
+    choice = runtime.choose_precision("auto", "cpu", hw)
+    assert choice.value == "fp32" and "emulated" in choice.reason and not choice.warning
+    assert not hw.cpu_native_bf16
+    assert runtime.profile_for("cpu", hw).value == "cpu"
+
+
+def test_cpu_with_native_bf16_gets_bf16_and_its_profile():
+    for hw in (SPR, Hardware(cpu_capability="AVX512", cpu_avx512_bf16=True),
+               Hardware(cpu_capability="AVX512", cpu_amx=True, onednn_max_isa="AVX512_CORE_AMX")):
+        assert runtime.choose_precision("auto", "cpu", hw).value == "bf16"
+        assert runtime.profile_for("cpu", hw).value == "cpu_bf16"
+
+
+def test_pinned_bf16_on_a_cpu_without_native_bf16_warns():
+    choice = runtime.choose_precision("bf16", "cpu", AVX2)
+    assert choice.value == "bf16" and "emulated" in choice.warning and "fp32" in choice.warning
+    assert not runtime.choose_precision("bf16", "cpu", SPR).warning
+    assert runtime.choose_precision("fp32", "cpu", SPR).value == "fp32"
+
+
+@pytest.mark.parametrize("cc, expected", [((9, 0), "bf16"), ((8, 0), "bf16"), ((8, 6), "bf16"), ((7, 5), "fp16"),
+                                          ((7, 0), "fp16"), ((6, 1), "fp32"), ((3, 7), "fp32")])
+def test_cuda_precision_follows_compute_capability(cc, expected):
+    choice = runtime.choose_precision("auto", "cuda", gpu(cc))
+    assert choice.value == expected and f"{cc[0]}.{cc[1]}" in choice.reason
+    assert runtime.profile_for("cuda", gpu(cc)).value == "cuda"
+
+
+def test_fp16_on_a_7x_gpu_gets_a_grad_scaler_in_training():
+    # train.py enables the GradScaler exactly when the precision is fp16; the choice on V100/T4 is fp16.
+    assert runtime.choose_precision("auto", "cuda", gpu((7, 0), "Tesla V100")).value == "fp16"
+    src = (REPO / "src" / "resnet_repro" / "train.py").read_text()
+    assert 'torch.amp.GradScaler(device.type, enabled=precision == "fp16")' in src
+
+
+def test_pinned_bf16_on_an_old_gpu_warns():
+    assert "8.0" in runtime.choose_precision("bf16", "cuda", gpu((7, 0))).warning
+    assert not runtime.choose_precision("bf16", "cuda", gpu((8, 0))).warning
+
+
+def test_cuda_without_a_gpu_is_an_error_naming_the_key():
+    with pytest.raises(runtime.DeviceError, match="train.device"):
+        runtime.device_type("cuda", AVX2)
+    assert runtime.device_type("auto", AVX2) == "cpu"
+    assert runtime.device_type("auto", gpu((8, 0))) == "cuda"
+
+
+def test_channels_last_auto_is_nchw_on_cpu_and_nhwc_on_gpu():
+    assert runtime.choose_channels_last("auto", "cpu").value is False
+    assert runtime.choose_channels_last("auto", "cuda").value is True
+    assert runtime.choose_channels_last("true", "cpu").value is True
+    assert runtime.choose_channels_last("false", "cuda").value is False
+
+
+def test_detect_reads_this_machine():
+    hw = runtime.detect()
+    assert hw.cores >= 1 and hw.cpu_capability == torch.backends.cpu.get_cpu_capability()
+    assert runtime.as_dict(hw)["cpu_class"] == hw.cpu_class
+
+
+def test_restricting_the_dispatchers_reads_as_no_native_bf16():
+    code = "from resnet_repro import runtime; h = runtime.detect(); print(h.cpu_capability, h.cpu_native_bf16)"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["AVX2", "False"]
+
+
+# --- recipe profiles -------------------------------------------------------------------------------------------
+
+PROFILED = """\
+data: {batch_size: 32}
+train: {epochs: 10}
+profiles:
+  cpu: {train: {epochs: 3}}
+  cpu_bf16: {train: {epochs: 7}, data: {batch_size: 64}}
+  cuda: {train: {epochs: 9}}
+"""
+
+
+def test_profile_is_chosen_from_the_hardware_and_recorded(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(PROFILED)
+    cfg = load_config(recipe, hardware=AVX2)
+    assert (cfg.train.profile, cfg.train.epochs, cfg.data.batch_size) == ("cpu", 3, 32)
+    cfg = load_config(recipe, hardware=SPR)
+    assert (cfg.train.profile, cfg.train.epochs, cfg.data.batch_size) == ("cpu_bf16", 7, 64)
+    cfg = load_config(recipe, hardware=gpu((8, 0)))
+    assert (cfg.train.profile, cfg.train.epochs) == ("cuda", 9)
+    # --set wins over the profile; a pinned profile wins over the hardware.
+    cfg = load_config(recipe, ["train.epochs=4"], hardware=SPR)
+    assert (cfg.train.profile, cfg.train.epochs) == ("cpu_bf16", 4)
+    cfg = load_config(recipe, ["train.profile=cpu_bf16"], hardware=AVX2)
+    assert (cfg.train.profile, cfg.train.epochs) == ("cpu_bf16", 7)
+    # The resolved config names the profile and holds its values: saved as config.yaml, it loads the same anywhere.
+    saved = tmp_path / "config.yaml"
+    from resnet_repro.config import save_config
+
+    save_config(load_config(recipe, hardware=AVX2), saved)
+    again = load_config(saved, hardware=SPR)
+    assert (again.train.profile, again.train.epochs) == ("cpu", 3)
+
+
+def test_unknown_profile_is_an_error_listing_the_profiles(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(PROFILED)
+    with pytest.raises(ConfigError, match="'laptop' is not a profile.*cpu, cpu_bf16, cuda"):
+        load_config(recipe, ["train.profile=laptop"], hardware=AVX2)
+
+
+def test_default_recipe_profiles_are_complete():
+    path = REPO / "configs" / "fashion_mnist" / "resnet20.yaml"
+    for hw, name in ((AVX2, "cpu"), (SPR, "cpu_bf16"), (gpu((8, 0)), "cuda")):
+        cfg = load_config(path, hardware=hw)
+        assert cfg.train.profile == name and cfg.train.precision == "auto"
+
+
+# --- stopping ----------------------------------------------------------------------------------------------------
+
+def test_one_process_meets_after_every_step_and_reads_the_loss_only_at_log_steps():
+    m = train.RankMeeting(1, torch.device("cpu"), log_interval=100)
+    loss = torch.tensor(0.5)
+    assert m(1, loss, False, False, False, True) == (None, False, False)
+    assert m(2, loss, True, False, False, True) == (None, True, False)
+    assert m(3, loss, False, True, True, True) == (0.5, False, True)
+
+
+def test_ranks_meet_about_every_two_seconds_whatever_the_log_interval(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(train.time, "time", lambda: clock[0])
+    m = train.RankMeeting(2, torch.device("cpu"), log_interval=1000)  # world 2, no process group: rank 0's view
+    loss = torch.tensor(1.0)
+    met = []
+    for step in range(1, 30):
+        clock[0] += 0.25  # a 0.25 s step: meetings every 8 steps after the first
+        out = m(step, loss, step >= 20, False, False, True)
+        if out is not None:
+            met.append((step, out[1]))
+    assert met[0] == (1, False) and [s for s, _ in met[1:]] == [8, 16, 24]
+    assert met[-1] == (24, True)  # a stop asked at step 20 acts at step 24: 1 s later, not at the log step 1000
+    assert m.period == 8
+
+
+def test_a_second_ctrl_c_interrupts_at_once():
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    try:
+        stop = train.StopRequest()
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop and stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def test_env_command_prints_facts_and_choices():
+    out = subprocess.run([sys.executable, "-m", "resnet_repro", "env", "--json"], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout
+    facts = json.loads(out)
+    assert facts["hardware"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert facts["torch"]["version"] == torch.__version__
+    choice = facts["choices"]
+    expected = "bf16" if runtime.detect().cpu_native_bf16 else "fp32"
+    assert choice["precision"]["value"] == expected and choice["precision"]["reason"]
+    assert choice["profile"]["value"] in ("cpu", "cpu_bf16")
+    assert {"loader_workers", "decoder", "channels_last"} <= set(choice)
+    text = subprocess.run([sys.executable, "-m", "resnet_repro", "env"], capture_output=True, text=True, check=True,
+                          cwd=REPO).stdout
+    assert "precision" in text and facts["hardware"]["cpu_capability"] in text
