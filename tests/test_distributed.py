@@ -136,6 +136,28 @@ def test_torchrun_restarts_a_failed_rank_from_the_last_checkpoint_to_the_same_we
         assert torch.equal(a[k], b[k]), f"{k} differs from the uninterrupted 2-process run"
 
 
+def test_a_stop_signal_on_one_rank_stops_both_at_the_same_step_and_resumes_to_the_same_weights(
+        recipe, two_proc_frozen_bn, tmp_path):
+    # SIGTERM reaches rank 1 alone, after its step 5, with no log step in the epoch (log_interval 100): the ranks'
+    # meetings (train.RankMeeting) carry the vote, both save one checkpoint at the same step and exit 0.
+    common = ["--config", recipe, "--out", tmp_path, "--set", "train.log_interval=100",
+              "--set", "train.checkpoint_every_steps=0"]
+    r = run([*TORCHRUN, "--standalone", "--nproc-per-node", 2, TESTS / "faults.py", "train", *common],
+            child_env(FREEZE_BN="1", FAULT="sigterm", FAULT_RANK="1", FAULT_STEP="5"))
+    assert r.returncode == 0, why(r)
+    assert "a stop signal on another rank: checkpoint saved at epoch 0 step" in r.stdout, why(r)
+    saved = checkpoint.list_checkpoints(tmp_path / "checkpoints")
+    assert len(saved) == 1
+    state = checkpoint.load(saved[0])
+    assert state["epoch"] == 0 and 5 <= state["step"] <= 12 and len(state["ranks"]) == 2
+    r = run([*TORCHRUN, "--standalone", "--nproc-per-node", 2, TESTS / "faults.py", "train", *common,
+             "--resume", "auto"], child_env(FREEZE_BN="1"))
+    assert r.returncode == 0, why(r)
+    a, b = model_state(tmp_path), model_state(two_proc_frozen_bn)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs from the uninterrupted 2-process run"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
