@@ -360,8 +360,13 @@ def run_shard(job: ShardJob) -> dict:
         report["entry"] = writer.close()
     path = _report_path(job)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report))
-    os.replace(tmp, path)  # the report is written after the shard: its presence vouches for the shard
+    try:
+        tmp.write_text(json.dumps(report))
+        os.replace(tmp, path)  # the report is written after the shard: its presence vouches for the shard
+    except OSError as e:  # a full disk: the shard is redone next time, and no half-written report stays
+        tmp.unlink(missing_ok=True)
+        raise PrepareError(f"cannot write {path}: {e.strerror or e} (disk full? free space, then run prepare "
+                           "again; finished shards are reused)") from None
     return report
 
 
