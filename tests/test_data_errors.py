@@ -215,3 +215,112 @@ def test_key_too_long_for_a_tar_header_is_refused_by_the_writer(tmp_path):
         records.write_shard(tmp_path / "x-00000.tar", [records.Sample("k" * 97, b"12", "png", 0)])
     assert list(tmp_path.iterdir()) == []
     records.write_shard(tmp_path / "x-00000.tar", [records.Sample("k" * 96, b"12", "png", 0)])  # 100 bytes: fits
+
+
+# --- item 8 and item 4: prepare refuses what would give a wrong or damaged data set ----------------------------
+
+def _jpeg(seed: int) -> bytes:
+    import cv2
+
+    img = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return cv2.imencode(".jpg", cv2.resize(img, (32, 24)))[1].tobytes()
+
+
+def _folder(root: Path, classes=("ant", "cat", "dog"), per_class: int = 4) -> Path:
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            (root / name / f"{name}_{i}.jpg").write_bytes(_jpeg(10 * c + i))
+    return root
+
+
+def _prepare_folder(cli, src: Path, out: Path, *more):
+    return cli("prepare", "folder", "--src", src, "--out", out, "--workers", 1, "--val-fraction", 0.25, *more)
+
+
+def assert_nothing_prepared(out: Path) -> None:
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+
+
+def test_empty_class_folders_are_an_error_listing_them(tmp_path, cli):
+    src, out = _folder(tmp_path / "src"), tmp_path / "out"
+    (src / "bird").mkdir()
+    (src / "eel").mkdir()
+    (src / "eel" / ".DS_Store").write_bytes(b"x")  # hidden files are not images: still empty
+    code, _, err = _prepare_folder(cli, src, out)
+    assert_one_clear_line(code, err, "2 empty class folder(s): bird, eel")
+    assert_nothing_prepared(out)
+    (src / "bird").rmdir()
+    (src / "eel" / ".DS_Store").unlink()
+    (src / "eel").rmdir()
+    code, _, err = _prepare_folder(cli, src, out)
+    assert code == 0, err
+
+
+def test_out_inside_src_is_an_error(tmp_path, cli):
+    src = _folder(tmp_path / "src")
+    before = sorted(p.name for p in src.rglob("*"))
+    for out in (src / "prepared", src / "ant" / "x", src):
+        code, _, err = _prepare_folder(cli, src, out)
+        assert_one_clear_line(code, err, f"--out {out.resolve()} is inside --src {src.resolve()}")
+    assert sorted(p.name for p in src.rglob("*")) == before  # nothing written into the source
+
+
+def test_src_inside_out_is_an_error_and_force_deletes_nothing(tmp_path, cli):
+    out = tmp_path / "out"
+    code, _, err = _prepare_folder(cli, _folder(tmp_path / "elsewhere"), out)
+    assert code == 0, err
+    src = _folder(out / "raw")  # the source put inside a prepared folder
+    code, _, err = _prepare_folder(cli, src, out, "--force")
+    assert_one_clear_line(code, err, f"--src {src.resolve()} is inside --out {out.resolve()}")
+    assert len(list(src.rglob("*.jpg"))) == 12 and (out / records.MANIFEST).is_file()
+
+
+def test_prepare_into_a_folder_holding_another_data_set(tmp_path, cli):
+    a, b, out = _folder(tmp_path / "a"), _folder(tmp_path / "b", ("x", "y")), tmp_path / "out"
+    code, _, err = _prepare_folder(cli, a, out)
+    assert code == 0, err
+    manifest = (out / records.MANIFEST).read_bytes()
+    shards = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = _prepare_folder(cli, b, out)  # another source
+    assert_one_clear_line(code, err, f"{out} already holds another data set", str(b.resolve()), "--force")
+    code, _, err = _prepare_folder(cli, a, out, "--seed", 5)  # the same source, another shuffle
+    assert_one_clear_line(code, err, "shuffle seeds")
+    src = tmp_path / "fm-src"
+    write_fashion_mnist_src(src)
+    code, _, err = cli("prepare", "fashion-mnist", "--src", src, "--out", out)  # another kind of data set
+    assert_one_clear_line(code, err, "'folder' there, 'fashion-mnist' asked for")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == shards and (out / records.MANIFEST).read_bytes() == manifest
+    code, _, err = _prepare_folder(cli, a, out)  # the same request again: a finished folder is kept
+    assert code == 0 and "already prepared" in err
+
+
+def test_symlink_loop_in_the_source_folder(tmp_path, cli):
+    src, out = _folder(tmp_path / "src"), tmp_path / "out"
+    loop = src / "cat" / "again"
+    loop.symlink_to(src, target_is_directory=True)  # cat/again/cat/again/... for ever
+    code, _, err = _prepare_folder(cli, src, out)
+    assert_one_clear_line(code, err, loop, "symbolic link loop")
+    assert_nothing_prepared(out)
+
+
+def test_file_name_too_long_for_a_tar_header(tmp_path, cli):
+    src, out = _folder(tmp_path / "src"), tmp_path / "out"
+    long = src / "dog" / ("d" * 120 + ".jpg")
+    long.write_bytes(_jpeg(99))
+    code, _, err = _prepare_folder(cli, src, out)
+    assert_one_clear_line(code, err, f"dog/{long.name}", "tar header")
+    assert_nothing_prepared(out)
+
+
+def test_fashion_mnist_label_out_of_range_names_the_label_file(tmp_path, cli):
+    from conftest import idx_bytes, write_gz
+
+    src, out = tmp_path / "src", tmp_path / "fm"
+    write_fashion_mnist_src(src)
+    labels = np.zeros(5, np.uint8)
+    labels[3] = 12
+    write_gz(src / "t10k-labels-idx1-ubyte.gz", idx_bytes(labels))
+    code, _, err = cli("prepare", "fashion-mnist", "--src", src, "--out", out)
+    assert_one_clear_line(code, err, src / "t10k-labels-idx1-ubyte.gz", "label 12 at index 3")
+    assert_nothing_prepared(out)
