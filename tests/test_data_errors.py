@@ -290,7 +290,8 @@ def test_prepare_into_a_folder_holding_another_data_set(tmp_path, cli):
     write_fashion_mnist_src(src)
     code, _, err = cli("prepare", "fashion-mnist", "--src", src, "--out", out)  # another kind of data set
     assert_one_clear_line(code, err, "'folder' there, 'fashion-mnist' asked for")
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == shards and (out / records.MANIFEST).read_bytes() == manifest
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == shards  # manifest and shards untouched
+    assert (out / records.MANIFEST).read_bytes() == manifest
     code, _, err = _prepare_folder(cli, a, out)  # the same request again: a finished folder is kept
     assert code == 0 and "already prepared" in err
 
@@ -324,3 +325,21 @@ def test_fashion_mnist_label_out_of_range_names_the_label_file(tmp_path, cli):
     code, _, err = cli("prepare", "fashion-mnist", "--src", src, "--out", out)
     assert_one_clear_line(code, err, src / "t10k-labels-idx1-ubyte.gz", "label 12 at index 3")
     assert_nothing_prepared(out)
+
+
+@pytest.mark.parametrize("entry", [{"name": "../../elsewhere.tar", "index": "x.idx", "count": 1, "bytes": 10240},
+                                   {"name": "a.tar", "index": "a.idx", "count": "1", "bytes": 10240},
+                                   {"name": "a.tar", "count": 1, "bytes": 10240}, "a.tar"])
+def test_malformed_shard_entry_in_the_manifest(data, entry):
+    manifest = json.loads((data / records.MANIFEST).read_text())
+    manifest["splits"]["val"]["shards"][1] = entry
+    (data / records.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(RecordError, match="malformed shard entry") as e:
+        RecordReader(data, "train")
+    assert str(data / records.MANIFEST) in str(e.value)
+
+
+def test_unwritable_out_folder_names_the_file(tmp_path):
+    (tmp_path / "out").write_text("a file where the folder should be")  # fails for root too, unlike chmod
+    with pytest.raises(RecordError, match=r"cannot write .*out/x-00000\.tar\.tmp"):
+        records.write_shard(tmp_path / "out" / "x-00000.tar", [records.Sample("a", b"12", "png", 0)])

@@ -178,7 +178,7 @@ class TrainConfig:
     epochs: int = 120
     seed: int = 0
     device: str = "auto"  # auto = cuda if available, else cpu
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 | bf16 | fp16
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the training forward/backward (ResNet-50: ~1-2 min once, then faster steps)
     channels_last: bool = True
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default

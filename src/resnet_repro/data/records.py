@@ -92,7 +92,10 @@ class ShardWriter:
     def __init__(self, path: Path, fsync: bool = True):
         self.path, self.fsync = Path(path), fsync
         self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.f = open(self.tmp, "wb")
+        try:
+            self.f = open(self.tmp, "wb")
+        except OSError as e:  # a read-only or vanished folder
+            raise _write_error(self.tmp, e) from None
         self.offset, self.sha256 = 0, hashlib.sha256()
         self.keys, self.offsets, self.sizes, self.labels = [], [], [], []
 
@@ -199,7 +202,18 @@ def load_manifest(root: Path) -> dict:
         raise RecordError(f"{path}: format {got!r}, expected {FORMAT!r}")
     if not isinstance(manifest.get("classes"), list) or not isinstance(manifest.get("splits"), dict):
         raise RecordError(f"{path}: no class list or no splits (damaged?); prepare the data set again")
+    for name, split in manifest["splits"].items():
+        for entry in split.get("shards", []) if isinstance(split, dict) else [None]:
+            # Plain file names in this folder only: a hand-edited manifest must not send a reader elsewhere.
+            if not (isinstance(entry, dict) and _plain(entry.get("name"), ".tar") and _plain(entry.get("index"), ".idx")
+                    and all(isinstance(entry.get(k), int) for k in ("count", "bytes"))):
+                raise RecordError(f"{path}: split {name!r} has a malformed shard entry {entry!r} (damaged?); "
+                                  "prepare the data set again")
     return manifest
+
+
+def _plain(name, suffix: str) -> bool:
+    return isinstance(name, str) and name.endswith(suffix) and "/" not in name and "\\" not in name and name != suffix
 
 
 def _redo(root: Path) -> str:
