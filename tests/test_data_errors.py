@@ -73,6 +73,22 @@ def test_index_rewritten_with_shifted_labels_stops_train(data, tmp_path, cli):
     assert not (out / "final.pt").exists() and not (out / "results.json").exists()
 
 
+def test_index_rewritten_with_shifted_labels_stops_evaluate(data, tmp_path, cli):
+    from test_export import fake_run_checkpoint
+
+    ck = fake_run_checkpoint(tmp_path / "final.pt", data)
+    code, _, err = cli("evaluate", "--checkpoint", ck, "--workers", 0, "--device", "cpu")
+    assert code == 0, err  # the untouched data set evaluates
+    idx_path = data / _entry(data, "val", 0)["index"]
+    with np.load(idx_path) as idx:
+        arrays = {k: idx[k] for k in idx.files}
+    arrays["label"] = (arrays["label"] + 1) % 4
+    _write_index(idx_path, **arrays)
+    code, _, err = cli("evaluate", "--checkpoint", ck, "--workers", 0, "--device", "cpu", "--out", tmp_path / "e.json")
+    assert_one_clear_line(code, err, idx_path, "verify")
+    assert not (tmp_path / "e.json").exists()  # no error rate measured on wrong labels
+
+
 @pytest.mark.parametrize("change", ["grown", "truncated"])
 def test_shard_with_changed_length_stops_train(data, tmp_path, cli, change):
     shard = data / _entry(data, "val", 1)["name"]
