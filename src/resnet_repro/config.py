@@ -63,7 +63,7 @@ DECAY = Range(0, 1, hi_open=True)  # [0, 1)
 
 
 def _model_names() -> list[str]:
-    from .models.resnet import SPECS  # imported late: reading a config needs no torch
+    from .models.resnet import SPECS  # on first validation, not on import: config.py itself needs no torch
 
     return list(SPECS)
 
