@@ -102,3 +102,24 @@ def test_exit_code_of_the_real_command(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "resnet_repro", "evaluate", "--checkpoint", str(missing)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and str(missing) in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("item,shown", [("optim.lr=-1", "-1.0"), ("optim.lr_batch=0", "0"),
+                                        ("optim.momentum=-1", "-1.0"), ("optim.label_smoothing=2", "2.0"),
+                                        ("train.log_interval=0", "0"), ("train.eval_every=0", "0"),
+                                        ("train.threads=-3", "-3"), ("data.random_erasing=5", "5.0"),
+                                        ("model.name=resnet51", "'resnet51'")])
+def test_train_out_of_range_value(cli, tmp_path, item, shown):
+    out = tmp_path / "run"
+    code, _, err = cli("train", "--config", RECIPE, "--out", out, "--set", item)
+    assert_one_clear_line(code, err, f"'{item.split('=')[0]}': {shown}")
+    assert not out.exists()  # refused before anything is written
+
+
+def test_train_duplicate_key_in_recipe(cli, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.read_text().replace("  momentum: 0.9\n", "  momentum: 0.9\n  lr: 0.8\n"))
+    out = tmp_path / "run"
+    code, _, err = cli("train", "--config", recipe, "--out", out)
+    assert_one_clear_line(code, err, recipe, "'optim.lr' is given twice")
+    assert not out.exists()

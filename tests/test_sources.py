@@ -84,8 +84,10 @@ def test_prepare_cli_and_rerun_keeps_a_finished_folder(tmp_path, cli):
     manifest = records.load_manifest(out)
     assert manifest["splits"]["train"]["shuffle_seed"] == 3
     before = (out / records.MANIFEST).stat().st_mtime_ns
-    code, _, err = cli("prepare", "fashion-mnist", "--out", out, "--src", tmp_path / "src")
+    code, _, err = cli("prepare", "fashion-mnist", "--out", out, "--src", tmp_path / "src", "--seed", "3")
     assert code == 0 and "already prepared" in err
+    code, _, err = cli("prepare", "fashion-mnist", "--out", out, "--src", tmp_path / "src")  # another shuffle
+    assert code == 2 and "already holds another data set" in err and "shuffle seeds" in err
     assert (out / records.MANIFEST).stat().st_mtime_ns == before
     code, _, _ = cli("prepare", "fashion-mnist", "--out", out, "--src", tmp_path / "src", "--force")
     assert code == 0 and len(RecordReader(out, "train")) == 12

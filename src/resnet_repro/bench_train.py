@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .config import _CHOICES, Config, load_config
+from .config import Config, choices, load_config
 
 TRAIN_FLOPS_PER_MAC = 3 * 2  # forward + backward (input and weight gradients) = 3 forwards; 2 FLOPs per MAC
 
@@ -92,7 +92,7 @@ def _bench_config(config: str | None, overrides: list[str], data: str | None) ->
             image = load_manifest(Path(data)).get("image", {})
             if not image.get("height") or image["height"] > 64:  # ImageNet-style shards: variable-size JPEGs
                 if not any(o.startswith("data.crop") for o in overrides):
-                    crops = _CHOICES[("data", "crop")]
+                    crops = choices("data", "crop")
                     cfg.data.crop = "inception" if "inception" in crops else "none"
                 if not any(o.startswith("data.image_size") for o in overrides):
                     cfg.data.image_size = 224

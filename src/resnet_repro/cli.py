@@ -51,10 +51,11 @@ def _cmd_prepare(args) -> int:
 
 def _prepare_images(args) -> int:
     from .data.imagenet import discover_folder, discover_imagenet
-    from .data.prepare import Encoding, prepare_images
+    from .data.prepare import Encoding, check_out_and_src, prepare_images
 
     if not args.src:
         raise UserError(f"prepare {args.dataset} needs --src (the folder holding the images)")
+    check_out_and_src(Path(args.out), Path(args.src))  # before discovery walks into an --out inside --src
     if args.dataset == "imagenet":
         source = discover_imagenet(args.src)
         default = {"train": 1024, "val": 128}  # the reference recipe's shard counts

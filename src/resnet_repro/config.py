@@ -8,15 +8,64 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import yaml
 
 
 class ConfigError(ValueError):
     """A config file, key or value that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field allows (a list field: each of its elements). NaN and infinities never pass.
+    A number without an entry in its section's RANGES must be >= 0 (see validate)."""
+    lo: float | None = 0
+    hi: float | None = None
+    lo_open: bool = False  # True: lo itself is excluded
+    hi_open: bool = False
+
+    def __contains__(self, v) -> bool:
+        return (math.isfinite(v) and (self.lo is None or (v > self.lo if self.lo_open else v >= self.lo))
+                and (self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)))
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+class OneOf:
+    """Allowed strings, given or computed when first needed (model names live with the models)."""
+
+    def __init__(self, names):
+        self.names = names
+
+    def _all(self) -> tuple[str, ...]:
+        return tuple(self.names() if callable(self.names) else self.names)
+
+    def __contains__(self, v) -> bool:
+        return v in self._all()
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(self._all())
+
+
+POSITIVE = Range(0, lo_open=True)
+COUNT = Range(1)  # an integer that must be at least 1
+FRACTION = Range(0, 1)  # [0, 1]
+DECAY = Range(0, 1, hi_open=True)  # [0, 1)
+
+
+def _model_names() -> list[str]:
+    from .models.resnet import SPECS  # on first validation, not on import: config.py itself needs no torch
+
+    return list(SPECS)
 
 
 @dataclass
@@ -30,14 +79,14 @@ class DataConfig:
     # Where training JPEGs are decoded. "cpu": loader workers decode, crop and resize (OpenCV). "gpu": workers only
     # read bytes and draw each sample's crop; the trainer decodes the batch with nvJPEG and resizes on the GPU
     # (needs CUDA and torchvision; see data/gpu_decode.py). Val images are always decoded on the CPU.
-    decode: str = "cpu"
+    decode: Literal["cpu", "gpu"] = "cpu"
     # Train geometry. "pad_crop": pad by `pad` pixels then random crop back (the paper's CIFAR recipe);
     # "none": resize + centre crop. ImageNet crops (data/augment.py), each resized to `image_size` (default 224):
     # "inception": area U[0.08, 1], aspect log-U[3/4, 4/3], 10 tries, centre-crop fallback (torchvision
     # RandomResizedCrop, fb.resnet.torch); "tf_cnn": tf.image.sample_distorted_bounding_box(min_object_covered
     # 0.1, aspect [0.75, 1.33], area [0.05, 1], 100 attempts) as tf_cnn_benchmarks (the seed recipe);
     # "paper": shorter side U[256, 480], random crop (He et al. 2015 s3.4).
-    crop: str = "pad_crop"
+    crop: Literal["pad_crop", "none", "inception", "tf_cnn", "paper"] = "pad_crop"
     # Decode JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg-turbo) when the train crop shrinks by >= 2x
     # anyway; off = always decode at full size (slower on large images, pixels differ by a few levels).
     dct_reduce: bool = True
@@ -65,13 +114,16 @@ class DataConfig:
     # per image (tf_cnn's own distort_color_in_yiq option, DALI's color_twist): luma is kept, grey stays grey;
     # tests/test_color.py bounds the difference to the HSV definition. "jitter" = fb.resnet.torch's
     # ColorJitter 0.4/0.4/0.4 in random order (exact). "none" = off.
-    color: str = "none"
+    color: Literal["none", "tf_cnn", "jitter"] = "none"
     lighting: float = 0.0  # PCA lighting noise alphastd (AlexNet / fb.resnet.torch: 0.1); 0 = off
     # Pixel normalization on the device: "scale" (x/255 -> [0,1], the reference recipe's "no mean
     # subtraction"; "none" is the same), "scale_pm1" ([-1,1]), or "meanstd" with `mean`/`std` in [0,1] units.
-    normalize: str = "meanstd"
+    normalize: Literal["none", "scale", "scale_pm1", "meanstd"] = "meanstd"
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+    RANGES: ClassVar[dict] = {"batch_size": COUNT, "eval_batch_size": COUNT, "resize_multiple": COUNT,
+                              "random_erasing": FRACTION, "mean": FRACTION, "std": POSITIVE}
 
 
 @dataclass
@@ -81,6 +133,8 @@ class ModelConfig:
     in_channels: int = 0  # 0 = taken from the data set's manifest
     zero_init_residual: bool = False  # zero gamma of each residual branch's last BN (Goyal et al. 2017)
     stride_in_3x3: bool = False  # False = original v1 (stride in the bottleneck's first 1x1); True = "v1.5"
+
+    RANGES: ClassVar[dict] = {"name": OneOf(_model_names)}
 
 
 @dataclass
@@ -93,25 +147,30 @@ class OptimConfig:
     no_wd_bn_bias: bool = False  # exclude BN parameters and biases from weight decay
     label_smoothing: float = 0.0
 
+    RANGES: ClassVar[dict] = {"lr": POSITIVE, "lr_batch": COUNT, "momentum": DECAY, "label_smoothing": DECAY}
+
 
 @dataclass
 class ScheduleConfig:
     # step / multistep (the same): multiply by `gamma` at each of `milestones`; cosine: half cosine to
     # `final_factor`; linear: straight line from the peak to `final_factor`; onecycle: linear up to the peak at
     # `peak_epoch`, linear down to `final_factor` at the end (FFCV's "cyclic"). See schedule.py.
-    kind: str = "step"
+    kind: Literal["step", "multistep", "cosine", "linear", "onecycle"] = "step"
     # Unit of milestones, warmup_epochs and peak_epoch: "epoch", or "step" (optimizer steps; the paper's CIFAR
     # recipe is quoted in iterations: /10 at 32k and 48k). The field names say "epoch" for the common case.
-    unit: str = "epoch"
+    unit: Literal["epoch", "step"] = "epoch"
     milestones: list[float] = field(default_factory=lambda: [30, 60, 90])  # in `unit`
     gamma: float = 0.1
     warmup_epochs: float = 0.0  # in `unit`; warm-up before the main schedule
     # linear: from `warmup_start_factor` x lr up to the schedule's value (Goyal et al. 2017); constant: hold
     # `warmup_start_factor` x lr, then jump (the paper's ResNet-110 on CIFAR: 0.01 until ~400 iterations).
-    warmup_mode: str = "linear"
+    warmup_mode: Literal["linear", "constant"] = "linear"
     warmup_start_factor: float = 0.1
     peak_epoch: float = 0.0  # in `unit`; onecycle only
     final_factor: float = 0.0  # cosine / onecycle: lr at the last step as a fraction of the peak
+
+    RANGES: ClassVar[dict] = {"gamma": Range(0, 1, lo_open=True), "warmup_start_factor": FRACTION,
+                              "final_factor": FRACTION}
 
 
 @dataclass
@@ -122,9 +181,9 @@ class TrainConfig:
     # auto = from the hardware (runtime.py): bf16 on CUDA >= 8.0 and on CPUs with AVX-512 BF16 / AMX, fp16 with a
     # GradScaler on CUDA 7.x, fp32 elsewhere (CPU bf16 without those units is emulated, ~17x slower); or pin
     # fp32 | bf16 | fp16. The first log line says what was chosen and why.
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False  # torch.compile the training forward/backward (ResNet-50: ~1-2 min once, then faster steps)
-    channels_last: str = "auto"  # auto = NHWC on GPUs, NCHW on CPUs (measured faster there, runtime.py); true | false
+    channels_last: Literal["auto", "true", "false"] = "auto"  # auto = NHWC on GPUs, NCHW on CPUs (measured faster there, runtime.py); true | false
     # Which of the recipe's `profiles:` (machine-dependent parts, e.g. the epoch budget) applies: auto = from the
     # hardware (runtime.profile_for: cuda, cpu_bf16 or cpu); config.yaml records the one chosen. Pin it to run
     # another machine class's recipe.
@@ -152,6 +211,8 @@ class TrainConfig:
     # recipe normalizes per device (64 images per GPU), hence off by default.
     sync_bn: bool = False
 
+    RANGES: ClassVar[dict] = {"epochs": COUNT, "log_interval": COUNT, "eval_every": COUNT, "ema": DECAY}
+
 
 @dataclass
 class Config:
@@ -168,6 +229,8 @@ class Config:
 def _coerce(value, typ, key: str):
     """Convert a YAML/CLI value to the field's declared type, or raise naming the key."""
     origin = typing.get_origin(typ)
+    if origin is Literal:  # a string here; whether it is one of the choices is validate's job
+        return _coerce(value, str, key)
     try:
         if typ is bool:
             if isinstance(value, bool):
@@ -207,6 +270,41 @@ def _coerce(value, typ, key: str):
     raise ConfigError(f"config key {key!r}: unsupported type {typ}")
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, path: list, first: int, again: int):
+        super().__init__(f"key {'.'.join(map(str, path))!r} is given twice (lines {first} and {again}); "
+                         "keep one")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping key given twice: PyYAML silently keeps the last one, so a recipe
+    could say one learning rate near the top and train with another set further down."""
+
+    def construct_document(self, node):
+        seen_nodes: set[int] = set()  # aliases share nodes: each is walked once (no blow-up on YAML bombs)
+        stack = [(node, [])]
+        while stack:
+            n, path = stack.pop()
+            if id(n) in seen_nodes:
+                continue
+            seen_nodes.add(id(n))
+            if isinstance(n, yaml.MappingNode):
+                lines: dict = {}
+                for k, v in n.value:
+                    if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                        if k.value in lines:
+                            raise _DuplicateKey(path + [k.value], lines[k.value], k.start_mark.line + 1)
+                        lines[k.value] = k.start_mark.line + 1
+                    stack.append((v, path + [k.value if isinstance(k, yaml.ScalarNode) else "?"]))
+            elif isinstance(n, yaml.SequenceNode):
+                stack.extend((v, path + [i]) for i, v in enumerate(n.value))
+        return super().construct_document(node)
+
+
+def _yaml_load(text: str):
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def _field_types(cls) -> dict[str, typing.Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -234,7 +332,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     config.yaml means the same run on any machine."""
     raw = _read_recipe(path) if path is not None else {}
     profiles = raw.pop("profiles", None)
-    cfg = _build(raw, overrides, path)
+    cfg, origins = _build(raw, overrides, path)
     if profiles is not None:
         if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
             raise ConfigError(f"config file {path}: 'profiles' must map profile names to config sections")
@@ -247,19 +345,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if name not in profiles:
             raise ConfigError(f"config key 'train.profile': {name!r} is not a profile of {path}; it has "
                               f"{', '.join(profiles)}")
-        cfg = _build(raw, overrides, path, profile=(name, profiles[name]))
+        cfg, origins = _build(raw, overrides, path, profile=(name, profiles[name]))
         cfg.train.profile = name
     # Without a `profiles:` section the name is only a record: a saved config.yaml keeps the profile applied.
-    validate(cfg)
+    validate(cfg, origins)
     return cfg
 
 
 def _read_recipe(path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; give a recipe file, e.g. {path}/resnet20.yaml")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _yaml_load(path.read_text()) or {}
+    except _DuplicateKey as e:
+        raise ConfigError(f"config file {path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -267,8 +369,10 @@ def _read_recipe(path) -> dict:
     return raw
 
 
-def _build(raw: dict, overrides: list[str] | None, path, profile: tuple[str, dict] | None = None) -> Config:
+def _build(raw: dict, overrides: list[str] | None, path,
+           profile: tuple[str, dict] | None = None) -> tuple[Config, dict[str, str]]:
     cfg = Config()
+    origins: dict[str, str] = {}  # "section.key" -> where its value was set, for validation messages
     layers = [(raw, f"config file {path}")]
     if profile is not None:
         layers.append((profile[1], f"config file {path}, profile {profile[0]!r}"))
@@ -278,6 +382,7 @@ def _build(raw: dict, overrides: list[str] | None, path, profile: tuple[str, dic
                 raise ConfigError(f"{where}: section {section!r} must be a mapping")
             for key, value in values.items():
                 _apply(cfg, section, key, value, where)
+                origins[f"{section}.{key}"] = where
     for item in overrides or []:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=0.2")
@@ -289,7 +394,8 @@ def _build(raw: dict, overrides: list[str] | None, path, profile: tuple[str, dic
             raise ConfigError(f"--set {item!r}: config key '{dotted.strip()}': {value!r} is not a valid YAML "
                               "value (quote it, or write lists as [a, b])") from None
         _apply(cfg, section.strip(), key.strip(), parsed, f"--set {item!r}")
-    return cfg
+        origins[f"{section.strip()}.{key.strip()}"] = f"--set {item!r}"
+    return cfg, origins
 
 
 def config_from_dict(d: dict) -> Config:
@@ -301,47 +407,53 @@ def config_from_dict(d: dict) -> Config:
     return cfg
 
 
-_CHOICES = {
-    ("data", "crop"): ("pad_crop", "none", "inception", "tf_cnn", "paper"),
-    ("data", "color"): ("none", "tf_cnn", "jitter"),
-    ("data", "normalize"): ("none", "scale", "scale_pm1", "meanstd"),
-    ("data", "decode"): ("cpu", "gpu"),
-    ("schedule", "kind"): ("step", "multistep", "cosine", "linear", "onecycle"),
-    ("schedule", "unit"): ("epoch", "step"),
-    ("schedule", "warmup_mode"): ("linear", "constant"),
-    ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
-    ("train", "channels_last"): ("auto", "true", "false"),
-}
+def choices(section: str, key: str) -> tuple[str, ...]:
+    """The values a choice field (typed Literal[...]) allows, e.g. choices("data", "crop")."""
+    return typing.get_args(_field_types(_field_types(Config)[section])[key])
 
 
-def validate(cfg: Config) -> None:
-    for (section, key), choices in _CHOICES.items():
-        value = getattr(getattr(cfg, section), key)
-        if value not in choices:
-            raise ConfigError(f"config key '{section}.{key}': {value!r} is not one of {', '.join(choices)}")
-    for section, key in (("data", "batch_size"), ("data", "eval_batch_size"), ("train", "epochs")):
-        if getattr(getattr(cfg, section), key) <= 0:
-            raise ConfigError(f"config key '{section}.{key}' must be positive")
-    if cfg.data.workers < 0:
-        raise ConfigError("config key 'data.workers' must be >= 0")
+ZERO_OR_MORE = Range(0)  # what a number without a RANGES entry must be: every count, size and rate here is
+
+
+def validate(cfg: Config, origins: dict[str, str] | None = None) -> None:
+    """One pass over every field, driven by its declared type: a Literal's value must be one of its choices;
+    a number (or each number of a list) must lie in its section's RANGES entry, else be >= 0; a RANGES entry
+    for a string field (the model name) lists what it may be. Then the few rules that relate two fields.
+    ``origins`` maps "section.key" to where its value came from (file, --set), for the message."""
+    origins = origins or {}
+
+    def fail(key: str, message: str) -> typing.NoReturn:
+        where = f"{origins[key]}: " if key in origins else ""
+        raise ConfigError(f"{where}config key {key!r}: {message}")
+
+    for section, section_type in _field_types(Config).items():
+        sub = getattr(cfg, section)
+        ranges = getattr(section_type, "RANGES", {})
+        for name, typ in _field_types(section_type).items():
+            key, value = f"{section}.{name}", getattr(sub, name)
+            if typing.get_origin(typ) is Literal:
+                allowed = OneOf(typing.get_args(typ))
+            elif name in ranges:
+                allowed = ranges[name]
+            elif typ in (int, float) or typing.get_args(typ) in ((int,), (float,)):
+                allowed = ZERO_OR_MORE
+            else:
+                continue  # free text (paths, split names, device) and switches
+            if isinstance(allowed, OneOf) and value not in allowed:
+                fail(key, f"{value!r} is not {allowed}")
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(allowed, Range) and v not in allowed:
+                    finite = "" if math.isfinite(v) else "finite and "
+                    fail(key, f"{v!r}{f' (in {value!r})' if isinstance(value, list) else ''} is not allowed; "
+                              f"it must be {finite}{allowed}")
     if len(cfg.data.mean) != len(cfg.data.std):
         raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
     if cfg.data.image_size_start:
         if not 0 < cfg.data.image_size_start <= cfg.data.image_size:
             raise ConfigError("progressive resizing: 'data.image_size_start' must be positive and at most "
                               f"'data.image_size' (got {cfg.data.image_size_start} and {cfg.data.image_size})")
-        if cfg.data.resize_end_epoch < cfg.data.resize_start_epoch or cfg.data.resize_multiple <= 0:
-            raise ConfigError("progressive resizing: need 'data.resize_start_epoch' <= 'data.resize_end_epoch' and "
-                              "'data.resize_multiple' > 0")
-    if not 0.0 <= cfg.train.ema < 1.0:
-        raise ConfigError(f"config key 'train.ema': {cfg.train.ema} is not a decay in [0, 1)")
-    if cfg.train.max_steps < 0:
-        raise ConfigError("config key 'train.max_steps' must be >= 0")
-    if cfg.train.checkpoint_every_steps < 0 or cfg.train.checkpoint_interval_min < 0:
-        raise ConfigError("config keys 'train.checkpoint_every_steps' and 'train.checkpoint_interval_min' "
-                          "must be >= 0 (0 = off)")
-    if cfg.train.keep_checkpoints < 0:
-        raise ConfigError("config key 'train.keep_checkpoints' must be >= 0 (0 = keep all)")
+        if cfg.data.resize_end_epoch < cfg.data.resize_start_epoch:
+            raise ConfigError("progressive resizing: need 'data.resize_start_epoch' <= 'data.resize_end_epoch'")
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import records
-from .prepare import PrepareError, _begin, _commit, encode_png
+from .prepare import PrepareError, _begin, _commit, _identity, encode_png
 from .sources import SourceError, default_cache, download
 
 
@@ -163,7 +163,8 @@ def read_archive(spec: CifarSpec, path: Path) -> dict:
     train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     for split, (_, labels) in (("train", train), ("test", test)):
         if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
-            raise SourceError(f"{path}: {split} label {labels.max()} outside the {len(names)} classes of the meta file")
+            bad = labels[(labels < 0) | (labels >= len(names))][0]
+            raise SourceError(f"{path}: {split} label {bad} outside the {len(names)} classes of the meta file")
     return {"train": train, "test": test, "class_names": names}
 
 
@@ -186,7 +187,12 @@ def prepare_cifar(dataset: str, out: Path, src: Path | None = None, seed: int = 
     images, labels = data["train"]
     if not 0 <= val_size < len(labels):
         raise PrepareError(f"val size {val_size} must be below the {len(labels)} training images")
-    staging = _begin(out, force)
+    val_split = {"seed": seed, "size": int(val_size), "rule": f"numpy.random.default_rng({seed})."
+                 f"permutation({len(labels)})[:{val_size}] of the training images, in archive order"}
+    seeds = {split: {"shuffle_seed": seed + k} for k, split in enumerate(("train", "val", "test"))
+             if split != "val" or val_size}  # as written below: a split with no images is left out
+    staging = _begin(out, force, identity=_identity({"dataset": spec.name, "source": {"sha256": digest},
+                                                     "val_split": val_split, "splits": seeds}))
     if staging is None:
         return out
     perm = np.random.default_rng(seed).permutation(len(labels))
@@ -218,8 +224,7 @@ def prepare_cifar(dataset: str, out: Path, src: Path | None = None, seed: int = 
         "encoding": {"ext": "png", "lossless": True, "note": "the archive's uint8 RGB pixels as 8-bit RGB PNG"},
         "source": {"archive": str(path), "sha256": digest},
         "source_is_official": official,
-        "val_split": {"seed": seed, "size": int(val_size), "rule": f"numpy.random.default_rng({seed})."
-                      f"permutation({len(labels)})[:{val_size}] of the training images, in archive order"},
+        "val_split": val_split,
         "splits": splits,
         "notes": {"train": f"{len(labels) - val_size} of the {len(labels)} training images (the paper's 45k/5k split)",
                   "val": f"the other {val_size} training images (keys keep their archive index)",

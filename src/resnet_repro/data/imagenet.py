@@ -60,11 +60,33 @@ class Source:
 
 
 def list_files(folder: Path) -> list[Path]:
-    """Every non-hidden file under ``folder`` (recursively, following links), in sorted order."""
+    """Every non-hidden file under ``folder`` (recursively, following links), in sorted order.
+
+    A link back to a folder above it is an error naming the link: followed, it would repeat the same images
+    under ever longer paths until the system's link limit (os.walk then stops silently). A folder that cannot
+    be listed is an error too, not a silently smaller class."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
+
+    def walk(d: Path, above: dict) -> None:
+        try:
+            entries = list(os.scandir(d))
+        except OSError as e:
+            raise SourceError(f"{d}: cannot list this folder ({e.strerror or e})") from None
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir():  # follows links
+                st = os.stat(e.path)
+                ident = (st.st_dev, st.st_ino)
+                if ident in above:
+                    raise SourceError(f"{e.path}: symbolic link loop (it leads back to {above[ident]}); remove "
+                                      "the link or point it outside the data set")
+                walk(Path(e.path), {**above, ident: e.path})
+            else:
+                found.append(Path(e.path))
+
+    st = os.stat(folder)
+    walk(Path(folder), {(st.st_dev, st.st_ino): str(folder)})
     return sorted(found)
 
 
@@ -113,13 +135,30 @@ def _imagenet_key(path: Path) -> str:
 
 def _class_items(split_dir: Path, classes: list[str], root: Path, key_fn) -> list[Item]:
     index = {c: i for i, c in enumerate(classes)}
-    items = []
+    items, empty = [], []
     for d in _subdirs(split_dir):
         if d.name not in index:
             raise SourceError(f"{d}: class folder {d.name!r} has no counterpart in the train classes")
-        for f in list_files(d):
+        files = list_files(d)
+        if not files:
+            empty.append(d.name)
+        for f in files:
             items.append(Item(key_fn(f), f, _rel(f, root), index[d.name]))
+    if empty:  # a class of 0 images would still take a label and an output of the net
+        raise SourceError(f"{split_dir}: {len(empty)} empty class folder(s): {', '.join(empty[:20])}"
+                          f"{' ...' if len(empty) > 20 else ''}; add their images or remove the folders")
     return items
+
+
+def _check_key_lengths(items: list[Item]) -> None:
+    from .records import MAX_MEMBER_NAME
+
+    longest = max(MAX_MEMBER_NAME - len(ext) - 1 for ext in ("jpg", "cls"))  # <key>.jpg and <key>.cls
+    too_long = [it for it in items if len(it.key.encode()) > longest]
+    if too_long:
+        raise SourceError(f"{too_long[0].rel}: its record key is {len(too_long[0].key)} characters, over the "
+                          f"{longest} a tar header holds ({len(too_long)} such file(s)); shorten the file names "
+                          "(or the folder names below the split)")
 
 
 def read_synset_mapping(path: Path) -> dict[str, str]:
@@ -276,6 +315,7 @@ def discover_imagenet(src: str | Path) -> Source:
         raise SourceError(f"{val_dir} is flat (no class folders) and its labels were not found: need {VAL_CSV} "
                           f"(Kaggle) or {GROUND_TRUTH} + {META_MAT} (devkit {DEVKIT}/data); looked in {_looked(search)}")
     _check_unique([*train, *val])
+    _check_key_lengths([*train, *val])
     missing_names = [c for c in classes if c not in names]
     if names and missing_names:
         raise SourceError(f"{layout['class_names']}: no name for class folder(s) {', '.join(missing_names[:10])}")
@@ -348,4 +388,5 @@ def discover_folder(src: str | Path, val_fraction: float = 0.1, seed: int = 0) -
     for name, items in splits.items():
         if not items:
             raise SourceError(f"{src}: the {name} split has no files")
+        _check_key_lengths(items)
     return Source("folder", src, classes, list(classes), splits, layout)

@@ -27,13 +27,35 @@ class PrepareError(RuntimeError):
     pass
 
 
-def _begin(out: Path, force: bool, resumable: bool = False) -> Path | None:
-    """Return the staging folder ``<out>.partial``, or None if ``out`` already holds a complete data set.
+def _identity(manifest: dict) -> dict:
+    """What makes a prepared folder the data set a prepare run asks for: which data set, read from where, split
+    and shuffled how. A content digest stands for the source where the manifest has one (the same archive, or
+    the official Fashion-MNIST files, found at another path are the same data)."""
+    source = manifest.get("source")
+    if manifest.get("dataset") == "fashion-mnist" and manifest.get("source_is_official"):
+        source = "the official Fashion-MNIST files"
+    elif isinstance(source, dict) and "sha256" in source:
+        source = {"sha256": source["sha256"]}
+    elif isinstance(source, dict) and "root" in source:
+        source = {"root": source["root"], "val": source.get("layout", {}).get("val")}
+    return {"data set": manifest.get("dataset"), "source": source, "val split": manifest.get("val_split"),
+            "shuffle seeds": {k: v.get("shuffle_seed") for k, v in manifest.get("splits", {}).items()}}
 
-    A staging folder left by an interrupted run is discarded, unless ``resumable``: then its finished shards
-    are reused (see prepare_images)."""
+
+def _begin(out: Path, force: bool, resumable: bool = False, identity: dict | None = None) -> Path | None:
+    """Return the staging folder ``<out>.partial``, or None if ``out`` already holds this complete data set.
+
+    ``identity`` (see _identity) is what this run would write; a complete data set in ``out`` that differs is
+    an error rather than "already prepared". A staging folder left by an interrupted run is discarded, unless
+    ``resumable``: then its finished shards are reused (see prepare_images)."""
     out = Path(out)
     if (out / records.MANIFEST).is_file() and not force:
+        there = _identity(records.load_manifest(out))
+        if identity is not None and there != identity:
+            diff = "; ".join(f"{k} {there[k]!r} there, {identity[k]!r} asked for" for k in identity
+                             if there[k] != identity[k])
+            raise PrepareError(f"{out} already holds another data set ({diff}); choose another --out, or add "
+                               "--force to replace it")
         print(f"{out}: already prepared (manifest.json present); use --force to rebuild", file=sys.stderr)
         return None
     if out.exists() and any(out.iterdir()) and not (out / records.MANIFEST).is_file():
@@ -73,13 +95,19 @@ def prepare_fashion_mnist(out: Path, src: Path | None = None, seed: int = 0, tra
         "train": sources.load_idx_pair(files["train-images-idx3-ubyte.gz"], files["train-labels-idx1-ubyte.gz"]),
         "val": sources.load_idx_pair(files["t10k-images-idx3-ubyte.gz"], files["t10k-labels-idx1-ubyte.gz"]),
     }
+    label_files = {"train": "train-labels-idx1-ubyte.gz", "val": "t10k-labels-idx1-ubyte.gz"}
     for split, (images, labels) in data.items():
         if labels.size and labels.max() >= len(sources.FASHION_MNIST_CLASSES):
-            raise PrepareError(f"{split} labels: found label {labels.max()}, Fashion-MNIST has 10 classes")
-    staging = _begin(out, force)
+            i = int(np.argmax(labels >= len(sources.FASHION_MNIST_CLASSES)))
+            raise PrepareError(f"{files[label_files[split]]}: label {labels[i]} at index {i}, but Fashion-MNIST "
+                               "has 10 classes (0-9); the file is damaged or not Fashion-MNIST's")
+    official = all(sources._verified(p, sources.FASHION_MNIST_FILES[n]) for n, p in files.items())
+    staging = _begin(out, force, identity=_identity({
+        "dataset": "fashion-mnist", "source": {name: str(p) for name, p in files.items()},
+        "source_is_official": official,
+        "splits": {"train": {"shuffle_seed": seed}, "val": {"shuffle_seed": seed + 1}}}))
     if staging is None:
         return out
-    official = all(sources._verified(p, sources.FASHION_MNIST_FILES[n]) for n, p in files.items())
     splits = {}
     for split, (images, labels) in data.items():
         prefix = "train" if split == "train" else "test"
@@ -360,8 +388,13 @@ def run_shard(job: ShardJob) -> dict:
         report["entry"] = writer.close()
     path = _report_path(job)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report))
-    os.replace(tmp, path)  # the report is written after the shard: its presence vouches for the shard
+    try:
+        tmp.write_text(json.dumps(report))
+        os.replace(tmp, path)  # the report is written after the shard: its presence vouches for the shard
+    except OSError as e:  # a full disk: the shard is redone next time, and no half-written report stays
+        tmp.unlink(missing_ok=True)
+        raise PrepareError(f"cannot write {path}: {e.strerror or e} (disk full? free space, then run prepare "
+                           "again; finished shards are reused)") from None
     return report
 
 
@@ -413,6 +446,23 @@ def _run_jobs(jobs: list[ShardJob], workers: int, progress: bool):
             pool.join()
 
 
+def _images_identity(source, seed: int) -> dict:
+    # As prepare_images' manifest records them (source root and layout; train: seed, val: seed + 1).
+    return _identity({"dataset": source.dataset,
+                      "source": {"root": str(Path(source.root).resolve()), "layout": source.layout},
+                      "splits": {split: {"shuffle_seed": seed + s} for s, split in enumerate(source.splits)}})
+
+
+def check_out_and_src(out: Path, src: Path) -> None:
+    """``--out`` (and its ``.partial`` staging folder) must not lie inside ``--src``, nor ``--src`` inside
+    ``--out``: the shards would be read as a class by the next prepare, and --force would delete the source."""
+    out, src = Path(out).resolve(), Path(src).resolve()  # (the staging folder is out's sibling: covered too)
+    if out == src or src in out.parents:
+        raise PrepareError(f"--out {out} is inside --src {src}; choose an --out outside the source folder")
+    if out in src.parents:
+        raise PrepareError(f"--src {src} is inside --out {out} (--force would delete it); choose another --out")
+
+
 def prepare_images(source, out: Path, shards: dict[str, int], seed: int = 0, workers: int = 0,
                    enc: Encoding = Encoding(), skip_bad: bool = False, force: bool = False,
                    progress: bool = True) -> Path:
@@ -421,7 +471,7 @@ def prepare_images(source, out: Path, shards: dict[str, int], seed: int = 0, wor
     ``shards`` gives the number of shards per split; ``workers`` processes convert shards in parallel
     (0 = one per CPU core)."""
     out = Path(out)
-    staging = _begin(out, force, resumable=True)
+    staging = _begin(out, force, resumable=True, identity=_images_identity(source, seed))
     if staging is None:
         return out
     workers = workers or os.cpu_count() or 1

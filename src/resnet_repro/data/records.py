@@ -13,6 +13,7 @@ mtime/owner), so the same inputs and seed give shards with the same SHA-256.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -66,6 +67,17 @@ def _padded(n: int) -> int:
     return -(-n // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
+# A USTAR header holds a member name of up to 100 bytes (longer ones need a '/' to split into its 155-byte
+# prefix, and keys have none); the key's own limit is this less the extension.
+MAX_MEMBER_NAME = 100
+
+
+def _write_error(path: Path, e: OSError) -> RecordError:
+    hint = " (disk full? free space, then run the command again)" if e.errno in (
+        errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
+    return RecordError(f"cannot write {path}: {e.strerror or e}{hint}")
+
+
 class ShardWriter:
     """One shard written sample by sample (``add``), made visible atomically by ``close`` (temp files, fsync,
     rename), which returns its manifest entry; leaving the ``with`` block without ``close`` discards it.
@@ -80,7 +92,10 @@ class ShardWriter:
     def __init__(self, path: Path, fsync: bool = True):
         self.path, self.fsync = Path(path), fsync
         self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.f = open(self.tmp, "wb")
+        try:
+            self.f = open(self.tmp, "wb")
+        except OSError as e:  # a read-only or vanished folder
+            raise _write_error(self.tmp, e) from None
         self.offset, self.sha256 = 0, hashlib.sha256()
         self.keys, self.offsets, self.sizes, self.labels = [], [], [], []
 
@@ -98,30 +113,44 @@ class ShardWriter:
         """Append one sample; ``data`` (bytes-like) is written before this returns, so its buffer may be reused."""
         if "." in key or "/" in key:
             raise RecordError(f"{self.path.name}: sample key {key!r} must not contain '.' or '/'")
-        self._member(f"{key}.{ext}", data)
+        if len(f"{key}.{ext}".encode()) > MAX_MEMBER_NAME or len(f"{key}.cls".encode()) > MAX_MEMBER_NAME:
+            raise RecordError(f"{self.path.name}: sample key {key!r} is too long for a tar header (at most "
+                              f"{MAX_MEMBER_NAME} bytes with its extension); shorten the source file's name")
+        try:
+            self._member(f"{key}.{ext}", data)
+        except OSError as e:
+            raise _write_error(self.path, e) from None
         self.keys.append(key)
         self.offsets.append(self.offset - _padded(len(data)))  # where this member's data began
         self.sizes.append(len(data))
         self.labels.append(label)
-        self._member(f"{key}.cls", str(int(label)).encode())
+        try:
+            self._member(f"{key}.cls", str(int(label)).encode())
+        except OSError as e:
+            raise _write_error(self.path, e) from None
 
     def close(self) -> dict:
-        self._write(bytes(2 * tarfile.BLOCKSIZE))
-        self._write(bytes(-self.offset % tarfile.RECORDSIZE))
-        self.f.flush()
-        if self.fsync:
-            os.fsync(self.f.fileno())
-        self.f.close()
         idx_path = self.path.with_suffix(".idx")
         idx_tmp = idx_path.with_name(idx_path.name + ".tmp")
-        with open(idx_tmp, "wb") as f:
-            np.savez(f, key=np.array(self.keys, dtype=str), offset=np.array(self.offsets, dtype=np.int64),
-                     size=np.array(self.sizes, dtype=np.int64), label=np.array(self.labels, dtype=np.int64))
-            f.flush()
+        try:
+            self._write(bytes(2 * tarfile.BLOCKSIZE))
+            self._write(bytes(-self.offset % tarfile.RECORDSIZE))
+            self.f.flush()
             if self.fsync:
-                os.fsync(f.fileno())
-        os.replace(idx_tmp, idx_path)
-        os.replace(self.tmp, self.path)
+                os.fsync(self.f.fileno())
+            self.f.close()
+            with open(idx_tmp, "wb") as f:
+                np.savez(f, key=np.array(self.keys, dtype=str), offset=np.array(self.offsets, dtype=np.int64),
+                         size=np.array(self.sizes, dtype=np.int64), label=np.array(self.labels, dtype=np.int64))
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+            os.replace(idx_tmp, idx_path)
+            os.replace(self.tmp, self.path)
+        except OSError as e:  # e.g. the disk filled up: no temp file may stay behind to look like work
+            failed = idx_path if self.f.closed else self.path
+            self._discard(idx_tmp)
+            raise _write_error(failed, e) from None
         return {"name": self.path.name, "index": idx_path.name, "count": len(self.keys), "bytes": self.offset,
                 "sha256": self.sha256.hexdigest(), "index_sha256": sha256_file(idx_path)}
 
@@ -130,8 +159,15 @@ class ShardWriter:
 
     def __exit__(self, *exc) -> None:
         if not self.f.closed:  # not closed: an error, or the caller chose to discard the shard
+            self._discard()
+
+    def _discard(self, *more: Path) -> None:
+        try:
             self.f.close()
-            self.tmp.unlink(missing_ok=True)
+        except OSError:  # flushing the rest failed too (disk full): the file goes anyway
+            pass
+        for p in (self.tmp, *more):
+            p.unlink(missing_ok=True)
 
 
 def shuffled_shards(n: int, num_shards: int, seed: int) -> list[np.ndarray]:
@@ -143,10 +179,14 @@ def shuffled_shards(n: int, num_shards: int, seed: int) -> list[np.ndarray]:
 def write_manifest(out: Path, manifest: dict) -> None:
     out = Path(out)
     tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out / MANIFEST)
+    try:
+        tmp.write_text(json.dumps(manifest, indent=1))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out / MANIFEST)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(out / MANIFEST, e) from None
 
 
 def load_manifest(root: Path) -> dict:
@@ -157,17 +197,77 @@ def load_manifest(root: Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise RecordError(f"{path}: not valid JSON ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise RecordError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else None
+        raise RecordError(f"{path}: format {got!r}, expected {FORMAT!r}")
+    if not isinstance(manifest.get("classes"), list) or not isinstance(manifest.get("splits"), dict):
+        raise RecordError(f"{path}: no class list or no splits (damaged?); prepare the data set again")
+    for name, split in manifest["splits"].items():
+        for entry in split.get("shards", []) if isinstance(split, dict) else [None]:
+            # Plain file names in this folder only: a hand-edited manifest must not send a reader elsewhere.
+            if not (isinstance(entry, dict) and _plain(entry.get("name"), ".tar") and _plain(entry.get("index"), ".idx")
+                    and all(isinstance(entry.get(k), int) for k in ("count", "bytes"))):
+                raise RecordError(f"{path}: split {name!r} has a malformed shard entry {entry!r} (damaged?); "
+                                  "prepare the data set again")
     return manifest
+
+
+def _plain(name, suffix: str) -> bool:
+    return isinstance(name, str) and name.endswith(suffix) and "/" not in name and "\\" not in name and name != suffix
+
+
+def _redo(root: Path) -> str:
+    return f"run `resnet-repro verify {root}` to list every damaged file, then prepare the data set again"
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
+def load_index(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(key, offset, size, label) of a shard's index, or RecordError naming the file: a damaged .npz can fail
+    in many ways inside numpy (bad zip, short read, pickled arrays refused, wrong shapes)."""
+    try:
+        with np.load(path, allow_pickle=False) as idx:
+            arrays = tuple(idx[k] for k in ("key", "offset", "size", "label"))
+    except FileNotFoundError:
+        raise RecordError(f"index {path} is missing") from None
+    except Exception as e:  # noqa: BLE001 - zipfile, EOFError, ValueError, KeyError...: all mean "damaged"
+        raise RecordError(f"index {path} is unreadable ({type(e).__name__}: {e})") from None
+    n = len(arrays[0]) if arrays[0].ndim == 1 else -1
+    if (n < 0 or any(a.ndim != 1 or len(a) != n for a in arrays) or arrays[0].dtype.kind != "U"
+            or any(a.dtype.kind not in "iu" for a in arrays[1:])):
+        raise RecordError(f"index {path} is damaged (expected four 1-D arrays of equal length: key strings, "
+                          f"integer offset, size, label)")
+    return arrays
+
+
+def check_index(path: Path, arrays, shard_bytes: int, num_classes: int) -> None:
+    """Every sample inside its shard and every label one of the data set's classes, or RecordError."""
+    keys, offsets, sizes, labels = arrays
+    outside = (offsets < 0) | (sizes < 0) | (offsets + sizes > shard_bytes)
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise RecordError(f"index {path}: key {keys[i]} lies outside its {shard_bytes}-byte shard "
+                          f"(offset {offsets[i]}, size {sizes[i]})")
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise RecordError(f"index {path}: key {keys[i]} has label {labels[i]}, outside the {num_classes} classes "
+                          f"of the manifest")
 
 
 class RecordReader:
     """Random access to one split of a prepared data set: ``reader[i] -> (key, bytes, label)``.
 
-    Opening checks every shard against the manifest (present, full size, index count) so that a missing or
-    truncated shard is an error at start-up, not mid-epoch. File handles are opened lazily per process, so a
-    reader can be handed to forked or spawned loader workers.
+    Opening checks every shard against the manifest (present, full size, index SHA-256 and count, every label
+    a class, every sample inside its shard) so that a missing, truncated or relabelled shard is an error at
+    start-up, not mid-epoch or a silently wrong result. Hashing every shard's bytes would take minutes on
+    ImageNet, so image bytes changed in place (same size) are found by ``resnet-repro verify`` only. File
+    handles are opened lazily per process, so a reader can be handed to forked or spawned loader workers.
     """
 
     def __init__(self, root: str | Path, split: str):
@@ -185,15 +285,21 @@ class RecordReader:
                 raise RecordError(f"shard {shard} listed in the manifest is missing")
             if shard.stat().st_size != entry["bytes"]:
                 raise RecordError(f"shard {shard} is {shard.stat().st_size} bytes, manifest says {entry['bytes']} "
-                                  "(truncated or changed after prepare; re-run prepare or verify)")
+                                  f"(truncated or changed after prepare); {_redo(self.root)}")
             idx_path = self.root / entry["index"]
+            # The whole index is hashed (small: ~30 bytes a sample), so a rewritten one, say with shifted labels,
+            # cannot pass; the shards themselves are only size-checked here, their bytes are verify's job.
+            if "index_sha256" in entry and _sha256_or_none(idx_path) != entry["index_sha256"]:
+                state = "missing or unreadable" if not idx_path.is_file() else "SHA-256 differs from the manifest's"
+                raise RecordError(f"index {idx_path}: {state} (changed or damaged after prepare); "
+                                  f"{_redo(self.root)}")
             try:
-                with np.load(idx_path) as idx:
-                    arrays = [idx[k] for k in ("key", "offset", "size", "label")]
-            except (OSError, ValueError, KeyError) as e:
-                raise RecordError(f"index {idx_path} is missing or unreadable ({e})") from None
-            if len(arrays[0]) != entry["count"]:
-                raise RecordError(f"index {idx_path} has {len(arrays[0])} samples, manifest says {entry['count']}")
+                arrays = load_index(idx_path)
+                if len(arrays[0]) != entry["count"]:
+                    raise RecordError(f"index {idx_path} has {len(arrays[0])} samples, manifest says {entry['count']}")
+                check_index(idx_path, arrays, entry["bytes"], len(self.manifest["classes"]))
+            except RecordError as e:
+                raise RecordError(f"{e}; {_redo(self.root)}") from None
             for lst, arr in zip((keys, offsets, sizes, labels), arrays):
                 lst.append(arr)
             shard_ids.append(np.full(len(arrays[0]), sid, dtype=np.int32))

@@ -44,10 +44,11 @@ def verify_shard(args: tuple[str, dict, int, int, bool]) -> tuple[list[str], np.
     try:
         if records.sha256_file(idx_path) != entry["index_sha256"]:
             problems.append(f"{entry['index']}: SHA-256 does not match the manifest")
-        with np.load(idx_path) as idx:
-            keys, offsets, sizes, labels = (idx[k] for k in ("key", "offset", "size", "label"))
-    except (OSError, ValueError, KeyError) as e:
+        keys, offsets, sizes, labels = records.load_index(idx_path)
+    except OSError as e:
         return problems + [f"{entry['index']}: missing or unreadable ({e})"], counts
+    except records.RecordError as e:  # damaged: the rest of this shard cannot be checked against it
+        return problems + [str(e)], counts
     if len(keys) != entry["count"]:
         problems.append(f"{entry['index']}: {len(keys)} samples, the manifest says {entry['count']}")
     out_of_range = (labels < 0) | (labels >= num_classes)
