@@ -416,13 +416,26 @@ def random_erase(img: np.ndarray, rng: np.random.Generator, area=(0.02, 0.4), lo
     return img
 
 
-def center_crop_resize(img: np.ndarray, resize: int, size: int) -> np.ndarray:
-    """Resize the shorter side to `resize` (if it differs) and take the central `size` x `size` crop."""
+VAL_INTERPOLATIONS = ("bilinear", "area")
+
+
+def resize_filter(interpolation: str, scale: float) -> int:
+    """The OpenCV filter of data.val_interpolation for a resize by `scale` (< 1 shrinks): "bilinear" always
+    (Caffe's and tf_cnn_benchmarks' evaluation: no anti-aliasing, as theirs); "area" averages when shrinking and
+    is bilinear when enlarging."""
+    if interpolation not in VAL_INTERPOLATIONS:
+        raise ValueError(f"data.val_interpolation={interpolation!r} is not one of {', '.join(VAL_INTERPOLATIONS)}")
+    return cv2.INTER_AREA if interpolation == "area" and scale < 1 else cv2.INTER_LINEAR
+
+
+def center_crop_resize(img: np.ndarray, resize: int, size: int, interpolation: str = "area") -> np.ndarray:
+    """Resize the shorter side to `resize` (if it differs) with `interpolation` (data.val_interpolation) and take
+    the central `size` x `size` crop."""
     h, w = img.shape[:2]
     if resize and min(h, w) != resize:
         scale = resize / min(h, w)
         nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        img = cv2.resize(img, (nw, nh), interpolation=resize_filter(interpolation, scale))
         if img.ndim == 2:
             img = img[:, :, None]
         h, w = nh, nw
@@ -444,6 +457,8 @@ class EvalGeometry:
     def __init__(self, cfg: DataConfig, stored_size: int):
         self.size = cfg.val_size or stored_size or 224
         self.resize = cfg.val_resize or (0 if stored_size else int(round(self.size / VAL_CROP_FRACTION)))
+        self.interpolation = cfg.val_interpolation
+        resize_filter(self.interpolation, 1.0)  # an unknown name fails here, naming the key
 
     def load(self, data: bytes, channels: int, rng=None) -> np.ndarray:
         return self(decode(data, channels))
@@ -451,7 +466,7 @@ class EvalGeometry:
     def __call__(self, img: np.ndarray, rng=None) -> np.ndarray:
         if img.shape[0] == img.shape[1] == self.size and not self.resize:
             return img
-        return center_crop_resize(img, self.resize, self.size)
+        return center_crop_resize(img, self.resize, self.size, self.interpolation)
 
 
 class DeviceTransform:
