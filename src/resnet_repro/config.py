@@ -59,9 +59,11 @@ class DataConfig:
     # Val geometry: resize the shorter side to `val_resize`, centre crop `val_size` (0 = keep stored size).
     val_resize: int = 0
     val_size: int = 0
-    # Filter of that resize (and of evaluate's protocols): "bilinear" (OpenCV INTER_LINEAR, as Caffe's and
-    # tf_cnn_benchmarks' evaluation; the seed recipe), or "area" (INTER_AREA when shrinking, bilinear when
-    # enlarging; FFCV). The default stays "area" so that runs saved before this key existed evaluate as they did.
+    # Filter of that resize (and of evaluate's protocols): "bilinear" (OpenCV INTER_LINEAR, half-pixel centres:
+    # Caffe's and tf_cnn_benchmarks' eval on TF >= 1.14; the seed recipe), "tf1_bilinear" (TF 1.x's
+    # resize_images, no half-pixel offset: tf_cnn_benchmarks' eval under TF 1.12), or "area" (INTER_AREA when
+    # shrinking, bilinear when enlarging; FFCV). See augment.resize_to. The default stays "area" so that runs
+    # saved before this key existed evaluate as they did.
     val_interpolation: str = "area"
     # Device-side colour distortion (data/color.py): "tf_cnn" = tf_cnn_benchmarks' distort_color as it runs by
     # default (distort_color_in_yiq=True; the seed recipe): brightness +-32/255, saturation [0.5, 1.5] and hue
@@ -270,7 +272,7 @@ def config_from_dict(d: dict) -> Config:
 _CHOICES = {
     ("data", "crop"): ("pad_crop", "none", "inception", "tf_cnn", "paper"),
     ("data", "color"): ("none", "tf_cnn", "tf_cnn_hsv", "jitter"),
-    ("data", "val_interpolation"): ("bilinear", "area"),
+    ("data", "val_interpolation"): ("bilinear", "area", "tf1_bilinear"),
     ("model", "init"): ("he", "tf_cnn"),
     ("data", "normalize"): ("none", "scale", "scale_pm1", "meanstd"),
     ("data", "decode"): ("cpu", "gpu"),

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import torch.utils.data
 
 from . import dist
-from .data.augment import DecodeError, EvalGeometry, center_crop_resize, decode, resize_filter
+from .data.augment import DecodeError, EvalGeometry, center_crop_resize, decode, resize_to
 
 PROTOCOLS = ("single", "flip", "10crop", "multiscale")
 # Shorter-side lengths in pixels of the paper's multi-scale test (He et al. 2015, s3.4, after VGG / OverFeat),
@@ -80,14 +80,13 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=con
 def resize_shorter(img: np.ndarray, side: int, interpolation: str = "area") -> np.ndarray:
     """Aspect-preserving resize so that the shorter side is `side` pixels (0 or equal: unchanged).
 
-    Same filter rule as augment.center_crop_resize (data.val_interpolation, augment.resize_filter)."""
+    Same filter as augment.center_crop_resize (data.val_interpolation, augment.resize_to)."""
     h, w = img.shape[:2]
     if not side or min(h, w) == side:
         return img
     scale = side / min(h, w)
     nh, nw = (side, max(side, round(w * scale))) if h <= w else (max(side, round(h * scale)), side)
-    out = cv2.resize(img, (nw, nh), interpolation=resize_filter(interpolation, scale))
-    return out[:, :, None] if out.ndim == 2 else out
+    return resize_to(img, nh, nw, interpolation)
 
 
 def five_crops(img: np.ndarray, size: int) -> list[np.ndarray]:

@@ -416,16 +416,33 @@ def random_erase(img: np.ndarray, rng: np.random.Generator, area=(0.02, 0.4), lo
     return img
 
 
-VAL_INTERPOLATIONS = ("bilinear", "area")
+VAL_INTERPOLATIONS = ("bilinear", "area", "tf1_bilinear")
 
 
-def resize_filter(interpolation: str, scale: float) -> int:
-    """The OpenCV filter of data.val_interpolation for a resize by `scale` (< 1 shrinks): "bilinear" always
-    (Caffe's and tf_cnn_benchmarks' evaluation: no anti-aliasing, as theirs); "area" averages when shrinking and
-    is bilinear when enlarging."""
+def check_interpolation(interpolation: str) -> None:
     if interpolation not in VAL_INTERPOLATIONS:
         raise ValueError(f"data.val_interpolation={interpolation!r} is not one of {', '.join(VAL_INTERPOLATIONS)}")
-    return cv2.INTER_AREA if interpolation == "area" and scale < 1 else cv2.INTER_LINEAR
+
+
+def resize_to(img: np.ndarray, nh: int, nw: int, interpolation: str) -> np.ndarray:
+    """Resize HWC `img` to nh x nw with data.val_interpolation's filter:
+    "bilinear": OpenCV INTER_LINEAR (half-pixel centres, no anti-aliasing): Caffe's and TF >= 1.14's resize;
+    "area": INTER_AREA when shrinking (an average over each output pixel's footprint), bilinear when enlarging;
+    "tf1_bilinear": TensorFlow 1.x's resize_images / resize_bilinear with align_corners=False, which sampled the
+    input at out * in_size / out_size (no half-pixel offset, so the image shifts by up to half an input pixel):
+    what tf_cnn_benchmarks' eval ran under TF 1.12. cv2.warpAffine with that inverse map and replicated edges is
+    exactly it (tests/test_golden.py: identical to TensorFlow's output)."""
+    check_interpolation(interpolation)
+    h, w = img.shape[:2]
+    if interpolation == "tf1_bilinear":
+        m = np.array([[w / nw, 0, 0], [0, h / nh, 0]], np.float64)
+        out = cv2.warpAffine(img, m, (nw, nh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_REPLICATE)
+    else:
+        shrink = nh < h or nw < w
+        out = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if interpolation == "area" and shrink
+                         else cv2.INTER_LINEAR)
+    return out[:, :, None] if out.ndim == 2 else out
 
 
 def center_crop_resize(img: np.ndarray, resize: int, size: int, interpolation: str = "area") -> np.ndarray:
@@ -435,9 +452,7 @@ def center_crop_resize(img: np.ndarray, resize: int, size: int, interpolation: s
     if resize and min(h, w) != resize:
         scale = resize / min(h, w)
         nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        img = cv2.resize(img, (nw, nh), interpolation=resize_filter(interpolation, scale))
-        if img.ndim == 2:
-            img = img[:, :, None]
+        img = resize_to(img, nh, nw, interpolation)
         h, w = nh, nw
     if h < size or w < size:
         raise ValueError(f"image {h}x{w} is smaller than the crop {size}")
@@ -458,7 +473,7 @@ class EvalGeometry:
         self.size = cfg.val_size or stored_size or 224
         self.resize = cfg.val_resize or (0 if stored_size else int(round(self.size / VAL_CROP_FRACTION)))
         self.interpolation = cfg.val_interpolation
-        resize_filter(self.interpolation, 1.0)  # an unknown name fails here, naming the key
+        check_interpolation(self.interpolation)  # an unknown name fails here, naming the key
 
     def load(self, data: bytes, channels: int, rng=None) -> np.ndarray:
         return self(decode(data, channels))
