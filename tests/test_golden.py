@@ -115,6 +115,16 @@ def test_seed_recipe_crop_is_the_papers_scale_augmentation(depth):
     assert np.all(y >= 0) and np.all(y + bh <= h + 1e-9) and np.all(x >= 0) and np.all(x + bw <= w + 1e-9)
 
 
+def test_seed_recipe_flips_half_of_its_crops():
+    """Seed / paper: a crop "or its horizontal flip", p = 0.5, drawn per sample."""
+    cfg = load_config(REPO / "configs" / "imagenet" / "resnet50_seed.yaml")
+    geo = TrainGeometry(cfg.data, 0)
+    img = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)  # no mirror symmetry
+    rng = np.random.default_rng(8)
+    flipped = np.array([not np.array_equal(geo._flip_erase(img, rng), img) for _ in range(4000)])
+    assert abs(flipped.mean() - 0.5) < 0.03  # 4 standard errors
+
+
 # --- colour ----------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

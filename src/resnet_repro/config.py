@@ -33,9 +33,11 @@ class DataConfig:
     decode: str = "cpu"
     # Train geometry. "pad_crop": pad by `pad` pixels then random crop back (the paper's CIFAR recipe);
     # "none": resize + centre crop. ImageNet crops (data/augment.py), each resized to `image_size` (default 224):
-    # "inception": area U[0.08, 1], aspect log-U[3/4, 4/3], 10 tries, centre-crop fallback (torchvision
-    # RandomResizedCrop, fb.resnet.torch); "tf_cnn": tf.image.sample_distorted_bounding_box(min_object_covered
-    # 0.1, aspect [0.75, 1.33], area [0.05, 1], 100 attempts) as tf_cnn_benchmarks' own training (not the seed's);
+    # "inception": area U[0.08, 1], aspect log-U[3/4, 4/3], 10 tries, then the central crop clamped to the aspect
+    # range: torchvision's RandomResizedCrop (fb.resnet.torch's RandomSizedCrop differs: aspect uniform in
+    # [3/4, 4/3] with w and h swapped half the time, bicubic, and shorter side 224 + centre crop as fallback);
+    # "tf_cnn": tf.image.sample_distorted_bounding_box(min_object_covered 0.1, aspect [0.75, 1.33], area
+    # [0.05, 1], 100 attempts) as tf_cnn_benchmarks' own training (not the seed's: its note 1 names the paper's);
     # "paper": shorter side U[256, 480], random crop (He et al. 2015 s3.4; the seed recipe, its note 1).
     crop: str = "pad_crop"
     # Decode JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg-turbo) when the train crop shrinks by >= 2x

@@ -161,7 +161,8 @@ INCEPTION_AREA = (0.08, 1.0)  # fraction of the image area
 INCEPTION_LOG_ASPECT = (math.log(3 / 4), math.log(4 / 3))  # width / height, log-uniform
 INCEPTION_TRIES = 10
 
-# tf_cnn_benchmarks preprocessing.py (the seed recipe): tf.image.sample_distorted_bounding_box with
+# tf_cnn_benchmarks preprocessing.py train_image (its own training; the seed uses the paper crop, its note 1):
+# tf.image.sample_distorted_bounding_box with
 TF_MIN_OBJECT_COVERED = 0.1  # of the (implicit, whole-image) bounding box
 TF_ASPECT = (0.75, 1.33)  # width / height, uniform
 TF_AREA = (0.05, 1.0)  # fraction of the image area
