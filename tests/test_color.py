@@ -1,9 +1,10 @@
 """Device-side colour augmentation (data/color.py) against per-pixel numpy references of the published ops.
 
 fb.resnet.torch's jitter + lighting and tf_cnn's brightness/contrast are linear, so the folded 3x4 matrix must
-match them to float precision. tf_cnn's saturation and hue run in YIQ instead of TensorFlow's HSV (see the
-config comment); there the tests check the statistics that matter against an HSV implementation of
-TensorFlow's definition: the hue shift the output really has, the saturation change, and the overall gap.
+match them to float precision. tf_cnn's default saturation and hue run in YIQ (random_hsv_in_yiq); these tests
+also hold that path against an HSV implementation of TensorFlow's definition (the hue shift the output really has,
+the saturation change, the overall gap), and the per-pixel tf_cnn_hsv mode against that same numpy reference.
+TensorFlow's own outputs are compared in tests/test_golden.py.
 """
 from __future__ import annotations
 
@@ -134,20 +135,25 @@ def test_tf_cnn_parameter_ranges():
     assert set(order) == {0.0, 1.0} and 0.4 < order.mean() < 0.6
     assert np.abs(delta).max() <= 32 / 255 and np.abs(delta).max() > 0.9 * 32 / 255
     assert sat.min() >= 0.5 and sat.max() <= 1.5 and con.min() >= 0.5 and con.max() <= 1.5
-    assert np.abs(hue).max() <= 0.2 and np.abs(hue).max() > 0.19
+    # tf_cnn_benchmarks' default YIQ path: max_delta_hue = 0.2 * pi radians (+-36 degrees), not 0.2 of a turn.
+    assert np.abs(hue).max() <= 0.2 * np.pi and np.abs(hue).max() > 0.95 * 0.2 * np.pi
+    hsv = params_for(ColorAugment("tf_cnn_hsv"), 2000)[:, 3]  # the HSV path: random_hue(0.2), in turns
+    assert np.abs(hsv).max() <= 0.2 and np.abs(hsv).max() > 0.19
 
 
 # --- YIQ saturation / hue against TensorFlow's HSV definition --------------------------------------------
 
-@pytest.mark.parametrize("hue", [0.02, -0.02, 0.1, -0.1, 0.2, -0.2])
+@pytest.mark.parametrize("hue", [0.02, -0.02, 0.1, -0.1, 0.2 * np.pi, -0.2 * np.pi])
 def test_yiq_hue_rotation_shifts_hsv_hue_by_the_drawn_amount(photos, hue):
+    """A YIQ rotation by d radians (counter-clockwise in (I, Q), as TensorFlow's kernel) moves the HSV hue by
+    about -d / (2 pi) turns."""
     params = np.tile(np.array([0, 0, 1, hue, 1], np.float32), (len(photos), 1))
     out = apply(ColorAugment("tf_cnn"), photos, params)
     before, after = rgb_to_hsv(photos / 255.0), rgb_to_hsv(out)
     coloured = before[..., 1] > 0.2  # hue is meaningless for near-grey pixels
     shift = ((after[..., 0] - before[..., 0] + 0.5) % 1.0 - 0.5)[coloured]
     mean_shift = np.angle(np.exp(2j * np.pi * shift).mean()) / (2 * np.pi)  # circular mean, in turns
-    assert abs(mean_shift - hue) < 0.012  # measured: within 0.005 turn
+    assert abs(mean_shift + hue / (2 * np.pi)) < 0.012  # measured: within 0.005 turn
 
 
 @pytest.mark.parametrize("sat", [0.5, 1.5])
@@ -168,11 +174,37 @@ def test_tf_cnn_distortion_stays_close_to_the_hsv_reference(photos):
     aug = ColorAugment("tf_cnn")
     params = params_for(aug, len(photos), seed=3)
     got = apply(aug, photos, params)
-    ref = np.stack([tf_distort_color_hsv(img / 255.0, p) for img, p in zip(photos, params)])
+    turns = params.copy()
+    turns[:, 3] = -params[:, 3] / (2 * np.pi)  # the HSV hue shift a YIQ rotation of d radians makes
+    ref = np.stack([tf_distort_color_hsv(img / 255.0, p) for img, p in zip(photos, turns)])
     assert got.min() >= 0 and got.max() <= 1  # clipped as distort_color
     gap = np.abs(got - ref)
     assert gap.mean() < 0.085  # [0, 1] units; measured ~0.063 on photo-like images
     assert np.abs(got.mean((1, 2)) - ref.mean((1, 2))).mean() < 0.06  # per-image mean colour; measured ~0.047
+
+
+def test_tf_cnn_hsv_is_tensorflows_hsv_definition_per_pixel(photos):
+    """The HSV mode is not an approximation: every pixel as the numpy reference of TensorFlow's ops computes it,
+    both orders, out-of-range intermediate values included (brightness and contrast are not clipped)."""
+    aug = ColorAugment("tf_cnn_hsv")
+    params = params_for(aug, len(photos), seed=5)
+    assert {0.0, 1.0} == set(params[:, 0])
+    got = apply(aug, photos, params)
+    want = np.stack([tf_distort_color_hsv(img / 255.0, p) for img, p in zip(photos, params)])
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    yiq = apply(ColorAugment("tf_cnn"), photos, params)
+    assert np.abs(yiq - want).mean() > 0.01  # a different operation: the check above can tell them apart
+
+
+def test_hsv_saturation_of_out_of_range_pixels_follows_tensorflows_kernel():
+    """TF's adjust_saturation: S = (max - min) / max, clipped after scaling; a pixel whose max <= 0 has S = 0."""
+    y = torch.tensor([[[[0.5, 0.2, -0.1], [-0.05, -0.08, -0.1], [0.3, 0.3, 0.3]]]])
+    out = color.hsv_saturation_hue(y, torch.ones(1, 1, 1), torch.zeros(1, 1, 1))[0, 0]
+    # S = 1.2 -> clipped to 1: chroma = max, so the minimum becomes 0; the mid value keeps its hue position
+    # (hue = (g - b) / chroma / 6 = 0.3 / 0.6 / 6 -> mid = max - chroma * (1 - 0.5) = 0.25).
+    np.testing.assert_allclose(out[0].numpy(), [0.5, 0.25, 0.0], atol=1e-6)
+    np.testing.assert_allclose(out[1].numpy(), [-0.05] * 3, atol=1e-6)  # max <= 0: grey at max
+    np.testing.assert_allclose(out[2].numpy(), [0.3] * 3, atol=1e-6)
 
 
 def test_grey_stays_grey_under_tf_cnn_distortion():
@@ -219,7 +251,7 @@ def test_missing_params_is_a_clear_error(photos):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("kind,lighting", [("tf_cnn", 0.0), ("jitter", 0.1), ("tf_cnn", 0.1)])
+@pytest.mark.parametrize("kind,lighting", [("tf_cnn", 0.0), ("jitter", 0.1), ("tf_cnn", 0.1), ("tf_cnn_hsv", 0.0)])
 def test_cuda_matches_cpu(photos, kind, lighting):
     for normalize in ("meanstd", "scale_pm1"):
         cfg = DataConfig(color=kind, lighting=lighting, normalize=normalize)
@@ -230,7 +262,8 @@ def test_cuda_matches_cpu(photos, kind, lighting):
         torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind,lighting", [("tf_cnn", 0.0), ("jitter", 0.1), ("tf_cnn", 0.1), ("none", 0.0)])
+@pytest.mark.parametrize("kind,lighting", [("tf_cnn", 0.0), ("jitter", 0.1), ("tf_cnn", 0.1), ("none", 0.0),
+                                           ("tf_cnn_hsv", 0.1)])
 def test_the_cpu_pixel_path_matches_the_torch_path_every_other_device_runs(photos, kind, lighting, monkeypatch):
     """On the CPU the per-pixel map runs through OpenCV (color._affine_pixels_cv2); CUDA runs the torch ops.
     Both are computed here on the CPU, from the same matrices, and must agree to float32 rounding."""

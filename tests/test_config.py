@@ -104,11 +104,17 @@ def test_malformed_set_is_an_error(item):
 @pytest.mark.parametrize("item,key", [("data.crop=random_resized", "data.crop"),
                                       ("data.normalize=zscore", "data.normalize"),
                                       ("schedule.kind=exponential", "schedule.kind"),
-                                      ("train.precision=fp8", "train.precision")])
+                                      ("train.precision=fp8", "train.precision"),
+                                      ("data.color=tf_cnn_yuv", "data.color"),
+                                      ("data.val_interpolation=bicubic", "data.val_interpolation"),
+                                      ("model.init=xavier", "model.init")])
 def test_bad_choice_names_the_key_and_the_choices(item, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:
         load_config(None, [item])
     assert "is not one of" in str(e.value)
+    assert str(e.value).count("\n") == 0  # one line
+    if key == "data.color":  # every choice is named, the two tf_cnn paths included
+        assert all(c in str(e.value) for c in ("none", "tf_cnn", "tf_cnn_hsv", "jitter"))
 
 
 def test_invalid_values_are_errors():

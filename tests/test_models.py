@@ -125,6 +125,34 @@ def test_he_fan_out_init():
     assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.05)
 
 
+def test_tf_cnn_init_is_variance_scaling_fan_in_and_truncated_normal_fc():
+    torch.manual_seed(0)
+    model = build_model("resnet50", num_classes=1000, init="tf_cnn")
+    conv = model.stages[3][0].conv2  # 512 -> 512, 3x3: fan_in 4608
+    w = conv.weight.detach()
+    # tf.variance_scaling_initializer(): truncated normal whose std after truncation is sqrt(1 / fan_in)
+    assert w.std().item() == pytest.approx((1 / 4608) ** 0.5, rel=0.02)
+    assert w.abs().max().item() <= 2 * (1 / 4608) ** 0.5 / 0.87962566 + 1e-7  # cut at 2 std of the normal
+    fc = model.fc  # truncated normal, std sqrt(1 / fan_in) before truncation; zero bias
+    assert fc.weight.abs().max().item() <= 2 * (1 / 2048) ** 0.5 + 1e-7
+    assert fc.weight.std().item() == pytest.approx(0.8796 * (1 / 2048) ** 0.5, rel=0.02)
+    assert torch.count_nonzero(fc.bias) == 0
+    he = build_model("resnet50", num_classes=1000)  # default: He fan-out, PyTorch's fc
+    assert he.stages[3][0].conv2.weight.std().item() == pytest.approx((2 / 4608) ** 0.5, rel=0.02)
+    assert torch.count_nonzero(he.fc.bias) > 0
+
+
+def test_bn_eps_reaches_every_batch_norm_and_bad_values_are_errors():
+    model = build_model("resnet18", num_classes=10, bn_eps=1e-3)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 20 and all(m.eps == 1e-3 for m in bns)
+    assert all(m.eps == 1e-5 for m in build_model("resnet18").modules() if isinstance(m, nn.BatchNorm2d))
+    with pytest.raises(ValueError, match=r"model\.bn_eps"):
+        build_model("resnet18", bn_eps=0.0)
+    with pytest.raises(ValueError, match=r"model\.init"):
+        build_model("resnet18", init="xavier")
+
+
 @pytest.mark.parametrize("name,size,in_channels,classes", [
     ("resnet20", 32, 3, 10), ("resnet20", 28, 1, 10), ("resnet32", 16, 1, 4), ("resnet18", 64, 1, 1000),
     ("resnet50", 64, 3, 7)])

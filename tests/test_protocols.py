@@ -165,6 +165,23 @@ def test_protocol_sizes_follow_the_run_and_the_paper():
         Protocol("12crop", 0, 28)
 
 
+def test_protocols_use_the_runs_eval_filter():
+    """`evaluate --protocol single` must reproduce the per-epoch val pass, so it resizes with data.val_interpolation."""
+    from resnet_repro.data.augment import EvalGeometry
+    from resnet_repro.data.synthetic import photo_like_image
+
+    img = photo_like_image(np.random.default_rng(0), 300, 260)
+    outs = {}
+    for interp in ("bilinear", "area", "tf1_bilinear"):
+        cfg = DataConfig(val_resize=128, val_size=112, val_interpolation=interp)
+        protocol = make_protocol("single", cfg, None)
+        assert protocol.interpolation == interp
+        outs[interp] = protocol.views(img)[0]
+        np.testing.assert_array_equal(outs[interp], EvalGeometry(cfg, 0)(img))
+        assert make_protocol("10crop", cfg, None).views(img)[4].shape == (112, 112, 3)
+    assert np.abs(outs["bilinear"].astype(int) - outs["area"]).mean() > 0.5  # the filters differ
+
+
 # --- On prepared records -----------------------------------------------------------------------------------
 
 class PixelClassifier(nn.Module):

@@ -95,8 +95,13 @@ def test_seed_recipes_are_the_reference(depth):
     assert cfg.model.name == f"resnet{depth}" and not cfg.model.stride_in_3x3
     assert cfg.data.batch_size * 4 == cfg.optim.lr_batch == 256  # 4 devices x 64 = the seed's global batch
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.1, 0.9, 1e-4)
-    assert (cfg.data.crop, cfg.data.color, cfg.data.normalize, cfg.data.flip) == ("tf_cnn", "tf_cnn", "scale", True)
+    # Seed note 1: the paper's scale augmentation, tf_cnn_benchmarks' colour; note 7: no mean subtraction.
+    assert (cfg.data.crop, cfg.data.color, cfg.data.normalize, cfg.data.flip) == ("paper", "tf_cnn", "scale", True)
+    assert (cfg.data.image_size, cfg.data.lighting) == (224, 0.0)
     assert (cfg.data.val_resize, cfg.data.val_size, cfg.train.precise_bn_batches, cfg.train.epochs) == (256, 224, 25, 120)
+    # What the seed leaves open, stated: bilinear eval resize, BN epsilon 1e-5, He init, decay on every parameter.
+    assert (cfg.data.val_interpolation, cfg.model.bn_eps, cfg.model.init, cfg.optim.no_wd_bn_bias) == (
+        "bilinear", 1e-5, "he", False)
     factors = [lr_factor(cfg.schedule, e, 120) for e in (0, 29.99, 30, 59.99, 60, 90, 119.99)]
     assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.001, 0.001])
 

@@ -82,10 +82,12 @@ class DataConfig:
     decode: Literal["cpu", "gpu"] = "cpu"
     # Train geometry. "pad_crop": pad by `pad` pixels then random crop back (the paper's CIFAR recipe);
     # "none": resize + centre crop. ImageNet crops (data/augment.py), each resized to `image_size` (default 224):
-    # "inception": area U[0.08, 1], aspect log-U[3/4, 4/3], 10 tries, centre-crop fallback (torchvision
-    # RandomResizedCrop, fb.resnet.torch); "tf_cnn": tf.image.sample_distorted_bounding_box(min_object_covered
-    # 0.1, aspect [0.75, 1.33], area [0.05, 1], 100 attempts) as tf_cnn_benchmarks (the seed recipe);
-    # "paper": shorter side U[256, 480], random crop (He et al. 2015 s3.4).
+    # "inception": area U[0.08, 1], aspect log-U[3/4, 4/3], 10 tries, then the central crop clamped to the aspect
+    # range: torchvision's RandomResizedCrop (fb.resnet.torch's RandomSizedCrop differs: aspect uniform in
+    # [3/4, 4/3] with w and h swapped half the time, bicubic, and shorter side 224 + centre crop as fallback);
+    # "tf_cnn": tf.image.sample_distorted_bounding_box(min_object_covered 0.1, aspect [0.75, 1.33], area
+    # [0.05, 1], 100 attempts) as tf_cnn_benchmarks' own training (not the seed's: its note 1 names the paper's);
+    # "paper": shorter side U[256, 480], random crop (He et al. 2015 s3.4; the seed recipe, its note 1).
     crop: Literal["pad_crop", "none", "inception", "tf_cnn", "paper"] = "pad_crop"
     # Decode JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg-turbo) when the train crop shrinks by >= 2x
     # anyway; off = always decode at full size (slower on large images, pixels differ by a few levels).
@@ -108,13 +110,19 @@ class DataConfig:
     # Val geometry: resize the shorter side to `val_resize`, centre crop `val_size` (0 = keep stored size).
     val_resize: int = 0
     val_size: int = 0
-    # Device-side colour distortion (data/color.py): "tf_cnn" = tf_cnn_benchmarks' distort_color (brightness
-    # +-32/255, saturation [0.5, 1.5], hue +-0.2, contrast [0.5, 1.5], one of two orders per sample, clip [0, 1]),
-    # with saturation and hue applied in YIQ rather than TensorFlow's HSV, so the whole chain is one 3x4 matrix
-    # per image (tf_cnn's own distort_color_in_yiq option, DALI's color_twist): luma is kept, grey stays grey;
-    # tests/test_color.py bounds the difference to the HSV definition. "jitter" = fb.resnet.torch's
-    # ColorJitter 0.4/0.4/0.4 in random order (exact). "none" = off.
-    color: Literal["none", "tf_cnn", "jitter"] = "none"
+    # Filter of that resize (and of evaluate's protocols): "bilinear" (OpenCV INTER_LINEAR, half-pixel centres:
+    # Caffe's and tf_cnn_benchmarks' eval on TF >= 1.14; the seed recipe), "tf1_bilinear" (TF 1.x's
+    # resize_images, no half-pixel offset: tf_cnn_benchmarks' eval under TF 1.12), or "area" (INTER_AREA when
+    # shrinking, bilinear when enlarging; FFCV). See augment.resize_to. The default stays "area" so that runs
+    # saved before this key existed evaluate as they did.
+    val_interpolation: Literal["area", "bilinear", "tf1_bilinear"] = "area"
+    # Device-side colour distortion (data/color.py): "tf_cnn" = tf_cnn_benchmarks' distort_color as it runs by
+    # default (distort_color_in_yiq=True; the seed recipe): brightness +-32/255, saturation [0.5, 1.5] and hue
+    # +-0.2*pi radians in YIQ, contrast [0.5, 1.5], one of two orders per sample, clip [0, 1]; linear, so one 3x4
+    # matrix per image. "tf_cnn_hsv" = its distort_color_in_yiq=False path: saturation and hue by TensorFlow's HSV
+    # ops (hue +-0.2 of a turn), per pixel. "jitter" = fb.resnet.torch's ColorJitter 0.4/0.4/0.4 in random order
+    # (exact). "none" = off. tests/test_golden.py holds both tf_cnn modes against TensorFlow's outputs.
+    color: Literal["none", "tf_cnn", "tf_cnn_hsv", "jitter"] = "none"
     lighting: float = 0.0  # PCA lighting noise alphastd (AlexNet / fb.resnet.torch: 0.1); 0 = off
     # Pixel normalization on the device: "scale" (x/255 -> [0,1], the reference recipe's "no mean
     # subtraction"; "none" is the same), "scale_pm1" ([-1,1]), or "meanstd" with `mean`/`std` in [0,1] units.
@@ -133,8 +141,15 @@ class ModelConfig:
     in_channels: int = 0  # 0 = taken from the data set's manifest
     zero_init_residual: bool = False  # zero gamma of each residual branch's last BN (Goyal et al. 2017)
     stride_in_3x3: bool = False  # False = original v1 (stride in the bottleneck's first 1x1); True = "v1.5"
+    # BatchNorm epsilon: 1e-5 = PyTorch's default and tf_cnn_benchmarks' ResNet; tf.nn.fused_batch_norm and
+    # tf.layers' batch norm default to 1e-3.
+    bn_eps: float = 1e-5
+    # Weight init. "he": conv He et al. 2015 normal, fan_out, gain sqrt(2) (torchvision; Caffe's "msra"); fc
+    # PyTorch's default. "tf_cnn": as tf_cnn_benchmarks' convnet_builder: conv tf.variance_scaling_initializer()
+    # (truncated normal, fan_in, scale 1), fc truncated normal std sqrt(1 / fan_in) and zero bias. BN: 1 and 0.
+    init: Literal["he", "tf_cnn"] = "he"
 
-    RANGES: ClassVar[dict] = {"name": OneOf(_model_names)}
+    RANGES: ClassVar[dict] = {"name": OneOf(_model_names), "bn_eps": POSITIVE}
 
 
 @dataclass

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import torch.utils.data
 
 from . import dist
-from .data.augment import DecodeError, EvalGeometry, center_crop_resize, decode
+from .data.augment import DecodeError, EvalGeometry, center_crop_resize, decode, resize_to
 
 PROTOCOLS = ("single", "flip", "10crop", "multiscale")
 # Shorter-side lengths in pixels of the paper's multi-scale test (He et al. 2015, s3.4, after VGG / OverFeat),
@@ -77,18 +77,16 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=con
 
 # --- Protocol geometry (CPU, per image) ------------------------------------------------------------------
 
-def resize_shorter(img: np.ndarray, side: int) -> np.ndarray:
+def resize_shorter(img: np.ndarray, side: int, interpolation: str = "area") -> np.ndarray:
     """Aspect-preserving resize so that the shorter side is `side` pixels (0 or equal: unchanged).
 
-    Same interpolation rule as augment.center_crop_resize: area averaging when shrinking (no aliasing),
-    bilinear when enlarging."""
+    Same filter as augment.center_crop_resize (data.val_interpolation, augment.resize_to)."""
     h, w = img.shape[:2]
     if not side or min(h, w) == side:
         return img
     scale = side / min(h, w)
     nh, nw = (side, max(side, round(w * scale))) if h <= w else (max(side, round(h * scale)), side)
-    out = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    return out[:, :, None] if out.ndim == 2 else out
+    return resize_to(img, nh, nw, interpolation)
 
 
 def five_crops(img: np.ndarray, size: int) -> list[np.ndarray]:
@@ -110,6 +108,7 @@ class Protocol:
     crop: int  # crop side in pixels (single / flip / 10crop)
     scales: tuple[int, ...] = ()  # shorter sides in pixels (multiscale)
     pad: int = 0  # 10crop: zero border in pixels added before cropping (pad-crop nets, see make_protocol)
+    interpolation: str = "area"  # resize filter, the run's data.val_interpolation
 
     def __post_init__(self):
         if self.name not in PROTOCOLS:
@@ -141,13 +140,13 @@ class Protocol:
         if self.name in ("single", "flip"):
             # The geometry of the per-epoch val pass (augment.EvalGeometry), so that `single` with the run's
             # own sizes reproduces the figure in its training log.
-            return [center_crop_resize(img, self.resize, self.crop)]
+            return [center_crop_resize(img, self.resize, self.crop, self.interpolation)]
         if self.name == "10crop":
-            img = resize_shorter(img, self.resize)
+            img = resize_shorter(img, self.resize, self.interpolation)
             if self.pad:
                 img = np.pad(img, ((self.pad, self.pad), (self.pad, self.pad), (0, 0)))
             return five_crops(img, self.crop)
-        return [resize_shorter(img, s) for s in self.scales]
+        return [resize_shorter(img, s, self.interpolation) for s in self.scales]
 
 
 def make_protocol(name: str, data_cfg, stored_size: int | None, resize: int | None = None, crop: int | None = None,
@@ -167,7 +166,7 @@ def make_protocol(name: str, data_cfg, stored_size: int | None, resize: int | No
     if pad is None:
         whole = not resize and stored_size and crop == stored_size
         pad = data_cfg.pad if name == "10crop" and data_cfg.crop == "pad_crop" and whole else 0
-    return Protocol(name, resize, crop, tuple(scales or ()), pad if name == "10crop" else 0)
+    return Protocol(name, resize, crop, tuple(scales or ()), pad if name == "10crop" else 0, val.interpolation)
 
 
 # --- Scoring (device, per batch) --------------------------------------------------------------------------
@@ -351,7 +350,7 @@ def load_trained(path, weights: str = "model", data: str | None = None) -> Train
     else:
         raise ValueError(f"weights must be 'model' or 'ema', not {weights!r}")
     model = build_model(cfg.model.name, len(state["classes"]), state["in_channels"],
-                        stride_in_3x3=cfg.model.stride_in_3x3)
+                        stride_in_3x3=cfg.model.stride_in_3x3, bn_eps=cfg.model.bn_eps)
     model.load_state_dict(tensors)
     image_size = (state.get("image") or {}).get("height")
     if image_size is None:

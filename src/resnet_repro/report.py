@@ -6,7 +6,7 @@ evaluation.json from ``resnet-repro evaluate --out RUN_DIR/evaluation.json`` whe
 * curves.png: top-1 error and loss per epoch, train and val, with the learning rate on a second axis, and
   training throughput (img/s) with the share of time spent waiting for data;
 * report.md: the run's figures in a table next to published ones for the same model and data set (the
-  ResNet paper, the reference recipe, fb.resnet.torch, torchvision ...; shared/REFERENCE.md lists the sources),
+  ResNet paper, the reference recipe, fb.resnet.torch, torchvision ...; docs/REFERENCE.md lists the sources),
   with the test protocol and epochs of each.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import yaml
 
 # --- Published figures -------------------------------------------------------------------------------------
 # (data set, model, who / what, epochs, test protocol, top-1 err %, top-5 err % or None, source). Figures as
-# their sources state them; collected in shared/REFERENCE.md. "v1.5" marks the stride-in-3x3 bottleneck.
+# their sources state them; collected in docs/REFERENCE.md. "v1.5" marks the stride-in-3x3 bottleneck.
 _IN_CROP = "centre crop 224 of shorter side 256"
 _PAPER_ITERS = "~120 (60e4 it.)"  # 600k iterations x 256 images / 1.28M training images
 PUBLISHED = [

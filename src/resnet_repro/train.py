@@ -245,7 +245,8 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     memory_format = torch.channels_last if channels_last.value else torch.contiguous_format
     model = build_model(cfg.model.name, num_classes, cfg.model.in_channels or channels,
-                        cfg.model.zero_init_residual, cfg.model.stride_in_3x3).to(device, memory_format=memory_format)
+                        cfg.model.zero_init_residual, cfg.model.stride_in_3x3, bn_eps=cfg.model.bn_eps,
+                        init=cfg.model.init).to(device, memory_format=memory_format)
     bn_mode = f"per device ({cfg.data.batch_size} images)"
     if cfg.train.sync_bn and env.world > 1:
         if device.type != "cuda":

@@ -161,7 +161,8 @@ INCEPTION_AREA = (0.08, 1.0)  # fraction of the image area
 INCEPTION_LOG_ASPECT = (math.log(3 / 4), math.log(4 / 3))  # width / height, log-uniform
 INCEPTION_TRIES = 10
 
-# tf_cnn_benchmarks preprocessing.py (the seed recipe): tf.image.sample_distorted_bounding_box with
+# tf_cnn_benchmarks preprocessing.py train_image (its own training; the seed uses the paper crop, its note 1):
+# tf.image.sample_distorted_bounding_box with
 TF_MIN_OBJECT_COVERED = 0.1  # of the (implicit, whole-image) bounding box
 TF_ASPECT = (0.75, 1.33)  # width / height, uniform
 TF_AREA = (0.05, 1.0)  # fraction of the image area
@@ -416,15 +417,43 @@ def random_erase(img: np.ndarray, rng: np.random.Generator, area=(0.02, 0.4), lo
     return img
 
 
-def center_crop_resize(img: np.ndarray, resize: int, size: int) -> np.ndarray:
-    """Resize the shorter side to `resize` (if it differs) and take the central `size` x `size` crop."""
+VAL_INTERPOLATIONS = ("bilinear", "area", "tf1_bilinear")
+
+
+def check_interpolation(interpolation: str) -> None:
+    if interpolation not in VAL_INTERPOLATIONS:
+        raise ValueError(f"data.val_interpolation={interpolation!r} is not one of {', '.join(VAL_INTERPOLATIONS)}")
+
+
+def resize_to(img: np.ndarray, nh: int, nw: int, interpolation: str) -> np.ndarray:
+    """Resize HWC `img` to nh x nw with data.val_interpolation's filter:
+    "bilinear": OpenCV INTER_LINEAR (half-pixel centres, no anti-aliasing): Caffe's and TF >= 1.14's resize;
+    "area": INTER_AREA when shrinking (an average over each output pixel's footprint), bilinear when enlarging;
+    "tf1_bilinear": TensorFlow 1.x's resize_images / resize_bilinear with align_corners=False, which sampled the
+    input at out * in_size / out_size (no half-pixel offset, so the image shifts by up to half an input pixel):
+    what tf_cnn_benchmarks' eval ran under TF 1.12. cv2.warpAffine with that inverse map and replicated edges is
+    exactly it (tests/test_golden.py: identical to TensorFlow's output)."""
+    check_interpolation(interpolation)
+    h, w = img.shape[:2]
+    if interpolation == "tf1_bilinear":
+        m = np.array([[w / nw, 0, 0], [0, h / nh, 0]], np.float64)
+        out = cv2.warpAffine(img, m, (nw, nh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_REPLICATE)
+    else:
+        shrink = nh < h or nw < w
+        out = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if interpolation == "area" and shrink
+                         else cv2.INTER_LINEAR)
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def center_crop_resize(img: np.ndarray, resize: int, size: int, interpolation: str = "area") -> np.ndarray:
+    """Resize the shorter side to `resize` (if it differs) with `interpolation` (data.val_interpolation) and take
+    the central `size` x `size` crop."""
     h, w = img.shape[:2]
     if resize and min(h, w) != resize:
         scale = resize / min(h, w)
         nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        if img.ndim == 2:
-            img = img[:, :, None]
+        img = resize_to(img, nh, nw, interpolation)
         h, w = nh, nw
     if h < size or w < size:
         raise ValueError(f"image {h}x{w} is smaller than the crop {size}")
@@ -444,6 +473,8 @@ class EvalGeometry:
     def __init__(self, cfg: DataConfig, stored_size: int):
         self.size = cfg.val_size or stored_size or 224
         self.resize = cfg.val_resize or (0 if stored_size else int(round(self.size / VAL_CROP_FRACTION)))
+        self.interpolation = cfg.val_interpolation
+        check_interpolation(self.interpolation)  # an unknown name fails here, naming the key
 
     def load(self, data: bytes, channels: int, rng=None) -> np.ndarray:
         return self(decode(data, channels))
@@ -451,7 +482,7 @@ class EvalGeometry:
     def __call__(self, img: np.ndarray, rng=None) -> np.ndarray:
         if img.shape[0] == img.shape[1] == self.size and not self.resize:
             return img
-        return center_crop_resize(img, self.resize, self.size)
+        return center_crop_resize(img, self.resize, self.size, self.interpolation)
 
 
 class DeviceTransform:

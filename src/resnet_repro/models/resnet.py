@@ -144,30 +144,58 @@ def model_names() -> list[str]:
 
 
 def build_model(name: str, num_classes: int = 1000, in_channels: int = 3, zero_init_residual: bool = False,
-                stride_in_3x3: bool = False, shortcut: str | None = None) -> ResNet:
+                stride_in_3x3: bool = False, shortcut: str | None = None, bn_eps: float = 1e-5,
+                init: str = "he") -> ResNet:
     """Build a ResNet by name ("resnet50", "resnet20", ...).
 
     ``stride_in_3x3`` only affects bottleneck nets (basic blocks always stride in their first 3x3).
     ``shortcut`` overrides the family default ("B" projection for ImageNet nets, "A" padding for CIFAR).
+    ``bn_eps``: every BatchNorm's epsilon (model.bn_eps). ``init``: "he" or "tf_cnn" (model.init, config.py).
     """
     if name not in SPECS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(SPECS)}")
+    if not bn_eps > 0:
+        raise ValueError(f"model.bn_eps must be positive, got {bn_eps}")
+    if init not in INITS:
+        raise ValueError(f"model.init={init!r} is not one of {', '.join(INITS)}")
     s = SPECS[name]
     if s.block is BasicBlock:
         stride_in_3x3 = True
     model = ResNet(s.block, list(s.layers), list(s.widths), num_classes, in_channels, s.stem,
                    shortcut or s.shortcut, stride_in_3x3)
-    init_weights(model, zero_init_residual)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = bn_eps
+    init_weights(model, zero_init_residual, init)
     return model
 
 
-def init_weights(model: ResNet, zero_init_residual: bool) -> None:
-    # He et al. 2015 ("Delving deep into rectifiers") fan-out init, as in the paper and torchvision.
+INITS = ("he", "tf_cnn")
+# TensorFlow's truncated_normal draws N(0, 1) cut at +-2 std; TF 1.x's variance_scaling_initializer divides its
+# std by this (the std of that truncated distribution) so the weights keep the intended variance.
+_TRUNCATED_STD = 0.87962566103423978
+
+
+def _truncated_normal_(w: torch.Tensor, std: float) -> None:
+    nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std)
+
+
+def init_weights(model: ResNet, zero_init_residual: bool, init: str = "he") -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if init == "he":
+                # He et al. 2015 ("Delving deep into rectifiers") fan-out init, as in the paper and torchvision.
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                # tf_cnn_benchmarks' conv: tf.variance_scaling_initializer() = scale 1, fan_in, truncated normal.
+                fan_in = m.weight[0].numel()
+                _truncated_normal_(m.weight, (1.0 / fan_in) ** 0.5 / _TRUNCATED_STD)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and init == "tf_cnn":
+            # tf_cnn_benchmarks' affine (linear activation): truncated normal, std sqrt(1 / fan_in); bias 0.
+            _truncated_normal_(m.weight, (1.0 / m.in_features) ** 0.5)
             nn.init.zeros_(m.bias)
     # Zero-init of each residual branch's last BN gamma (Goyal et al. 2017): every block starts as identity,
     # which makes large-batch and warm-up-free training steadier.
