@@ -219,6 +219,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = Config()
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            hint = f" (a run folder's is {path / 'config.yaml'})" if (path / "config.yaml").is_file() else ""
+            raise ConfigError(f"config file {path}: is a folder; give the YAML file{hint}")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
