@@ -2,15 +2,18 @@
 
 Each checkpoint is ``ckpt-EEEE-SSSSSS.pt`` (epoch, step within the epoch) plus ``.pt.sha256`` holding the
 SHA-256 of the ``.pt`` and, on a second line ``run RUN_ID``, the run it belongs to (so pruning and
-``--resume auto`` can tell a run's own checkpoints without loading any). Both are written to temp files, fsync'd and renamed, the checksum last; a reader
-trusts a checkpoint only if the checksum file exists and matches. Loading uses ``weights_only=True``, so a
-checkpoint can hold tensors and plain containers only, and no pickled code ever runs.
+``--resume auto`` can tell a run's own checkpoints without loading any). Both are written to temp files,
+fsync'd and renamed, the checksum last; a reader trusts a checkpoint only if the checksum file exists and
+matches. Loading uses ``weights_only=True``, so a checkpoint can hold tensors and plain containers only, and
+no pickled code ever runs.
 
 What train.py stores (one dict): ``model``, ``optimizer``, ``scaler``, ``ema`` (when enabled), ``epoch`` and
 ``step`` (the next step to run in that epoch; the LR is a pure function of them, see schedule.py),
 ``steps_per_epoch``, ``global_batch``, ``world``, ``ranks`` (one entry per rank: its RNG states and its running
 metric sums of the unfinished epoch, so a resumed epoch logs the same numbers), ``config`` (resolved),
-``version``, and what ``evaluate``/``predict`` need to rebuild the model (``classes``, ``in_channels``, ...).
+``version``, ``run_id`` (the run folder's run.json), ``epoch_record`` (epoch-end checkpoints: the epoch's
+training numbers, so a resume can evaluate and log an epoch a crash left unlogged), and what
+``evaluate``/``predict`` need to rebuild the model (``classes``, ``in_channels``, ...).
 """
 from __future__ import annotations
 

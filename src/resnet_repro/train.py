@@ -347,8 +347,8 @@ def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStac
                                         "sums": sums.state_dict() if sums is not None else None})
         if env.is_main:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                     "run_id": run_id, "epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch, "global_batch": global_batch,
-                     "world": env.world, "lr": optimizer.param_groups[0]["lr"], "ranks": ranks,
+                     "run_id": run_id, "epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch,
+                     "global_batch": global_batch, "world": env.world, "lr": optimizer.param_groups[0]["lr"], "ranks": ranks,
                      "config": cfg.to_dict(), "version": __version__, "classes": manifest["classes"],
                      "class_names": manifest.get("class_names", manifest["classes"]), "in_channels": channels}
             if ema is not None:
