@@ -174,7 +174,7 @@ def test_ranks_meet_about_every_two_seconds_whatever_the_log_interval(monkeypatc
     assert m.period == 8
 
 
-def test_a_second_ctrl_c_interrupts_at_once():
+def test_a_second_ctrl_c_interrupts_at_once_and_restore_gives_the_signals_back():
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     try:
         stop = train.StopRequest()
@@ -182,6 +182,8 @@ def test_a_second_ctrl_c_interrupts_at_once():
         assert stop and stop.signum == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+        stop.restore()
+        assert {s: signal.getsignal(s) for s in old} == old
     finally:
         for s, h in old.items():
             signal.signal(s, h)

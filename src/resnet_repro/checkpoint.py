@@ -1,15 +1,19 @@
 """Checkpoints that are either whole or recognisably not.
 
 Each checkpoint is ``ckpt-EEEE-SSSSSS.pt`` (epoch, step within the epoch) plus ``.pt.sha256`` holding the
-SHA-256 of the ``.pt``. Both are written to temp files, fsync'd and renamed, the checksum last; a reader
-trusts a checkpoint only if the checksum file exists and matches. Loading uses ``weights_only=True``, so a
-checkpoint can hold tensors and plain containers only, and no pickled code ever runs.
+SHA-256 of the ``.pt`` and, on a second line ``run RUN_ID``, the run it belongs to (so pruning and
+``--resume auto`` can tell a run's own checkpoints without loading any). Both are written to temp files,
+fsync'd and renamed, the checksum last; a reader trusts a checkpoint only if the checksum file exists and
+matches. Loading uses ``weights_only=True``, so a checkpoint can hold tensors and plain containers only, and
+no pickled code ever runs.
 
 What train.py stores (one dict): ``model``, ``optimizer``, ``scaler``, ``ema`` (when enabled), ``epoch`` and
 ``step`` (the next step to run in that epoch; the LR is a pure function of them, see schedule.py),
 ``steps_per_epoch``, ``global_batch``, ``world``, ``ranks`` (one entry per rank: its RNG states and its running
 metric sums of the unfinished epoch, so a resumed epoch logs the same numbers), ``config`` (resolved),
-``version``, and what ``evaluate``/``predict`` need to rebuild the model (``classes``, ``in_channels``, ...).
+``version``, ``run_id`` (the run folder's run.json), ``epoch_record`` (epoch-end checkpoints: the epoch's
+training numbers, so a resume can evaluate and log an epoch a crash left unlogged), and what
+``evaluate``/``predict`` need to rebuild the model (``classes``, ``in_channels``, ...).
 """
 from __future__ import annotations
 
@@ -31,23 +35,49 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """``path`` holds ``data`` whole or is left as it was: written to ``path.tmp``, fsync'd, renamed. A failed
+    write (disk full, read-only) removes the temp file and raises CheckpointError naming ``path``."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write {path} ({e.strerror}); nothing was replaced: free space or fix the "
+                              "folder's permissions, then run again (a training run: with --resume auto)") from None
+
+
+def read_sidecar(path: Path) -> tuple[str, str | None] | None:
+    """(SHA-256, run id or None) from ``path.sha256``; None if there is no such file."""
+    sidecar = Path(path).with_name(Path(path).name + ".sha256")
+    try:
+        lines = sidecar.read_text().split("\n")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    run = next((ln.split(None, 1)[1].strip() for ln in lines[1:] if ln.startswith("run ")), None)
+    return lines[0].strip(), run
 
 
 def save_file(path: Path, state: dict) -> Path:
-    """Write ``state`` to ``path`` and its checksum to ``path.sha256``, each atomically, checksum last."""
+    """Write ``state`` to ``path`` and its checksum to ``path.sha256``, each atomically, checksum last.
+    The checksum file also names ``state["run_id"]`` when there is one."""
     path = Path(path)
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
-    _atomic_write(path, data)
-    _atomic_write(path.with_name(path.name + ".sha256"), (hashlib.sha256(data).hexdigest() + "\n").encode())
+    sidecar = path.with_name(path.name + ".sha256")
+    write_atomic(path, data)
+    run = f"run {state['run_id']}\n" if state.get("run_id") else ""
+    try:
+        write_atomic(sidecar, (hashlib.sha256(data).hexdigest() + "\n" + run).encode())
+    except CheckpointError:
+        path.unlink(missing_ok=True)  # leave no checkpoint that cannot be verified
+        raise
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)  # make the renames themselves durable
@@ -57,22 +87,27 @@ def save_file(path: Path, state: dict) -> Path:
 
 
 def save(ckpt_dir: Path, state: dict, epoch: int, step: int, keep: int = 3) -> Path:
-    """Write ``state`` as the checkpoint for (epoch, step) and keep only the newest ``keep``."""
+    """Write ``state`` as the checkpoint for (epoch, step) and keep only the newest ``keep`` of its run
+    (``state["run_id"]``): a checkpoint another run left in the folder is never pruned in its place."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = save_file(ckpt_dir / f"ckpt-{epoch:04d}-{step:06d}.pt", state)
-    for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:  # keep=0: keep all
+    for old in list_checkpoints(ckpt_dir, state.get("run_id"))[:-keep] if keep > 0 else []:  # keep=0: keep all
         old.unlink(missing_ok=True)
         old.with_name(old.name + ".sha256").unlink(missing_ok=True)
     return path
 
 
-def list_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """Checkpoint files in (epoch, step) order, oldest first, whole or not."""
+def list_checkpoints(ckpt_dir: Path, run_id: str | None = None) -> list[Path]:
+    """Checkpoint files in (epoch, step) order, oldest first, whole or not. With ``run_id``: leaving out those
+    whose checksum file names another run (one without a run line, from before run ids, counts as this run's)."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
-    return sorted(p for p in ckpt_dir.iterdir() if _NAME.match(p.name))
+    found = sorted(p for p in ckpt_dir.iterdir() if _NAME.match(p.name))
+    if run_id is None:
+        return found
+    return [p for p in found if (read_sidecar(p) or ("", None))[1] in (None, run_id)]
 
 
 def load(path: Path, map_location="cpu") -> dict:
@@ -82,12 +117,14 @@ def load(path: Path, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {path}: file not found")
     data = path.read_bytes()
     sidecar = path.with_name(path.name + ".sha256")
-    if sidecar.is_file():
-        want = sidecar.read_text().strip()
-        if hashlib.sha256(data).hexdigest() != want:
-            raise CheckpointError(f"checkpoint {path}: SHA-256 does not match {sidecar.name} (torn or corrupt file)")
-    else:
-        raise CheckpointError(f"checkpoint {path}: no {sidecar.name}; the write did not complete")
+    side = read_sidecar(path)
+    if side is None:
+        # Written last, so a checkpoint whose write was cut short has none; a copied checkpoint may lack it too.
+        raise CheckpointError(f"checkpoint {path}: no {sidecar.name} next to it, so it cannot be checked: copy it "
+                              f"together with its {sidecar.name} (the checksum is written last; a checkpoint "
+                              "whose write was cut short has none either)")
+    if hashlib.sha256(data).hexdigest() != side[0]:
+        raise CheckpointError(f"checkpoint {path}: SHA-256 does not match {sidecar.name} (torn or corrupt file)")
     try:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for a damaged zip/pickle
@@ -102,9 +139,15 @@ def load(path: Path, map_location="cpu") -> dict:
     return state
 
 
-def load_latest(ckpt_dir: Path, map_location="cpu") -> tuple[Path, dict] | None:
-    """The newest whole checkpoint, skipping torn ones with a warning; None if there is none."""
+def load_latest(ckpt_dir: Path, map_location="cpu", run_id: str | None = None) -> tuple[Path, dict] | None:
+    """The newest whole checkpoint (of run ``run_id`` when given), skipping torn ones and other runs' with a
+    warning; None if there is none."""
     for path in reversed(list_checkpoints(ckpt_dir)):
+        side = read_sidecar(path)
+        if run_id is not None and side is not None and side[1] not in (None, run_id):
+            print(f"warning: skipping checkpoint {path}: it belongs to run {side[1]}, not this folder's run {run_id}",
+                  file=sys.stderr)
+            continue
         try:
             return path, load(path, map_location)
         except CheckpointError as e:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,14 @@ def _cmd_model(args) -> int:
 
 
 def _cmd_prepare(args) -> int:
+    from .folder_lock import hold_output
+
+    # One prepare per --out: a second one into the same folder would interleave shards with the first's.
+    with hold_output(Path(args.out), "a prepare"):
+        return _prepare(args)
+
+
+def _prepare(args) -> int:
     from .data.prepare import prepare_fashion_mnist
 
     if args.dataset == "fashion-mnist":
@@ -89,6 +98,7 @@ def _cmd_train(args) -> int:
     from .train import TrainingError, train
 
     cfg = load_config(args.config, args.set)
+    _check_device(cfg.train.device, "config key 'train.device'", "train.device=cpu (or auto)")
     try:
         result = train(cfg, Path(args.out), resume=args.resume)
     except TrainingError as e:  # e.g. a non-finite loss: the message says which checkpoint is kept
@@ -112,30 +122,96 @@ def _load_trained(args):
     return load_trained(args.checkpoint, args.weights, args.data)
 
 
+def _check_device(name: str, what: str, instead: str) -> None:
+    """A CUDA device asked for where there is none: one line now, not torch's traceback later."""
+    if name.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"{what} is {name}, but no CUDA device is visible here (torch {torch.__version__}, "
+                            f"torch.cuda.is_available() is False); use {instead}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare the resolved paths
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_writable_folder(folder: Path, what: str) -> None:
+    """``folder`` is, or can be made as, a folder this process can write in (tried, not guessed from the mode
+    bits, which do not bind root)."""
+    import tempfile
+
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
+    except OSError as e:
+        raise UserError(f"{what}: cannot write in {existing} ({e.strerror}); choose a writable location") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output_file(out, inputs=(), flag: str = "--out") -> Path:
+    """Before any work: ``out`` must be a file path in a writable folder and none of the command's inputs."""
+    out = Path(out)
+    for source in inputs:
+        if source is not None and _same_file(out, Path(source)):
+            raise UserError(f"{flag} {out} is this command's own input ({source}); writing it would destroy it: "
+                            "choose another file name")
+    if out.is_dir():
+        raise UserError(f"{flag} {out} is a folder; give a file name (e.g. {out / 'out.json'})")
+    _check_writable_folder(out.parent, f"{flag} {out}")
+    return out
+
+
+def _inputs_of(args) -> list:
+    """The files `evaluate` / `export` read: a written --out must be none of them."""
+    found = []
+    for name in ("checkpoint", "torchvision_weights"):
+        path = getattr(args, name, None)
+        if path:
+            found += [path, str(path) + ".sha256"]
+    data = getattr(args, "data", None)
+    if data:
+        found.append(Path(data) / "manifest.json")
+    return found
+
+
 def _write_json(path: str, obj) -> None:
-    import os
+    from .checkpoint import write_atomic
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder {path.parent} ({e.strerror})") from None
+    write_atomic(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
 def _cmd_evaluate(args) -> int:
-    import os
-
     import torch
 
+    from .data.augment import DecodeError
     from .evaluate import evaluate_trained, format_table
 
+    if args.out:  # before the evaluation, which can take hours, not after it
+        check_output_file(args.out, _inputs_of(args))
+    if args.device != "auto":
+        _check_device(args.device, "--device", "--device cpu (or auto)")
     try:
         trained = _load_trained(args)
         device = None if args.device == "auto" else torch.device(args.device)
         out = evaluate_trained(trained, args.protocol or ["single"], args.data, args.split, args.resize, args.crop,
                                tuple(args.scales) if args.scales else None, args.batch_size, args.workers, device,
                                args.pad)
-    except ValueError as e:  # protocol, class list or image size that does not fit; WeightsError
+    except (ValueError, DecodeError) as e:  # protocol, class list or image size that does not fit; WeightsError
         raise UserError(str(e)) from None
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -153,6 +229,10 @@ def _cmd_evaluate(args) -> int:
 def _cmd_report(args) -> int:
     from .report import ReportError, write_report
 
+    if args.out:
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise UserError(f"--out {args.out} is a file; report writes a folder (curves.png, report.md)")
+        _check_writable_folder(Path(args.out), f"--out {args.out}")
     try:
         paths = write_report(args.run_dir, args.out)
     except ReportError as e:
@@ -167,6 +247,7 @@ def _cmd_export(args) -> int:
     from .export import ExportError, export_trained
 
     args.data = None
+    check_output_file(args.out, _inputs_of(args))
     try:
         info = export_trained(_load_trained(args), args.format, args.out, check=not args.no_check)
     except (ExportError, ValueError) as e:
@@ -189,6 +270,10 @@ def _cmd_predict(args) -> int:
 
     from .predict import PredictError, format_predictions, predict
 
+    if args.topk < 1:
+        raise UserError(f"--topk {args.topk}: give the number of classes to show, 1 or more")
+    if args.device != "auto":
+        _check_device(args.device, "--device", "--device cpu (or auto)")
     try:
         trained = _load_trained(args)
         device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -382,11 +467,15 @@ def main(argv: list[str] | None = None) -> int:
     from .data.prepare import PrepareError
     from .data.records import RecordError
     from .data.sources import SourceError
+    from .export import ExportError
+    from .folder_lock import LockError
+    from .runtime import DeviceError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, ConfigError, CheckpointError, RecordError, SourceError, PrepareError) as e:
+    except (UserError, ConfigError, CheckpointError, RecordError, SourceError, PrepareError, LockError,
+            ExportError, DeviceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

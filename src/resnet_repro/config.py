@@ -370,7 +370,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def _read_recipe(path) -> dict:
     path = Path(path)
     if path.is_dir():
-        raise ConfigError(f"config file {path} is a folder; give a recipe file, e.g. {path}/resnet20.yaml")
+        hint = f" (a run folder's is {path / 'config.yaml'})" if (path / "config.yaml").is_file() else ""
+        raise ConfigError(f"config file {path}: is a folder; give the YAML file{hint}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

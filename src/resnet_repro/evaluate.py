@@ -53,13 +53,16 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=contextlib.nullcontext) -> dict:
-    """Run `model` over `batches` of (x, y, ...) on the device; return error rates in percent and counts."""
+    """Run `model` over `batches` of (x, y[, bad samples replaced, ...]) on the device; return error rates in
+    percent and counts ("bad": undecodable samples the loader replaced, see data/loader.py)."""
     was_training = model.training
     model.eval()
     # [top-1 correct, top-5 correct, samples, summed loss] in float64 so counts stay exact after all_reduce.
     sums = torch.zeros(4, dtype=torch.float64, device=device)
+    bad = 0
     for batch in batches:
         x, y = batch[0], batch[1]
+        bad += int(batch[2]) if len(batch) > 2 else 0
         with autocast():
             logits = model(x)
         logits = logits.float()
@@ -71,8 +74,9 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=con
     c1, c5, n, loss = sums.tolist()
     if n == 0:
         raise ValueError("evaluation saw no samples")
+    bad = int(dist.all_reduce_sum(torch.tensor([float(bad)], dtype=torch.float64, device=device)).item())
     return {"top1_err": 100.0 * (1 - c1 / n), "top5_err": 100.0 * (1 - c5 / n), "loss": loss / n,
-            "count": int(n), "top1_correct": int(c1), "top5_correct": int(c5)}
+            "count": int(n), "top1_correct": int(c1), "top5_correct": int(c5), "bad": bad}
 
 
 # --- Protocol geometry (CPU, per image) ------------------------------------------------------------------
@@ -251,7 +255,10 @@ class ViewDataset(torch.utils.data.Dataset):
             try:
                 images.append(decode(data, self.channels))
             except DecodeError:
-                raise DecodeError(f"{self.reader.where(i)}: cannot decode (val samples are never replaced)") from None
+                # Returned, not raised: raised in a loader worker it would reach the user wrapped in a traceback.
+                return None, (f"{self.reader.root} {self.reader.where(i)}: cannot decode; an evaluation scores "
+                              f"every sample, so none is replaced: run resnet-repro verify {self.reader.root}, and "
+                              "prepare the data again")
         groups = group_views(images, self.protocols, [self.reader.where(i) for i in indices.tolist()])
         return groups, torch.from_numpy(self.reader.labels[indices].astype(np.int64))
 
@@ -284,6 +291,8 @@ def evaluate_protocols(model: torch.nn.Module, reader, protocols: list[Protocol]
     # Per protocol: [top-1 correct, top-5 correct, samples, summed -log p(target)], float64 for exact counts.
     sums = torch.zeros(len(protocols), 4, dtype=torch.float64, device=device)
     for groups, labels in loader:
+        if groups is None:
+            raise DecodeError(labels)
         labels = labels.to(device, non_blocking=True)
         probs = score_groups(model, groups, len(labels), protocols, transform, device, autocast, batch_size)
         for p_id, p in enumerate(probs):

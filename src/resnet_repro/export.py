@@ -28,8 +28,14 @@ def save_safetensors(model: nn.Module, path: Path, metadata: dict) -> Path:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
+        os.replace(tmp, path)
+    except Exception as e:  # OSError, or safetensors' own error type for a failed write (disk full)
+        tmp.unlink(missing_ok=True)
+        reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:200]
+        raise ExportError(f"cannot write {path} ({reason}); nothing was replaced: free space or choose a writable "
+                          "location") from None
     return path
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .data.augment import DecodeError, decode
+from .data.prepare import BadImage, read_header
 from .evaluate import Trained, eval_transform, make_protocol, score_images
 from .models.resnet import SPECS
 
@@ -21,12 +22,27 @@ class PredictError(RuntimeError):
     """An image that cannot be read; the message names the file."""
 
 
-def read_image(path: str | Path, channels: int) -> np.ndarray:
+# Larger than any camera photo (48-50 MP phones), far below a decompression bomb: the header is checked before
+# decoding, as `prepare` does (its --max-megapixels, default 100).
+MAX_PIXELS = 50_000_000
+
+
+def read_image(path: str | Path, channels: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise PredictError(f"{path}: cannot read ({e.strerror})") from None
+    if not data:
+        raise PredictError(f"{path}: empty file (0 bytes), not an image")
+    try:
+        hdr = read_header(data)
+    except BadImage:
+        hdr = None  # a format read_header does not parse (TIFF ...): OpenCV's own limit (2^30 pixels) applies
+    if hdr is not None and hdr.width * hdr.height > max_pixels:
+        raise PredictError(f"{path}: the header says {hdr.width}x{hdr.height} = {hdr.width * hdr.height / 1e6:,.0f} "
+                           f"MP, over predict's {max_pixels / 1e6:.0f} MP limit (decoding it would take "
+                           f"{hdr.width * hdr.height * 3 / 1e9:.1f} GB); shrink the image first")
     try:
         return decode(data, channels)
     except DecodeError:

@@ -107,10 +107,10 @@ def load_run(root: str | Path) -> Run:
     root = Path(root)
     path = root / "metrics.jsonl"
     if not path.is_file():
-        if (root / "config.yaml").is_file():  # a run folder whose first epoch has not finished
-            raise ReportError(f"{root}: no epoch has finished yet (the run stopped or is still in its first epoch); "
-                              f"continue it with resnet-repro train --config {root / 'config.yaml'} --out {root} "
-                              "--resume auto")
+        if root.is_dir() and ((root / "config.yaml").is_file() or (root / "checkpoints").is_dir()):
+            raise ReportError(f"{path}: not written yet: no epoch has finished yet in {root} (the run stopped before "
+                              f"its first epoch ended, or is still in it); continue it with resnet-repro train "
+                              f"--config {root / 'config.yaml'} --out {root} --resume auto, and report after an epoch")
         raise ReportError(f"{path}: not found; is {root} a run folder (resnet-repro train --out {root})?")
     metrics = []
     lines = path.read_text().splitlines()
@@ -127,7 +127,14 @@ def load_run(root: str | Path) -> Run:
         raise ReportError(f"{path}: no epochs logged yet")
     run = Run(root, metrics)
     if (root / "config.yaml").is_file():
-        run.config = yaml.safe_load((root / "config.yaml").read_text()) or {}
+        try:
+            run.config = yaml.safe_load((root / "config.yaml").read_text()) or {}
+        except yaml.YAMLError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ReportError(f"{root / 'config.yaml'}: not valid YAML ({first}); restore it from a checkpoint's "
+                              "config or fix the file") from None
+        if not isinstance(run.config, dict):
+            raise ReportError(f"{root / 'config.yaml'}: not a mapping of config sections; fix or restore the file")
     for name in ("results", "evaluation"):
         f = root / f"{name}.json"
         if f.is_file():

@@ -28,8 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import __version__, checkpoint, dist, runtime
-from .config import Config, save_config
+from . import __version__, checkpoint, dist, folder_lock, runtime
+from .config import Config, ConfigError, save_config
 from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry
 from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
 from .data.records import RecordReader
@@ -109,19 +109,21 @@ class StopRequest:
     a signal can reach ranks at different steps, and a rank that checkpoints while another trains on would
     deadlock DDP."""
 
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
     def __init__(self):
         self.signum = None
-        self.final = False  # set once training is over: precise BN and the last evaluation just finish
-        for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-            signal.signal(s, self._handle)
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
         if signum == signal.SIGINT and self.signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
-        if self.final:
-            print(f"{signal.Signals(signum).name}: training is over and its last checkpoint saved; finishing precise "
-                  "BN and the final evaluation (seconds), then exiting", file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        """Give the signals back to whoever had them (a caller of train() in a notebook or a test runner)."""
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
     def __bool__(self):
         return self.signum is not None
@@ -165,14 +167,16 @@ class RankMeeting:
 def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
     """`resnet-repro train`: the run `cfg` describes, into `out` (resume: None, "auto" or a checkpoint path)."""
     try:
-        return _train(cfg, Path(out), resume)
+        # Holds the run folder's lock (rank 0) until the last file is written, however the run ends.
+        with contextlib.ExitStack() as held:
+            return _train(cfg, Path(out), resume, held)
     finally:
         # Errors included: a gloo group left to the interpreter's exit-time destructors can abort the process
         # ("terminate called without an active exception"), burying the error message under a SIGABRT.
         dist.shutdown()
 
 
-def _train(cfg: Config, out: Path, resume: str | None) -> dict:
+def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStack) -> dict:
     t_start = time.time()
 
     # --- Processes, device and precision (runtime.py: chosen from the hardware, with the reason logged) -------
@@ -201,6 +205,13 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
     manifest = train_reader.manifest
     channels = manifest["image"]["channels"]
     stored = manifest["image"]["height"]
+    if cfg.model.num_classes and cfg.model.num_classes != len(manifest["classes"]):
+        raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes}, but {cfg.data.path} has "
+                          f"{len(manifest['classes'])} classes (manifest.json); set model.num_classes=0 to take "
+                          "the data's count")
+    if cfg.model.in_channels and cfg.model.in_channels != channels:
+        raise ConfigError(f"config key 'model.in_channels' is {cfg.model.in_channels}, but {cfg.data.path} holds "
+                          f"{channels}-channel images (manifest.json); set model.in_channels=0 to take the data's")
     num_classes = cfg.model.num_classes or len(manifest["classes"])
     train_ds = BatchDataset(train_reader, TrainGeometry(cfg.data, stored), channels, cfg.train.seed, train=True)
     val_ds = BatchDataset(val_reader, EvalGeometry(cfg.data, stored), channels, cfg.train.seed, train=False)
@@ -271,18 +282,31 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
         f"rule); BN statistics {bn_mode}")
 
     # --- Run folder and resume --------------------------------------------------------------------------
+    # One writer per folder, and one run: rank 0 locks the folder (held until train() returns) and reads
+    # which run it holds; nothing in it changes until the resume checks below have passed.
     ckpt_dir = out / "checkpoints"
+    folder = _claim_run_folder(out, resume, env, held)
+    run_id = folder["run_id"]
     start_epoch, start_step = 0, 0
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
     epoch_state = None  # this rank's saved metric sums and timings of an unfinished epoch
+    pending_record = None  # an epoch whose checkpoint was saved but whose evaluation and log line were not
     if resume:
-        found = _find_checkpoint(resume, ckpt_dir, env)
+        found = _find_checkpoint(resume, ckpt_dir, env, run_id)
+        results_held = [f for f in folder["held"] if f in RUN_FILES]  # torn checkpoints alone hold nothing
+        if found is None and results_held:
+            raise folder_lock.LockError(
+                f"--resume auto: {ckpt_dir} holds no whole checkpoint of this run, but {out} holds "
+                f"{', '.join(results_held)}: nothing to continue from. Remove those files to start over, or "
+                "choose another --out")
         if found is None:
             log(f"--resume auto: no checkpoint in {ckpt_dir}; starting from scratch")
         else:
             path, state = found
+            if run_id is not None and state.get("run_id") not in (None, run_id) and folder["held"]:
+                raise checkpoint.CheckpointError(
+                    f"{path} belongs to run {state['run_id']}, but {out} holds run {run_id} "
+                    f"({', '.join(folder['held'])}); resume it into its own folder or a new --out")
+            run_id = run_id or state.get("run_id")
             start_epoch, start_step = state["epoch"], state["step"]
             saved_batch = state.get("global_batch", global_batch)
             if start_step and saved_batch != global_batch:
@@ -291,17 +315,23 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
                                     "Resume with the same global batch, or from an epoch-end checkpoint "
                                     "(ckpt-EEEE-000000.pt)")
             changed = _config_changes(state.get("config", {}), cfg.to_dict())
+            try:
+                model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                scaler.load_state_dict(state["scaler"])
+                if ema is not None and "ema" in state:
+                    ema.load_state_dict(state["ema"])
+            except (RuntimeError, ValueError, KeyError) as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                raise checkpoint.CheckpointError(
+                    f"{path} does not fit this config's model or optimizer ({first}); it was saved with "
+                    f"{'; '.join(changed) or 'the same config'}. Resume with the config it was saved with "
+                    f"({out / 'config.yaml'}, left unchanged), or start the new config in another --out") from None
             if changed:
                 log(f"warning: {path} was saved with a different config: {'; '.join(changed)}")
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            if ema is not None:
-                if "ema" in state:
-                    ema.load_state_dict(state["ema"])
-                else:
-                    ema = EMA(model, cfg.train.ema, cfg.train.ema_warmup)
-                    log(f"warning: {path} holds no EMA state; the EMA restarts from the resumed weights")
+            if ema is not None and "ema" not in state:
+                ema = EMA(model, cfg.train.ema, cfg.train.ema_warmup)
+                log(f"warning: {path} holds no EMA state; the EMA restarts from the resumed weights")
             ranks = state.get("ranks") or [{"rng": r} for r in state["rng"]]  # "rng": before per-rank sums
             same_world = len(ranks) == env.world
             mine = ranks[env.rank] if same_world else ranks[0]
@@ -314,7 +344,18 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
                 epoch_state = _merge_epoch_states(ranks) if env.is_main else None
             if env.is_main:
                 _trim_metrics(out / "metrics.jsonl", start_epoch)
+            logged = dist.broadcast_object(_logged_epochs(out / "metrics.jsonl") if env.is_main else None)
+            if start_step == 0 and state.get("epoch_record") and logged < start_epoch:
+                pending_record = dict(state["epoch_record"])
             log(f"resumed from {path} at epoch {start_epoch} step {start_step} (saved by {len(ranks)} process(es))")
+    # The resume checks passed: only now does the folder take this run's identity and config.
+    run_id = run_id or folder["new_id"]
+    if env.is_main:
+        if folder["run_id"] != run_id:
+            checkpoint.write_atomic(out / "run.json", (json.dumps({"run_id": run_id}) + "\n").encode())
+        tmp = out / "config.yaml.tmp"
+        save_config(cfg, tmp)
+        os.replace(tmp, out / "config.yaml")
     if start_epoch * steps_per_epoch + start_step >= total_steps:
         # A finished run (`make train` again, or --resume auto after the end): nothing to train. Keep its
         # results.json as it is, rather than redoing precise BN and overwriting it with this call's timings.
@@ -325,8 +366,9 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
             return done
 
     def save_checkpoint(epoch: int, step: int, sums: RunningSums | None = None, seconds: float = 0.0,
-                        wait: float = 0.0) -> None:
-        """Checkpoint (epoch, step): the next step to run. Collective: every rank calls it at the same step."""
+                        wait: float = 0.0, record: dict | None = None) -> None:
+        """Checkpoint (epoch, step): the next step to run. Collective: every rank calls it at the same step.
+        `record`: the finished epoch's training numbers, for a resume to evaluate and log it if need be."""
         # A diverged state must never become the newest checkpoint: every rank checks its weights and loss sums.
         finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
         if sums is not None:
@@ -339,21 +381,48 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
                                         "sums": sums.state_dict() if sums is not None else None})
         if env.is_main:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                     "epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch, "global_batch": global_batch,
-                     "world": env.world, "lr": optimizer.param_groups[0]["lr"], "ranks": ranks,
+                     "run_id": run_id, "epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch,
+                     "global_batch": global_batch, "world": env.world, "lr": optimizer.param_groups[0]["lr"], "ranks": ranks,
                      "config": cfg.to_dict(), "version": __version__, "classes": manifest["classes"],
                      "class_names": manifest.get("class_names", manifest["classes"]), "in_channels": channels}
             if ema is not None:
                 state["ema"] = ema.state_dict()
+            if record is not None:
+                state["epoch_record"] = record
             checkpoint.save(ckpt_dir, state, epoch, step, keep=cfg.train.keep_checkpoints)
         dist.barrier()
 
+    def finish_epoch(record: dict) -> None:
+        """Evaluate (when due) and log an epoch whose checkpoint is already saved: a failure here loses no
+        training, and a resume from that checkpoint comes back here first (pending_record)."""
+        if record["epoch"] % cfg.train.eval_every == 0 or record["epoch"] == epochs:
+            val = evaluate(model, val_batches(), device, autocast)
+            record.update(val_top1_err=val["top1_err"], val_top5_err=val["top5_err"], val_loss=val["loss"],
+                          val_bad_samples=val["bad"])
+            if ema is not None:
+                val = evaluate(ema.module, val_batches(), device, autocast)
+                record.update(ema_val_top1_err=val["top1_err"], ema_val_top5_err=val["top5_err"],
+                              ema_val_loss=val["loss"])
+        log(json.dumps(record))
+        if env.is_main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if tb is not None:
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    tb.add_scalar(f"epoch/{key}", value, record["epoch"])
+            tb.flush()
+
     # --- Epochs -----------------------------------------------------------------------------------------
     stop = StopRequest()
+    held.callback(stop.restore)  # however the run ends
     meeting = RankMeeting(env.world, device, cfg.train.log_interval)
     last_ckpt_time = time.time()
     metrics_path = out / "metrics.jsonl"
     tb = _tensorboard(out / "tensorboard") if cfg.train.tensorboard and env.is_main else None
+    if pending_record is not None:
+        log(f"epoch {pending_record['epoch']} was checkpointed but not evaluated and logged: doing that first")
+        finish_epoch(pending_record)
     for epoch in range(start_epoch, epochs):
         size = train_image_size(cfg.data, epoch, stored)  # progressive resizing, else fixed
         epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)  # the last may be partial
@@ -436,27 +505,28 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
                   "train_top1_err": 100 * (1 - correct / max(n, 1)), "images_per_s": n / seconds,
                   "data_wait_fraction": wait / seconds, "seconds": seconds, "bad_samples": int(bad),
                   "image_size": size}
-        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs:
-            val = evaluate(model, val_batches(), device, autocast)
-            record.update(val_top1_err=val["top1_err"], val_top5_err=val["top5_err"], val_loss=val["loss"])
-            if ema is not None:
-                val = evaluate(ema.module, val_batches(), device, autocast)
-                record.update(ema_val_top1_err=val["top1_err"], ema_val_top5_err=val["top5_err"],
-                              ema_val_loss=val["loss"])
-        log(json.dumps(record))
-        if env.is_main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if tb is not None:
-            for key, value in record.items():
-                if key != "epoch" and isinstance(value, (int, float)):
-                    tb.add_scalar(f"epoch/{key}", value, epoch + 1)
-            tb.flush()
-        save_checkpoint(epoch + 1, 0)
+        # The checkpoint before the evaluation: a val pass that fails (or is killed) costs no training.
+        if epoch_steps < steps_per_epoch:
+            # The last epoch, cut short by train.max_steps, is saved as the mid-epoch position it is, so that
+            # a resume with a larger train.max_steps runs the rest of this epoch instead of skipping it.
+            save_checkpoint(epoch, epoch_steps, sums, seconds, wait, record=record)
+        else:
+            save_checkpoint(epoch + 1, 0, record=record)
         last_ckpt_time = time.time()
+        finish_epoch(record)
 
     # --- Precise BN, final evaluation, results -----------------------------------------------------------
-    stop.final = True
+    # A stop signal from here on is not acted on: every step is trained and checkpointed, and what is left
+    # (precise BN, evaluation, final files) is minutes at most; say so rather than ignore it silently.
+    said = []
+
+    def note_stop() -> None:
+        if stop and not said:
+            said.append(True)
+            log(f"signal {signal.Signals(stop.signum).name} during the final precise BN / evaluation: finishing "
+                f"them rather than stopping (training is complete and checkpointed in {ckpt_dir}; if the process "
+                "is killed anyway, the same command with --resume auto redoes only this last part)", flush=True)
+
     train_wall = time.time() - t_start
     before = evaluate(model, val_batches(), device, autocast)
     n_bn = cfg.train.precise_bn_batches
@@ -469,6 +539,7 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
             f"{after['top1_err']:.2f}%")
     else:
         after = before
+    note_stop()
     ema_results = {}
     if ema is not None:
         # The averaged weights get their own exact BN statistics (see ema.py), from the same batches.
@@ -488,7 +559,8 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
                "train_wall_s": train_wall, "steps": total_steps,
                "images_per_s": (total_steps - start_epoch * steps_per_epoch - start_step) * global_batch / train_wall,
                "device": str(device), "precision": precision, "world_size": env.world, "version": __version__,
-               **ema_results}
+               "val_bad_samples": after["bad"], **ema_results}
+    note_stop()
     if env.is_main:
         from .export import save_safetensors
 
@@ -502,7 +574,7 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
                                                 "class_names": manifest.get("class_names", manifest["classes"]),
                                                 "epoch": epochs, "step": 0, "version": __version__,
                                                 **({"model_ema": ema.module.state_dict()} if ema else {})})
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+        checkpoint.write_atomic(out / "results.json", json.dumps(results, indent=1).encode())
         log(json.dumps(results))
     if tb is not None:
         tb.close()
@@ -510,11 +582,55 @@ def _train(cfg: Config, out: Path, resume: str | None) -> dict:
     return results
 
 
-def _find_checkpoint(resume: str, ckpt_dir: Path, env: dist.DistEnv) -> tuple[Path, dict] | None:
-    """``--resume auto``: the newest whole checkpoint in ckpt_dir (rank 0 chooses, skipping torn ones with a
-    warning; every rank then loads that file), or None if there is none. Otherwise ``resume`` is a path."""
+# What makes a folder hold a run that a fresh start would overwrite or mix with (config.yaml alone does not:
+# a run stopped before its first checkpoint has nothing to lose).
+RUN_FILES = ("final.pt", "results.json", "metrics.jsonl")
+
+
+def _claim_run_folder(out: Path, resume: str | None, env: dist.DistEnv, held: contextlib.ExitStack) -> dict:
+    """Rank 0 locks ``out`` for this process (released when ``held`` closes, or by the kernel if the process
+    dies) and checks that a fresh start would not overwrite another run. Every rank gets the same answer,
+    {"run_id": the folder's run id or None, "new_id": an id for a new run, "held": run files present}, or
+    raises the same error: no rank is left waiting in a collective for one that failed."""
+    import uuid
+
+    answer = None
+    if env.is_main:
+        try:
+            held.enter_context(folder_lock.hold_folder(out, "a training run"))
+            run_id = None
+            if (out / "run.json").is_file():
+                try:
+                    run_id = json.loads((out / "run.json").read_text())["run_id"]
+                except (ValueError, KeyError, TypeError):
+                    raise folder_lock.LockError(f"{out / 'run.json'}: damaged (no run_id); it names the run this "
+                                                "folder holds: remove the run folder's files to start over, or "
+                                                "choose another --out") from None
+            found = [n for n in RUN_FILES if (out / n).exists()]
+            n_ckpt = len(checkpoint.list_checkpoints(out / "checkpoints"))
+            if n_ckpt:
+                found.insert(0, f"{n_ckpt} checkpoint(s) in checkpoints/")
+            # A fresh start (allowed only where no run files are) is a new run, whatever run.json said.
+            answer = {"run_id": run_id if resume else None, "new_id": uuid.uuid4().hex[:16], "held": found}
+            if resume is None and found:
+                answer = {"error": f"{out} holds another run ({', '.join(found)}); continue it with --resume auto "
+                                   f"(resnet-repro train --config {out / 'config.yaml'} --out {out} --resume auto), "
+                                   "or remove those files / choose another --out to start a new run"}
+        except folder_lock.LockError as e:
+            answer = {"error": str(e)}
+    answer = dist.broadcast_object(answer)
+    if "error" in answer:
+        raise folder_lock.LockError(answer["error"])
+    return answer
+
+
+def _find_checkpoint(resume: str, ckpt_dir: Path, env: dist.DistEnv,
+                     run_id: str | None = None) -> tuple[Path, dict] | None:
+    """``--resume auto``: the newest whole checkpoint of run ``run_id`` in ckpt_dir (rank 0 chooses, skipping
+    torn ones and other runs' with a warning; every rank then loads that file), or None if there is none.
+    Otherwise ``resume`` is a path."""
     if resume == "auto":
-        found = checkpoint.load_latest(ckpt_dir) if env.is_main else None
+        found = checkpoint.load_latest(ckpt_dir, run_id=run_id) if env.is_main else None
         chosen = dist.broadcast_object(str(found[0]) if found else None)
         if chosen is None or env.is_main:
             return found
@@ -522,12 +638,18 @@ def _find_checkpoint(resume: str, ckpt_dir: Path, env: dist.DistEnv) -> tuple[Pa
     else:
         path = Path(resume)
     try:
-        return path, checkpoint.load(path)
+        state = checkpoint.load(path)
     except checkpoint.CheckpointError as e:
         if env.world > 1:
             raise checkpoint.CheckpointError(f"rank {env.rank}: {e} (with several nodes, RUN_DIR must be on a file "
                                              "system every node sees)") from None
         raise
+    if "optimizer" not in state:
+        raise checkpoint.CheckpointError(
+            f"{path} holds a run's final weights, not a training checkpoint: it has no optimizer state to resume "
+            "from. Continue a run with --resume auto (or --resume RUN/checkpoints/ckpt-EEEE-SSSSSS.pt); to train "
+            "further from these weights, start a new run")
+    return path, state
 
 
 def _merge_epoch_states(ranks: list[dict]) -> dict | None:
@@ -540,14 +662,41 @@ def _merge_epoch_states(ranks: list[dict]) -> dict | None:
             "seconds": ranks[0]["seconds"], "wait": ranks[0]["wait"]}
 
 
+def _metric_lines(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) of metrics.jsonl. A last line cut off by a crash mid-write is dropped with a warning
+    (the resumed run logs that epoch again); a damaged line before it is an error naming the line."""
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines(keepends=True)
+    out = []
+    for n, ln in enumerate(lines, start=1):
+        if not ln.strip():
+            continue
+        try:
+            out.append((ln if ln.endswith("\n") else ln + "\n", json.loads(ln)))
+        except json.JSONDecodeError as e:
+            if n == len(lines):
+                print(f"warning: {path} line {n}: cut off (a crash while it was written); dropping it",
+                      file=sys.stderr)
+                break
+            raise checkpoint.CheckpointError(f"{path} line {n}: not valid JSON ({e}); fix or delete that line, "
+                                             "then resume again") from None
+    return out
+
+
+def _logged_epochs(path: Path) -> int:
+    """The last epoch metrics.jsonl has a line for (0: none)."""
+    return max((rec.get("epoch", 0) for _, rec in _metric_lines(path)), default=0)
+
+
 def _trim_metrics(path: Path, epochs_done: int) -> None:
     """Drop metrics.jsonl lines of epochs after the checkpoint (written before a crash that the checkpoint
-    missed), so the resumed run does not log an epoch twice."""
+    missed) and a torn last line, so the resumed run does not log an epoch twice."""
     if not path.is_file():
         return
     lines = path.read_text().splitlines(keepends=True)
-    keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("epoch", 0) <= epochs_done]
-    if len(keep) != len(lines):
+    keep = [ln for ln, rec in _metric_lines(path) if rec.get("epoch", 0) <= epochs_done]
+    if keep != lines:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(keep))
         os.replace(tmp, path)

@@ -87,10 +87,10 @@ class BatchDataset(torch.utils.data.Dataset):
                 label = int(self.reader.labels[i])
                 params.append(self.color_params(i, job.epoch))
             except DecodeError:
-                if not self.train:
-                    raise DecodeError(f"{self.reader.where(i)}: cannot decode (val samples are never replaced)")
-                # A sample damaged after prepare: log it, substitute a deterministic other sample, count it.
-                print(f"warning: {self.reader.where(i)}: cannot decode; using a replacement sample", file=sys.stderr)
+                # A sample damaged after prepare: log it, substitute a deterministic other sample, count it. Val
+                # too: the per-epoch val pass logs the count (val_bad_samples); `evaluate` refuses instead.
+                print(f"warning: {self.reader.root} {self.reader.where(i)}: cannot decode; using a replacement "
+                      "sample", file=sys.stderr)
                 bad += 1
                 j = int(sample_rng(self.seed, job.epoch, i).integers(len(self.reader)))
                 img, label = self.load(j, job.epoch), int(self.reader.labels[j])

@@ -88,7 +88,13 @@ def read_state_dict(path: str | Path) -> dict:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises several types for a file that is not a checkpoint
-            raise WeightsError(f"{path}: cannot be read as a PyTorch state_dict ({type(e).__name__}: {e})") from None
+            # One line, and never torch's advice to retry with weights_only=False: that would run whatever code
+            # the file's pickle holds, and a real state_dict never needs it.
+            lines = str(e).strip().splitlines()
+            reason = "not a plain state_dict of tensors (refused by the weights-only loader)" \
+                if "Weights only load failed" in str(e) or not lines else lines[0][:200]
+            raise WeightsError(f"{path}: cannot be read as a PyTorch state_dict ({type(e).__name__}: {reason})") \
+                from None
     for wrapper in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
