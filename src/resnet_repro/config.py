@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,9 @@ class DataConfig:
     val_split: str = "val"
     batch_size: int = 64  # per device (process); global batch = batch_size x world size
     eval_batch_size: int = 256  # per device
-    workers: int = 4  # loader worker processes per device; 0 = load in the training process
+    # Loader worker processes per device; 0 = load in the training process; "auto" = from the cores (data/cores.py:
+    # on a GPU, this process's cores minus 2 for the training and pin-memory threads). The log states the plan.
+    workers: int | Literal["auto"] = 4
     # Where training JPEGs are decoded. "cpu": loader workers decode, crop and resize (OpenCV). "gpu": workers only
     # read bytes and draw each sample's crop; the trainer decodes the batch with nvJPEG and resizes on the GPU
     # (needs CUDA and torchvision; see data/gpu_decode.py). Val images are always decoded on the CPU.
@@ -244,6 +247,13 @@ class Config:
 def _coerce(value, typ, key: str):
     """Convert a YAML/CLI value to the field's declared type, or raise naming the key."""
     origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):  # int | str (data.workers: a count or "auto"): first that fits
+        for inner in typing.get_args(typ):
+            try:
+                return _coerce(value, inner, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key {key!r}: cannot use {value!r} as {typ}")
     if origin is Literal:  # a string here; whether it is one of the choices is validate's job
         return _coerce(value, str, key)
     try:
@@ -462,6 +472,9 @@ def validate(cfg: Config, origins: dict[str, str] | None = None) -> None:
                     finite = "" if math.isfinite(v) else "finite and "
                     fail(key, f"{v!r}{f' (in {value!r})' if isinstance(value, list) else ''} is not allowed; "
                               f"it must be {finite}{allowed}")
+    workers = cfg.data.workers  # a count or "auto" (data/cores.py): an int | Literal, which the loop passes over
+    if workers != "auto" and (isinstance(workers, str) or workers < 0):
+        fail("data.workers", f"{workers!r} is not a count >= 0 or auto")
     if len(cfg.data.mean) != len(cfg.data.std):
         raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
     if cfg.data.image_size_start:

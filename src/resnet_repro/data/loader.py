@@ -10,6 +10,7 @@ back in order whatever the number of workers.
 """
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 from dataclasses import dataclass
@@ -112,11 +113,13 @@ class JobSampler(torch.utils.data.Sampler):
         return len(self.jobs)
 
 
-def _worker_init(_):
+def _worker_init(_, plan=None):
     import cv2
 
     from .augment import keep_freed_memory
+    from .cores import pin_workers
 
+    pin_workers(plan)  # off the training process's cores (data/cores.py); nothing without a plan
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     keep_freed_memory()
@@ -126,11 +129,13 @@ def _worker_init(_):
         signal.signal(s, signal.SIG_IGN)
 
 
-def make_loader(dataset: BatchDataset, jobs: list[Job], workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
+def make_loader(dataset: BatchDataset, jobs: list[Job], workers: int, pin_memory: bool,
+                plan=None) -> torch.utils.data.DataLoader:
+    """`plan`: a data/cores.py CorePlan whose worker cores the workers move to (None: they stay where forked)."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, sampler=JobSampler(jobs), num_workers=workers, pin_memory=pin_memory,
-        worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None,
-        persistent_workers=False)
+        worker_init_fn=functools.partial(_worker_init, plan=plan) if workers else None,
+        prefetch_factor=4 if workers else None, persistent_workers=False)
 
 
 class DevicePrefetcher:
