@@ -221,6 +221,25 @@ def test_missing_torchvision_is_a_clear_error(monkeypatch):
         GpuDecoder("cpu")
 
 
+def test_decoding_ahead_gives_the_synchronous_paths_batches(jpeg_data):
+    """decode_ahead (background thread; on CUDA a side stream) against the decoder called in the consumer."""
+    from resnet_repro.data.gpu_decode import decode_ahead
+    from resnet_repro.data.loader import DevicePrefetcher, make_loader
+
+    reader = RecordReader(jpeg_data, "train")
+    ds = EncodedBatchDataset(reader, geometry("inception", color="jitter"), seed=2)
+    jobs = [Job(1, s, np.arange(s * 6, s * 6 + 6)) for s in range(4)]
+    decode, decode_cpu = cv2_decoders()
+    seen = []
+    dec = GpuDecoder("cpu", transform=lambda x, p: seen.append(p.shape) or x.float() + p[:, :1, None, None],
+                     decode=decode, decode_cpu=decode_cpu)
+    ahead = list(decode_ahead(make_loader(ds, jobs, 2, pin_memory=False), dec))
+    sync = list(DevicePrefetcher(make_loader(ds, jobs, 0, pin_memory=False), torch.device("cpu"), dec))
+    assert len(ahead) == len(sync) == 4 and len(seen) == 8 and seen[0][0] == 6  # colour params reached it
+    for (xa, ya, ba), (xs, ys, bs) in zip(ahead, sync):
+        assert torch.equal(xa, xs) and torch.equal(ya, ys) and ba == bs == 0
+
+
 # --- CUDA: nvJPEG against the CPU decoder ----------------------------------------------------------------------
 
 def _cuda_and_torchvision():
@@ -272,3 +291,21 @@ def test_training_with_gpu_decode_needs_cuda(texture_data, tmp_path):
                              "model.name=resnet20", "train.epochs=1"])
     with pytest.raises(TrainingError, match="data.decode=cpu"):
         train(cfg, tmp_path / "run")
+
+
+@cuda
+def test_decoding_ahead_on_a_side_stream_matches_the_synchronous_path_on_cuda(jpeg_data):
+    """The hand-over by event: batches read on the default stream right after the hand-over are complete."""
+    from resnet_repro.data.gpu_decode import decode_ahead
+    from resnet_repro.data.loader import DevicePrefetcher, make_loader
+
+    reader = RecordReader(jpeg_data, "train")
+    ds = EncodedBatchDataset(reader, geometry("inception"), seed=4)
+    jobs = [Job(0, s, np.arange(s * 8, s * 8 + 8)) for s in range(3)]
+    dev = torch.device("cuda")
+    ahead = [(x.float().sum((1, 2, 3)), y.clone()) for x, y, _ in
+             decode_ahead(make_loader(ds, jobs, 2, pin_memory=True), GpuDecoder(dev), depth=2)]
+    sync = [(x.float().sum((1, 2, 3)), y) for x, y, _ in
+            DevicePrefetcher(make_loader(ds, jobs, 0, pin_memory=True), dev, GpuDecoder(dev))]
+    for (xa, ya), (xs, ys) in zip(ahead, sync):
+        assert ya.device.type == "cuda" and torch.equal(ya, ys) and torch.equal(xa, xs)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from . import __version__, checkpoint, dist, folder_lock, runtime
 from .config import Config, ConfigError, save_config
 from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry
+from .data.cores import available_cpus, pin_trainer, plan_cores
 from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
 from .data.records import RecordReader
 from .evaluate import eval_transform, evaluate, topk_correct
@@ -242,15 +243,23 @@ def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStac
         total_steps = cfg.train.max_steps
         epochs = -(-total_steps // steps_per_epoch)
     pin = device.type == "cuda"
+    # Worker count and core layout (data/cores.py): on a GPU the trainer's threads keep cores of their own.
+    core_plan = plan_cores(available_cpus(), cfg.data.workers, device.type, env.local_rank,
+                           int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    log(f"data loading: {core_plan.describe()}")
 
     def batches(ds, jobs, workers):
-        return DevicePrefetcher(make_loader(ds, jobs, workers, pin), device,
-                                train_transform if ds is train_ds else val_transform)
+        loader = make_loader(ds, jobs, workers, pin, core_plan)
+        if ds is train_ds and cfg.data.decode == "gpu":  # decoded a batch ahead on a side stream (gpu_decode.py)
+            from .data.gpu_decode import decode_ahead
+
+            return decode_ahead(loader, train_transform)
+        return DevicePrefetcher(loader, device, train_transform if ds is train_ds else val_transform)
 
     def val_batches():
         jobs = [Job(0, s, idx) for s, idx in
                 enumerate(eval_batch_indices(len(val_reader), cfg.data.eval_batch_size, env.rank, env.world))]
-        return batches(val_ds, jobs, cfg.data.workers)
+        return batches(val_ds, jobs, core_plan.workers)
 
     # --- Model and optimizer ----------------------------------------------------------------------------
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
@@ -414,6 +423,7 @@ def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStac
             tb.flush()
 
     # --- Epochs -----------------------------------------------------------------------------------------
+    pin_trainer(core_plan)  # this thread and those it starts (pin-memory, decode-ahead); workers move to theirs
     stop = StopRequest()
     held.callback(stop.restore)  # however the run ends
     meeting = RankMeeting(env.world, device, cfg.train.log_interval)
@@ -441,7 +451,7 @@ def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStac
         want_stop = want_ckpt = False
         seen_log = 0
         step = first
-        it = iter(batches(train_ds, jobs[first:], cfg.data.workers))
+        it = iter(batches(train_ds, jobs[first:], core_plan.workers))
         while True:
             t0 = time.time()
             try:
@@ -533,7 +543,7 @@ def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStac
     if n_bn > 0:
         bn_jobs = [Job(epochs, s, idx) for s, idx in enumerate(train_batch_indices(
             len(train_reader), cfg.data.batch_size, cfg.train.seed, epochs, env.rank, env.world)[:n_bn])]
-        used = update_bn_stats(model, batches(train_ds, bn_jobs, cfg.data.workers), n_bn, autocast)
+        used = update_bn_stats(model, batches(train_ds, bn_jobs, core_plan.workers), n_bn, autocast)
         after = evaluate(model, val_batches(), device, autocast)
         log(f"precise BN over {used} batches x {global_batch}: val top-1 error {before['top1_err']:.2f}% -> "
             f"{after['top1_err']:.2f}%")
@@ -545,7 +555,7 @@ def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStac
         # The averaged weights get their own exact BN statistics (see ema.py), from the same batches.
         ema_before = evaluate(ema.module, val_batches(), device, autocast)
         if n_bn > 0:
-            update_bn_stats(ema.module, batches(train_ds, bn_jobs, cfg.data.workers), n_bn, autocast)
+            update_bn_stats(ema.module, batches(train_ds, bn_jobs, core_plan.workers), n_bn, autocast)
             ema.module.eval()
         ema_after = evaluate(ema.module, val_batches(), device, autocast) if n_bn > 0 else ema_before
         ema_results = {"ema_decay": cfg.train.ema, "ema_top1_err": ema_after["top1_err"],
