@@ -72,6 +72,43 @@ def test_bad_arguments_are_user_errors(texture_data, cli):
     assert code == 2 and "fewer than one batch" in err
 
 
+def test_end_to_end_variants_after_one_compute_phase(texture_data, cli):
+    code, out, err = cli("bench", "train", "--model", "resnet20", "--data", texture_data, "--batch-size", "16",
+                         "--steps", "2", "--warmup", "1", "--e2e", "cpu:1:none", "--e2e", "cpu:2", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    rows = r["end_to_end"]
+    assert [(v["decode"], v["workers"], v["affinity"]) for v in rows] == [("cpu", 1, "none"), ("cpu", 2, "plan")]
+    assert all(v["images_per_s"] > 0 and 0 <= v["data_wait_fraction"] < 1 for v in rows)
+    assert all(v["over_compute"] == pytest.approx(v["images_per_s"] / r["compute_images_per_s"]) for v in rows)
+    assert "2 loader worker(s)" in rows[1]["core_plan"] and "not pinned" in rows[1]["core_plan"]  # a CPU device
+    # The first variant's figures are the top-level ones, as with a single --decode / --workers.
+    assert r["end_to_end_images_per_s"] == rows[0]["images_per_s"] and r["workers"] == 1
+
+
+def test_bad_variants_and_worker_counts_are_user_errors(texture_data, cli):
+    for args, words in ((["--e2e", "tpu"], "--e2e 'tpu'"), (["--e2e", "cpu:2:everywhere"], "affinity"),
+                        (["--e2e", "gpu:lots"], "workers"), (["--workers", "many"], "workers")):
+        code, _, err = cli("bench", "train", "--model", "resnet20", "--data", texture_data, *args)
+        assert code == 2 and words in err, (args, err)
+
+
+@pytest.mark.parametrize("mode, graphs", [("default", False), ("reduce-overhead", True), ("max-autotune", True),
+                                          ("max-autotune-no-cudagraphs", False)])
+def test_compile_modes_reach_torch_compile_and_graph_modes_mark_each_step(mode, graphs, monkeypatch):
+    """torch.compile itself is replaced (compiling a model on 2 CPU cores takes minutes): the mode it receives,
+    and whether every step (warm-up included) tells CUDA graph trees that a new iteration begins."""
+    modes, marks = [], []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    r = bt.bench_train("resnet20", batch_size=2, steps=2, warmup=1, compile=mode, log=lambda *a: None)
+    assert modes == [None if mode == "default" else mode]
+    assert len(marks) == (3 if graphs else 0)
+    assert r["compile"] is True and r["compile_mode"] == mode
+    with pytest.raises(ValueError, match="compile mode 'fastest'"):
+        bt.bench_train("resnet20", batch_size=2, steps=1, warmup=0, compile="fastest")
+
+
 # --- No host synchronisation per step ---------------------------------------------------------------------------
 
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")

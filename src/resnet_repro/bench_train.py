@@ -22,7 +22,6 @@ Model FLOP/s counts a training step as 3 x the forward pass (forward, input grad
 from __future__ import annotations
 
 import math
-import os
 import resource
 import time
 from pathlib import Path
@@ -101,16 +100,49 @@ def _bench_config(config: str | None, overrides: list[str], data: str | None) ->
     return cfg
 
 
+# torch.compile modes (torch.compile's own names). "default" compiles kernels only; "reduce-overhead" adds CUDA graphs
+# (one launch per graph instead of one per kernel); "max-autotune" also benchmarks kernel choices (convolution and
+# matmul templates) while compiling, with CUDA graphs; "max-autotune-no-cudagraphs" the same without them.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+AFFINITIES = ("plan", "workers", "none")  # data/cores.py applied in full, to the workers only, or not at all
+
+
+def parse_e2e(spec: str) -> dict:
+    """An end-to-end variant, DECODE[:WORKERS[:AFFINITY]]: "cpu", "gpu:4", "cpu:auto:none" (WORKERS: a count or
+    auto; AFFINITY: plan = workers on their cores and the training thread on its own, workers = only the
+    workers pinned, none = nothing pinned)."""
+    from .data.cores import parse_workers
+
+    parts = spec.split(":")
+    if not 1 <= len(parts) <= 3 or parts[0] not in ("cpu", "gpu"):
+        raise ValueError(f"--e2e {spec!r}: expected DECODE[:WORKERS[:AFFINITY]] with DECODE cpu or gpu, e.g. gpu:4")
+    try:
+        workers = parse_workers(parts[1]) if len(parts) > 1 and parts[1] else None
+    except ValueError as e:
+        raise ValueError(f"--e2e {spec!r}: {e}") from None
+    affinity = parts[2] if len(parts) > 2 else "plan"
+    if affinity not in AFFINITIES:
+        raise ValueError(f"--e2e {spec!r}: affinity {affinity!r} is not one of {', '.join(AFFINITIES)}")
+    return {"decode": parts[0], "workers": workers, "affinity": affinity}
+
+
 def bench_train(model_name: str = "resnet50", data: str | None = None, batch_size: int = 256, steps: int = 50,
-                warmup: int = 10, compile: bool = False, precision: str | None = None, decode: str | None = None,
-                workers: int | None = None, device: str = "auto", channels_last: bool | None = None,
+                warmup: int = 10, compile: bool | str = False, precision: str | None = None, decode: str | None = None,
+                workers: int | str | None = None, device: str = "auto", channels_last: bool | None = None,
                 config: str | None = None, overrides: list[str] | None = None, seed: int = 0, rounds: int = 1,
-                log=print) -> dict:
+                e2e: list[dict] | None = None, log=print) -> dict:
     """Run the compute phase and, given ``data``, the end-to-end phase; return the figures as a dict.
 
-    ``rounds`` > 1 alternates the two phases that many times (each end-to-end round with a fresh loader) and
+    ``compile``: False, True (torch.compile's default mode) or a mode of COMPILE_MODES. ``e2e``: end-to-end
+    variants (parse_e2e), each timed after the same compute phase with the same compiled model; without it, one
+    variant from ``decode`` and ``workers``. The first variant's figures are the top-level end-to-end fields (as
+    before variants existed); all of them are in ``end_to_end``.
+
+    ``rounds`` > 1 alternates the phases that many times (each end-to-end round with a fresh loader) and
     reports each phase's median round: on a shared machine, load that comes and goes then hits both alike."""
     from .data.augment import DeviceTransform, TrainGeometry
+    from .data.cores import available_cpus, pin_trainer, plan_cores, unpin_trainer
     from .data.loader import BatchDataset, DevicePrefetcher, Job, make_loader, train_batch_indices
     from .models.resnet import SPECS, build_model, count_macs
     from . import runtime
@@ -121,6 +153,9 @@ def bench_train(model_name: str = "resnet50", data: str | None = None, batch_siz
         raise ValueError(f"unknown model {model_name!r}; known: {', '.join(SPECS)}")
     if steps < 1 or warmup < 0 or batch_size < 1 or rounds < 1:
         raise ValueError("need --steps >= 1, --warmup >= 0, --batch-size >= 1 and --rounds >= 1")
+    compile_mode = ("default" if compile is True else compile) or None
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode {compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
     cfg = _bench_config(config, list(overrides or []), data)
     if decode is not None:
         cfg.data.decode = decode
@@ -158,7 +193,12 @@ def bench_train(model_name: str = "resnet50", data: str | None = None, batch_siz
     macs, _ = count_macs(model, size, channels)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(dev, memory_format=memory_format).train()
-    step_net = torch.compile(model) if compile else model
+    step_net = model
+    if compile_mode is not None:
+        step_net = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+    # CUDA graphs replay into the same output memory: each step tells the graph trees a new iteration begins, so
+    # the previous step's outputs (already consumed) may be overwritten. The call itself queues no GPU work.
+    step_begin = torch.compiler.cudagraph_mark_step_begin if compile_mode in CUDAGRAPH_MODES else (lambda: None)
     optimizer = make_optimizer(model, cfg.optim, 0.01, dev)  # small LR: random data must not blow the weights up
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     criterion = nn.CrossEntropyLoss()
@@ -169,6 +209,7 @@ def bench_train(model_name: str = "resnet50", data: str | None = None, batch_siz
             x, y = next(batches)[:2]
             if i >= n_warmup:
                 timer.mark()
+            step_begin()
             loss, _ = train_step(step_net, x, y, criterion, optimizer, scaler, autocast)
             if i >= n_warmup:
                 timer.mark()
@@ -179,10 +220,10 @@ def bench_train(model_name: str = "resnet50", data: str | None = None, batch_siz
 
     flops_per_image = TRAIN_FLOPS_PER_MAC * macs
     out = {"model": model_name, "rounds": rounds, "batch_size": batch_size, "image_size": size, "precision": precision,
-           "compile": compile, "channels_last": channels_last, "device": str(dev), "device_name": _device_name(dev),
-           "torch": torch.__version__, "steps": steps, "warmup": warmup, "train_flops_per_image": flops_per_image}
+           "compile": compile_mode is not None, "compile_mode": compile_mode, "channels_last": channels_last,
+           "device": str(dev), "device_name": _device_name(dev), "torch": torch.__version__, "steps": steps, "warmup": warmup, "train_flops_per_image": flops_per_image}
     log(f"bench train {model_name}: batch {batch_size} at {size}x{size}, {precision}, "
-        f"{'compiled' if compile else 'eager'}, {'channels_last' if channels_last else 'NCHW'}, "
+        f"{f'compiled ({compile_mode})' if compile_mode else 'eager'}, {'channels_last' if channels_last else 'NCHW'}, "
         f"{out['device_name']}; {warmup} warm-up + {steps} timed steps")
 
     # --- Compute: one batch already on the device ------------------------------------------------------------
@@ -192,10 +233,9 @@ def bench_train(model_name: str = "resnet50", data: str | None = None, batch_siz
     def compute_round() -> dict:
         return run_steps(iter(lambda: (x, y), None), warmup, steps)
 
-    # --- End to end: the trainer's input path from the shards ------------------------------------------------
+    # --- End to end: the trainer's input path from the shards, once per variant ------------------------------
+    variants = []
     if reader is not None:
-        if workers is None:  # the recipe's, else all cores but two (the training process and its pin thread)
-            workers = cfg.data.workers if config else max(1, (os.cpu_count() or 2) - 2)
         total = warmup + steps
         per_epoch = len(reader) // batch_size
         jobs = []
@@ -204,32 +244,52 @@ def bench_train(model_name: str = "resnet50", data: str | None = None, batch_siz
                      enumerate(train_batch_indices(len(reader), batch_size, seed, epoch))]
         jobs = jobs[:total]
         to_device = DeviceTransform(cfg.data, channels, dev, channels_last)
-        if cfg.data.decode == "gpu":
-            from .data.gpu_decode import EncodedBatchDataset, GpuDecoder
+        if e2e is None:  # the recipe's worker count, else auto (data/cores.py)
+            e2e = [{"decode": cfg.data.decode, "affinity": "plan",
+                    "workers": workers if workers is not None else (cfg.data.workers if config else "auto")}]
+        for v in e2e:
+            v = dict(v)
+            setting = v.get("workers")
+            setting = setting if setting is not None else (cfg.data.workers if config else "auto")
+            v["plan"] = plan_cores(available_cpus(), setting, dev.type)
+            v["workers"] = v["plan"].workers
+            if v["decode"] == "gpu":
+                from .data.gpu_decode import EncodedBatchDataset, GpuDecoder
 
-            dataset = EncodedBatchDataset(reader, geometry, seed)
-            transform = GpuDecoder(dev, to_device)
-        else:
-            dataset = BatchDataset(reader, geometry, channels, seed, train=True)
-            transform = to_device
+                v["dataset"] = EncodedBatchDataset(reader, geometry, seed)
+                v["transform"] = GpuDecoder(dev, to_device)
+            else:
+                v["dataset"] = BatchDataset(reader, geometry, channels, seed, train=True)
+                v["transform"] = to_device
+            variants.append(v)
 
-    def e2e_round() -> dict:
-        loader = make_loader(dataset, jobs, workers, pin_memory=dev.type == "cuda")
-        batches = iter(DevicePrefetcher(loader, dev, transform))
+    def e2e_round(v: dict) -> dict:
+        plan = v["plan"] if v["affinity"] != "none" else None
+        before = pin_trainer(plan) if v["affinity"] == "plan" else None
         try:
-            return run_steps(batches, warmup, steps)
-        finally:
-            batches.close()  # stops the loader's worker processes
+            loader = make_loader(v["dataset"], jobs, v["workers"], pin_memory=dev.type == "cuda", plan=plan)
+            if v["decode"] == "gpu":  # the trainer's path: decoded a batch ahead on a side stream
+                from .data.gpu_decode import decode_ahead
 
-    runs: dict[str, list[dict]] = {"compute": [], "e2e": []}
+                batches = iter(decode_ahead(loader, v["transform"]))
+            else:
+                batches = iter(DevicePrefetcher(loader, dev, v["transform"]))
+            try:
+                return run_steps(batches, warmup, steps)
+            finally:
+                batches.close()  # stops the loader's worker processes (and a decode-ahead thread)
+        finally:
+            unpin_trainer(before)
+
+    runs: dict[str, list[dict]] = {"compute": [], **{f"e2e{k}": [] for k in range(len(variants))}}
     for _ in range(rounds):
         t0 = time.perf_counter()
         runs["compute"].append(compute_round())
         runs["compute"][-1]["wall_s"] = time.perf_counter() - t0
-        if reader is not None:
+        for k, v in enumerate(variants):
             t0 = time.perf_counter()
-            runs["e2e"].append(e2e_round())
-            runs["e2e"][-1]["wall_s"] = time.perf_counter() - t0
+            runs[f"e2e{k}"].append(e2e_round(v))
+            runs[f"e2e{k}"][-1]["wall_s"] = time.perf_counter() - t0
 
     def median(phase: str) -> dict:
         ordered = sorted(runs[phase], key=lambda r: r["images_per_s"])
@@ -242,22 +302,28 @@ def bench_train(model_name: str = "resnet50", data: str | None = None, batch_siz
     log(f"  compute     {compute['images_per_s']:10,.1f} img/s  {compute['step_ms']:8.1f} ms/step  "
         f"{out['compute_tflops']:.3g} TFLOP/s model")
     out.update(end_to_end_images_per_s=None, end_to_end_step_ms=None, end_to_end_over_compute=None,
-               data_wait_fraction=None, data=data, decode=None, workers=None)
-    if reader is not None:
-        e2e = median("e2e")
-        ratio = e2e["images_per_s"] / compute["images_per_s"]
-        out.update(end_to_end_images_per_s=e2e["images_per_s"], end_to_end_step_ms=e2e["step_ms"],
-                   end_to_end_over_compute=ratio, data_wait_fraction=e2e["wait_fraction"],
-                   end_to_end_wall_s=e2e["wall_s"], decode=cfg.data.decode, workers=workers, crop=cfg.data.crop,
-                   end_to_end_images_per_s_rounds=[r["images_per_s"] for r in runs["e2e"]])
-        log(f"  end to end  {e2e['images_per_s']:10,.1f} img/s  {e2e['step_ms']:8.1f} ms/step  "
-            f"{ratio:.3f} x compute, data wait {100 * e2e['wait_fraction']:.1f} %  "
-            f"({cfg.data.decode} decode, {workers} workers, crop {cfg.data.crop}, {data})")
+               data_wait_fraction=None, data=data, decode=None, workers=None, end_to_end=[])
+    for k, v in enumerate(variants):
+        e2e_k = median(f"e2e{k}")
+        ratio = e2e_k["images_per_s"] / compute["images_per_s"]
+        row = {"decode": v["decode"], "workers": v["workers"], "affinity": v["affinity"],
+               "core_plan": v["plan"].describe(), "images_per_s": e2e_k["images_per_s"], "step_ms": e2e_k["step_ms"],
+               "over_compute": ratio, "data_wait_fraction": e2e_k["wait_fraction"], "wall_s": e2e_k["wall_s"],
+               "images_per_s_rounds": [r["images_per_s"] for r in runs[f"e2e{k}"]]}
+        out["end_to_end"].append(row)
+        if k == 0:
+            out.update(end_to_end_images_per_s=row["images_per_s"], end_to_end_step_ms=row["step_ms"],
+                       end_to_end_over_compute=ratio, data_wait_fraction=row["data_wait_fraction"],
+                       end_to_end_wall_s=row["wall_s"], decode=row["decode"], workers=row["workers"],
+                       crop=cfg.data.crop, end_to_end_images_per_s_rounds=row["images_per_s_rounds"])
+        log(f"  end to end  {row['images_per_s']:10,.1f} img/s  {row['step_ms']:8.1f} ms/step  "
+            f"{ratio:.3f} x compute, data wait {100 * row['data_wait_fraction']:.1f} %  "
+            f"({v['decode']} decode, crop {cfg.data.crop}, affinity {v['affinity']}: {row['core_plan']}; {data})")
     if rounds > 1:
         log(f"  (median of {rounds} alternating rounds; compute img/s per round "
             + ", ".join(f"{v:,.1f}" for v in out["compute_images_per_s_rounds"])
-            + ("; end to end " + ", ".join(f"{v:,.1f}" for v in out["end_to_end_images_per_s_rounds"])
-               if reader is not None else "") + ")")
+            + "".join(f"; end to end ({r['decode']}, {r['affinity']}) "
+                      + ", ".join(f"{v:,.1f}" for v in r["images_per_s_rounds"]) for r in out["end_to_end"]) + ")")
     out["peak_memory_mb"] = _peak_memory_mb(dev)
     log(f"  peak memory {out['peak_memory_mb']:,.0f} MB ({'device' if dev.type == 'cuda' else 'host RSS'})")
     return out

@@ -285,13 +285,14 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_bench_train(args) -> int:
-    from .bench_train import bench_train
+    from .bench_train import bench_train, parse_e2e
 
     try:
+        e2e = [parse_e2e(spec) for spec in args.e2e] or None
         result = bench_train(args.model, None if args.synthetic else args.data, args.batch_size, args.steps,
-                             args.warmup, args.compile, args.precision, args.decode, args.workers, args.device,
-                             args.channels_last, args.config, args.set, rounds=args.rounds,
-                             log=(lambda *a, **k: None) if args.json else print)
+                             args.warmup, args.compile_mode or args.compile, args.precision, args.decode,
+                             args.workers, args.device, args.channels_last, args.config, args.set,
+                             rounds=args.rounds, e2e=e2e, log=(lambda *a, **k: None) if args.json else print)
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.json:
@@ -443,7 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"],
                     help="default: the config's, else auto = bf16 autocast on CUDA, fp32 on CPU")
     bt.add_argument("--decode", choices=["cpu", "gpu"], help="JPEG decoding for --data (default: the config's)")
-    bt.add_argument("--workers", type=int, help="loader processes (default: the config's, else CPU cores - 2)")
+    bt.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune",
+                                               "max-autotune-no-cudagraphs"], help="torch.compile mode (implies --compile)")
+    bt.add_argument("--workers", help="loader processes, a count or auto (default: the config's, else auto: CPU cores "
+                                      "- 2 on a GPU machine; data/cores.py)")
+    bt.add_argument("--e2e", action="append", default=[], metavar="DECODE[:WORKERS[:AFFINITY]]",
+                    help="an end-to-end variant, repeatable, each after the same compute phase: cpu, gpu:4, "
+                         "cpu:auto:none (AFFINITY plan | workers | none; default plan)")
     bt.add_argument("--device", default="auto")
     bt.add_argument("--rounds", type=int, default=1, help="alternate the phases this many times; report medians "
                                                            "(steadier on a shared machine)")
