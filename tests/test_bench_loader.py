@@ -80,11 +80,30 @@ def test_bench_loader_text_scaling_and_torchvision_comparison(shards, cli):
         assert "torchvision is not installed" in out
 
 
+def test_bench_loader_runs_past_one_epoch_and_resolves_auto(shards, cli):
+    """40 images make 5 batches of 8; 4 untimed + 8 timed batches take three epochs. auto: the count training
+    would use here (data/cores.py)."""
+    import os
+
+    from resnet_repro.data.cores import plan_cores
+
+    code, out, err = cli("bench", "loader", "--data", shards, "--workers", "1,auto", "--batch-size", "8",
+                         "--batches", "8", "--set", "data.image_size=32", "--device", "cpu", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    auto = plan_cores(os.sched_getaffinity(0), "auto", "cpu").workers
+    assert [x["workers"] for x in r["runs"]] == [1, auto]
+    assert all(x["timed_images"] == 64 and x["affinity"] == "plan" and "loader worker(s)" in x["core_plan"]
+               for x in r["runs"])
+
+
 def test_bench_loader_errors_name_the_problem(shards, cli):
     code, _, err = cli("bench", "loader", "--data", shards, "--workers", "0")
     assert code == 2 and "--workers" in err
-    code, _, err = cli("bench", "loader", "--data", shards, "--batch-size", "16", "--batches", "30")
-    assert code == 2 and "batches" in err and str(shards) in err
+    code, _, err = cli("bench", "loader", "--data", shards, "--batch-size", "64")  # 40 images
+    assert code == 2 and "fewer than one batch of 64" in err and str(shards) in err
+    code, _, err = cli("bench", "loader", "--data", shards, "--workers", "1,lots")
+    assert code == 2 and "'1,lots'" in err
 
 
 def test_prepare_bench_times_a_complete_copy_mode_prepare(capsys):

@@ -108,35 +108,49 @@ def _split_stats(loader, sink: list):
 
 
 def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, device: torch.device,
-                  warmup: int | None = None, seed: int = 0) -> dict:
-    """Run the train input pipeline (workers -> device transform) for warmup + `batches` batches."""
+                  warmup: int | None = None, seed: int = 0, affinity: str = "plan") -> dict:
+    """Run the train input pipeline (workers -> device transform) for warmup + `batches` batches, over as many
+    epochs of the data as that takes (later epochs read the same files again, as training does).
+
+    affinity: "plan" lays the cores out as training does (data/cores.py: on a GPU machine the workers on their
+    cores, this thread and the pin-memory thread on the trainer's), "none" leaves every process where it is."""
     import torch
 
     from .data.augment import DeviceTransform, TrainGeometry
+    from .data.cores import available_cpus, pin_trainer, plan_cores, unpin_trainer
     from .data.loader import BatchDataset, DevicePrefetcher, Job, make_loader, train_batch_indices
 
     warmup = 2 * max(workers, 1) + 2 if warmup is None else warmup
-    steps = train_batch_indices(len(reader), batch_size, seed, 0)
     need = warmup + batches
-    if len(steps) < need:
-        raise ValueError(f"{reader.root}: {len(reader)} images give {len(steps)} batches of {batch_size}; the "
-                         f"benchmark needs {need} (lower --batches / --batch-size or make more data)")
-    jobs = [Job(0, s, idx) for s, idx in enumerate(steps[:need])]
+    if not train_batch_indices(len(reader), batch_size, seed, 0):
+        raise ValueError(f"{reader.root}: {len(reader)} images, fewer than one batch of {batch_size} (lower "
+                         "--batch-size or make more data)")
+    jobs, epoch = [], 0
+    while len(jobs) < need:
+        jobs += [Job(epoch, s, idx) for s, idx in enumerate(train_batch_indices(len(reader), batch_size, seed, epoch))]
+        epoch += 1
+    jobs = jobs[:need]
+    plan = plan_cores(available_cpus(), workers, device.type)
     ds = _MeasuredDataset(BatchDataset(reader, TrainGeometry(cfg.data, 0), 3, seed, train=True))
     transform = DeviceTransform(cfg.data, 3, device)
     stats: list = []
-    loader = make_loader(ds, jobs, workers, pin_memory=device.type == "cuda")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = None
     count = 0
-    with _torch_threads(device_threads(device, workers)):
-        for k, (x, y, bad) in enumerate(DevicePrefetcher(_split_stats(loader, stats), device, transform)):
-            if k == warmup - 1:
-                sync()
-                t0, cpu0 = time.perf_counter(), time.process_time()
-            elif k >= warmup:
-                count += len(y)
-        sync()
+    before = pin_trainer(plan) if affinity == "plan" else None
+    try:
+        loader = make_loader(ds, jobs, workers, pin_memory=device.type == "cuda",
+                             plan=plan if affinity == "plan" else None)
+        with _torch_threads(device_threads(device, workers)):
+            for k, (x, y, bad) in enumerate(DevicePrefetcher(_split_stats(loader, stats), device, transform)):
+                if k == warmup - 1:
+                    sync()
+                    t0, cpu0 = time.perf_counter(), time.process_time()
+                elif k >= warmup:
+                    count += len(y)
+            sync()
+    finally:
+        unpin_trainer(before)
     seconds, main_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     timed = stats[warmup:]
     per_pid: dict[int, list] = {}
@@ -160,6 +174,8 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
         "main_cpu_ms_per_image": 1e3 * main_cpu / count,
         "timed_images": count,
         "seconds": seconds,
+        "affinity": affinity,
+        "core_plan": plan.describe() if affinity == "plan" else "not pinned (--affinity none)",
     }
 
 
@@ -240,9 +256,10 @@ def torchvision_rate(reader, indices, workers: int, batch_size: int, batches: in
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def bench_loader(data: str, workers: list[int], batch_size: int = 64, batches: int = 30, config: str | None = None,
-                 overrides: list[str] | None = None, device: str = "auto", split: str = "train",
-                 compare: str | None = None, log=print) -> dict:
+def bench_loader(data: str, workers: list[int | str], batch_size: int = 64, batches: int = 30,
+                 config: str | None = None, overrides: list[str] | None = None, device: str = "auto",
+                 split: str = "train", compare: str | None = None, affinity: str = "plan", log=print) -> dict:
+    """`workers`: counts, or "auto" for the count training would use on this machine (data/cores.py)."""
     import cv2
     import numpy as np
     import torch
@@ -253,6 +270,12 @@ def bench_loader(data: str, workers: list[int], batch_size: int = 64, batches: i
     cfg = load_config(config, ([] if config else list(DEFAULT_DATA)) + list(overrides or []))
     dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     reader = RecordReader(data, split)
+    if len(reader) < batch_size:
+        raise ValueError(f"{reader.root}: {len(reader)} images, fewer than one batch of {batch_size} (lower "
+                         "--batch-size or make more data)")
+    from .data.cores import available_cpus, plan_cores
+
+    workers = [plan_cores(available_cpus(), w, dev.type).workers if w == "auto" else w for w in workers]
     if reader.manifest["image"].get("channels", 3) != 3:
         raise ValueError(f"{data}: bench loader is for RGB JPEG data sets (ImageNet layout)")
     # The decode limit is measured on the images the pipeline reads (its first timed batches).
@@ -284,10 +307,11 @@ def bench_loader(data: str, workers: list[int], batch_size: int = 64, batches: i
     log(f"decode limit (bare full-size cv2.imdecode, one core): {limits[0]:.0f} img/s")
     runs = []
     for n in workers:
-        r = pipeline_rate(cfg, reader, n, batch_size, batches, dev)
+        r = pipeline_rate(cfg, reader, n, batch_size, batches, dev, affinity=affinity)
         limits.append(decode_limit(blobs))
         runs.append(r)
-        log(f"workers {n}: {r['images_per_s']:.0f} img/s = {r['images_per_s_per_worker']:.0f} per worker "
+        log(f"workers {n} ({r['core_plan']}): {r['images_per_s']:.0f} img/s = "
+            f"{r['images_per_s_per_worker']:.0f} per worker "
             f"({r['worker_compute_images_per_s']:.0f} img/s building batches, before transfer); peak RSS "
             f"{r['peak_rss_mb_per_worker']:.0f} MB per worker, RSS growth {r['rss_growth_mb_per_worker']:+.1f} MB "
             f"over the timed batches ({r['rss_growth_from_first_batch_mb']:+.1f} MB from the first batch); main "
@@ -339,15 +363,19 @@ def _cmd_loader(args) -> int:
 
     from .cli import UserError
 
+    from .data.cores import parse_workers
+
     try:
-        workers = [int(w) for w in str(args.workers).split(",")]
+        workers = [parse_workers(w) for w in str(args.workers).split(",")]
     except ValueError:
-        raise UserError(f"--workers {args.workers!r}: expected a count or a comma-separated list, e.g. 1,2") from None
-    if any(w < 1 for w in workers):
+        raise UserError(f"--workers {args.workers!r}: expected a count, auto, or a comma-separated list, e.g. "
+                        "1,2,4,auto") from None
+    if any(w != "auto" and w < 1 for w in workers):
         raise UserError("--workers: every count must be >= 1 (the decode limit is per worker process)")
     try:
         result = bench_loader(args.data, workers, args.batch_size, args.batches, args.config, args.set, args.device,
-                              args.split, args.compare, log=(lambda *a, **k: None) if args.json else print)
+                              args.split, args.compare, args.affinity,
+                              log=(lambda *a, **k: None) if args.json else print)
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.json:
@@ -363,8 +391,11 @@ def add_loader_parser(bench_subparsers) -> None:
     p.add_argument("--data", required=True, metavar="SHARDS", help="prepared JPEG data set (e.g. ImageNet, or "
                                                                  "python bench/make_jpeg_shards.py)")
     p.add_argument("--split", default="train")
-    p.add_argument("--workers", default="1", help="worker processes; a comma-separated list (1,2) runs each and "
-                                                  "reports the scaling against 1")
+    p.add_argument("--workers", default="1", help="worker processes; a comma-separated list (1,2,4,auto) runs each "
+                                                  "and reports the scaling against 1; auto: as training would")
+    p.add_argument("--affinity", choices=["plan", "none"], default="plan",
+                   help="plan: cores laid out as in training (data/cores.py; pins only with --device cuda); none: "
+                        "no pinning")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--batches", type=int, default=30, help="timed batches per run (after 2 x workers + 2 untimed)")
     p.add_argument("--config", help="recipe whose data section is used (default: crop tf_cnn, color tf_cnn, 224)")

@@ -221,7 +221,8 @@ def bench_train(model_name: str = "resnet50", data: str | None = None, batch_siz
     flops_per_image = TRAIN_FLOPS_PER_MAC * macs
     out = {"model": model_name, "rounds": rounds, "batch_size": batch_size, "image_size": size, "precision": precision,
            "compile": compile_mode is not None, "compile_mode": compile_mode, "channels_last": channels_last,
-           "device": str(dev), "device_name": _device_name(dev), "torch": torch.__version__, "steps": steps, "warmup": warmup, "train_flops_per_image": flops_per_image}
+           "device": str(dev), "device_name": _device_name(dev), "torch": torch.__version__, "steps": steps,
+           "warmup": warmup, "train_flops_per_image": flops_per_image}
     log(f"bench train {model_name}: batch {batch_size} at {size}x{size}, {precision}, "
         f"{f'compiled ({compile_mode})' if compile_mode else 'eager'}, {'channels_last' if channels_last else 'NCHW'}, "
         f"{out['device_name']}; {warmup} warm-up + {steps} timed steps")

@@ -444,8 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"],
                     help="default: the config's, else auto = bf16 autocast on CUDA, fp32 on CPU")
     bt.add_argument("--decode", choices=["cpu", "gpu"], help="JPEG decoding for --data (default: the config's)")
-    bt.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune",
-                                               "max-autotune-no-cudagraphs"], help="torch.compile mode (implies --compile)")
+    bt.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                    help="torch.compile mode (implies --compile)")
     bt.add_argument("--workers", help="loader processes, a count or auto (default: the config's, else auto: CPU cores "
                                       "- 2 on a GPU machine; data/cores.py)")
     bt.add_argument("--e2e", action="append", default=[], metavar="DECODE[:WORKERS[:AFFINITY]]",
