@@ -1,0 +1,415 @@
+"""The prepared GPU run of issue 15 (started by bench/gpu.sh): ResNet-50 v1 compute, end to end with CPU and GPU
+JPEG decoding, torch.compile modes, loader scaling and the CUDA-only tests, in about 8 minutes on one H100 with
+16 cores, data making included. It prints one table and writes one JSON object per row to
+bench/results/DATE-TIME-DEVICE.jsonl (and a copy to $OUT when that is set); every row names the device.
+
+Phases, in order of what the issue needs most; one starts only if its expected time fits the budget, and each
+runs as its own process under a time limit, so a crash or a hang costs one row, never the table:
+
+ 1. machine: versions, cores, /dev/shm; the native region-decode helper built with gcc if it is not there
+ 2. data: photo-like ~500x375 q90 JPEG shards (data/synthetic.py, every core)
+ 3. eager bf16: compute, then end to end with CPU decode (workers from the core plan, pinned and not pinned:
+    which layout wins) and GPU decode (4 workers, decode-ahead on a side stream)
+ 4. compiled bf16 (torch.compile default mode): the same
+ 5. the CUDA-only tests (nvJPEG vs the CPU decoder, GPU vs CPU crop path, decode-ahead on CUDA, no sync per step)
+ 6. loader scaling: `bench loader` with 1, 2, 4, 8 and auto (cores - 2) workers, no trainer
+ 7. compile modes, compute only: reduce-overhead, max-autotune-no-cudagraphs, max-autotune
+
+--dry-run: the same logic on a CPU in about a minute (tiny data and model, a second or two per phase); the GPU
+phases become rows that say why they were skipped. The test suite runs it (tests/test_gpu_bench.py).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+# Sizes: the full run's (an H100 with 16 cores) and the dry run's. Expected seconds per phase are the
+# 2026-11-26 H100 run's where it had them (eager phase ~30 s, a default compile ~60 s), plus a margin.
+FULL = dict(images=2560, jpeg_wh=(500, 375), model="resnet50", batch=256, size=224, steps=50, warmup=10,
+            gpu_workers=4, loader_batch=64, loader_batches=200, loader_workers="1,2,4,8,auto", budget_s=450,
+            expect={"data": 35, "eager": 60, "compiled": 110, "tests": 45, "loader": 60, "mode": 100},
+            limit={"eager": 150, "compiled": 240, "tests": 120, "loader": 150, "mode": 240})
+DRY = dict(images=48, jpeg_wh=(96, 72), model="resnet20", batch=8, size=32, steps=2, warmup=1,
+           gpu_workers=1, loader_batch=8, loader_batches=4, loader_workers="1,2", budget_s=600,
+           expect={"data": 5, "eager": 20, "compiled": 0, "tests": 0, "loader": 30, "mode": 0},
+           limit={"eager": 300, "compiled": 0, "tests": 0, "loader": 300, "mode": 0})
+COMPILE_MODES = ("reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU; GPU phases skipped (stated)")
+    p.add_argument("--results", default=str(REPO / "bench" / "results"), help="folder for the JSON lines file")
+    p.add_argument("--work", default="/tmp/resnet_repro_gpu_bench", help="scratch folder (data, raw outputs)")
+    p.add_argument("--budget-s", type=float, help="no phase starts that would end after this (default 450; "
+                                                  "the dry run 600)")
+    a = p.parse_args(argv)
+    sizes = dict(DRY if a.dry_run else FULL)
+    if a.budget_s:
+        sizes["budget_s"] = a.budget_s
+    return Bench(sizes, a.dry_run, Path(a.results), Path(a.work)).run()
+
+
+class Bench:
+    def __init__(self, sizes: dict, dry: bool, results: Path, work: Path):
+        import torch
+
+        self.s, self.dry, self.work, self.t0 = sizes, dry, work, time.monotonic()
+        self.cuda = torch.cuda.is_available() and not dry
+        self.device_name = torch.cuda.get_device_name() if self.cuda else _cpu_name(dry)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.date = now.strftime("%Y-%m-%d %H:%M UTC")
+        slug = re.sub(r"[^a-z0-9]+", "-", self.device_name.lower()).strip("-")[:40]
+        results.mkdir(parents=True, exist_ok=True)
+        self.path = results / f"{now:%Y-%m-%d-%H%M}-{slug}.jsonl"
+        self.rows: list[dict] = []
+        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(REPO / "src")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    # --- Rows and processes ---------------------------------------------------------------------------------
+
+    def row(self, kind: str, run: str, **fields) -> dict:
+        r = {"kind": kind, "run": run, "device_name": self.device_name, "date": self.date,
+             "dry_run": self.dry, **fields}
+        self.rows.append(r)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(r) + "\n")
+        return r
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def fits(self, kind: str, run: str, expected: float) -> bool:
+        """Whether a phase expected to take `expected` s still fits the budget; if not, a row says so."""
+        if self.elapsed() + expected <= self.s["budget_s"]:
+            return True
+        why = (f"skipped: {self.elapsed():.0f} s used, ~{expected:.0f} s more would pass the "
+               f"{self.s['budget_s']:.0f} s budget")
+        print(f"== {run}: {why}", flush=True)
+        self.row(kind, run, skipped=why)
+        return False
+
+    def command(self, name: str, args: list[str], limit: float) -> tuple[dict | None, str]:
+        """Run `python -m resnet_repro ARGS`; its last stdout line as JSON, or None and why. The process and its
+        children (loader workers) are killed at `limit` seconds (less if the budget's end comes first)."""
+        cmd = [sys.executable, "-m", "resnet_repro"] + args
+        print(f"== {name}: resnet-repro {' '.join(args)}", flush=True)
+        t = time.monotonic()
+        rc, out, err = self.process(name, cmd, limit)
+        lines = out.strip().splitlines()
+        if rc == 0 and lines:
+            try:
+                result = json.loads(lines[-1])
+                result["wall_s"] = round(time.monotonic() - t, 1)
+                return result, ""
+            except json.JSONDecodeError:
+                pass
+        tail = [ln.strip() for ln in err.splitlines() if ln.strip()][-1:]
+        why = (f"timed out after {limit:.0f} s" if rc is None else f"exit {rc}") + (": " + tail[0][-300:] if tail else "")
+        print(f"   {why} (stderr: {self.work / (name + '.err')})", flush=True)
+        return None, why
+
+    def process(self, name: str, cmd: list[str], limit: float) -> tuple[int | None, str, str]:
+        """(exit status or None if killed at the limit, stdout, stderr); both also kept in the work folder."""
+        limit = max(5.0, min(limit, self.s["budget_s"] + 60 - self.elapsed()))
+        out_path, err_path = self.work / f"{name}.out", self.work / f"{name}.err"
+        with open(out_path, "w") as out, open(err_path, "w") as err:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=self.env, cwd=REPO, start_new_session=True)
+            try:
+                rc = proc.wait(timeout=limit)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # its whole session: loader workers too
+                proc.wait()
+                rc = None
+        return rc, out_path.read_text(), err_path.read_text()
+
+    # --- Phases ---------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        print(f"== {self.date} on {platform.node()}: {os.cpu_count()} CPU cores ({len(os.sched_getaffinity(0))} "
+              f"usable), device: {self.device_name}{' (DRY RUN: tiny sizes, GPU phases skipped)' if self.dry else ''}",
+              flush=True)
+        self.machine()
+        data = self.data()
+        if data is not None:
+            self.train_phase("eager", data, compile_mode=None)
+            self.train_phase("compiled", data, compile_mode="default")
+            self.cuda_tests()
+            self.loader(data)
+            self.compile_modes()
+        print(f"== done in {self.elapsed():.0f} s; {len(self.rows)} rows in {self.path}", flush=True)
+        if os.environ.get("OUT") and Path(os.environ["OUT"]).is_dir():  # the lent machine returns only $OUT
+            shutil.copy(self.path, Path(os.environ["OUT"]) / self.path.name)
+        print(table(self.rows, self.s, self.dry))
+        return 0
+
+    def machine(self) -> None:
+        import torch
+
+        try:
+            import torchvision
+            tv = torchvision.__version__
+        except ImportError:
+            tv = None
+        shm = shutil.disk_usage("/dev/shm").free // 2**20 if Path("/dev/shm").is_dir() else None
+        helper = self.native_helper()
+        smi = None
+        if shutil.which("nvidia-smi"):
+            q = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm",
+                                "--format=csv,noheader"], capture_output=True, text=True)
+            smi = q.stdout.strip() or None
+        r = self.row("machine", "machine", host=platform.node(), cpu=_cpu_name(False), cores=os.cpu_count(),
+                     usable_cores=len(os.sched_getaffinity(0)), python=platform.python_version(),
+                     torch=torch.__version__, cuda=torch.version.cuda, torchvision=tv, nvidia_smi=smi,
+                     dev_shm_free_mb=shm, native_helper=helper)
+        print("   " + ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("kind", "run", "date", "dry_run")),
+              flush=True)
+        if shm is not None and shm < 8192:
+            print(f"   warning: /dev/shm has {shm} MB free; loader workers hand batches over there (14 workers x 4 "
+                  "batches x 38.5 MB is ~2 GB)", flush=True)
+
+    def native_helper(self) -> str:
+        """Region decoding needs data/_jpeg_region.c built for this machine: build it with gcc if it is missing
+        (the working tree arrives without build outputs). The dry run only reports."""
+        check = [sys.executable, "-c", "from resnet_repro.data import jpeg_region as j; "
+                 "print('available' if j.available() else 'unavailable: ' + j.unavailable_reason())"]
+        state = subprocess.run(check, capture_output=True, text=True, env=self.env).stdout.strip()
+        if state == "available" or self.dry:
+            return state
+        src = REPO / "src" / "resnet_repro" / "data" / "_jpeg_region.c"
+        cc = shutil.which("gcc") or shutil.which("cc")
+        if cc is None:
+            return f"not built (no C compiler): crops decode whole images with OpenCV; {state}"
+        b = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(src.with_suffix(".so")), str(src), "-ljpeg"],
+                           capture_output=True, text=True)
+        if b.returncode != 0:
+            err = (b.stderr.strip().splitlines() or ["?"])[0][:200]
+            return f"not built ({err}): crops decode whole images with OpenCV"
+        state = subprocess.run(check, capture_output=True, text=True, env=self.env).stdout.strip()
+        return f"built with {Path(cc).name}: {state}"
+
+    def data(self) -> Path | None:
+        from resnet_repro.data.records import RecordReader
+        from resnet_repro.data.synthetic import make_jpeg_shards
+
+        root = self.work / ("jpegs-dry" if self.dry else "jpegs")
+        n = self.s["images"]
+        t = time.monotonic()
+        try:
+            if not (root / "manifest.json").is_file() or len(RecordReader(root, "train")) != n:
+                shutil.rmtree(root, ignore_errors=True)
+                make_jpeg_shards(root, n, 0, 1000 if not self.dry else 10, self.s["jpeg_wh"],
+                                 workers=len(os.sched_getaffinity(0)))
+            reader = RecordReader(root, "train")
+        except Exception as e:  # noqa: BLE001 - every later phase needs the data; say why there is none
+            self.row("data", "data", error=f"could not make the JPEG shards: {e}")
+            print(f"== data: could not make the JPEG shards: {e}", flush=True)
+            return None
+        kb = float(reader.sizes.mean()) / 1e3
+        self.row("data", "data", images=len(reader), jpeg_wh=list(self.s["jpeg_wh"]), mean_kb=round(kb, 1),
+                 seconds=round(time.monotonic() - t, 1))
+        print(f"== data: {len(reader)} JPEGs ~{self.s['jpeg_wh'][0]}x{self.s['jpeg_wh'][1]} q90, {kb:.0f} kB mean, "
+              f"in {time.monotonic() - t:.0f} s ({root})", flush=True)
+        return root
+
+    def train_phase(self, name: str, data: Path, compile_mode: str | None) -> None:
+        run = f"{name}-bf16" if self.cuda else f"{name}-fp32"
+        if not self.cuda and not (self.dry and compile_mode is None):
+            self.row("compute", run, compile_mode=compile_mode, skipped="needs CUDA" + (
+                " (compiling the model on a CPU takes minutes)" if self.dry else "; on a CPU use --dry-run"))
+            return
+        if not self.fits("compute", run, self.s["expect"][name]):
+            return
+        s = self.s
+        variants = ["cpu:auto:plan", "cpu:auto:none"] + ([f"gpu:{s['gpu_workers']}:plan"] if self.cuda else [])
+        args = ["bench", "train", "--model", s["model"], "--batch-size", str(s["batch"]), "--steps", str(s["steps"]),
+                "--warmup", str(s["warmup"]), "--precision", "bf16" if self.cuda else "fp32", "--data", str(data),
+                "--set", f"data.image_size={s['size']}", "--json"]
+        args += [x for v in variants for x in ("--e2e", v)]
+        if compile_mode:
+            args += ["--compile-mode", compile_mode]
+        if self.dry:
+            args += ["--device", "cpu"]
+        result, why = self.command(run, args, s["limit"][name])
+        if result is None:
+            self.row("compute", run, compile_mode=compile_mode, error=why)
+            return
+        self.row("compute", run, compile_mode=compile_mode, precision=result["precision"],
+                 images_per_s=result["compute_images_per_s"], step_ms=result["compute_step_ms"],
+                 tflops=result["compute_tflops"], peak_memory_mb=result["peak_memory_mb"],
+                 model=result["model"], batch_size=result["batch_size"], image_size=result["image_size"],
+                 torch=result["torch"], wall_s=result["wall_s"])
+        for e in result["end_to_end"]:
+            self.row("end_to_end", f"{run} {e['decode']} decode, {e['workers']} workers, affinity {e['affinity']}",
+                     compile_mode=compile_mode, compute_images_per_s=result["compute_images_per_s"],
+                     peak_memory_mb=result["peak_memory_mb"], **e)
+        if not self.cuda:
+            self.row("end_to_end", f"{run} gpu decode", compile_mode=compile_mode, decode="gpu",
+                     skipped="needs CUDA and torchvision (nvJPEG)")
+
+    def cuda_tests(self) -> None:
+        if not self.cuda:
+            self.row("tests", "cuda-tests", skipped="needs CUDA")
+            return
+        if not self.fits("tests", "cuda-tests", self.s["expect"]["tests"]):
+            return
+        files = ["tests/test_gpu_decode.py", "tests/test_prefetch.py", "tests/test_bench_train.py",
+                 "tests/test_decode_ahead.py"]
+        print("== cuda-tests: " + " ".join(files), flush=True)
+        t = time.monotonic()
+        rc, out, err = self.process("cuda-tests", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                                   "-rfEs", *files, "-k", "cuda or nvjpeg"], self.s["limit"]["tests"])
+        text = out + err
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        summary = next((ln.strip("= ") for ln in reversed(lines) if re.search(r"\d+ (passed|failed)", ln)),
+                       "timed out" if rc is None else f"exit {rc}")
+        failed = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
+        self.row("tests", "cuda-tests", summary=summary, failed=failed, returncode=rc,
+                 seconds=round(time.monotonic() - t, 1))
+        print("   " + summary + "".join("\n   " + f for f in failed), flush=True)
+
+    def loader(self, data: Path) -> None:
+        if not self.fits("loader", "loader-scaling", self.s["expect"]["loader"]):
+            return
+        s = self.s
+        args = ["bench", "loader", "--data", str(data), "--workers", s["loader_workers"], "--batch-size",
+                str(s["loader_batch"]), "--batches", str(s["loader_batches"]), "--device",
+                "cuda" if self.cuda else "cpu", "--json"]
+        if self.dry:
+            args += ["--set", f"data.image_size={s['size']}"]
+        result, why = self.command("loader-scaling", args, s["limit"]["loader"])
+        if result is None:
+            self.row("loader", "loader-scaling", error=why)
+            return
+        one = next((r for r in result["runs"] if r["workers"] == 1), None)
+        for r in result["runs"]:
+            self.row("loader", f"loader {r['workers']} workers", workers=r["workers"], images_per_s=r["images_per_s"],
+                     images_per_s_per_worker=r["images_per_s_per_worker"],
+                     per_worker_vs_decode_limit=r["per_worker_vs_decode_limit"],
+                     vs_n_times_one=r["images_per_s"] / (r["workers"] * one["images_per_s"]) if one else None,
+                     decode_limit_per_s=result["decode_limit_per_s"], region_decode=result["region_decode"],
+                     core_plan=r["core_plan"], main_cpu_ms_per_image=r["main_cpu_ms_per_image"],
+                     rss_growth_mb_per_worker=r["rss_growth_mb_per_worker"], timed_images=r["timed_images"],
+                     batch_size=result["batch_size"], device=result["device"])
+
+    def compile_modes(self) -> None:
+        s = self.s
+        for mode in COMPILE_MODES:
+            run = f"compiled-{'bf16' if self.cuda else 'fp32'}-{mode}"
+            if not self.cuda:
+                self.row("compute", run, compile_mode=mode, skipped="needs CUDA")
+                continue
+            if not self.fits("compute", run, s["expect"]["mode"]):
+                continue
+            result, why = self.command(run, ["bench", "train", "--model", s["model"], "--batch-size", str(s["batch"]),
+                                              "--steps", str(s["steps"]), "--warmup", str(s["warmup"]),
+                                              "--precision", "bf16", "--synthetic", "--set",
+                                              f"data.image_size={s['size']}", "--compile-mode", mode, "--json"],
+                                       s["limit"]["mode"])
+            if result is None:
+                self.row("compute", run, compile_mode=mode, error=why)
+                continue
+            self.row("compute", run, compile_mode=mode, precision=result["precision"],
+                     images_per_s=result["compute_images_per_s"], step_ms=result["compute_step_ms"],
+                     tflops=result["compute_tflops"], peak_memory_mb=result["peak_memory_mb"],
+                     model=result["model"], batch_size=result["batch_size"], image_size=result["image_size"],
+                     torch=result["torch"], wall_s=result["wall_s"])
+
+
+def table(rows: list[dict], s: dict, dry: bool) -> str:
+    """The Markdown table and the issue's targets, from the rows."""
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    out = [f"\n{s['model']} v1, batch {s['batch']}, {s['size']}x{s['size']}, channels_last; "
+           f"{rows[0]['device_name'] if rows else '?'}; {rows[0]['date'] if rows else ''}"
+           + ("  (DRY RUN: sizes mean nothing)" if dry else ""), "",
+           f"| run | img/s | x compute | data wait | peak {'host RSS' if dry else 'GPU'} MB | notes |",
+           "|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if r["kind"] in ("machine", "data", "tests"):
+            continue
+        note = r.get("skipped") or r.get("error") or ""
+        if r["kind"] == "compute":
+            note = note or f"compile {r.get('compile_mode') or 'off (eager)'}, {fmt(r.get('tflops'), '.1f')} TFLOP/s"
+            out.append(f"| {r['run']} compute | {fmt(r.get('images_per_s'), ',.0f')} | | | "
+                       f"{fmt(r.get('peak_memory_mb'), ',.0f')} | {note} |")
+        elif r["kind"] == "end_to_end":
+            wait = r.get("data_wait_fraction")
+            out.append(f"| {r['run']} | {fmt(r.get('images_per_s'), ',.0f')} | {fmt(r.get('over_compute'), '.3f')} | "
+                       f"{fmt(None if wait is None else 100 * wait, '.1f')}{'' if wait is None else ' %'} | | "
+                       f"{note or r.get('core_plan', '')} |")
+        elif r["kind"] == "loader":
+            note = note or (f"{fmt(r.get('per_worker_vs_decode_limit'), '.2f')} x the one-core decode limit "
+                            f"({fmt(r.get('decode_limit_per_s'), ',.0f')} img/s) per worker; "
+                            f"{fmt(r.get('vs_n_times_one'), '.2f')} x N x one worker; {r.get('core_plan', '')}")
+            out.append(f"| {r['run']} (no trainer) | {fmt(r.get('images_per_s'), ',.0f')} | | | | {note} |")
+    tests = [r for r in rows if r["kind"] == "tests"]
+    for r in tests:
+        out.append(f"\nCUDA-only tests: {r.get('summary') or r.get('skipped') or r.get('error')}")
+    out += [""] + targets(rows)
+    return "\n".join(out)
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """Issue 15's targets, each MET / NOT MET with its figure, or why it could not be judged."""
+    ok = lambda r: r.get("images_per_s") is not None  # noqa: E731
+    comp = {r.get("compile_mode"): r for r in rows if r["kind"] == "compute" and ok(r)}
+    e2e = [r for r in rows if r["kind"] == "end_to_end" and ok(r)]
+    loader = [r for r in rows if r["kind"] == "loader" and ok(r)]
+    out = []
+
+    def judge(what, value, goal, fmt=".3f"):
+        if value is None:
+            out.append(f"target {what}: not measured")
+        else:
+            out.append(f"target {what}: {'MET' if value >= goal else 'NOT MET'} ({value:{fmt}}, goal {goal:{fmt}})")
+
+    best = max((r for r in comp.values() if r.get("compile_mode")), key=lambda r: r["images_per_s"], default=None)
+    judge("compiled compute >= 6,000 img/s" + (f" (best: {best['compile_mode']})" if best else ""),
+          best and best["images_per_s"], 6000, ",.0f")
+    gpu = [r for r in e2e if r.get("decode") == "gpu" and r.get("compile_mode")]
+    judge("end to end, GPU decode >= 0.95 x compiled compute", max((r["over_compute"] for r in gpu), default=None),
+          0.95)
+    cpu = [r for r in e2e if r.get("decode") == "cpu" and not r.get("compile_mode")]
+    judge("end to end, CPU decode >= 0.95 x eager compute", max((r["over_compute"] for r in cpu), default=None), 0.95)
+    for mode in (None, "default"):
+        pair = {r["affinity"]: r for r in e2e if r.get("decode") == "cpu" and r.get("compile_mode") == mode}
+        if "plan" in pair and "none" in pair:
+            win = "pinned (core plan)" if pair["plan"]["images_per_s"] >= pair["none"]["images_per_s"] else "unpinned"
+            out.append(f"layout, CPU decode, {'eager' if mode is None else 'compiled'}: {win} wins "
+                       f"({pair['plan']['images_per_s']:,.0f} pinned vs {pair['none']['images_per_s']:,.0f} unpinned "
+                       "img/s)")
+    scaling = [r for r in loader if r["workers"] > 1 and r.get("vs_n_times_one") is not None]
+    judge("loader N workers >= 0.9 N x one (worst N)", min((r["vs_n_times_one"] for r in scaling), default=None), 0.9)
+    judge("loader per worker >= 0.85 x decode limit (worst N)",
+          min((r["per_worker_vs_decode_limit"] for r in loader), default=None), 0.85)
+    return out
+
+
+def _cpu_name(dry: bool) -> str:
+    name = platform.processor() or "CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({os.cpu_count()} cores{', dry run' if dry else ''})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""bench/gpu.sh, the prepared GPU run: its CPU dry run end to end (the JSON lines it writes, the table it prints,
+GPU phases skipped with their reason), the time budget, and the target verdicts from made-up rows."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def gpu_bench():
+    spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "bench" / "gpu_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dry_run(tmp_path, *extra):
+    env = dict(os.environ, PYTHON=sys.executable)
+    env.pop("OUT", None)
+    p = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), "--dry-run", "--results", str(tmp_path / "results"),
+                        "--work", str(tmp_path / "work"), *extra], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (path,) = (tmp_path / "results").iterdir()
+    return path, [json.loads(line) for line in path.read_text().splitlines()], p.stdout
+
+
+def test_the_dry_run_writes_a_dated_row_per_measurement_with_the_device_in_each(tmp_path):
+    path, rows, out = dry_run(tmp_path)
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}-\d{4}-[a-z0-9-]+\.jsonl", path.name), path.name
+    assert path.name.startswith(rows[0]["date"][:10])
+    device = rows[0]["device_name"]
+    assert device and all(r["device_name"] == device and r["dry_run"] is True and r["run"] for r in rows)
+    by_kind = {}
+    for r in rows:
+        by_kind.setdefault(r["kind"], []).append(r)
+    assert by_kind["machine"][0]["cores"] == os.cpu_count() and by_kind["data"][0]["images"] == 48
+
+    (eager,) = [r for r in by_kind["compute"] if r.get("compile_mode") is None]
+    assert eager["images_per_s"] > 0 and eager["peak_memory_mb"] > 0
+    cpu = [r for r in by_kind["end_to_end"] if r["decode"] == "cpu"]
+    assert sorted(r["affinity"] for r in cpu) == ["none", "plan"]  # the two layouts compared
+    for r in cpu:
+        assert r["images_per_s"] > 0 and 0 <= r["data_wait_fraction"] < 1 and "loader worker(s)" in r["core_plan"]
+        assert r["over_compute"] == pytest.approx(r["images_per_s"] / eager["images_per_s"])
+    # Every GPU phase is a row that says why it did not run.
+    (gpu,) = [r for r in by_kind["end_to_end"] if r["decode"] == "gpu"]
+    compiled = [r for r in by_kind["compute"] if r.get("compile_mode")]
+    assert {r["compile_mode"] for r in compiled} == {"default", "reduce-overhead", "max-autotune",
+                                                     "max-autotune-no-cudagraphs"}
+    for r in [gpu, *compiled, *by_kind["tests"]]:
+        assert "needs CUDA" in r["skipped"] and "images_per_s" not in r
+
+    loader = by_kind["loader"]
+    assert [r["workers"] for r in loader] == [1, 2]
+    assert all(r["images_per_s"] > 0 and r["per_worker_vs_decode_limit"] > 0 for r in loader)
+    assert loader[0]["vs_n_times_one"] == pytest.approx(1.0)
+    assert loader[1]["vs_n_times_one"] == pytest.approx(loader[1]["images_per_s"] / (2 * loader[0]["images_per_s"]))
+
+    assert "| run | img/s | x compute |" in out and f"{len(rows)} rows in {path}" in out
+    assert "target compiled compute >= 6,000 img/s: not measured" in out
+    assert "layout, CPU decode, eager:" in out
+
+
+def test_phases_past_the_budget_are_rows_that_say_so(tmp_path):
+    _, rows, out = dry_run(tmp_path, "--budget-s", "1")
+    skipped = {r["run"]: r["skipped"] for r in rows if "skipped" in r}
+    assert "budget" in skipped["eager-fp32"] and "budget" in skipped["loader-scaling"]
+    assert not any("images_per_s" in r for r in rows)
+    assert "| run |" in out  # the table prints whatever ran
+
+
+def test_target_verdicts_from_rows():
+    gb = gpu_bench()
+    row = lambda kind, **f: {"kind": kind, "run": "r", "device_name": "H", "date": "d", **f}  # noqa: E731
+    rows = [row("compute", compile_mode=None, images_per_s=4000.0),
+            row("compute", compile_mode="default", images_per_s=5900.0),
+            row("compute", compile_mode="max-autotune", images_per_s=6100.0),
+            row("end_to_end", compile_mode=None, decode="cpu", affinity="plan", images_per_s=3900.0, over_compute=0.975),
+            row("end_to_end", compile_mode=None, decode="cpu", affinity="none", images_per_s=3500.0, over_compute=0.875),
+            row("end_to_end", compile_mode="default", decode="gpu", affinity="plan", images_per_s=5000.0,
+                over_compute=0.847),
+            row("loader", workers=1, images_per_s=1300.0, vs_n_times_one=1.0, per_worker_vs_decode_limit=1.0),
+            row("loader", workers=8, images_per_s=9900.0, vs_n_times_one=0.952, per_worker_vs_decode_limit=0.95),
+            row("loader", workers=14, images_per_s=15000.0, vs_n_times_one=0.824, per_worker_vs_decode_limit=0.82)]
+    lines = gb.targets(rows)
+    assert "target compiled compute >= 6,000 img/s (best: max-autotune): MET (6,100, goal 6,000)" in lines
+    assert "target end to end, GPU decode >= 0.95 x compiled compute: NOT MET (0.847, goal 0.950)" in lines
+    assert "target end to end, CPU decode >= 0.95 x eager compute: MET (0.975, goal 0.950)" in lines
+    assert any(line.startswith("layout, CPU decode, eager: pinned (core plan) wins") for line in lines)
+    assert "target loader N workers >= 0.9 N x one (worst N): NOT MET (0.824, goal 0.900)" in lines
+    assert "target loader per worker >= 0.85 x decode limit (worst N): NOT MET (0.820, goal 0.850)" in lines
+    text = gb.table(rows, dict(gb.FULL), dry=False)
+    assert text.count("\n| r ") == len(rows) and "peak GPU MB" in text
