@@ -204,3 +204,32 @@ def test_the_hand_over_protocol():
 def test_depth_must_be_positive():
     with pytest.raises(ValueError, match="depth 0"):
         DecodeAhead(Source(1), double, NoStreams(), depth=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_event_hand_over_on_cuda_orders_the_gpu_work_without_a_host_sync():
+    """Each batch is finished on the side stream only after a GPU-side delay; the default stream reads it right after
+    the hand-over. Without the event wait it would read the batch before it was written; with it, every batch is
+    whole, and the consumer never synchronizes with the device (sync debug mode turns a sync into an error)."""
+    from resnet_repro.data.gpu_decode import CudaStreams
+
+    dev = torch.device("cuda")
+
+    def produce(batch):
+        x, y = batch
+        out = torch.zeros(1 << 20, device=dev)
+        torch.cuda._sleep(20_000_000)  # ~10 ms of GPU time on the side stream before the value is written
+        out.fill_(float(y))
+        return out, torch.full((1,), int(y), device=dev)  # a fill, not a pageable copy (which would sync)
+
+    sums = []
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for x, y in DecodeAhead(Source(6), produce, CudaStreams(dev), depth=2):
+            sums.append((x.sum(), y.clone()))  # queued on the default stream right after the hand-over
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    for i, (s, y) in enumerate(sums):
+        assert int(y) == i and s.item() == float(i) * (1 << 20)
