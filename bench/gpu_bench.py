@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "src"))
 # Sizes: the full run's (an H100 with 16 cores) and the dry run's. Expected seconds per phase are the
 # 2026-11-26 H100 run's where it had them (eager phase ~30 s, a default compile ~60 s), plus a margin.
 FULL = dict(images=2560, jpeg_wh=(500, 375), model="resnet50", batch=256, size=224, steps=50, warmup=10,
-            gpu_workers=4, loader_batch=64, loader_batches=200, loader_workers="1,2,4,8,auto", budget_s=450,
+            gpu_workers=4, loader_batch=64, loader_batches=200, loader_workers="1,2,4,8,auto", budget_s=420,
             expect={"data": 35, "eager": 60, "compiled": 110, "tests": 45, "loader": 60, "mode": 100},
             limit={"eager": 150, "compiled": 240, "tests": 120, "loader": 150, "mode": 240})
 DRY = dict(images=48, jpeg_wh=(96, 72), model="resnet20", batch=8, size=32, steps=2, warmup=1,
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU; GPU phases skipped (stated)")
     p.add_argument("--results", default=str(REPO / "bench" / "results"), help="folder for the JSON lines file")
     p.add_argument("--work", default="/tmp/resnet_repro_gpu_bench", help="scratch folder (data, raw outputs)")
-    p.add_argument("--budget-s", type=float, help="no phase starts that would end after this (default 450; "
+    p.add_argument("--budget-s", type=float, help="no phase starts that would end after this (default 420; "
                                                   "the dry run 600)")
     a = p.parse_args(argv)
     sizes = dict(DRY if a.dry_run else FULL)
