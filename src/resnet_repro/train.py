@@ -244,8 +244,8 @@ def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStac
         epochs = -(-total_steps // steps_per_epoch)
     pin = device.type == "cuda"
     # Worker count and core layout (data/cores.py): on a GPU the trainer's threads keep cores of their own.
-    core_plan = plan_cores(available_cpus(), cfg.data.workers, device.type, env.local_rank,
-                           int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    local_world = max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), env.local_rank + 1)  # torchrun sets it
+    core_plan = plan_cores(available_cpus(), cfg.data.workers, device.type, env.local_rank, local_world)
     log(f"data loading: {core_plan.describe()}")
 
     def batches(ds, jobs, workers):
