@@ -76,9 +76,14 @@ class Bench:
         results.mkdir(parents=True, exist_ok=True)
         self.path = results / f"{now:%Y-%m-%d-%H%M}-{slug}.jsonl"
         self.rows: list[dict] = []
+        # The lent machine returns only what is under $OUT: the rows and each phase's raw output go there too.
+        out = os.environ.get("OUT")
+        self.copy = Path(out) / self.path.name if out and Path(out).is_dir() else None
+        self.logs = Path(out) / "gpu-bench-logs" if self.copy else work
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(REPO / "src")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
         self.work.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
 
     # --- Rows and processes ---------------------------------------------------------------------------------
 
@@ -86,8 +91,10 @@ class Bench:
         r = {"kind": kind, "run": run, "device_name": self.device_name, "date": self.date,
              "dry_run": self.dry, **fields}
         self.rows.append(r)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(r) + "\n")
+        for path in (self.path, self.copy):
+            if path is not None:
+                with open(path, "a") as f:
+                    f.write(json.dumps(r) + "\n")
         return r
 
     def elapsed(self) -> float:
@@ -119,14 +126,15 @@ class Bench:
             except json.JSONDecodeError:
                 pass
         tail = [ln.strip() for ln in err.splitlines() if ln.strip()][-1:]
-        why = (f"timed out after {limit:.0f} s" if rc is None else f"exit {rc}") + (": " + tail[0][-300:] if tail else "")
-        print(f"   {why} (stderr: {self.work / (name + '.err')})", flush=True)
+        why = f"timed out after {limit:.0f} s" if rc is None else f"exit {rc}"
+        why += ": " + tail[0][-300:] if tail else ""
+        print(f"   {why} (stderr: {self.logs / (name + '.err')})", flush=True)
         return None, why
 
     def process(self, name: str, cmd: list[str], limit: float) -> tuple[int | None, str, str]:
         """(exit status or None if killed at the limit, stdout, stderr); both also kept in the work folder."""
         limit = max(5.0, min(limit, self.s["budget_s"] + 60 - self.elapsed()))
-        out_path, err_path = self.work / f"{name}.out", self.work / f"{name}.err"
+        out_path, err_path = self.logs / f"{name}.out", self.logs / f"{name}.err"
         with open(out_path, "w") as out, open(err_path, "w") as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=self.env, cwd=REPO, start_new_session=True)
             try:
@@ -152,8 +160,6 @@ class Bench:
             self.loader(data)
             self.compile_modes()
         print(f"== done in {self.elapsed():.0f} s; {len(self.rows)} rows in {self.path}", flush=True)
-        if os.environ.get("OUT") and Path(os.environ["OUT"]).is_dir():  # the lent machine returns only $OUT
-            shutil.copy(self.path, Path(os.environ["OUT"]) / self.path.name)
         print(table(self.rows, self.s, self.dry))
         return 0
 

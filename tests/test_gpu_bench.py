@@ -21,9 +21,11 @@ def gpu_bench():
     return module
 
 
-def dry_run(tmp_path, *extra):
+def dry_run(tmp_path, *extra, out=None):
     env = dict(os.environ, PYTHON=sys.executable)
     env.pop("OUT", None)
+    if out is not None:
+        env["OUT"] = str(out)
     p = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), "--dry-run", "--results", str(tmp_path / "results"),
                         "--work", str(tmp_path / "work"), *extra], capture_output=True, text=True, env=env,
                        timeout=600)
@@ -69,8 +71,10 @@ def test_the_dry_run_writes_a_dated_row_per_measurement_with_the_device_in_each(
     assert "layout, CPU decode, eager:" in out
 
 
-def test_phases_past_the_budget_are_rows_that_say_so(tmp_path):
-    _, rows, out = dry_run(tmp_path, "--budget-s", "1")
+def test_phases_past_the_budget_are_rows_that_say_so_and_out_gets_a_copy(tmp_path):
+    (tmp_path / "out").mkdir()
+    path, rows, out = dry_run(tmp_path, "--budget-s", "1", out=tmp_path / "out")
+    assert (tmp_path / "out" / path.name).read_text() == path.read_text()  # a lent machine returns only $OUT
     skipped = {r["run"]: r["skipped"] for r in rows if "skipped" in r}
     assert "budget" in skipped["eager-fp32"] and "budget" in skipped["loader-scaling"]
     assert not any("images_per_s" in r for r in rows)
@@ -83,8 +87,10 @@ def test_target_verdicts_from_rows():
     rows = [row("compute", compile_mode=None, images_per_s=4000.0),
             row("compute", compile_mode="default", images_per_s=5900.0),
             row("compute", compile_mode="max-autotune", images_per_s=6100.0),
-            row("end_to_end", compile_mode=None, decode="cpu", affinity="plan", images_per_s=3900.0, over_compute=0.975),
-            row("end_to_end", compile_mode=None, decode="cpu", affinity="none", images_per_s=3500.0, over_compute=0.875),
+            row("end_to_end", compile_mode=None, decode="cpu", affinity="plan", images_per_s=3900.0,
+                over_compute=0.975),
+            row("end_to_end", compile_mode=None, decode="cpu", affinity="none", images_per_s=3500.0,
+                over_compute=0.875),
             row("end_to_end", compile_mode="default", decode="gpu", affinity="plan", images_per_s=5000.0,
                 over_compute=0.847),
             row("loader", workers=1, images_per_s=1300.0, vs_n_times_one=1.0, per_worker_vs_decode_limit=1.0),

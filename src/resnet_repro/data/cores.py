@@ -13,6 +13,10 @@ plan keeps a few cores for the trainer's threads and gives the workers the rest,
 processes it starts afterwards, the pin-memory thread included, inherit the set; the workers then move to
 theirs).
 
+Caveats: processes started from the training thread after ``pin_trainer`` share its cores, torch.compile's
+compile workers included, so a compiled run's first step compiles on the trainer's cores (once per run). Hyper-
+threads are not told apart: the trainer's cores may be siblings of two worker cores.
+
 On a CPU device nothing is pinned: the model's own threads compute on the cores, so the split is left to
 torch's thread pool and the scheduler, and ``auto`` gives loading a quarter of the cores.
 """
