@@ -97,6 +97,10 @@ class Bench:
                     f.write(json.dumps(r) + "\n")
         return r
 
+    def clip(self, limit: float) -> float:
+        """A phase's time limit, cut so that every phase has ended a minute after the budget (the table prints)."""
+        return max(5.0, min(limit, self.s["budget_s"] + 60 - self.elapsed()))
+
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
@@ -114,6 +118,7 @@ class Bench:
         """Run `python -m resnet_repro ARGS`; its last stdout line as JSON, or None and why. The process and its
         children (loader workers) are killed at `limit` seconds (less if the budget's end comes first)."""
         cmd = [sys.executable, "-m", "resnet_repro"] + args
+        limit = self.clip(limit)
         print(f"== {name}: resnet-repro {' '.join(args)}", flush=True)
         t = time.monotonic()
         rc, out, err = self.process(name, cmd, limit)
@@ -132,8 +137,8 @@ class Bench:
         return None, why
 
     def process(self, name: str, cmd: list[str], limit: float) -> tuple[int | None, str, str]:
-        """(exit status or None if killed at the limit, stdout, stderr); both also kept in the work folder."""
-        limit = max(5.0, min(limit, self.s["budget_s"] + 60 - self.elapsed()))
+        """(exit status or None if killed at the limit, stdout, stderr); both also kept in the logs folder."""
+        limit = self.clip(limit)
         out_path, err_path = self.logs / f"{name}.out", self.logs / f"{name}.err"
         with open(out_path, "w") as out, open(err_path, "w") as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=self.env, cwd=REPO, start_new_session=True)

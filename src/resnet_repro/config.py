@@ -247,7 +247,7 @@ class Config:
 def _coerce(value, typ, key: str):
     """Convert a YAML/CLI value to the field's declared type, or raise naming the key."""
     origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType):  # int | str (data.workers: a count or "auto"): first that fits
+    if origin in (typing.Union, types.UnionType):  # data.workers, int | Literal["auto"]: the first that fits
         for inner in typing.get_args(typ):
             try:
                 return _coerce(value, inner, key)

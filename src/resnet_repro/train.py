@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from . import __version__, checkpoint, dist, folder_lock, runtime
 from .config import Config, ConfigError, save_config
 from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry
-from .data.cores import available_cpus, pin_trainer, plan_cores
+from .data.cores import available_cpus, pin_trainer, plan_cores, unpin_trainer
 from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
 from .data.records import RecordReader
 from .evaluate import eval_transform, evaluate, topk_correct
@@ -423,7 +423,9 @@ def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStac
             tb.flush()
 
     # --- Epochs -----------------------------------------------------------------------------------------
-    pin_trainer(core_plan)  # this thread and those it starts (pin-memory, decode-ahead); workers move to theirs
+    # This thread and those it starts (pin-memory, decode-ahead) on the trainer's cores; given back however the run
+    # ends (in-process callers). Workers move to theirs in their init.
+    held.callback(unpin_trainer, pin_trainer(core_plan))
     stop = StopRequest()
     held.callback(stop.restore)  # however the run ends
     meeting = RankMeeting(env.world, device, cfg.train.log_interval)
