@@ -214,27 +214,37 @@ class Bench:
         return f"built with {Path(cc).name}: {state}"
 
     def data(self) -> Path | None:
+        """The JPEG shards, made by bench/make_jpeg_shards.py in its own process (on every core; this process has
+        CUDA and torch's threads up, which forked image makers would inherit)."""
         from resnet_repro.data.records import RecordReader
-        from resnet_repro.data.synthetic import make_jpeg_shards
 
         root = self.work / ("jpegs-dry" if self.dry else "jpegs")
-        n = self.s["images"]
+        n, (w, h) = self.s["images"], self.s["jpeg_wh"]
         t = time.monotonic()
-        try:
-            if not (root / "manifest.json").is_file() or len(RecordReader(root, "train")) != n:
-                shutil.rmtree(root, ignore_errors=True)
-                make_jpeg_shards(root, n, 0, 1000 if not self.dry else 10, self.s["jpeg_wh"],
-                                 workers=len(os.sched_getaffinity(0)))
-            reader = RecordReader(root, "train")
-        except Exception as e:  # noqa: BLE001 - every later phase needs the data; say why there is none
-            self.row("data", "data", error=f"could not make the JPEG shards: {e}")
-            print(f"== data: could not make the JPEG shards: {e}", flush=True)
-            return None
-        kb = float(reader.sizes.mean()) / 1e3
-        self.row("data", "data", images=len(reader), jpeg_wh=list(self.s["jpeg_wh"]), mean_kb=round(kb, 1),
-                 seconds=round(time.monotonic() - t, 1))
-        print(f"== data: {len(reader)} JPEGs ~{self.s['jpeg_wh'][0]}x{self.s['jpeg_wh'][1]} q90, {kb:.0f} kB mean, "
-              f"in {time.monotonic() - t:.0f} s ({root})", flush=True)
+
+        def made() -> bool:
+            try:
+                return len(RecordReader(root, "train")) == n
+            except Exception:  # noqa: BLE001 - absent or unreadable: make it again
+                return False
+
+        if not made():
+            shutil.rmtree(root, ignore_errors=True)
+            cmd = [sys.executable, str(REPO / "bench" / "make_jpeg_shards.py"), "--out", str(root), "--train", str(n),
+                   "--val", "0", "--classes", "10" if self.dry else "1000", "--size", f"{w}x{h}",
+                   "--workers", str(len(os.sched_getaffinity(0)))]
+            print(f"== data: {' '.join(cmd[1:])}", flush=True)
+            rc, _, err = self.process("data", cmd, 300)
+            if rc != 0 or not made():
+                tail = [ln for ln in err.splitlines() if ln.strip()][-1:]
+                why = f"could not make the JPEG shards ({'timed out' if rc is None else f'exit {rc}'}: {tail})"
+                self.row("data", "data", error=why)
+                print(f"   {why}", flush=True)
+                return None
+        kb = float(RecordReader(root, "train").sizes.mean()) / 1e3
+        self.row("data", "data", images=n, jpeg_wh=[w, h], mean_kb=round(kb, 1), seconds=round(time.monotonic() - t, 1))
+        print(f"== data: {n} JPEGs ~{w}x{h} q90, {kb:.0f} kB mean, in {time.monotonic() - t:.0f} s ({root})",
+              flush=True)
         return root
 
     def train_phase(self, name: str, data: Path, compile_mode: str | None) -> None:
