@@ -361,7 +361,7 @@ def bench_loader(data: str, workers: list[int | str], batch_size: int = 64, batc
 def _cmd_loader(args) -> int:
     import json
 
-    from .cli import UserError
+    from .errors import UserError
 
     from .data.cores import parse_workers
 

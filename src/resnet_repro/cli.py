@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import UserError
+
 
 def _cmd_model(args) -> int:
     from .models.resnet import SPECS, build_model, count_macs
@@ -311,10 +313,6 @@ def _cmd_env(args) -> int:
         raise UserError(str(e)) from None
     print(json.dumps(r, indent=1) if args.json else env.format_text(r))
     return 0
-
-
-class UserError(RuntimeError):
-    pass
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,98 @@
+"""The package's shape: no import cycle among its modules; the model definition knows no data or training code.
+
+Imports are read from the source (ast), at any depth inside functions too: a lazy import still ties two modules
+together, and a cycle made of lazy imports is one refactor away from an ImportError at start-up.
+"""
+from __future__ import annotations
+
+import ast
+import sys
+
+from conftest import REPO
+
+PKG = REPO / "src" / "resnet_repro"
+
+
+def module_name(path) -> str:
+    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path, modules: set[str]) -> set[str]:
+    """The package modules `path` imports (relative or absolute, `from . import x` included)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found |= {t for t in [target, *(f"{target}.{a.name}" for a in node.names)] if t in modules}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in modules}
+    found.discard(name)
+    found.discard("resnet_repro")  # the package's __init__ (its version string) imports nothing back
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in PKG.rglob("*.py")}
+    return {name: imports(path, set(files)) for name, path in files.items()}
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(g[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle_among_the_package_modules():
+    assert cycles(graph()) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_model_definition_imports_only_torch_and_the_standard_library():
+    path = PKG / "models" / "resnet.py"
+    tops = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            tops.add("." if node.level else node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            tops |= {a.name.split(".")[0] for a in node.names}
+    allowed = {"torch", "__future__"} | set(sys.stdlib_module_names)
+    assert tops <= allowed, tops - allowed
