@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import shutil
 import signal
@@ -23,15 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+from resnet_repro.data.cores import available_cpus
+from resnet_repro.runtime import cpu_model  # the machine facts every bench prints
 
 
 def one_round(config: str, delay: float, signum: int, extra: list[str]) -> dict:
@@ -67,7 +58,7 @@ def main() -> int:
     args = ap.parse_args()
     signum = getattr(signal, "SIG" + args.signal)
     extra = [x for s in args.set for x in ("--set", s)]
-    print(f"machine: {cpu_model()}, {len(os.sched_getaffinity(0))} usable cores; recipe {args.config}", flush=True)
+    print(f"machine: {cpu_model()}, {len(available_cpus())} usable cores; recipe {args.config}", flush=True)
     rows = []
     for d in (float(x) for x in args.delays.split(",")):
         row = one_round(args.config, d, signum, extra)

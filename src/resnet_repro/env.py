@@ -58,6 +58,7 @@ def report(cfg: Config, recipe: str, hw: runtime.Hardware | None = None) -> dict
     kind = runtime.device_type(cfg.train.device, hw)
     precision = runtime.choose_precision(cfg.train.precision, kind, hw)
     channels_last = runtime.choose_channels_last(cfg.train.channels_last, kind)
+    profile = runtime.profile_for(kind, hw)
     region = jpeg_region.available()
     decoder = {"value": cfg.data.decode,
                "reason": ("GPU: nvJPEG through torchvision" if cfg.data.decode == "gpu" else
@@ -75,8 +76,8 @@ def report(cfg: Config, recipe: str, hw: runtime.Hardware | None = None) -> dict
         "choices": {
             "device": {"value": kind, "reason": f"train.device={cfg.train.device}"},
             "precision": {"value": precision.value, "reason": precision.reason, "warning": precision.warning},
-            "profile": {"value": cfg.train.profile, "reason": runtime.profile_for(kind, hw).reason
-                        if cfg.train.profile == runtime.profile_for(kind, hw).value else "pinned by the config"},
+            "profile": {"value": cfg.train.profile, "reason": profile.reason if cfg.train.profile == profile.value
+                        else "pinned by the config"},
             "channels_last": {"value": channels_last.value, "reason": channels_last.reason},
             "loader_workers": workers,
             "decoder": decoder,

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .data.cores import available_cpus
+
 # oneDNN's ISA names in increasing order (ONEDNN_MAX_CPU_ISA caps the convolutions' kernels at one of them).
 # bf16 arithmetic in hardware starts at AVX512_CORE_BF16.
 _ONEDNN_ISAS = ["SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
@@ -72,7 +74,8 @@ class Hardware:
         return f"{self.cpu_capability}, no native bf16"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's marketing name (/proc/cpuinfo on Linux), for logs and benchmark rows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -83,13 +86,6 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS has no affinity masks
-        return os.cpu_count() or 1
-
-
 def detect() -> Hardware:
     gpus = []
     if torch.cuda.is_available():
@@ -98,12 +94,12 @@ def detect() -> Hardware:
             gpus.append(Gpu(p.name, (p.major, p.minor), round(p.total_memory / 2**30, 1)))
     cpu = getattr(torch, "cpu", None)
     return Hardware(
-        cpu_model=_cpu_model(),
+        cpu_model=cpu_model(),
         cpu_capability=torch.backends.cpu.get_cpu_capability(),
         cpu_avx512_bf16=bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()),
         cpu_amx=bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()),
         onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
-        cores=usable_cores(),
+        cores=len(available_cpus()),
         gpus=tuple(gpus))
 
 
