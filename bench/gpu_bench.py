@@ -6,7 +6,8 @@ bench/results/DATE-TIME-DEVICE.jsonl (and a copy to $OUT when that is set); ever
 Phases, in order of what the issue needs most; one starts only if its expected time fits the budget, and each
 runs as its own process under a time limit, so a crash or a hang costs one row, never the table:
 
- 1. machine: versions, cores, /dev/shm; the native region-decode helper built with gcc if it is not there
+ 1. machine: CPU and its class, cores, GPUs (resnet_repro.bench.machine), versions, /dev/shm; the native
+    region-decode helper built with gcc if it is not there
  2. data: photo-like ~500x375 q90 JPEG shards (data/synthetic.py, every core)
  3. eager bf16: compute, then end to end with CPU decode (workers from the core plan, pinned and not pinned:
     which layout wins) and GPU decode (4 workers, decode-ahead on a side stream)
@@ -35,6 +36,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from resnet_repro.bench import machine  # noqa: E402 - the machine facts every bench prints
 
 # Sizes: the full run's (an H100 with 16 cores) and the dry run's. Expected seconds per phase are the
 # 2026-11-26 H100 run's where it had them (eager phase ~30 s, a default compile ~60 s), plus a margin.
@@ -69,7 +72,9 @@ class Bench:
 
         self.s, self.dry, self.work, self.t0 = sizes, dry, work, time.monotonic()
         self.cuda = torch.cuda.is_available() and not dry
-        self.device_name = torch.cuda.get_device_name() if self.cuda else _cpu_name(dry)
+        self.facts = machine.describe()  # not self.machine: that is the phase
+        self.device_name = (torch.cuda.get_device_name() if self.cuda else
+                            f"{self.facts['cpu']} ({self.facts['cores']} cores{', dry run' if dry else ''})")
         now = datetime.datetime.now(datetime.timezone.utc)
         self.date = now.strftime("%Y-%m-%d %H:%M UTC")
         slug = re.sub(r"[^a-z0-9]+", "-", self.device_name.lower()).strip("-")[:40]
@@ -153,9 +158,8 @@ class Bench:
     # --- Phases ---------------------------------------------------------------------------------------------
 
     def run(self) -> int:
-        print(f"== {self.date} on {platform.node()}: {os.cpu_count()} CPU cores ({len(os.sched_getaffinity(0))} "
-              f"usable), device: {self.device_name}{' (DRY RUN: tiny sizes, GPU phases skipped)' if self.dry else ''}",
-              flush=True)
+        print(f"== {self.date} on {platform.node()}: {machine.line(self.facts)}; device: {self.device_name}"
+              f"{' (DRY RUN: tiny sizes, GPU phases skipped)' if self.dry else ''}", flush=True)
         self.machine()
         data = self.data()
         if data is not None:
@@ -183,8 +187,7 @@ class Bench:
             q = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm",
                                 "--format=csv,noheader"], capture_output=True, text=True)
             smi = q.stdout.strip() or None
-        r = self.row("machine", "machine", host=platform.node(), cpu=_cpu_name(False), cores=os.cpu_count(),
-                     usable_cores=len(os.sched_getaffinity(0)), python=platform.python_version(),
+        r = self.row("machine", "machine", host=platform.node(), **self.facts, python=platform.python_version(),
                      torch=torch.__version__, cuda=torch.version.cuda, torchvision=tv, nvidia_smi=smi,
                      dev_shm_free_mb=shm, native_helper=helper)
         print("   " + ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("kind", "run", "date", "dry_run")),
@@ -232,7 +235,7 @@ class Bench:
             shutil.rmtree(root, ignore_errors=True)
             cmd = [sys.executable, str(REPO / "bench" / "make_jpeg_shards.py"), "--out", str(root), "--train", str(n),
                    "--val", "0", "--classes", "10" if self.dry else "1000", "--size", f"{w}x{h}",
-                   "--workers", str(len(os.sched_getaffinity(0)))]
+                   "--workers", str(self.facts["usable_cores"])]
             print(f"== data: {' '.join(cmd[1:])}", flush=True)
             rc, _, err = self.process("data", cmd, 300)
             if rc != 0 or not made():
@@ -269,11 +272,7 @@ class Bench:
         if result is None:
             self.row("compute", run, compile_mode=compile_mode, error=why)
             return
-        self.row("compute", run, compile_mode=compile_mode, precision=result["precision"],
-                 images_per_s=result["compute_images_per_s"], step_ms=result["compute_step_ms"],
-                 tflops=result["compute_tflops"], peak_memory_mb=result["peak_memory_mb"],
-                 model=result["model"], batch_size=result["batch_size"], image_size=result["image_size"],
-                 torch=result["torch"], wall_s=result["wall_s"])
+        self.compute_row(run, compile_mode, result)
         for e in result["end_to_end"]:
             self.row("end_to_end", f"{run} {e['decode']} decode, {e['workers']} workers, affinity {e['affinity']}",
                      compile_mode=compile_mode, compute_images_per_s=result["compute_images_per_s"],
@@ -325,6 +324,7 @@ class Bench:
                      decode_limit_per_s=result["decode_limit_per_s"], region_decode=result["region_decode"],
                      core_plan=r["core_plan"], main_cpu_ms_per_image=r["main_cpu_ms_per_image"],
                      rss_growth_mb_per_worker=r["rss_growth_mb_per_worker"], timed_images=r["timed_images"],
+                     images_per_s_windows=r["images_per_s_windows"],
                      batch_size=result["batch_size"], device=result["device"])
 
     def compile_modes(self) -> None:
@@ -344,11 +344,16 @@ class Bench:
             if result is None:
                 self.row("compute", run, compile_mode=mode, error=why)
                 continue
-            self.row("compute", run, compile_mode=mode, precision=result["precision"],
-                     images_per_s=result["compute_images_per_s"], step_ms=result["compute_step_ms"],
-                     tflops=result["compute_tflops"], peak_memory_mb=result["peak_memory_mb"],
-                     model=result["model"], batch_size=result["batch_size"], image_size=result["image_size"],
-                     torch=result["torch"], wall_s=result["wall_s"])
+            self.compute_row(run, mode, result)
+
+    def compute_row(self, run: str, compile_mode: str | None, result: dict) -> None:
+        """The row of a `bench train --json` result's compute phase."""
+        self.row("compute", run, compile_mode=compile_mode, precision=result["precision"],
+                 images_per_s=result["compute_images_per_s"], step_ms=result["compute_step_ms"],
+                 step_ms_min=result["compute_step_ms_min"], step_ms_max=result["compute_step_ms_max"],
+                 tflops=result["compute_tflops"], peak_memory_mb=result["peak_memory_mb"],
+                 model=result["model"], batch_size=result["batch_size"], image_size=result["image_size"],
+                 torch=result["torch"], wall_s=result["wall_s"])
 
 
 def table(rows: list[dict], s: dict, dry: bool) -> str:
@@ -364,7 +369,8 @@ def table(rows: list[dict], s: dict, dry: bool) -> str:
             continue
         note = r.get("skipped") or r.get("error") or ""
         if r["kind"] == "compute":
-            note = note or f"compile {r.get('compile_mode') or 'off (eager)'}, {fmt(r.get('tflops'), '.1f')} TFLOP/s"
+            note = note or (f"compile {r.get('compile_mode') or 'off (eager)'}, {fmt(r.get('tflops'), '.1f')} TFLOP/s"
+                            f"{spread([r.get('step_ms_min'), r.get('step_ms_max')], '; steps ', ' ms', '.1f')}")
             out.append(f"| {r['run']} compute | {fmt(r.get('images_per_s'), ',.0f')} | | | "
                        f"{fmt(r.get('peak_memory_mb'), ',.0f')} | {note} |")
         elif r["kind"] == "end_to_end":
@@ -375,7 +381,8 @@ def table(rows: list[dict], s: dict, dry: bool) -> str:
         elif r["kind"] == "loader":
             note = note or (f"{fmt(r.get('per_worker_vs_decode_limit'), '.2f')} x the one-core decode limit "
                             f"({fmt(r.get('decode_limit_per_s'), ',.0f')} img/s) per worker; "
-                            f"{fmt(r.get('vs_n_times_one'), '.2f')} x N x one worker; {r.get('core_plan', '')}")
+                            f"{fmt(r.get('vs_n_times_one'), '.2f')} x N x one worker; {r.get('core_plan', '')}"
+                            + spread(r.get("images_per_s_windows"), "; windows ", " img/s"))
             out.append(f"| {r['run']} (no trainer) | {fmt(r.get('images_per_s'), ',.0f')} | | | | {note} |")
     tests = [r for r in rows if r["kind"] == "tests"]
     for r in tests:
@@ -420,16 +427,11 @@ def targets(rows: list[dict]) -> list[str]:
     return out
 
 
-def _cpu_name(dry: bool) -> str:
-    name = platform.processor() or "CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name} ({os.cpu_count()} cores{', dry run' if dry else ''})"
+def spread(values, before: str, after: str, f: str = ",.0f") -> str:
+    """The min-max of a row's per-step or per-window figures for a table note; "" when the row has none."""
+    if not values or None in values:
+        return ""
+    return f"{before}{min(values):{f}}-{max(values):{f}}{after}"
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from resnet_repro.data.cores import available_cpus
-from resnet_repro.runtime import cpu_model  # the machine facts every bench prints
+from resnet_repro.bench import machine  # the machine facts every bench prints
+from resnet_repro.bench.measure import Spread
 
 
 def one_round(config: str, delay: float, signum: int, extra: list[str]) -> dict:
@@ -58,7 +58,7 @@ def main() -> int:
     args = ap.parse_args()
     signum = getattr(signal, "SIG" + args.signal)
     extra = [x for s in args.set for x in ("--set", s)]
-    print(f"machine: {cpu_model()}, {len(available_cpus())} usable cores; recipe {args.config}", flush=True)
+    print(f"{machine.line(machine.describe())}; recipe {args.config}", flush=True)
     rows = []
     for d in (float(x) for x in args.delays.split(",")):
         row = one_round(args.config, d, signum, extra)
@@ -68,7 +68,9 @@ def main() -> int:
               f"{row['signal_to_exit_s']:>5.2f} s after it, status {row['exit_status']}, {row['stopped_at']}",
               flush=True)
     worst = max(r["signal_to_exit_s"] for r in rows)
-    print(f"worst signal-to-exit: {worst:.2f} s over {len(rows)} rounds")
+    print(f"worst signal-to-exit: {worst:.2f} s over {len(rows)} rounds; signal to exit "
+          f"{Spread.of(r['signal_to_exit_s'] for r in rows).text('.2f')} s, to checkpoint "
+          f"{Spread.of(r['signal_to_checkpoint_s'] for r in rows).text('.2f')} s")
     return 0 if all(r["exit_status"] == 0 and r["checkpoint_after_signal"] for r in rows) else 1
 
 

@@ -106,13 +106,12 @@ def test_bench_loader_errors_name_the_problem(shards, cli):
     assert code == 2 and "'1,lots'" in err
 
 
-def test_prepare_bench_times_a_complete_copy_mode_prepare(capsys):
-    """`python -m resnet_repro.data.prepare_bench`: it prepares the folder it made (every image counted) and
-    reports the ratio it promises. No speed is asserted."""
-    from resnet_repro.data.prepare_bench import main
-
-    assert main(["--images", "100", "--workers", "1", "--repeats", "1", "--json"]) == 0
-    r = json.loads(capsys.readouterr().out)
+def test_prepare_bench_times_a_complete_copy_mode_prepare(cli):
+    """`resnet-repro bench prepare`: it prepares the folder it made (every image counted) and reports the ratio
+    it promises. No speed is asserted."""
+    code, out, err = cli("bench", "prepare", "--images", "100", "--workers", "1", "--repeats", "1", "--json")
+    assert code == 0, err
+    r = json.loads(out)
     assert r["images"] == 100 and r["workers"] == 1
     assert r["decode_limit_per_s"] > 0 and r["prepare_images_per_s"] > 0
     assert r["ratio_per_worker"] == pytest.approx(r["prepare_images_per_s_per_worker"] / r["decode_limit_per_s"])
@@ -123,7 +122,7 @@ def test_prepare_bench_times_a_complete_copy_mode_prepare(capsys):
 def test_the_torchvision_comparison_does_the_same_colour_work(color, jitter):
     """--compare torchvision runs the ColorJitter that matches data.color: tf_cnn's distortion has a hue shift."""
     T = pytest.importorskip("torchvision.transforms")
-    from resnet_repro.bench import torchvision_transform
+    from resnet_repro.bench.loader import torchvision_transform
     from resnet_repro.config import DataConfig
 
     transform, what = torchvision_transform(DataConfig(color=color))

@@ -1,4 +1,4 @@
-"""`bench train` (bench_train.py) and the trainer's no-host-sync step (train.train_step, train.RunningSums).
+"""`bench train` (bench/train.py) and the trainer's no-host-sync step (train.train_step, train.RunningSums).
 
 Speed itself is measured by the bench command, never asserted here: these tests check that the figures are
 computed right (a fake clock), that both phases run end to end on the CPU, and that a training step reads
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from resnet_repro import bench_train as bt
+from resnet_repro.bench import train as bt
 from resnet_repro import runtime
 from resnet_repro import train as train_mod
 from resnet_repro.config import load_config
@@ -34,7 +34,7 @@ def test_step_timer_rate_and_wait_from_marks(monkeypatch):
 
 
 def test_synthetic_compute_phase_on_cpu():
-    r = bt.bench_train("resnet20", batch_size=4, steps=2, warmup=1, log=lambda *a: None)
+    r = bt.bench_train(bt.TrainOptions("resnet20", batch_size=4, steps=2, warmup=1), log=lambda *a: None)
     assert r["compute_images_per_s"] > 0 and r["compute_step_ms"] > 0 and r["peak_memory_mb"] > 0
     assert r["end_to_end_images_per_s"] is None and r["data_wait_fraction"] is None
     # ResNet-20 at 32x32: 41 M multiply-adds forward (paper: ~41 M), x 3 passes x 2 FLOPs each.
@@ -101,12 +101,13 @@ def test_compile_modes_reach_torch_compile_and_graph_modes_mark_each_step(mode, 
     modes, marks = [], []
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    r = bt.bench_train("resnet20", batch_size=2, steps=2, warmup=1, compile=mode, log=lambda *a: None)
+    r = bt.bench_train(bt.TrainOptions("resnet20", batch_size=2, steps=2, warmup=1, compile=mode),
+                       log=lambda *a: None)
     assert modes == [None if mode == "default" else mode]
     assert len(marks) == (3 if graphs else 0)
     assert r["compile"] is True and r["compile_mode"] == mode
     with pytest.raises(ValueError, match="compile mode 'fastest'"):
-        bt.bench_train("resnet20", batch_size=2, steps=1, warmup=0, compile="fastest")
+        bt.bench_train(bt.TrainOptions("resnet20", batch_size=2, steps=1, warmup=0, compile="fastest"))
 
 
 # --- No host synchronisation per step ---------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Command line: ``resnet-repro SUBCOMMAND`` (or ``python -m resnet_repro``). See --help of each subcommand."""
+"""Command line: ``resnet-repro SUBCOMMAND`` (or ``python -m resnet_repro``). See --help of each subcommand.
+
+All argument parsing lives here, one ``_add_*`` function per subcommand (``bench``'s three included); each
+handler (``_cmd_*``) turns the options into a call of the module that does the work, importing it only then, so
+that ``--help`` and argument errors stay fast."""
 from __future__ import annotations
 
 import argparse
@@ -286,15 +290,58 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _bench_log(args):
+    """--json prints one JSON object and nothing else."""
+    return (lambda *a, **k: None) if args.json else print
+
+
 def _cmd_bench_train(args) -> int:
-    from .bench_train import bench_train, parse_e2e
+    from .bench.train import TrainOptions, bench_train, parse_e2e
 
     try:
         e2e = [parse_e2e(spec) for spec in args.e2e] or None
-        result = bench_train(args.model, None if args.synthetic else args.data, args.batch_size, args.steps,
-                             args.warmup, args.compile_mode or args.compile, args.precision, args.decode,
-                             args.workers, args.device, args.channels_last, args.config, args.set,
-                             rounds=args.rounds, e2e=e2e, log=(lambda *a, **k: None) if args.json else print)
+        opts = TrainOptions(model=args.model, data=None if args.synthetic else args.data, batch_size=args.batch_size,
+                            steps=args.steps, warmup=args.warmup, compile=args.compile_mode or args.compile,
+                            precision=args.precision, decode=args.decode, workers=args.workers, device=args.device,
+                            channels_last=args.channels_last, config=args.config, overrides=args.set,
+                            rounds=args.rounds, e2e=e2e)
+        result = bench_train(opts, log=_bench_log(args))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def _cmd_bench_loader(args) -> int:
+    from .bench.loader import LoaderOptions, bench_loader
+    from .data.cores import parse_workers
+
+    try:
+        workers = [parse_workers(w) for w in str(args.workers).split(",")]
+    except ValueError:
+        raise UserError(f"--workers {args.workers!r}: expected a count, auto, or a comma-separated list, e.g. "
+                        "1,2,4,auto") from None
+    if any(w != "auto" and w < 1 for w in workers):
+        raise UserError("--workers: every count must be >= 1 (the decode limit is per worker process)")
+    try:
+        opts = LoaderOptions(data=args.data, workers=workers, batch_size=args.batch_size, batches=args.batches,
+                             config=args.config, overrides=args.set, device=args.device, split=args.split,
+                             compare=args.compare, affinity=args.affinity)
+        result = bench_loader(opts, log=_bench_log(args))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def _cmd_bench_prepare(args) -> int:
+    from .bench.prepare import PrepareOptions, bench_prepare
+
+    try:
+        opts = PrepareOptions(src=args.src, images=args.images, workers=args.workers, repeats=args.repeats)
+        result = bench_prepare(opts, log=_bench_log(args))
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.json:
@@ -318,7 +365,13 @@ def _cmd_env(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resnet-repro", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_env, _add_model, _add_prepare, _add_verify, _add_train, _add_evaluate, _add_report, _add_export,
+                _add_predict, _add_bench):  # the order --help lists them in
+        add(sub)
+    return p
 
+
+def _add_env(sub) -> None:
     ev = sub.add_parser("env", help="this machine (CPU class, cores, memory, torch/CUDA, GPUs) and what a run "
                                     "would choose on it (precision, profile, memory format, loader, decoder)")
     ev.add_argument("--config", default="configs/fashion_mnist/resnet20.yaml",
@@ -327,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=_cmd_env)
 
+
+def _add_model(sub) -> None:
     m = sub.add_parser("model", help="print parameters, multiply-adds and output shape of a model")
     m.add_argument("name")
     m.add_argument("--input-size", type=int, default=0, help="default: 224 for ImageNet nets, 32 for CIFAR nets")
@@ -336,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_cmd_model)
 
+
+def _add_prepare(sub) -> None:
     pr = sub.add_parser("prepare", help="convert a raw data set into record shards")
     pr.add_argument("dataset", choices=["fashion-mnist", "cifar10", "cifar100", "imagenet", "folder"])
     pr.add_argument("--out", required=True)
@@ -361,12 +418,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder without train/ and val/: per-class fraction held out as val (seeded)")
     pr.set_defaults(func=_cmd_prepare)
 
+
+def _add_verify(sub) -> None:
     v = sub.add_parser("verify", help="re-check every shard's checksum and decode every image (exit 1 on problems)")
     v.add_argument("data", help="prepared data folder (with manifest.json)")
     v.add_argument("--workers", type=int, default=0, help="processes (default: one per CPU core)")
     v.add_argument("--no-decode", action="store_true", help="checksums and indexes only")
     v.set_defaults(func=_cmd_verify)
 
+
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train a model from a recipe")
     t.add_argument("--config", required=True)
     t.add_argument("--out", required=True, help="run folder (config, metrics.jsonl, checkpoints, results)")
@@ -374,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="auto|CHECKPOINT", help="auto: newest whole checkpoint in OUT")
     t.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="top-1/top-5 error of a checkpoint on a prepared split, per test protocol",
                        description="Protocols: single = centre crop; flip = + mirror; 10crop = 4 corners + centre "
                        "and mirrors; multiscale = whole image at shorter sides {224,256,384,480,640} and mirrors "
@@ -401,12 +464,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="also write the JSON here (RUN_DIR/evaluation.json goes into `report`)")
     e.set_defaults(func=_cmd_evaluate)
 
+
+def _add_report(sub) -> None:
     r = sub.add_parser("report", help="plots and a table next to published results, from a run folder")
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.add_argument("--out", help="output folder (default RUN_DIR/report)")
     r.add_argument("--quiet", action="store_true", help="do not print the Markdown report")
     r.set_defaults(func=_cmd_report)
 
+
+def _add_export(sub) -> None:
     x = sub.add_parser("export", help="write a checkpoint's weights as safetensors or ONNX")
     x.add_argument("checkpoint", metavar="CHECKPOINT")
     x.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors")
@@ -416,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--json", action="store_true")
     x.set_defaults(func=_cmd_export)
 
+
+def _add_predict(sub) -> None:
     pd = sub.add_parser("predict", help="top-5 classes of image files")
     pd.add_argument("images", nargs="+", metavar="IMAGE")
     pd.add_argument("--checkpoint", required=True)
@@ -427,8 +496,16 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--json", action="store_true")
     pd.set_defaults(func=_cmd_predict)
 
+
+def _add_bench(sub) -> None:
     b = sub.add_parser("bench", help="throughput benchmarks")
     bench = b.add_subparsers(dest="bench", required=True)
+    _add_bench_train(bench)
+    _add_bench_loader(bench)
+    _add_bench_prepare(bench)
+
+
+def _add_bench_train(bench) -> None:
     bt = bench.add_parser("train", help="training img/s: compute alone (synthetic batch on the device) and end to end "
                                         "from record shards, data-wait fraction, peak memory, model FLOP/s")
     bt.add_argument("--model", default="resnet50")
@@ -460,10 +537,39 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     bt.add_argument("--json", action="store_true", help="print one JSON object instead of the text lines")
     bt.set_defaults(func=_cmd_bench_train)
-    from .bench import add_loader_parser
 
-    add_loader_parser(bench)
-    return p
+
+def _add_bench_loader(bench) -> None:
+    p = bench.add_parser(
+        "loader", help="train input pipeline img/s (incl. device-side colour ops) against the one-core JPEG "
+                       "decode limit; per-worker rate, scaling, worker RSS")
+    p.add_argument("--data", required=True, metavar="SHARDS", help="prepared JPEG data set (e.g. ImageNet, or "
+                                                                 "python bench/make_jpeg_shards.py)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--workers", default="1", help="worker processes; a comma-separated list (1,2,4,auto) runs each "
+                                                  "and reports the scaling against 1; auto: as training would")
+    p.add_argument("--affinity", choices=["plan", "none"], default="plan",
+                   help="plan: cores laid out as in training (data/cores.py; pins only with --device cuda); none: "
+                        "no pinning")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batches", type=int, default=30, help="timed batches per run (after 2 x workers + 2 untimed)")
+    p.add_argument("--config", help="recipe whose data section is used (default: crop tf_cnn, color tf_cnn, 224)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    p.add_argument("--device", default="auto", help="where the colour ops run: auto (cuda if available), cpu, cuda")
+    p.add_argument("--compare", choices=["torchvision"], help="also time the torchvision pipeline on the same images")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the text lines")
+    p.set_defaults(func=_cmd_bench_loader)
+
+
+def _add_bench_prepare(bench) -> None:
+    p = bench.add_parser("prepare", help="copy-mode `prepare folder` img/s against the one-core JPEG decode limit "
+                                         "(on photo-like JPEGs it makes, or --src)")
+    p.add_argument("--src", help="a class-per-folder data set to time (default: make photo-like JPEGs)")
+    p.add_argument("--images", type=int, default=500, help="images to make without --src")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="passes of each measurement; the best is reported")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench_prepare)
 
 
 def main(argv: list[str] | None = None) -> int:

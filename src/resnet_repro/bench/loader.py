@@ -3,14 +3,15 @@
 What is timed is the real input path of ``resnet-repro train``: loader worker processes (read from the
 shards, header, crop box, DCT-reduced decode, resize, flip, colour parameters; data/augment.py) -> the
 DataLoader's transfer -> DevicePrefetcher -> the device-side colour distortion and normalization
-(data/color.py). The yardstick, measured in the same run on the same files, is the decode limit: bare
-``cv2.imdecode`` of the full image on one core, nothing else. Per worker the pipeline should reach >= 0.85 x
+(data/color.py). The yardstick, measured in the same run on the same files, is the decode limit (measure.py):
+bare ``cv2.imdecode`` of the full image on one core, nothing else. Per worker the pipeline should reach >= 0.85 x
 that limit (issue 3), i.e. everything we add costs at most 15 % over decoding, and N workers on N idle cores
-should give >= 0.9 N x one worker. Both ratios are printed.
+should give >= 0.9 N x one worker. Both ratios are printed, after the machine (machine.py).
 
 Timing: the first batches (every worker's start-up, the device's first transform) are not timed; the rate is
 the timed batches' images over the time from the last untimed batch to the last timed one, with the device
-synchronized. The decode limit is measured before and after the pipeline runs and averaged, so a shared
+synchronized. Its spread is over the timed batches cut into up to five consecutive windows (host clock), each a
+round of its own. The decode limit is measured before and after the pipeline runs and averaged, so a shared
 machine's load drifts into both sides alike. Worker peak RSS is each worker's VmHWM (it includes the pages
 it shares with the parent after fork); RSS growth is a worker's resident size at its last batch minus at its
 first timed one, which stays flat when nothing accumulates per sample (no copy-on-read growth). The growth
@@ -29,33 +30,16 @@ import os
 import resource
 import shutil
 import statistics
-import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-# numpy, OpenCV and torch are imported inside the functions: building the CLI parser must stay cheap.
+from .measure import Spread, decode_limit
 
 # tf_cnn_benchmarks' own augmentation (its bounding-box crop and colour; the seed recipe has since taken the paper's
 # crop, issue 12): what `bench loader` runs unless --config / --set say else; kept so figures stay comparable.
 DEFAULT_DATA = ("data.crop=tf_cnn", "data.color=tf_cnn", "data.image_size=224", "data.normalize=scale_pm1")
-
-
-def decode_limit(blobs: list[bytes], seconds: float = 2.0) -> float:
-    """Images/s of bare full-size decoding on one core (the pipeline's ceiling per worker); at least one pass
-    over `blobs` and at least `seconds`."""
-    import cv2
-    import numpy as np
-
-    cv2.setNumThreads(1)
-    n, t0 = 0, time.perf_counter()
-    while True:
-        for b in blobs:
-            if cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) is None:
-                raise ValueError("a sample in the benchmark data cannot be decoded; run `resnet-repro verify`")
-        n += len(blobs)
-        if time.perf_counter() - t0 >= seconds:
-            return n / (time.perf_counter() - t0)
 
 
 def device_threads(device, workers: int) -> int | None:
@@ -116,9 +100,9 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
     cores, this thread and the pin-memory thread on the trainer's), "none" leaves every process where it is."""
     import torch
 
-    from .data.augment import DeviceTransform, TrainGeometry
-    from .data.cores import available_cpus, pin_trainer, plan_cores, unpin_trainer
-    from .data.loader import BatchDataset, DevicePrefetcher, Job, make_loader, train_batch_indices
+    from ..data.augment import DeviceTransform, TrainGeometry
+    from ..data.cores import available_cpus, pin_trainer, plan_cores, unpin_trainer
+    from ..data.loader import BatchDataset, DevicePrefetcher, Job, make_loader, train_batch_indices
 
     warmup = 2 * max(workers, 1) + 2 if warmup is None else warmup
     need = warmup + batches
@@ -137,6 +121,7 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = None
     count = 0
+    marks = []  # (host time, images so far) after each timed batch: the windows of the spread
     before = pin_trainer(plan) if affinity == "plan" else None
     try:
         loader = make_loader(ds, jobs, workers, pin_memory=device.type == "cuda",
@@ -148,10 +133,12 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
                     t0, cpu0 = time.perf_counter(), time.process_time()
                 elif k >= warmup:
                     count += len(y)
+                    marks.append((time.perf_counter(), count))
             sync()
     finally:
         unpin_trainer(before)
     seconds, main_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    marks[-1] = (t0 + seconds, count)  # the last window ends when the device is done
     timed = stats[warmup:]
     per_pid: dict[int, list] = {}
     for k, (pid, sec, peak, rss) in enumerate(stats):
@@ -164,6 +151,7 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
     return {
         "workers": workers,
         "images_per_s": count / seconds,
+        "images_per_s_windows": _window_rates(t0, marks),
         "images_per_s_per_worker": count / seconds / max(workers, 1),
         "worker_compute_images_per_s": compute / max(workers, 1),
         "peak_rss_mb_per_worker": max(v[1] for vals in per_pid.values() for v in vals),
@@ -179,13 +167,22 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
     }
 
 
+def _window_rates(t0: float, marks: list, windows: int = 5) -> list[float]:
+    """Images/s in up to `windows` consecutive windows of the timed batches (`marks`: time, images so far)."""
+    n = len(marks)
+    w = min(windows, n)
+    bounds = [round(i * n / w) for i in range(w + 1)]
+    points = [(t0, 0)] + marks
+    return [(points[e][1] - points[s][1]) / max(points[e][0] - points[s][0], 1e-9) for s, e in zip(bounds, bounds[1:])]
+
+
 def transform_rate(cfg, batch_size: int, device, threads: int | None, seconds: float = 1.0) -> float:
     """Images/s of the device-side transform alone (colour matrix + normalization) on `device`, with `threads`
     torch threads (device_threads): where the pipeline's rate stops being the workers'."""
     import numpy as np
     import torch
 
-    from .data.augment import COLOR_STREAM, DeviceTransform, TrainGeometry, sample_rng
+    from ..data.augment import COLOR_STREAM, DeviceTransform, TrainGeometry, sample_rng
 
     geometry, transform = TrainGeometry(cfg.data, 0), DeviceTransform(cfg.data, 3, device)
     size = geometry.size
@@ -256,81 +253,126 @@ def torchvision_rate(reader, indices, workers: int, batch_size: int, batches: in
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def bench_loader(data: str, workers: list[int | str], batch_size: int = 64, batches: int = 30,
-                 config: str | None = None, overrides: list[str] | None = None, device: str = "auto",
-                 split: str = "train", compare: str | None = None, affinity: str = "plan", log=print) -> dict:
-    """`workers`: counts, or "auto" for the count training would use on this machine (data/cores.py)."""
-    import cv2
-    import numpy as np
+
+
+@dataclass
+class LoaderOptions:
+    """What `bench loader` runs (cli.py's options)."""
+
+    data: str  # prepared JPEG shards
+    workers: list = field(default_factory=lambda: [1])  # counts, or "auto": the count training would use here
+    batch_size: int = 64
+    batches: int = 30  # timed, after 2 x workers + 2 untimed
+    config: str | None = None  # recipe whose data section is used (default: DEFAULT_DATA)
+    overrides: list[str] = field(default_factory=list)
+    device: str = "auto"
+    split: str = "train"
+    compare: str | None = None  # "torchvision": also time torchvision's pipeline on the same images
+    affinity: str = "plan"  # pipeline_rate's
+
+
+def bench_loader(opts: LoaderOptions, log=print) -> dict:
+    """The machine, the decode limit, then each worker count's pipeline rate and the ratios between them."""
     import torch
 
-    from .config import load_config
-    from .data.records import RecordReader
+    from ..config import load_config
+    from ..data.cores import available_cpus, plan_cores
+    from ..data.records import RecordReader
+    from . import machine
 
-    cfg = load_config(config, ([] if config else list(DEFAULT_DATA)) + list(overrides or []))
-    dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    reader = RecordReader(data, split)
-    if len(reader) < batch_size:
-        raise ValueError(f"{reader.root}: {len(reader)} images, fewer than one batch of {batch_size} (lower "
+    cfg = load_config(opts.config, ([] if opts.config else list(DEFAULT_DATA)) + list(opts.overrides))
+    dev = torch.device(opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    reader = RecordReader(opts.data, opts.split)
+    if len(reader) < opts.batch_size:
+        raise ValueError(f"{reader.root}: {len(reader)} images, fewer than one batch of {opts.batch_size} (lower "
                          "--batch-size or make more data)")
-    from .data.cores import available_cpus, plan_cores
-
-    workers = [plan_cores(available_cpus(), w, dev.type).workers if w == "auto" else w for w in workers]
+    workers = [plan_cores(available_cpus(), w, dev.type).workers if w == "auto" else w for w in opts.workers]
     if reader.manifest["image"].get("channels", 3) != 3:
-        raise ValueError(f"{data}: bench loader is for RGB JPEG data sets (ImageNet layout)")
-    # The decode limit is measured on the images the pipeline reads (its first timed batches).
-    from .data.loader import train_batch_indices
-
-    from .data.augment import keep_freed_memory
-
-    keep_freed_memory()  # as in the loader workers: the decode limit is measured at its best
-    sample_idx = np.concatenate(train_batch_indices(len(reader), batch_size, 0, 0)[:max(1, 256 // batch_size)])
-    blobs = [reader[int(i)][1] for i in sample_idx]
-    hw = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8).shape for b in blobs[:32]]
-    log(f"data: {data} split {split} ({len(reader)} images, mean {np.mean([len(b) for b in blobs]) / 1e3:.0f} kB, "
-        f"about {8 * np.mean([s[1] for s in hw]):.0f}x{8 * np.mean([s[0] for s in hw]):.0f}); crop {cfg.data.crop}, "
-        f"colour {cfg.data.color}, lighting {cfg.data.lighting}, size {cfg.data.image_size}, batch {batch_size}, "
-        f"device {dev}; {os.cpu_count()} CPU cores")
-    from .data import jpeg_region
-    from .data.augment import IMAGENET_CROPS
-
-    why_whole = ""  # why the crops decode whole images, if they do (the conditions of augment.decode_box)
-    if not cfg.data.region_decode:
-        why_whole = "data.region_decode is off"
-    elif not jpeg_region.available():
-        why_whole = jpeg_region.unavailable_reason()
-    elif cfg.data.crop not in IMAGENET_CROPS:
-        why_whole = f"data.crop={cfg.data.crop} crops after decoding"
+        raise ValueError(f"{opts.data}: bench loader is for RGB JPEG data sets (ImageNet layout)")
+    info = machine.describe()
+    log(machine.line(info))
+    blobs = _decode_limit_images(reader, opts, cfg, dev, log)
+    why_whole = _why_whole_images(cfg.data)
     log("crop decode: " + (f"whole images (OpenCV): {why_whole}" if why_whole else
                            "the crop's rows and columns only (libjpeg-turbo, native helper)"))
-    limits = [decode_limit(blobs)]
+    limits = [decode_limit(blobs, seconds=2.0)[0].median]
     log(f"decode limit (bare full-size cv2.imdecode, one core): {limits[0]:.0f} img/s")
     runs = []
     for n in workers:
-        r = pipeline_rate(cfg, reader, n, batch_size, batches, dev, affinity=affinity)
-        limits.append(decode_limit(blobs))
+        r = pipeline_rate(cfg, reader, n, opts.batch_size, opts.batches, dev, affinity=opts.affinity)
+        limits.append(decode_limit(blobs, seconds=2.0)[0].median)
         runs.append(r)
-        log(f"workers {n} ({r['core_plan']}): {r['images_per_s']:.0f} img/s = "
-            f"{r['images_per_s_per_worker']:.0f} per worker "
-            f"({r['worker_compute_images_per_s']:.0f} img/s building batches, before transfer); peak RSS "
-            f"{r['peak_rss_mb_per_worker']:.0f} MB per worker, RSS growth {r['rss_growth_mb_per_worker']:+.1f} MB "
-            f"over the timed batches ({r['rss_growth_from_first_batch_mb']:+.1f} MB from the first batch); main "
-            f"process CPU {r['main_cpu_ms_per_image']:.2f} ms per image")
-    limit = statistics.mean(limits)
+        _log_run(n, r, log)
     # With a CPU "device" the colour ops run in the main process on the cores the workers leave; say what that
     # costs, so that a pipeline rate capped by it is not read as the workers'.
     threads = device_threads(dev, max(workers))
-    device_rate = transform_rate(cfg, batch_size, dev, threads)
+    device_rate = transform_rate(cfg, opts.batch_size, dev, threads)
     log(f"device-side transform alone (colour + normalize on {dev}"
         f"{f', {threads} thread(s)' if threads else ''}): {device_rate:.0f} img/s")
-    for r in runs:
-        r["per_worker_vs_decode_limit"] = r["images_per_s_per_worker"] / limit
+    limit = statistics.mean(limits)
     result = {**runs[-1], "region_decode": not why_whole, "decode_limit_per_s": limit,
               "decode_limit_samples_per_s": limits, "runs": runs,
-              "batch_size": batch_size, "batches": batches, "device": str(dev), "cpu_count": os.cpu_count(),
+              "batch_size": opts.batch_size, "batches": opts.batches, "device": str(dev), "cpu_count": os.cpu_count(),
               "crop": cfg.data.crop, "color": cfg.data.color, "lighting": cfg.data.lighting,
-              "device_transform_images_per_s": device_rate}
-    log(f"decode limit over the run: {limit:.0f} img/s (samples {', '.join(f'{v:.0f}' for v in limits)})")
+              "device_transform_images_per_s": device_rate, "machine": info}
+    log(f"decode limit over the run: {limit:.0f} img/s (samples {', '.join(f'{v:.0f}' for v in limits)}; "
+        f"spread {Spread.of(limits).text()})")
+    _ratios(runs, limit, result, log)
+    if opts.compare == "torchvision":
+        _compare_torchvision(cfg, reader, opts, workers[-1], result, log)
+    return result
+
+
+def _decode_limit_images(reader, opts: LoaderOptions, cfg, dev, log) -> list[bytes]:
+    """The images the decode limit is measured on: the pipeline's first timed batches. Logs what they are."""
+    import cv2
+    import numpy as np
+
+    from ..data.augment import keep_freed_memory
+    from ..data.loader import train_batch_indices
+
+    keep_freed_memory()  # as in the loader workers: the decode limit is measured at its best
+    batch_size = opts.batch_size
+    sample_idx = np.concatenate(train_batch_indices(len(reader), batch_size, 0, 0)[:max(1, 256 // batch_size)])
+    blobs = [reader[int(i)][1] for i in sample_idx]
+    hw = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8).shape for b in blobs[:32]]
+    log(f"data: {opts.data} split {opts.split} ({len(reader)} images, mean "
+        f"{np.mean([len(b) for b in blobs]) / 1e3:.0f} kB, about {8 * np.mean([s[1] for s in hw]):.0f}x"
+        f"{8 * np.mean([s[0] for s in hw]):.0f}); crop {cfg.data.crop}, colour {cfg.data.color}, lighting "
+        f"{cfg.data.lighting}, size {cfg.data.image_size}, batch {batch_size}, device {dev}")
+    return blobs
+
+
+def _why_whole_images(data_cfg) -> str:
+    """Why the crops decode whole images, if they do (the conditions of augment.decode_box); "" if they do not."""
+    from ..data import jpeg_region
+    from ..data.augment import IMAGENET_CROPS
+
+    if not data_cfg.region_decode:
+        return "data.region_decode is off"
+    if not jpeg_region.available():
+        return jpeg_region.unavailable_reason()
+    if data_cfg.crop not in IMAGENET_CROPS:
+        return f"data.crop={data_cfg.crop} crops after decoding"
+    return ""
+
+
+def _log_run(n: int, r: dict, log) -> None:
+    log(f"workers {n} ({r['core_plan']}): {r['images_per_s']:.0f} img/s = "
+        f"{r['images_per_s_per_worker']:.0f} per worker "
+        f"({r['worker_compute_images_per_s']:.0f} img/s building batches, before transfer); peak RSS "
+        f"{r['peak_rss_mb_per_worker']:.0f} MB per worker, RSS growth {r['rss_growth_mb_per_worker']:+.1f} MB "
+        f"over the timed batches ({r['rss_growth_from_first_batch_mb']:+.1f} MB from the first batch); main "
+        f"process CPU {r['main_cpu_ms_per_image']:.2f} ms per image")
+    log(f"workers {n}: spread over windows of the timed batches: "
+        f"{Spread.of(r['images_per_s_windows']).text(what='window')} img/s")
+
+
+def _ratios(runs: list[dict], limit: float, result: dict, log) -> None:
+    """Per worker against the decode limit, and N workers against N x one worker (issue 3's two targets)."""
+    for r in runs:
+        r["per_worker_vs_decode_limit"] = r["images_per_s_per_worker"] / limit
+    result["per_worker_vs_decode_limit"] = runs[-1]["per_worker_vs_decode_limit"]
     for r in runs:
         log(f"workers {r['workers']}: per worker {r['per_worker_vs_decode_limit']:.2f} x the decode limit "
             f"(target >= 0.85)")
@@ -342,69 +384,21 @@ def bench_loader(data: str, workers: list[int | str], batch_size: int = 64, batc
                 f"{r['scaling']:.2f} x {r['workers']} (target >= 0.9 x N on N idle cores)")
     if "scaling" in runs[-1]:
         result["scaling"] = runs[-1]["scaling"]
-    if compare == "torchvision":
-        try:
-            transform, what = torchvision_transform(cfg.data)
-        except ImportError:
-            log("--compare torchvision: torchvision is not installed (pip install torchvision); skipped")
-            result["torchvision_images_per_s"] = None
-            return result
-        tv = torchvision_rate(reader, np.concatenate(train_batch_indices(len(reader), batch_size, 0, 0)),
-                              workers[-1], batch_size, batches, transform)
-        result.update(torchvision_images_per_s=tv, torchvision_pipeline=what,
-                      vs_torchvision=runs[-1]["images_per_s"] / tv)
-        log(f"torchvision ({what}{'; it has no PCA lighting' if cfg.data.lighting else ''}), {workers[-1]} "
-            f"workers: {tv:.0f} img/s; ours {result['vs_torchvision']:.2f} x (target >= 4)")
-    return result
 
 
-def _cmd_loader(args) -> int:
-    import json
+def _compare_torchvision(cfg, reader, opts: LoaderOptions, workers: int, result: dict, log) -> None:
+    import numpy as np
 
-    from .errors import UserError
-
-    from .data.cores import parse_workers
+    from ..data.loader import train_batch_indices
 
     try:
-        workers = [parse_workers(w) for w in str(args.workers).split(",")]
-    except ValueError:
-        raise UserError(f"--workers {args.workers!r}: expected a count, auto, or a comma-separated list, e.g. "
-                        "1,2,4,auto") from None
-    if any(w != "auto" and w < 1 for w in workers):
-        raise UserError("--workers: every count must be >= 1 (the decode limit is per worker process)")
-    try:
-        result = bench_loader(args.data, workers, args.batch_size, args.batches, args.config, args.set, args.device,
-                              args.split, args.compare, args.affinity,
-                              log=(lambda *a, **k: None) if args.json else print)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if args.json:
-        print(json.dumps(result))
-    return 0
-
-
-def add_loader_parser(bench_subparsers) -> None:
-    """`bench loader` under the `bench` command of cli.py."""
-    p = bench_subparsers.add_parser(
-        "loader", help="train input pipeline img/s (incl. device-side colour ops) against the one-core JPEG "
-                       "decode limit; per-worker rate, scaling, worker RSS")
-    p.add_argument("--data", required=True, metavar="SHARDS", help="prepared JPEG data set (e.g. ImageNet, or "
-                                                                 "python bench/make_jpeg_shards.py)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--workers", default="1", help="worker processes; a comma-separated list (1,2,4,auto) runs each "
-                                                  "and reports the scaling against 1; auto: as training would")
-    p.add_argument("--affinity", choices=["plan", "none"], default="plan",
-                   help="plan: cores laid out as in training (data/cores.py; pins only with --device cuda); none: "
-                        "no pinning")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--batches", type=int, default=30, help="timed batches per run (after 2 x workers + 2 untimed)")
-    p.add_argument("--config", help="recipe whose data section is used (default: crop tf_cnn, color tf_cnn, 224)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
-    p.add_argument("--device", default="auto", help="where the colour ops run: auto (cuda if available), cpu, cuda")
-    p.add_argument("--compare", choices=["torchvision"], help="also time the torchvision pipeline on the same images")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the text lines")
-    p.set_defaults(func=_cmd_loader)
-
-
-if __name__ == "__main__":
-    sys.exit("use: resnet-repro bench loader --data SHARDS ...")
+        transform, what = torchvision_transform(cfg.data)
+    except ImportError:
+        log("--compare torchvision: torchvision is not installed (pip install torchvision); skipped")
+        result["torchvision_images_per_s"] = None
+        return
+    tv = torchvision_rate(reader, np.concatenate(train_batch_indices(len(reader), opts.batch_size, 0, 0)),
+                          workers, opts.batch_size, opts.batches, transform)
+    result.update(torchvision_images_per_s=tv, torchvision_pipeline=what, vs_torchvision=result["images_per_s"] / tv)
+    log(f"torchvision ({what}{'; it has no PCA lighting' if cfg.data.lighting else ''}), {workers} "
+        f"workers: {tv:.0f} img/s; ours {result['vs_torchvision']:.2f} x (target >= 4)")

@@ -1,0 +1,88 @@
+"""What every bench measures the same way: the one-core JPEG decode limit, and the spread over timed rounds.
+
+Decode limit: bare ``cv2.imdecode`` of the full image on one core, the encoded files already in memory, nothing
+else. It is the ceiling per worker of the training input pipeline (``bench loader``: everything the pipeline adds
+may cost at most 15 %) and of copy-mode ``prepare`` (``bench prepare``: it must decode every image to find the
+undecodable ones), so both benches take it from here, on the very images they time.
+
+Spread: one round's figure does not say where the next round would land on a shared machine, so each bench
+reports the median and the min-max over its timed rounds (airbench reports mean +- std over runs). Of an even
+number of rounds the median is the lower middle one: an actual round, never flattered.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+
+
+def lower_median(items: list, key=lambda v: v):
+    """The lower middle item by `key`."""
+    ordered = sorted(items, key=key)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A figure over its timed rounds."""
+
+    values: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values) -> Spread:
+        values = tuple(float(v) for v in values)
+        if not values:
+            raise ValueError("a spread needs at least one round")
+        return cls(values)
+
+    @property
+    def median(self) -> float:
+        return lower_median(list(self.values))
+
+    @property
+    def low(self) -> float:
+        return min(self.values)
+
+    @property
+    def high(self) -> float:
+        return max(self.values)
+
+    def text(self, fmt: str = ",.0f", what: str = "round") -> str:
+        """E.g. "1,305 (median; min-max 1,240-1,368 over 5 rounds)", or "1,305 (1 round)"."""
+        if len(self.values) == 1:
+            return f"{self.median:{fmt}} (1 {what})"
+        return (f"{self.median:{fmt}} (median; min-max {self.low:{fmt}}-{self.high:{fmt}} over {len(self.values)} "
+                f"{what}s)")
+
+    def as_dict(self) -> dict:
+        return {"median": self.median, "min": self.low, "max": self.high, "rounds": list(self.values)}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (e.g. `prepare`'s worker processes)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def decode_limit(blobs: list[bytes], rounds: int = 1, seconds: float = 0.0) -> tuple[Spread, Spread]:
+    """Images/s of bare full-size decoding on one core, per round: (per wall second, per CPU second). A round is
+    at least one pass over `blobs` and at least `seconds` long."""
+    import cv2
+    import numpy as np
+
+    cv2.setNumThreads(1)
+    arrays = [np.frombuffer(b, np.uint8) for b in blobs]
+    wall, cpu = [], []
+    for _ in range(rounds):
+        n, t0, c0 = 0, time.perf_counter(), cpu_seconds()
+        while True:
+            for a in arrays:
+                if cv2.imdecode(a, cv2.IMREAD_COLOR) is None:
+                    raise ValueError("an image in the benchmark data cannot be decoded (for record shards: run "
+                                     "`resnet-repro verify`)")
+            n += len(arrays)
+            if time.perf_counter() - t0 >= seconds:
+                break
+        wall.append(n / (time.perf_counter() - t0))
+        cpu.append(n / max(cpu_seconds() - c0, 1e-9))
+    return Spread.of(wall), Spread.of(cpu)
