@@ -290,27 +290,29 @@ def _cmd_predict(args) -> int:
     return 0
 
 
-def _bench_log(args):
-    """--json prints one JSON object and nothing else."""
-    return (lambda *a, **k: None) if args.json else print
-
-
-def _cmd_bench_train(args) -> int:
-    from .bench.train import TrainOptions, bench_train, parse_e2e
-
+def _bench(args, run) -> int:
+    """Run a bench, `run(log)`: its ValueErrors are the user's; --json prints one JSON object and nothing else."""
     try:
-        e2e = [parse_e2e(spec) for spec in args.e2e] or None
-        opts = TrainOptions(model=args.model, data=None if args.synthetic else args.data, batch_size=args.batch_size,
-                            steps=args.steps, warmup=args.warmup, compile=args.compile_mode or args.compile,
-                            precision=args.precision, decode=args.decode, workers=args.workers, device=args.device,
-                            channels_last=args.channels_last, config=args.config, overrides=args.set,
-                            rounds=args.rounds, e2e=e2e)
-        result = bench_train(opts, log=_bench_log(args))
+        result = run((lambda *a, **k: None) if args.json else print)
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def _cmd_bench_train(args) -> int:
+    from .bench.train import TrainOptions, bench_train, parse_e2e
+
+    def run(log):
+        opts = TrainOptions(model=args.model, data=None if args.synthetic else args.data, batch_size=args.batch_size,
+                            steps=args.steps, warmup=args.warmup, compile=args.compile_mode or args.compile,
+                            precision=args.precision, decode=args.decode, workers=args.workers, device=args.device,
+                            channels_last=args.channels_last, config=args.config, overrides=args.set,
+                            rounds=args.rounds, e2e=[parse_e2e(spec) for spec in args.e2e] or None)
+        return bench_train(opts, log=log)
+
+    return _bench(args, run)
 
 
 def _cmd_bench_loader(args) -> int:
@@ -324,29 +326,17 @@ def _cmd_bench_loader(args) -> int:
                         "1,2,4,auto") from None
     if any(w != "auto" and w < 1 for w in workers):
         raise UserError("--workers: every count must be >= 1 (the decode limit is per worker process)")
-    try:
-        opts = LoaderOptions(data=args.data, workers=workers, batch_size=args.batch_size, batches=args.batches,
-                             config=args.config, overrides=args.set, device=args.device, split=args.split,
-                             compare=args.compare, affinity=args.affinity)
-        result = bench_loader(opts, log=_bench_log(args))
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if args.json:
-        print(json.dumps(result))
-    return 0
+    opts = LoaderOptions(data=args.data, workers=workers, batch_size=args.batch_size, batches=args.batches,
+                         config=args.config, overrides=args.set, device=args.device, split=args.split,
+                         compare=args.compare, affinity=args.affinity)
+    return _bench(args, lambda log: bench_loader(opts, log=log))
 
 
 def _cmd_bench_prepare(args) -> int:
     from .bench.prepare import PrepareOptions, bench_prepare
 
-    try:
-        opts = PrepareOptions(src=args.src, images=args.images, workers=args.workers, repeats=args.repeats)
-        result = bench_prepare(opts, log=_bench_log(args))
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if args.json:
-        print(json.dumps(result))
-    return 0
+    opts = PrepareOptions(src=args.src, images=args.images, workers=args.workers, repeats=args.repeats)
+    return _bench(args, lambda log: bench_prepare(opts, log=log))
 
 
 def _cmd_env(args) -> int:

@@ -23,6 +23,7 @@ Model FLOP/s counts a training step as 3 x the forward pass (forward, input grad
 """
 from __future__ import annotations
 
+import functools
 import math
 import resource
 import time
@@ -198,7 +199,7 @@ def bench_train(opts: TrainOptions, log=print) -> dict:
     for _ in range(opts.rounds):
         _timed(runs["compute"], bench.compute_round)
         for k, v in enumerate(variants):
-            _timed(runs[f"e2e{k}"], lambda: bench.e2e_round(v))
+            _timed(runs[f"e2e{k}"], functools.partial(bench.e2e_round, v))
     _summarize(out, runs, variants, cfg, opts.data, log)
     out["peak_memory_mb"] = _peak_memory_mb(bench.dev)
     log(f"  peak memory {out['peak_memory_mb']:,.0f} MB ({'device' if bench.dev.type == 'cuda' else 'host RSS'})")
@@ -206,6 +207,7 @@ def bench_train(opts: TrainOptions, log=print) -> dict:
 
 
 def _timed(rounds: list[dict], run) -> None:
+    """Append `run()`'s figures with its wall time, warm-up and loader start-up included (what a round costs)."""
     t0 = time.perf_counter()
     rounds.append(run())
     rounds[-1]["wall_s"] = time.perf_counter() - t0
