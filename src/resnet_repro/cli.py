@@ -353,7 +353,8 @@ def _cmd_env(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="resnet-repro", description=__doc__)
+    # --help shows the docstring's first paragraph; the rest is for readers of this file.
+    p = argparse.ArgumentParser(prog="resnet-repro", description=__doc__.split("\n\n", 1)[0])
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_env, _add_model, _add_prepare, _add_verify, _add_train, _add_evaluate, _add_report, _add_export,
                 _add_predict, _add_bench):  # the order --help lists them in
