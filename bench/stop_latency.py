@@ -68,9 +68,9 @@ def main() -> int:
               f"{row['signal_to_exit_s']:>5.2f} s after it, status {row['exit_status']}, {row['stopped_at']}",
               flush=True)
     worst = max(r["signal_to_exit_s"] for r in rows)
-    print(f"worst signal-to-exit: {worst:.2f} s over {len(rows)} rounds; signal to exit "
-          f"{Spread.of(r['signal_to_exit_s'] for r in rows).text('.2f')} s, to checkpoint "
-          f"{Spread.of(r['signal_to_checkpoint_s'] for r in rows).text('.2f')} s")
+    print(f"worst signal-to-exit: {worst:.2f} s over {len(rows)} rounds; seconds from the signal to the exit: "
+          f"{Spread.of(r['signal_to_exit_s'] for r in rows).text('.2f')}; to the checkpoint: "
+          f"{Spread.of(r['signal_to_checkpoint_s'] for r in rows).text('.2f')}")
     return 0 if all(r["exit_status"] == 0 and r["checkpoint_after_signal"] for r in rows) else 1
 
 

@@ -316,7 +316,7 @@ def bench_loader(opts: LoaderOptions, log=print) -> dict:
               "crop": cfg.data.crop, "color": cfg.data.color, "lighting": cfg.data.lighting,
               "device_transform_images_per_s": device_rate, "machine": info}
     log(f"decode limit over the run: {limit:.0f} img/s (samples {', '.join(f'{v:.0f}' for v in limits)}; "
-        f"spread {Spread.of(limits).text()})")
+        f"{Spread.of(limits).text()})")
     _ratios(runs, limit, result, log)
     if opts.compare == "torchvision":
         _compare_torchvision(cfg, reader, opts, workers[-1], result, log)
@@ -364,8 +364,8 @@ def _log_run(n: int, r: dict, log) -> None:
         f"{r['peak_rss_mb_per_worker']:.0f} MB per worker, RSS growth {r['rss_growth_mb_per_worker']:+.1f} MB "
         f"over the timed batches ({r['rss_growth_from_first_batch_mb']:+.1f} MB from the first batch); main "
         f"process CPU {r['main_cpu_ms_per_image']:.2f} ms per image")
-    log(f"workers {n}: spread over windows of the timed batches: "
-        f"{Spread.of(r['images_per_s_windows']).text(what='window')} img/s")
+    log(f"workers {n}: img/s over windows of the timed batches: "
+        f"{Spread.of(r['images_per_s_windows']).text(what='window')}")
 
 
 def _ratios(runs: list[dict], limit: float, result: dict, log) -> None:

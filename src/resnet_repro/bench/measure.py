@@ -47,12 +47,12 @@ class Spread:
     def high(self) -> float:
         return max(self.values)
 
-    def text(self, fmt: str = ",.0f", what: str = "round") -> str:
-        """E.g. "1,305 (median; min-max 1,240-1,368 over 5 rounds)", or "1,305 (1 round)"."""
+    def text(self, fmt: str = ".0f", what: str = "round") -> str:
+        """E.g. "median 1305, min-max 1240-1368 over 5 rounds", or "1305 in 1 round"."""
         if len(self.values) == 1:
-            return f"{self.median:{fmt}} (1 {what})"
-        return (f"{self.median:{fmt}} (median; min-max {self.low:{fmt}}-{self.high:{fmt}} over {len(self.values)} "
-                f"{what}s)")
+            return f"{self.median:{fmt}} in 1 {what}"
+        return (f"median {self.median:{fmt}}, min-max {self.low:{fmt}}-{self.high:{fmt}} over {len(self.values)} "
+                f"{what}s")
 
     def as_dict(self) -> dict:
         return {"median": self.median, "min": self.low, "max": self.high, "rounds": list(self.values)}

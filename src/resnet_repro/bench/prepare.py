@@ -96,4 +96,4 @@ def _log_result(r: dict, limit: Spread, prepare: Spread, log) -> None:
         f"{r['ratio_per_worker']:.2f} x the decode limit; per CPU-second: decode "
         f"{r['decode_images_per_cpu_s']:.0f}, prepare {r['prepare_images_per_cpu_s']:.0f} img/s = "
         f"{r['ratio_cpu']:.2f} x (load average {r['load_avg_1min']:.1f} on {r['cpus']} CPUs)")
-    log(f"best of each; spread, img/s: decode limit {limit.text()}, prepare {prepare.text()}")
+    log(f"(best rounds above) img/s: decode limit {limit.text()}; prepare {prepare.text()}")

@@ -394,6 +394,6 @@ def _summarize(out: dict, runs: dict[str, list[dict]], variants: list[dict], cfg
             f"({v['decode']} decode, crop {cfg.data.crop}, affinity {v['affinity']}: {row['core_plan']}; {data})")
     phases = [("compute", out["compute_images_per_s_rounds"], compute)] + [
         (f"end to end ({r['decode']}, {r['affinity']})", r["images_per_s_rounds"], r) for r in out["end_to_end"]]
-    log(f"  spread over {out['rounds']} alternating round(s), img/s (the median round's steps, min-max ms): "
-        + "; ".join(f"{name} {Spread.of(rates).text(',.1f')}, steps {r['step_ms_min']:.1f}-{r['step_ms_max']:.1f}"
-                    for name, rates, r in phases))
+    log("  img/s over the alternating rounds, and the median round's fastest-slowest step: " + "; ".join(
+        f"{name} {Spread.of(rates).text(',.1f')}, steps {r['step_ms_min']:.1f}-{r['step_ms_max']:.1f} ms"
+        for name, rates, r in phases))
