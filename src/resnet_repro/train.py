@@ -12,6 +12,12 @@ Several nodes: the same on every node with ``--nnodes M --rdzv-backend c10d --rd
 
 Files in RUN_DIR (rank 0 writes): config.yaml (resolved), metrics.jsonl (one object per epoch),
 checkpoints/ (complete state, see checkpoint.py), results.json and model.safetensors at the end.
+
+`train` reads as the run's script, one function per phase: `start_processes` (device, precision), `open_data`,
+`build_learner` (model, optimizer, EMA), `start_or_resume` (run folder, checkpoint); per epoch `train_one_epoch`,
+`end_epoch` (its checkpoint) and `finish_epoch` (evaluation, log line); then `finish` (precise BN, final evaluation,
+results). They share `Run` (what the run is made of) and `RunState` (where it stands). Stop requests and the ranks'
+meetings live in stopping.py; which run a folder holds and where a resume starts, in run_folder.py.
 """
 from __future__ import annotations
 
@@ -20,7 +26,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,9 +33,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from . import __version__, checkpoint, dist, folder_lock, runtime
+from . import __version__, checkpoint, dist, folder_lock, run_folder, runtime
 from .config import Config, ConfigError, DataConfig, save_config
 from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry
 from .data.cores import CorePlan, available_cpus, pin_trainer, plan_cores, unpin_trainer
@@ -41,6 +45,7 @@ from .models.resnet import build_model
 from .ema import EMA
 from .precise_bn import update_bn_stats
 from .schedule import lr_factor, schedule_position, train_image_size
+from .stopping import RankMeeting, StopRequest
 
 
 class TrainingError(RuntimeError):
@@ -103,68 +108,6 @@ class RunningSums:
         self.sums.copy_(state["sums"].to(self.sums.device))
         self.samples, self.bad = int(state["samples"]), int(state["bad"])
 
-
-class StopRequest:
-    """SIGTERM / SIGUSR1 (cluster preemption) and SIGINT (Ctrl-C) ask the loop to checkpoint and exit cleanly
-    (exit status 0); a second Ctrl-C interrupts at once, for a user who would rather not wait for the save.
-
-    One process reads the flag after every step; several ranks agree on it at their meetings (`RankMeeting`):
-    a signal can reach ranks at different steps, and a rank that checkpoints while another trains on would
-    deadlock DDP."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-
-    def __init__(self):
-        self.signum = None
-        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def _handle(self, signum, frame):
-        if signum == signal.SIGINT and self.signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def restore(self) -> None:
-        """Give the signals back to whoever had them (a caller of train() in a notebook or a test runner)."""
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def __bool__(self):
-        return self.signum is not None
-
-
-class RankMeeting:
-    """The ranks' meeting point: one small all-reduce that carries the loss to log (at log steps), any rank's stop
-    request and rank 0's checkpoint clock, so every rank makes the same decision at the same step.
-
-    Meetings fall every `period` steps, and rank 0 re-chooses the period at each one so that they are about
-    `SECONDS` apart whatever a step costs: a stop then acts within a few seconds on every rank (clusters often
-    grant 30 s between SIGTERM and SIGKILL), while a fast GPU step does not wait on the host every step. The
-    period travels in the all-reduce, so all ranks always agree on where the next meeting is. One process needs
-    no meeting: it reads its own flag after every step, and reads the loss only at log steps."""
-
-    SECONDS = 2.0
-
-    def __init__(self, world: int, device: torch.device, log_interval: int):
-        self.world, self.device, self.log_interval = world, device, log_interval
-        self.period, self.t_last, self.step_last = 1, time.time(), 0
-
-    def __call__(self, step: int, loss: torch.Tensor, stop: bool, due: bool, log_now: bool, is_main: bool):
-        """(loss averaged over ranks or None, stop, checkpoint) after `step`; None when no meeting is due."""
-        if self.world == 1:
-            return (loss.item() if log_now else None), stop, due
-        if not log_now and step % self.period:
-            return None
-        proposal = 0.0
-        if is_main:
-            now = time.time()
-            per_step = (now - self.t_last) / max(step - self.step_last, 1)
-            proposal = float(min(max(int(self.SECONDS / max(per_step, 1e-6)), 1), self.log_interval))
-            self.t_last, self.step_last = now, step
-        votes = torch.tensor([float(stop), float(due), proposal], device=self.device)
-        meet = dist.all_reduce_sum(torch.cat([loss.float().view(1) if log_now else votes.new_zeros(1), votes]))
-        loss_sum, stop_votes, due_votes, period = meet.tolist()
-        self.period = int(period)
-        return (loss_sum / self.world if log_now else None), stop_votes > 0, due_votes > 0
 
 
 # --- What the phases share ---------------------------------------------------------------------------------
@@ -470,11 +413,11 @@ def start_or_resume(run: Run, resume: str | None, held: contextlib.ExitStack) ->
     One writer per folder, and one run: rank 0 locks the folder (held until train() returns) and reads which run
     it holds; nothing in it changes until the resume checks have passed."""
     out, env = run.out, run.env
-    folder = _claim_run_folder(out, resume, env, held)
+    folder = run_folder.claim(out, resume, env, held)
     state = RunState(folder["run_id"])
     if resume:
-        found = _find_checkpoint(resume, run.ckpt_dir, env, folder["run_id"])
-        results_held = [f for f in folder["held"] if f in RUN_FILES]  # torn checkpoints alone hold nothing
+        found = run_folder.find_checkpoint(resume, run.ckpt_dir, env, folder["run_id"])
+        results_held = [f for f in folder["held"] if f in run_folder.RUN_FILES]  # torn checkpoints alone hold nothing
         if found is None and results_held:
             raise folder_lock.LockError(
                 f"--resume auto: {run.ckpt_dir} holds no whole checkpoint of this run, but {out} holds "
@@ -521,10 +464,10 @@ def _restore(run: Run, folder: dict, path: Path, saved: dict) -> RunState:
     elif state.start_step:
         # Same global batch, another world size: the batches are the same (data/loader.py), so the sums
         # carry over whole; rank 0 takes them all, the others start at zero (the epoch total adds ranks).
-        state.epoch_state = _merge_epoch_states(ranks) if env.is_main else None
+        state.epoch_state = run_folder.merge_epoch_states(ranks) if env.is_main else None
     if env.is_main:
-        _trim_metrics(out / "metrics.jsonl", state.start_epoch)
-    logged = dist.broadcast_object(_logged_epochs(out / "metrics.jsonl") if env.is_main else None)
+        run_folder.trim_metrics(out / "metrics.jsonl", state.start_epoch)
+    logged = dist.broadcast_object(run_folder.logged_epochs(out / "metrics.jsonl") if env.is_main else None)
     if state.start_step == 0 and saved.get("epoch_record") and logged < state.start_epoch:
         state.pending_record = dict(saved["epoch_record"])
     run.log(f"resumed from {path} at epoch {state.start_epoch} step {state.start_step} (saved by {len(ranks)} "
@@ -536,7 +479,7 @@ def _load_learner(run: Run, path: Path, saved: dict) -> None:
     """Weights, optimizer, loss scaler and EMA from checkpoint `path`; an error names the config keys that
     changed since it was saved, the likely reason it does not fit."""
     learner = run.learner
-    changed = _config_changes(saved.get("config", {}), run.cfg.to_dict())
+    changed = run_folder.config_changes(saved.get("config", {}), run.cfg.to_dict())
     try:
         learner.model.load_state_dict(saved["model"])
         learner.optimizer.load_state_dict(saved["optimizer"])
@@ -808,133 +751,6 @@ def _write_results(run: Run, results: dict) -> None:
                                                    if learner.ema is not None else {})})
     checkpoint.write_atomic(run.out / "results.json", json.dumps(results, indent=1).encode())
     run.log(json.dumps(results))
-
-# What makes a folder hold a run that a fresh start would overwrite or mix with (config.yaml alone does not:
-# a run stopped before its first checkpoint has nothing to lose).
-RUN_FILES = ("final.pt", "results.json", "metrics.jsonl")
-
-
-def _claim_run_folder(out: Path, resume: str | None, env: dist.DistEnv, held: contextlib.ExitStack) -> dict:
-    """Rank 0 locks ``out`` for this process (released when ``held`` closes, or by the kernel if the process
-    dies) and checks that a fresh start would not overwrite another run. Every rank gets the same answer,
-    {"run_id": the folder's run id or None, "new_id": an id for a new run, "held": run files present}, or
-    raises the same error: no rank is left waiting in a collective for one that failed."""
-    import uuid
-
-    answer = None
-    if env.is_main:
-        try:
-            held.enter_context(folder_lock.hold_folder(out, "a training run"))
-            run_id = None
-            if (out / "run.json").is_file():
-                try:
-                    run_id = json.loads((out / "run.json").read_text())["run_id"]
-                except (ValueError, KeyError, TypeError):
-                    raise folder_lock.LockError(f"{out / 'run.json'}: damaged (no run_id); it names the run this "
-                                                "folder holds: remove the run folder's files to start over, or "
-                                                "choose another --out") from None
-            found = [n for n in RUN_FILES if (out / n).exists()]
-            n_ckpt = len(checkpoint.list_checkpoints(out / "checkpoints"))
-            if n_ckpt:
-                found.insert(0, f"{n_ckpt} checkpoint(s) in checkpoints/")
-            # A fresh start (allowed only where no run files are) is a new run, whatever run.json said.
-            answer = {"run_id": run_id if resume else None, "new_id": uuid.uuid4().hex[:16], "held": found}
-            if resume is None and found:
-                answer = {"error": f"{out} holds another run ({', '.join(found)}); continue it with --resume auto "
-                                   f"(resnet-repro train --config {out / 'config.yaml'} --out {out} --resume auto), "
-                                   "or remove those files / choose another --out to start a new run"}
-        except folder_lock.LockError as e:
-            answer = {"error": str(e)}
-    answer = dist.broadcast_object(answer)
-    if "error" in answer:
-        raise folder_lock.LockError(answer["error"])
-    return answer
-
-
-def _find_checkpoint(resume: str, ckpt_dir: Path, env: dist.DistEnv,
-                     run_id: str | None = None) -> tuple[Path, dict] | None:
-    """``--resume auto``: the newest whole checkpoint of run ``run_id`` in ckpt_dir (rank 0 chooses, skipping
-    torn ones and other runs' with a warning; every rank then loads that file), or None if there is none.
-    Otherwise ``resume`` is a path."""
-    if resume == "auto":
-        found = checkpoint.load_latest(ckpt_dir, run_id=run_id) if env.is_main else None
-        chosen = dist.broadcast_object(str(found[0]) if found else None)
-        if chosen is None or env.is_main:
-            return found
-        path = Path(chosen)
-    else:
-        path = Path(resume)
-    try:
-        state = checkpoint.load(path)
-    except checkpoint.CheckpointError as e:
-        if env.world > 1:
-            raise checkpoint.CheckpointError(f"rank {env.rank}: {e} (with several nodes, RUN_DIR must be on a file "
-                                             "system every node sees)") from None
-        raise
-    if "optimizer" not in state:
-        raise checkpoint.CheckpointError(
-            f"{path} holds a run's final weights, not a training checkpoint: it has no optimizer state to resume "
-            "from. Continue a run with --resume auto (or --resume RUN/checkpoints/ckpt-EEEE-SSSSSS.pt); to train "
-            "further from these weights, start a new run")
-    return path, state
-
-
-def _merge_epoch_states(ranks: list[dict]) -> dict | None:
-    """The unfinished epoch's sums of all saved ranks as one (resuming with another number of processes)."""
-    parts = [r["sums"] for r in ranks if r.get("sums") is not None]
-    if not parts:
-        return None
-    return {"sums": {"sums": sum(p["sums"] for p in parts), "samples": sum(p["samples"] for p in parts),
-                     "bad": sum(p["bad"] for p in parts)},
-            "seconds": ranks[0]["seconds"], "wait": ranks[0]["wait"]}
-
-
-def _metric_lines(path: Path) -> list[tuple[str, dict]]:
-    """(line, record) of metrics.jsonl. A last line cut off by a crash mid-write is dropped with a warning
-    (the resumed run logs that epoch again); a damaged line before it is an error naming the line."""
-    if not path.is_file():
-        return []
-    lines = path.read_text().splitlines(keepends=True)
-    out = []
-    for n, ln in enumerate(lines, start=1):
-        if not ln.strip():
-            continue
-        try:
-            out.append((ln if ln.endswith("\n") else ln + "\n", json.loads(ln)))
-        except json.JSONDecodeError as e:
-            if n == len(lines):
-                print(f"warning: {path} line {n}: cut off (a crash while it was written); dropping it",
-                      file=sys.stderr)
-                break
-            raise checkpoint.CheckpointError(f"{path} line {n}: not valid JSON ({e}); fix or delete that line, "
-                                             "then resume again") from None
-    return out
-
-
-def _logged_epochs(path: Path) -> int:
-    """The last epoch metrics.jsonl has a line for (0: none)."""
-    return max((rec.get("epoch", 0) for _, rec in _metric_lines(path)), default=0)
-
-
-def _trim_metrics(path: Path, epochs_done: int) -> None:
-    """Drop metrics.jsonl lines of epochs after the checkpoint (written before a crash that the checkpoint
-    missed) and a torn last line, so the resumed run does not log an epoch twice."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    keep = [ln for ln, rec in _metric_lines(path) if rec.get("epoch", 0) <= epochs_done]
-    if keep != lines:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(keep))
-        os.replace(tmp, path)
-
-
-def _config_changes(saved: dict, now: dict) -> list[str]:
-    """'section.key: saved -> now' for every value that differs between a checkpoint's config and this run's."""
-    return [f"{section}.{key}: {old!r} -> {now[section][key]!r}"
-            for section, values in saved.items() if section in now
-            for key, old in values.items() if key in now[section] and now[section][key] != old]
-
 
 def _newest(ckpt_dir: Path) -> str:
     found = checkpoint.list_checkpoints(ckpt_dir)
