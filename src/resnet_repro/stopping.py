@@ -2,8 +2,8 @@
 
 A preempted or interrupted run checkpoints at the next step and exits 0, so the same command with
 ``--resume auto`` continues it (train.py acts on the decisions; checkpoint.py writes the file). With several
-ranks every decision (stop, checkpoint now, and the loss to log) is taken at a meeting all ranks reach at the
-same step: a rank that checkpoints while another trains on would deadlock DDP.
+ranks, every decision (stop, checkpoint now, and the loss to log) is taken at a meeting they all reach at the
+same step.
 """
 from __future__ import annotations
 

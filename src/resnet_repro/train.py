@@ -109,7 +109,6 @@ class RunningSums:
         self.samples, self.bad = int(state["samples"]), int(state["bad"])
 
 
-
 # --- What the phases share ---------------------------------------------------------------------------------
 
 @dataclass
