@@ -373,7 +373,7 @@ def open_data(run: Run) -> Data:
 # --- Model and optimizer -------------------------------------------------------------------------------------
 
 def build_learner(run: Run) -> Learner:
-    cfg, env, device, data = run.cfg, run.env, run.device, run.data
+    cfg, env, device, data, precision = run.cfg, run.env, run.device, run.data, run.precision
     global_batch = data.global_batch
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     memory_format = torch.channels_last if run.channels_last else torch.contiguous_format
@@ -395,11 +395,11 @@ def build_learner(run: Run) -> Learner:
     # torch.compile traces the training forward/backward once (a minute or two for ResNet-50) and then runs fused
     # kernels; evaluation and precise BN keep the eager module (eval mode would be a second compilation).
     step_net = torch.compile(net) if cfg.train.compile else net
-    scaler = torch.amp.GradScaler(device.type, enabled=run.precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     ema = EMA(model, cfg.train.ema, cfg.train.ema_warmup) if cfg.train.ema else None
     run.log(f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters; device {device}, "
-            f"precision {run.precision}, {env.world} process(es); global batch {global_batch} = {cfg.data.batch_size} "
+            f"precision {precision}, {env.world} process(es); global batch {global_batch} = {cfg.data.batch_size} "
             f"x {env.world}; peak lr {peak_lr:g} = {cfg.optim.lr:g} x {global_batch}/{cfg.optim.lr_batch} (linear "
             f"scaling rule); BN statistics {bn_mode}")
     return Learner(model, step_net, optimizer, scaler, criterion, ema, peak_lr)
