@@ -12,6 +12,12 @@ Several nodes: the same on every node with ``--nnodes M --rdzv-backend c10d --rd
 
 Files in RUN_DIR (rank 0 writes): config.yaml (resolved), metrics.jsonl (one object per epoch),
 checkpoints/ (complete state, see checkpoint.py), results.json and model.safetensors at the end.
+
+`train` reads as the run's script, one function per phase: `start_processes` (device, precision), `open_data`,
+`build_learner` (model, optimizer, EMA), `start_or_resume` (run folder, checkpoint); per epoch `train_one_epoch`,
+`end_epoch` (its checkpoint) and `finish_epoch` (evaluation, log line); then `finish` (precise BN, final evaluation,
+results). They share `Run` (what the run is made of) and `RunState` (where it stands). Stop requests and the ranks'
+meetings live in stopping.py; which run a folder holds and where a resume starts, in run_folder.py.
 """
 from __future__ import annotations
 
@@ -20,18 +26,18 @@ import json
 import math
 import os
 import signal
-import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from . import __version__, checkpoint, dist, folder_lock, runtime
-from .config import Config, ConfigError, save_config
+from . import __version__, checkpoint, dist, folder_lock, run_folder, runtime
+from .config import Config, ConfigError, DataConfig, save_config
 from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry
-from .data.cores import available_cpus, pin_trainer, plan_cores, unpin_trainer
+from .data.cores import CorePlan, available_cpus, pin_trainer, plan_cores, unpin_trainer
 from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
 from .data.records import RecordReader
 from .evaluate import eval_transform, evaluate, topk_correct
@@ -39,6 +45,7 @@ from .models.resnet import build_model
 from .ema import EMA
 from .precise_bn import update_bn_stats
 from .schedule import lr_factor, schedule_position, train_image_size
+from .stopping import RankMeeting, StopRequest
 
 
 class TrainingError(RuntimeError):
@@ -102,68 +109,147 @@ class RunningSums:
         self.samples, self.bad = int(state["samples"]), int(state["bad"])
 
 
-class StopRequest:
-    """SIGTERM / SIGUSR1 (cluster preemption) and SIGINT (Ctrl-C) ask the loop to checkpoint and exit cleanly
-    (exit status 0); a second Ctrl-C interrupts at once, for a user who would rather not wait for the save.
+# --- What the phases share ---------------------------------------------------------------------------------
 
-    One process reads the flag after every step; several ranks agree on it at their meetings (`RankMeeting`):
-    a signal can reach ranks at different steps, and a rank that checkpoints while another trains on would
-    deadlock DDP."""
+@dataclass
+class Data:
+    """The run's data: readers, datasets, device transforms, the batch arithmetic and the loaders built from them.
+    Which samples a batch holds is a pure function of (seed, epoch, step), whatever the number of ranks."""
+    cfg: DataConfig
+    seed: int
+    env: dist.DistEnv
+    device: torch.device
+    train_reader: RecordReader
+    val_reader: RecordReader
+    num_classes: int
+    train_ds: object
+    val_ds: object
+    train_transform: object
+    val_transform: object
+    core_plan: CorePlan
+    global_batch: int
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    @property
+    def manifest(self) -> dict:
+        return self.train_reader.manifest
 
-    def __init__(self):
-        self.signum = None
-        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    @property
+    def channels(self) -> int:
+        return self.manifest["image"]["channels"]
 
-    def _handle(self, signum, frame):
-        if signum == signal.SIGINT and self.signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
+    @property
+    def stored(self) -> int:
+        return self.manifest["image"]["height"]
 
-    def restore(self) -> None:
-        """Give the signals back to whoever had them (a caller of train() in a notebook or a test runner)."""
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
+    def steps_in(self, epoch: int) -> int:
+        return min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)  # the last may be partial
 
-    def __bool__(self):
-        return self.signum is not None
+    def train_jobs(self, epoch: int, count: int, size: int = 0) -> list[Job]:
+        """This rank's first `count` training batches of `epoch`, at crop side `size` (0: the geometry's own)."""
+        indices = train_batch_indices(len(self.train_reader), self.cfg.batch_size, self.seed, epoch, self.env.rank,
+                                      self.env.world)[:count]
+        return [Job(epoch, s, idx, size) for s, idx in enumerate(indices)]
+
+    def train_batches(self, jobs: list[Job]):
+        loader = make_loader(self.train_ds, jobs, self.core_plan.workers, self.device.type == "cuda", self.core_plan)
+        if self.cfg.decode == "gpu":  # decoded a batch ahead on a side stream (gpu_decode.py)
+            from .data.gpu_decode import decode_ahead
+
+            return decode_ahead(loader, self.train_transform)
+        return DevicePrefetcher(loader, self.device, self.train_transform)
+
+    def val_batches(self):
+        jobs = [Job(0, s, idx) for s, idx in enumerate(
+            eval_batch_indices(len(self.val_reader), self.cfg.eval_batch_size, self.env.rank, self.env.world))]
+        loader = make_loader(self.val_ds, jobs, self.core_plan.workers, self.device.type == "cuda", self.core_plan)
+        return DevicePrefetcher(loader, self.device, self.val_transform)
 
 
-class RankMeeting:
-    """The ranks' meeting point: one small all-reduce that carries the loss to log (at log steps), any rank's stop
-    request and rank 0's checkpoint clock, so every rank makes the same decision at the same step.
+@dataclass
+class Learner:
+    """What the steps change: the model (`step_net`: the same weights, wrapped for DDP and compiled when asked),
+    optimizer, loss scaler and EMA of the weights."""
+    model: nn.Module
+    step_net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    ema: EMA | None
+    peak_lr: float
 
-    Meetings fall every `period` steps, and rank 0 re-chooses the period at each one so that they are about
-    `SECONDS` apart whatever a step costs: a stop then acts within a few seconds on every rank (clusters often
-    grant 30 s between SIGTERM and SIGKILL), while a fast GPU step does not wait on the host every step. The
-    period travels in the all-reduce, so all ranks always agree on where the next meeting is. One process needs
-    no meeting: it reads its own flag after every step, and reads the loss only at log steps."""
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
 
-    SECONDS = 2.0
 
-    def __init__(self, world: int, device: torch.device, log_interval: int):
-        self.world, self.device, self.log_interval = world, device, log_interval
-        self.period, self.t_last, self.step_last = 1, time.time(), 0
+@dataclass
+class Run:
+    """What every phase reads, filled in by the first three: config, run folder, processes and device, precision,
+    where log lines go, then the data and the learner."""
+    cfg: Config
+    out: Path
+    env: dist.DistEnv
+    device: torch.device
+    autocast: Callable
+    precision: str
+    channels_last: bool
+    log: Callable
+    data: Data | None = None
+    learner: Learner | None = None
+    tb: object | None = None  # TensorBoard writer: rank 0, with train.tensorboard
 
-    def __call__(self, step: int, loss: torch.Tensor, stop: bool, due: bool, log_now: bool, is_main: bool):
-        """(loss averaged over ranks or None, stop, checkpoint) after `step`; None when no meeting is due."""
-        if self.world == 1:
-            return (loss.item() if log_now else None), stop, due
-        if not log_now and step % self.period:
-            return None
-        proposal = 0.0
-        if is_main:
-            now = time.time()
-            per_step = (now - self.t_last) / max(step - self.step_last, 1)
-            proposal = float(min(max(int(self.SECONDS / max(per_step, 1e-6)), 1), self.log_interval))
-            self.t_last, self.step_last = now, step
-        votes = torch.tensor([float(stop), float(due), proposal], device=self.device)
-        meet = dist.all_reduce_sum(torch.cat([loss.float().view(1) if log_now else votes.new_zeros(1), votes]))
-        loss_sum, stop_votes, due_votes, period = meet.tolist()
-        self.period = int(period)
-        return (loss_sum / self.world if log_now else None), stop_votes > 0, due_votes > 0
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
 
+
+@dataclass
+class RunState:
+    """Where the run stands: which run it is, the first (epoch, step) this call trains, and what a resume
+    carries into them."""
+    run_id: str | None
+    start_epoch: int = 0
+    start_step: int = 0
+    epoch_state: dict | None = None  # this rank's saved metric sums and timings of an unfinished epoch
+    pending_record: dict | None = None  # an epoch whose checkpoint was saved but whose evaluation and log line were not
+    last_ckpt_time: float = 0.0
+
+
+class EpochTally:
+    """One epoch's numbers on this rank: the next step, loss/top-1 sums (on the device), wall time and data wait,
+    and the same since the last log line (for its img/s and data-wait %)."""
+
+    def __init__(self, device: torch.device, step: int, size: int, saved: dict | None = None):
+        self.step, self.size, self.stopped = step, size, False
+        self.sums = RunningSums(device)  # no host sync per step
+        self.t_start = self.t_log = time.time()
+        self.wait = self.wait_log = 0.0
+        self.seen_log = 0
+        if saved is not None:  # resumed mid-epoch: the epoch's numbers go on
+            self.sums.load_state_dict(saved["sums"])
+            self.t_start -= saved["seconds"]
+            self.wait = self.wait_log = saved["wait"]
+
+    def timed(self, batches):
+        """`batches`, adding the time spent waiting for each one to `wait`."""
+        it = iter(batches)
+        while True:
+            t0 = time.time()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait += time.time() - t0
+            yield batch
+
+    def elapsed(self) -> float:
+        return time.time() - self.t_start
+
+
+# --- The run, top to bottom --------------------------------------------------------------------------------
 
 def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
     """`resnet-repro train`: the run `cfg` describes, into `out` (resume: None, "auto" or a checkpoint path)."""
@@ -179,8 +265,37 @@ def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
 
 def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStack) -> dict:
     t_start = time.time()
+    run = start_processes(cfg, out)
+    run.data = open_data(run)
+    run.learner = build_learner(run)
+    state = start_or_resume(run, resume, held)
+    done = _finished_results(run, state)
+    if done is not None:
+        return done
 
-    # --- Processes, device and precision (runtime.py: chosen from the hardware, with the reason logged) -------
+    # This thread and those it starts (pin-memory, decode-ahead) on the trainer's cores; given back however the run
+    # ends (in-process callers). Workers move to theirs in their init.
+    held.callback(unpin_trainer, pin_trainer(run.data.core_plan))
+    stop = StopRequest()
+    held.callback(stop.restore)  # however the run ends
+    meeting = RankMeeting(run.env.world, run.device, cfg.train.log_interval)
+    state.last_ckpt_time = time.time()
+    run.tb = _tensorboard(out / "tensorboard") if cfg.train.tensorboard and run.env.is_main else None
+    if state.pending_record is not None:
+        run.log(f"epoch {state.pending_record['epoch']} was checkpointed but not evaluated and logged: doing that "
+                "first")
+        finish_epoch(run, state.pending_record)
+    for epoch in range(state.start_epoch, run.data.epochs):
+        tally = train_one_epoch(run, state, epoch, stop, meeting)
+        if tally.stopped:
+            return {"stopped": True, "epoch": epoch, "step": tally.step}
+        finish_epoch(run, end_epoch(run, state, epoch, tally))
+    return finish(run, state, stop, t_start)
+
+
+# --- Processes, device and precision (runtime.py: chosen from the hardware, with the reason logged) ---------
+
+def start_processes(cfg: Config, out: Path) -> Run:
     hw = runtime.detect()
     env = dist.init(runtime.device_type(cfg.train.device, hw))
     device = runtime.pick_device(cfg.train.device, env.local_rank, hw)
@@ -199,8 +314,13 @@ def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStac
         flush=True)
     if chosen.warning:
         log(f"warning: {chosen.warning}", flush=True)
+    return Run(cfg, out, env, device, autocast, precision, channels_last.value, log)
 
-    # --- Data -------------------------------------------------------------------------------------------
+
+# --- Data ----------------------------------------------------------------------------------------------------
+
+def open_data(run: Run) -> Data:
+    cfg, env, device = run.cfg, run.env, run.device
     train_reader = RecordReader(cfg.data.path, cfg.data.train_split)
     val_reader = RecordReader(cfg.data.path, cfg.data.val_split)
     manifest = train_reader.manifest
@@ -213,14 +333,13 @@ def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStac
     if cfg.model.in_channels and cfg.model.in_channels != channels:
         raise ConfigError(f"config key 'model.in_channels' is {cfg.model.in_channels}, but {cfg.data.path} holds "
                           f"{channels}-channel images (manifest.json); set model.in_channels=0 to take the data's")
-    num_classes = cfg.model.num_classes or len(manifest["classes"])
     train_ds = BatchDataset(train_reader, TrainGeometry(cfg.data, stored), channels, cfg.train.seed, train=True)
     val_ds = BatchDataset(val_reader, EvalGeometry(cfg.data, stored), channels, cfg.train.seed, train=False)
-    to_device = DeviceTransform(cfg.data, channels, device, channels_last.value)
+    to_device = DeviceTransform(cfg.data, channels, device, run.channels_last)
     train_transform = to_device
     # Val batches get normalization only: colour distortion and lighting noise are training augmentation (and
     # val workers draw no colour parameters for them).
-    val_transform = eval_transform(cfg.data, channels, device, channels_last.value)
+    val_transform = eval_transform(cfg.data, channels, device, run.channels_last)
     if cfg.data.decode == "gpu":
         # Workers ship JPEG bytes and the CPU path's crop boxes; the batch is decoded (nvJPEG) and resized on the
         # GPU, then takes the same DeviceTransform (data/gpu_decode.py). Val stays on the CPU path.
@@ -242,29 +361,23 @@ def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStac
     if cfg.train.max_steps:
         total_steps = cfg.train.max_steps
         epochs = -(-total_steps // steps_per_epoch)
-    pin = device.type == "cuda"
     # Worker count and core layout (data/cores.py): on a GPU the trainer's threads keep cores of their own.
     local_world = max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), env.local_rank + 1)  # torchrun sets it
     core_plan = plan_cores(available_cpus(), cfg.data.workers, device.type, env.local_rank, local_world)
-    log(f"data loading: {core_plan.describe()}")
+    run.log(f"data loading: {core_plan.describe()}")
+    return Data(cfg.data, cfg.train.seed, env, device, train_reader, val_reader,
+                cfg.model.num_classes or len(manifest["classes"]), train_ds, val_ds, train_transform, val_transform,
+                core_plan, global_batch, steps_per_epoch, epochs, total_steps)
 
-    def batches(ds, jobs, workers):
-        loader = make_loader(ds, jobs, workers, pin, core_plan)
-        if ds is train_ds and cfg.data.decode == "gpu":  # decoded a batch ahead on a side stream (gpu_decode.py)
-            from .data.gpu_decode import decode_ahead
 
-            return decode_ahead(loader, train_transform)
-        return DevicePrefetcher(loader, device, train_transform if ds is train_ds else val_transform)
+# --- Model and optimizer -------------------------------------------------------------------------------------
 
-    def val_batches():
-        jobs = [Job(0, s, idx) for s, idx in
-                enumerate(eval_batch_indices(len(val_reader), cfg.data.eval_batch_size, env.rank, env.world))]
-        return batches(val_ds, jobs, core_plan.workers)
-
-    # --- Model and optimizer ----------------------------------------------------------------------------
+def build_learner(run: Run) -> Learner:
+    cfg, env, device, data, precision = run.cfg, run.env, run.device, run.data, run.precision
+    global_batch = data.global_batch
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
-    memory_format = torch.channels_last if channels_last.value else torch.contiguous_format
-    model = build_model(cfg.model.name, num_classes, cfg.model.in_channels or channels,
+    memory_format = torch.channels_last if run.channels_last else torch.contiguous_format
+    model = build_model(cfg.model.name, data.num_classes, cfg.model.in_channels or data.channels,
                         cfg.model.zero_init_residual, cfg.model.stride_in_3x3, bn_eps=cfg.model.bn_eps,
                         init=cfg.model.init).to(device, memory_format=memory_format)
     bn_mode = f"per device ({cfg.data.batch_size} images)"
@@ -285,249 +398,287 @@ def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStac
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     ema = EMA(model, cfg.train.ema, cfg.train.ema_warmup) if cfg.train.ema else None
-    log(f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters; device {device}, "
-        f"precision {precision}, {env.world} process(es); global batch {global_batch} = {cfg.data.batch_size} x "
-        f"{env.world}; peak lr {peak_lr:g} = {cfg.optim.lr:g} x {global_batch}/{cfg.optim.lr_batch} (linear scaling "
-        f"rule); BN statistics {bn_mode}")
+    run.log(f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters; device {device}, "
+            f"precision {precision}, {env.world} process(es); global batch {global_batch} = {cfg.data.batch_size} "
+            f"x {env.world}; peak lr {peak_lr:g} = {cfg.optim.lr:g} x {global_batch}/{cfg.optim.lr_batch} (linear "
+            f"scaling rule); BN statistics {bn_mode}")
+    return Learner(model, step_net, optimizer, scaler, criterion, ema, peak_lr)
 
-    # --- Run folder and resume --------------------------------------------------------------------------
-    # One writer per folder, and one run: rank 0 locks the folder (held until train() returns) and reads
-    # which run it holds; nothing in it changes until the resume checks below have passed.
-    ckpt_dir = out / "checkpoints"
-    folder = _claim_run_folder(out, resume, env, held)
-    run_id = folder["run_id"]
-    start_epoch, start_step = 0, 0
-    epoch_state = None  # this rank's saved metric sums and timings of an unfinished epoch
-    pending_record = None  # an epoch whose checkpoint was saved but whose evaluation and log line were not
+
+# --- Run folder and resume -----------------------------------------------------------------------------------
+
+def start_or_resume(run: Run, resume: str | None, held: contextlib.ExitStack) -> RunState:
+    """Claim the run folder and, with `resume`, put the newest (or the given) checkpoint back into the learner.
+    One writer per folder, and one run: rank 0 locks the folder (held until train() returns) and reads which run
+    it holds; nothing in it changes until the resume checks have passed."""
+    out, env = run.out, run.env
+    folder = run_folder.claim(out, resume, env, held)
+    state = RunState(folder["run_id"])
     if resume:
-        found = _find_checkpoint(resume, ckpt_dir, env, run_id)
-        results_held = [f for f in folder["held"] if f in RUN_FILES]  # torn checkpoints alone hold nothing
+        found = run_folder.find_checkpoint(resume, run.ckpt_dir, env, folder["run_id"])
+        results_held = [f for f in folder["held"] if f in run_folder.RUN_FILES]  # torn checkpoints alone hold nothing
         if found is None and results_held:
             raise folder_lock.LockError(
-                f"--resume auto: {ckpt_dir} holds no whole checkpoint of this run, but {out} holds "
+                f"--resume auto: {run.ckpt_dir} holds no whole checkpoint of this run, but {out} holds "
                 f"{', '.join(results_held)}: nothing to continue from. Remove those files to start over, or "
                 "choose another --out")
         if found is None:
-            log(f"--resume auto: no checkpoint in {ckpt_dir}; starting from scratch")
+            run.log(f"--resume auto: no checkpoint in {run.ckpt_dir}; starting from scratch")
         else:
-            path, state = found
-            if run_id is not None and state.get("run_id") not in (None, run_id) and folder["held"]:
-                raise checkpoint.CheckpointError(
-                    f"{path} belongs to run {state['run_id']}, but {out} holds run {run_id} "
-                    f"({', '.join(folder['held'])}); resume it into its own folder or a new --out")
-            run_id = run_id or state.get("run_id")
-            start_epoch, start_step = state["epoch"], state["step"]
-            saved_batch = state.get("global_batch", global_batch)
-            if start_step and saved_batch != global_batch:
-                raise TrainingError(f"{path} was saved mid-epoch (step {start_step}) at global batch {saved_batch}; "
-                                    f"this run's global batch is {global_batch} = {cfg.data.batch_size} x {env.world}. "
-                                    "Resume with the same global batch, or from an epoch-end checkpoint "
-                                    "(ckpt-EEEE-000000.pt)")
-            changed = _config_changes(state.get("config", {}), cfg.to_dict())
-            try:
-                model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                scaler.load_state_dict(state["scaler"])
-                if ema is not None and "ema" in state:
-                    ema.load_state_dict(state["ema"])
-            except (RuntimeError, ValueError, KeyError) as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-                raise checkpoint.CheckpointError(
-                    f"{path} does not fit this config's model or optimizer ({first}); it was saved with "
-                    f"{'; '.join(changed) or 'the same config'}. Resume with the config it was saved with "
-                    f"({out / 'config.yaml'}, left unchanged), or start the new config in another --out") from None
-            if changed:
-                log(f"warning: {path} was saved with a different config: {'; '.join(changed)}")
-            if ema is not None and "ema" not in state:
-                ema = EMA(model, cfg.train.ema, cfg.train.ema_warmup)
-                log(f"warning: {path} holds no EMA state; the EMA restarts from the resumed weights")
-            ranks = state.get("ranks") or [{"rng": r} for r in state["rng"]]  # "rng": before per-rank sums
-            same_world = len(ranks) == env.world
-            mine = ranks[env.rank] if same_world else ranks[0]
-            checkpoint.set_rng_state(mine["rng"])
-            if start_step and same_world:
-                epoch_state = mine
-            elif start_step:
-                # Same global batch, another world size: the batches are the same (data/loader.py), so the sums
-                # carry over whole; rank 0 takes them all, the others start at zero (the epoch total adds ranks).
-                epoch_state = _merge_epoch_states(ranks) if env.is_main else None
-            if env.is_main:
-                _trim_metrics(out / "metrics.jsonl", start_epoch)
-            logged = dist.broadcast_object(_logged_epochs(out / "metrics.jsonl") if env.is_main else None)
-            if start_step == 0 and state.get("epoch_record") and logged < start_epoch:
-                pending_record = dict(state["epoch_record"])
-            log(f"resumed from {path} at epoch {start_epoch} step {start_step} (saved by {len(ranks)} process(es))")
+            state = _restore(run, folder, *found)
     # The resume checks passed: only now does the folder take this run's identity and config.
-    run_id = run_id or folder["new_id"]
+    state.run_id = state.run_id or folder["new_id"]
     if env.is_main:
-        if folder["run_id"] != run_id:
-            checkpoint.write_atomic(out / "run.json", (json.dumps({"run_id": run_id}) + "\n").encode())
+        if folder["run_id"] != state.run_id:
+            checkpoint.write_atomic(out / "run.json", (json.dumps({"run_id": state.run_id}) + "\n").encode())
         tmp = out / "config.yaml.tmp"
-        save_config(cfg, tmp)
+        save_config(run.cfg, tmp)
         os.replace(tmp, out / "config.yaml")
-    if start_epoch * steps_per_epoch + start_step >= total_steps:
-        # A finished run (`make train` again, or --resume auto after the end): nothing to train. Keep its
-        # results.json as it is, rather than redoing precise BN and overwriting it with this call's timings.
-        done = dist.broadcast_object(json.loads((out / "results.json").read_text())
-                                     if env.is_main and (out / "results.json").is_file() else None)
-        if done is not None:
-            log(f"{out}: already trained for {epochs} epochs; results.json kept (top-1 error {done['top1_err']:.2f}%)")
-            return done
+    return state
 
-    def save_checkpoint(epoch: int, step: int, sums: RunningSums | None = None, seconds: float = 0.0,
-                        wait: float = 0.0, record: dict | None = None) -> None:
-        """Checkpoint (epoch, step): the next step to run. Collective: every rank calls it at the same step.
-        `record`: the finished epoch's training numbers, for a resume to evaluate and log it if need be."""
-        # A diverged state must never become the newest checkpoint: every rank checks its weights and loss sums.
-        finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
-        if sums is not None:
-            finite = finite & sums.sums.isfinite().all()
-        if dist.all_reduce_sum((~finite).float().view(1)).item():
-            raise TrainingError(f"non-finite weights or loss at epoch {epoch} step {step}; nothing saved, the newest "
-                                f"good checkpoint is {_newest(ckpt_dir)} (lower the LR or check the data, then "
-                                "--resume auto)")
-        ranks = dist.all_gather_object({"rng": checkpoint.rng_state(), "seconds": seconds, "wait": wait,
-                                        "sums": sums.state_dict() if sums is not None else None})
-        if env.is_main:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                     "run_id": run_id, "epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch,
-                     "global_batch": global_batch, "world": env.world, "lr": optimizer.param_groups[0]["lr"], "ranks": ranks,
-                     "config": cfg.to_dict(), "version": __version__, "classes": manifest["classes"],
-                     "class_names": manifest.get("class_names", manifest["classes"]), "in_channels": channels}
-            if ema is not None:
-                state["ema"] = ema.state_dict()
-            if record is not None:
-                state["epoch_record"] = record
-            checkpoint.save(ckpt_dir, state, epoch, step, keep=cfg.train.keep_checkpoints)
-        dist.barrier()
 
-    def finish_epoch(record: dict) -> None:
-        """Evaluate (when due) and log an epoch whose checkpoint is already saved: a failure here loses no
-        training, and a resume from that checkpoint comes back here first (pending_record)."""
-        if record["epoch"] % cfg.train.eval_every == 0 or record["epoch"] == epochs:
-            val = evaluate(model, val_batches(), device, autocast)
-            record.update(val_top1_err=val["top1_err"], val_top5_err=val["top5_err"], val_loss=val["loss"],
-                          val_bad_samples=val["bad"])
-            if ema is not None:
-                val = evaluate(ema.module, val_batches(), device, autocast)
-                record.update(ema_val_top1_err=val["top1_err"], ema_val_top5_err=val["top5_err"],
-                              ema_val_loss=val["loss"])
-        log(json.dumps(record))
-        if env.is_main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if tb is not None:
-            for key, value in record.items():
-                if key != "epoch" and isinstance(value, (int, float)):
-                    tb.add_scalar(f"epoch/{key}", value, record["epoch"])
-            tb.flush()
+def _restore(run: Run, folder: dict, path: Path, saved: dict) -> RunState:
+    """The position checkpoint `path` holds, with weights, optimizer, RNG and an unfinished epoch's numbers put
+    back; trims metrics.jsonl to it."""
+    env, data, out = run.env, run.data, run.out
+    run_id = folder["run_id"]
+    if run_id is not None and saved.get("run_id") not in (None, run_id) and folder["held"]:
+        raise checkpoint.CheckpointError(
+            f"{path} belongs to run {saved['run_id']}, but {out} holds run {run_id} "
+            f"({', '.join(folder['held'])}); resume it into its own folder or a new --out")
+    state = RunState(run_id or saved.get("run_id"), saved["epoch"], saved["step"])
+    saved_batch = saved.get("global_batch", data.global_batch)
+    if state.start_step and saved_batch != data.global_batch:
+        raise TrainingError(f"{path} was saved mid-epoch (step {state.start_step}) at global batch {saved_batch}; "
+                            f"this run's global batch is {data.global_batch} = {run.cfg.data.batch_size} x "
+                            f"{env.world}. Resume with the same global batch, or from an epoch-end checkpoint "
+                            "(ckpt-EEEE-000000.pt)")
+    _load_learner(run, path, saved)
+    ranks = saved.get("ranks") or [{"rng": r} for r in saved["rng"]]  # "rng": before per-rank sums
+    same_world = len(ranks) == env.world
+    mine = ranks[env.rank] if same_world else ranks[0]
+    checkpoint.set_rng_state(mine["rng"])
+    if state.start_step and same_world:
+        state.epoch_state = mine
+    elif state.start_step:
+        # Same global batch, another world size: the batches are the same (data/loader.py), so the sums
+        # carry over whole; rank 0 takes them all, the others start at zero (the epoch total adds ranks).
+        state.epoch_state = run_folder.merge_epoch_states(ranks) if env.is_main else None
+    if env.is_main:
+        run_folder.trim_metrics(out / "metrics.jsonl", state.start_epoch)
+    logged = dist.broadcast_object(run_folder.logged_epochs(out / "metrics.jsonl") if env.is_main else None)
+    if state.start_step == 0 and saved.get("epoch_record") and logged < state.start_epoch:
+        state.pending_record = dict(saved["epoch_record"])
+    run.log(f"resumed from {path} at epoch {state.start_epoch} step {state.start_step} (saved by {len(ranks)} "
+            "process(es))")
+    return state
 
-    # --- Epochs -----------------------------------------------------------------------------------------
-    # This thread and those it starts (pin-memory, decode-ahead) on the trainer's cores; given back however the run
-    # ends (in-process callers). Workers move to theirs in their init.
-    held.callback(unpin_trainer, pin_trainer(core_plan))
-    stop = StopRequest()
-    held.callback(stop.restore)  # however the run ends
-    meeting = RankMeeting(env.world, device, cfg.train.log_interval)
-    last_ckpt_time = time.time()
-    metrics_path = out / "metrics.jsonl"
-    tb = _tensorboard(out / "tensorboard") if cfg.train.tensorboard and env.is_main else None
-    if pending_record is not None:
-        log(f"epoch {pending_record['epoch']} was checkpointed but not evaluated and logged: doing that first")
-        finish_epoch(pending_record)
-    for epoch in range(start_epoch, epochs):
-        size = train_image_size(cfg.data, epoch, stored)  # progressive resizing, else fixed
-        epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)  # the last may be partial
-        jobs = [Job(epoch, s, idx, size) for s, idx in enumerate(
-            train_batch_indices(len(train_reader), cfg.data.batch_size, cfg.train.seed, epoch, env.rank,
-                                env.world)[:epoch_steps])]
-        first = start_step if epoch == start_epoch else 0
-        model.train()
-        sums = RunningSums(device)  # no host sync per step
-        t_epoch = t_log = time.time()
-        wait = wait_log = 0.0
-        if epoch == start_epoch and epoch_state is not None:  # resumed mid-epoch: the epoch's numbers go on
-            sums.load_state_dict(epoch_state["sums"])
-            t_epoch -= epoch_state["seconds"]
-            wait = wait_log = epoch_state["wait"]
-        want_stop = want_ckpt = False
-        seen_log = 0
-        step = first
-        it = iter(batches(train_ds, jobs[first:], core_plan.workers))
-        while True:
-            t0 = time.time()
-            try:
-                x, y, bad = next(it)
-            except StopIteration:
-                break
-            wait += time.time() - t0
-            progress, total = schedule_position(cfg.schedule, epoch, step, steps_per_epoch, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = peak_lr * lr_factor(cfg.schedule, progress, total)
-            loss, logits = train_step(step_net, x, y, criterion, optimizer, scaler, autocast)
-            if ema is not None:
-                ema.update(model)
-            step += 1
-            sums.add(loss, logits, y, bad)
-            seen_log += len(y)
-            log_now = step % cfg.train.log_interval == 0 or step == epoch_steps
-            due = env.is_main and cfg.train.checkpoint_interval_min > 0 and \
-                time.time() - last_ckpt_time >= 60 * cfg.train.checkpoint_interval_min
-            met = meeting(step, loss, bool(stop), due, log_now, env.is_main)
-            if met is not None:
-                loss_now, want_stop, want_ckpt = met
-            if log_now:
-                if not math.isfinite(loss_now):
-                    raise TrainingError(f"non-finite loss {loss_now} at epoch {epoch} step {step}; the newest good "
-                                        f"checkpoint, {_newest(ckpt_dir)}, is kept (lower the LR or check the data, "
-                                        "then --resume auto)")
-                now = time.time()
-                rate = seen_log * env.world / (now - t_log)
-                done = epoch * steps_per_epoch + step
-                eta = (total_steps - done) * global_batch / rate
-                if tb is not None:
-                    tb.add_scalar("train/loss_step", loss_now, done)
-                    tb.add_scalar("train/lr", optimizer.param_groups[0]["lr"], done)
-                log(f"epoch {epoch + 1}/{epochs} step {step}/{epoch_steps} lr {optimizer.param_groups[0]['lr']:.4g} "
-                    f"loss {loss_now:.4f} {rate:,.0f} img/s data-wait {100 * (wait - wait_log) / (now - t_log):.0f}% "
-                    f"ETA {_fmt_time(eta)}", flush=True)
-                t_log, wait_log, seen_log = now, wait, 0
-            every = cfg.train.checkpoint_every_steps
-            if want_stop or want_ckpt or (every and step % every == 0 and step < epoch_steps):
-                save_checkpoint(epoch, step, sums, time.time() - t_epoch, wait)
-                last_ckpt_time = time.time()
-                want_ckpt = False
-                if want_stop:
-                    why = f"signal {signal.Signals(stop.signum).name}" if stop else "a stop signal on another rank"
-                    log(f"{why}: checkpoint saved at epoch {epoch} step {step}; exiting. To continue, run the same "
-                        f"command with --resume auto, e.g. resnet-repro train --config {out / 'config.yaml'} "
-                        f"--out {out} --resume auto (under torchrun: the same torchrun line plus --resume auto)",
+
+def _load_learner(run: Run, path: Path, saved: dict) -> None:
+    """Weights, optimizer, loss scaler and EMA from checkpoint `path`; an error names the config keys that
+    changed since it was saved, the likely reason it does not fit."""
+    learner = run.learner
+    changed = run_folder.config_changes(saved.get("config", {}), run.cfg.to_dict())
+    try:
+        learner.model.load_state_dict(saved["model"])
+        learner.optimizer.load_state_dict(saved["optimizer"])
+        learner.scaler.load_state_dict(saved["scaler"])
+        if learner.ema is not None and "ema" in saved:
+            learner.ema.load_state_dict(saved["ema"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise checkpoint.CheckpointError(
+            f"{path} does not fit this config's model or optimizer ({first}); it was saved with "
+            f"{'; '.join(changed) or 'the same config'}. Resume with the config it was saved with "
+            f"({run.out / 'config.yaml'}, left unchanged), or start the new config in another --out") from None
+    if changed:
+        run.log(f"warning: {path} was saved with a different config: {'; '.join(changed)}")
+    if learner.ema is not None and "ema" not in saved:
+        learner.ema = EMA(learner.model, run.cfg.train.ema, run.cfg.train.ema_warmup)
+        run.log(f"warning: {path} holds no EMA state; the EMA restarts from the resumed weights")
+
+
+def _finished_results(run: Run, state: RunState) -> dict | None:
+    """A finished run (`make train` again, or --resume auto after the end) has nothing to train: its results.json,
+    kept as it is rather than redoing precise BN and overwriting it with this call's timings."""
+    data = run.data
+    if state.start_epoch * data.steps_per_epoch + state.start_step < data.total_steps:
+        return None
+    done = dist.broadcast_object(json.loads((run.out / "results.json").read_text())
+                                 if run.env.is_main and (run.out / "results.json").is_file() else None)
+    if done is not None:
+        run.log(f"{run.out}: already trained for {data.epochs} epochs; results.json kept (top-1 error "
+                f"{done['top1_err']:.2f}%)")
+    return done
+
+
+# --- Epochs --------------------------------------------------------------------------------------------------
+
+def train_one_epoch(run: Run, state: RunState, epoch: int, stop: StopRequest, meeting: RankMeeting) -> EpochTally:
+    """The steps of `epoch` from the first one not yet trained. A checkpoint is saved every
+    train.checkpoint_every_steps, when rank 0's clock says train.checkpoint_interval_min has passed, and on a stop
+    request, which ends the epoch (`stopped`) at the same step on every rank."""
+    cfg, data, learner = run.cfg, run.data, run.learner
+    epoch_steps = data.steps_in(epoch)
+    resumed = epoch == state.start_epoch
+    tally = EpochTally(run.device, state.start_step if resumed else 0,
+                       train_image_size(cfg.data, epoch, data.stored),  # progressive resizing, else fixed
+                       state.epoch_state if resumed else None)
+    learner.model.train()
+    jobs = data.train_jobs(epoch, epoch_steps, tally.size)[tally.step:]
+    for x, y, bad in tally.timed(data.train_batches(jobs)):
+        progress, total = schedule_position(cfg.schedule, epoch, tally.step, data.steps_per_epoch, data.total_steps)
+        for group in learner.optimizer.param_groups:
+            group["lr"] = learner.peak_lr * lr_factor(cfg.schedule, progress, total)
+        loss, logits = train_step(learner.step_net, x, y, learner.criterion, learner.optimizer, learner.scaler,
+                                  run.autocast)
+        if learner.ema is not None:
+            learner.ema.update(learner.model)
+        tally.step += 1
+        tally.sums.add(loss, logits, y, bad)
+        tally.seen_log += len(y)
+        step = tally.step
+        log_now = step % cfg.train.log_interval == 0 or step == epoch_steps
+        due = run.env.is_main and cfg.train.checkpoint_interval_min > 0 and \
+            time.time() - state.last_ckpt_time >= 60 * cfg.train.checkpoint_interval_min
+        # Between meetings (several ranks) no rank votes: nothing to log, no stop, no checkpoint at this step.
+        loss_now, want_stop, want_ckpt = meeting(step, loss, bool(stop), due, log_now, run.env.is_main) or \
+            (None, False, False)
+        if log_now:
+            _log_step(run, tally, epoch, epoch_steps, loss_now)
+        every = cfg.train.checkpoint_every_steps
+        if want_stop or want_ckpt or (every and step % every == 0 and step < epoch_steps):
+            save(run, state, epoch, step, tally, tally.elapsed())
+            if want_stop:
+                why = f"signal {signal.Signals(stop.signum).name}" if stop else "a stop signal on another rank"
+                run.log(f"{why}: checkpoint saved at epoch {epoch} step {step}; exiting. To continue, run the same "
+                        f"command with --resume auto, e.g. resnet-repro train --config {run.out / 'config.yaml'} "
+                        f"--out {run.out} --resume auto (under torchrun: the same torchrun line plus --resume auto)",
                         flush=True)
-                    return {"stopped": True, "epoch": epoch, "step": step}
-        seconds = time.time() - t_epoch
-        loss_sum, correct, n, bad = sums.total()
-        if not math.isfinite(loss_sum):
-            raise TrainingError(f"non-finite loss in epoch {epoch}; the newest good checkpoint, {_newest(ckpt_dir)}, "
-                                "is kept (lower the LR or check the data, then --resume auto)")
-        # Every rank evaluates (and the checkpoint stores) rank 0's BN statistics; see dist.broadcast_buffers.
-        dist.broadcast_buffers(model)
-        if ema is not None:
-            dist.broadcast_buffers(ema.module)
-        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / max(n, 1),
-                  "train_top1_err": 100 * (1 - correct / max(n, 1)), "images_per_s": n / seconds,
-                  "data_wait_fraction": wait / seconds, "seconds": seconds, "bad_samples": int(bad),
-                  "image_size": size}
-        # The checkpoint before the evaluation: a val pass that fails (or is killed) costs no training.
-        if epoch_steps < steps_per_epoch:
-            # The last epoch, cut short by train.max_steps, is saved as the mid-epoch position it is, so that
-            # a resume with a larger train.max_steps runs the rest of this epoch instead of skipping it.
-            save_checkpoint(epoch, epoch_steps, sums, seconds, wait, record=record)
-        else:
-            save_checkpoint(epoch + 1, 0, record=record)
-        last_ckpt_time = time.time()
-        finish_epoch(record)
+                tally.stopped = True
+                break
+    return tally
 
-    # --- Precise BN, final evaluation, results -----------------------------------------------------------
+
+def _log_step(run: Run, tally: EpochTally, epoch: int, epoch_steps: int, loss: float) -> None:
+    """The human line of one log interval (and its TensorBoard points); a non-finite loss ends the run here."""
+    data, lr, step = run.data, run.learner.lr, tally.step
+    if not math.isfinite(loss):
+        raise TrainingError(f"non-finite loss {loss} at epoch {epoch} step {step}; the newest good checkpoint, "
+                            f"{_newest(run.ckpt_dir)}, is kept (lower the LR or check the data, then --resume auto)")
+    now = time.time()
+    rate = tally.seen_log * run.env.world / (now - tally.t_log)
+    done = epoch * data.steps_per_epoch + step
+    eta = (data.total_steps - done) * data.global_batch / rate
+    if run.tb is not None:
+        run.tb.add_scalar("train/loss_step", loss, done)
+        run.tb.add_scalar("train/lr", lr, done)
+    run.log(f"epoch {epoch + 1}/{data.epochs} step {step}/{epoch_steps} lr {lr:.4g} loss {loss:.4f} {rate:,.0f} "
+            f"img/s data-wait {100 * (tally.wait - tally.wait_log) / (now - tally.t_log):.0f}% ETA {_fmt_time(eta)}",
+            flush=True)
+    tally.t_log, tally.wait_log, tally.seen_log = now, tally.wait, 0
+
+
+def end_epoch(run: Run, state: RunState, epoch: int, tally: EpochTally) -> dict:
+    """The trained epoch's record (training numbers summed over ranks), checkpointed before its evaluation: a val
+    pass that fails (or is killed) costs no training."""
+    learner, epoch_steps = run.learner, run.data.steps_in(epoch)
+    seconds = tally.elapsed()
+    loss_sum, correct, n, bad = tally.sums.total()
+    if not math.isfinite(loss_sum):
+        raise TrainingError(f"non-finite loss in epoch {epoch}; the newest good checkpoint, {_newest(run.ckpt_dir)}, "
+                            "is kept (lower the LR or check the data, then --resume auto)")
+    # Every rank evaluates (and the checkpoint stores) rank 0's BN statistics; see dist.broadcast_buffers.
+    dist.broadcast_buffers(learner.model)
+    if learner.ema is not None:
+        dist.broadcast_buffers(learner.ema.module)
+    record = {"epoch": epoch + 1, "lr": learner.lr, "train_loss": loss_sum / max(n, 1),
+              "train_top1_err": 100 * (1 - correct / max(n, 1)), "images_per_s": n / seconds,
+              "data_wait_fraction": tally.wait / seconds, "seconds": seconds, "bad_samples": int(bad),
+              "image_size": tally.size}
+    if epoch_steps < run.data.steps_per_epoch:
+        # The last epoch, cut short by train.max_steps, is saved as the mid-epoch position it is, so that
+        # a resume with a larger train.max_steps runs the rest of this epoch instead of skipping it.
+        save(run, state, epoch, epoch_steps, tally, seconds, record=record)
+    else:
+        save(run, state, epoch + 1, 0, record=record)
+    return record
+
+
+def finish_epoch(run: Run, record: dict) -> None:
+    """Evaluate (when due) and log an epoch whose checkpoint is already saved: a failure here loses no
+    training, and a resume from that checkpoint comes back here first (RunState.pending_record)."""
+    cfg, learner = run.cfg, run.learner
+    if record["epoch"] % cfg.train.eval_every == 0 or record["epoch"] == run.data.epochs:
+        val = _evaluate(run, learner.model)
+        record.update(val_top1_err=val["top1_err"], val_top5_err=val["top5_err"], val_loss=val["loss"],
+                      val_bad_samples=val["bad"])
+        if learner.ema is not None:
+            val = _evaluate(run, learner.ema.module)
+            record.update(ema_val_top1_err=val["top1_err"], ema_val_top5_err=val["top5_err"],
+                          ema_val_loss=val["loss"])
+    run.log(json.dumps(record))
+    if run.env.is_main:
+        with open(run.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+    if run.tb is not None:
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                run.tb.add_scalar(f"epoch/{key}", value, record["epoch"])
+        run.tb.flush()
+
+
+def _evaluate(run: Run, module: nn.Module) -> dict:
+    """`module` (the model or its EMA) over the whole val split, every rank its share (evaluate.py)."""
+    return evaluate(module, run.data.val_batches(), run.device, run.autocast)
+
+
+# --- Checkpoints ---------------------------------------------------------------------------------------------
+
+def save(run: Run, state: RunState, epoch: int, step: int, tally: EpochTally | None = None, seconds: float = 0.0,
+         record: dict | None = None) -> None:
+    """Checkpoint (epoch, step): the next step to run. Collective: every rank calls it at the same step.
+    `tally`, `seconds`: an unfinished epoch's numbers so far; `record`: the finished epoch's training numbers,
+    for a resume to evaluate and log it if need be."""
+    learner, data, env = run.learner, run.data, run.env
+    # A diverged state must never become the newest checkpoint: every rank checks its weights and loss sums.
+    finite = torch.stack([p.detach().isfinite().all() for p in learner.model.parameters()]).all()
+    if tally is not None:
+        finite = finite & tally.sums.sums.isfinite().all()
+    if dist.all_reduce_sum((~finite).float().view(1)).item():
+        raise TrainingError(f"non-finite weights or loss at epoch {epoch} step {step}; nothing saved, the newest "
+                            f"good checkpoint is {_newest(run.ckpt_dir)} (lower the LR or check the data, then "
+                            "--resume auto)")
+    ranks = dist.all_gather_object({"rng": checkpoint.rng_state(), "seconds": seconds,
+                                    "wait": tally.wait if tally is not None else 0.0,
+                                    "sums": tally.sums.state_dict() if tally is not None else None})
+    if env.is_main:
+        saved = {**_model_file(run, epoch, step), "optimizer": learner.optimizer.state_dict(),
+                 "scaler": learner.scaler.state_dict(), "run_id": state.run_id, "steps_per_epoch": data.steps_per_epoch,
+                 "global_batch": data.global_batch, "world": env.world, "lr": learner.lr, "ranks": ranks}
+        if learner.ema is not None:
+            saved["ema"] = learner.ema.state_dict()
+        if record is not None:
+            saved["epoch_record"] = record
+        checkpoint.save(run.ckpt_dir, saved, epoch, step, keep=run.cfg.train.keep_checkpoints)
+    dist.barrier()
+    state.last_ckpt_time = time.time()
+
+
+def _model_file(run: Run, epoch: int, step: int) -> dict:
+    """What every checkpoint and final.pt hold: the weights, at (epoch, step), with what `evaluate`, `predict` and
+    a resume need to rebuild the model."""
+    manifest = run.data.manifest
+    return {"model": run.learner.model.state_dict(), "epoch": epoch, "step": step, "config": run.cfg.to_dict(),
+            "version": __version__, "classes": manifest["classes"],
+            "class_names": manifest.get("class_names", manifest["classes"]), "in_channels": run.data.channels}
+
+
+# --- Precise BN, final evaluation, results -------------------------------------------------------------------
+
+def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict:
+    """Precise BN and the final evaluation of the model (and of its EMA), then results.json and the weights files."""
+    cfg, data, learner, log = run.cfg, run.data, run.learner, run.log
     # A stop signal from here on is not acted on: every step is trained and checkpointed, and what is left
     # (precise BN, evaluation, final files) is minutes at most; say so rather than ignore it silently.
     said = []
@@ -536,190 +687,69 @@ def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStac
         if stop and not said:
             said.append(True)
             log(f"signal {signal.Signals(stop.signum).name} during the final precise BN / evaluation: finishing "
-                f"them rather than stopping (training is complete and checkpointed in {ckpt_dir}; if the process "
+                f"them rather than stopping (training is complete and checkpointed in {run.ckpt_dir}; if the process "
                 "is killed anyway, the same command with --resume auto redoes only this last part)", flush=True)
 
     train_wall = time.time() - t_start
-    before = evaluate(model, val_batches(), device, autocast)
     n_bn = cfg.train.precise_bn_batches
+    before, after, used = _with_precise_bn(run, learner.model)
     if n_bn > 0:
-        bn_jobs = [Job(epochs, s, idx) for s, idx in enumerate(train_batch_indices(
-            len(train_reader), cfg.data.batch_size, cfg.train.seed, epochs, env.rank, env.world)[:n_bn])]
-        used = update_bn_stats(model, batches(train_ds, bn_jobs, core_plan.workers), n_bn, autocast)
-        after = evaluate(model, val_batches(), device, autocast)
-        log(f"precise BN over {used} batches x {global_batch}: val top-1 error {before['top1_err']:.2f}% -> "
+        log(f"precise BN over {used} batches x {data.global_batch}: val top-1 error {before['top1_err']:.2f}% -> "
             f"{after['top1_err']:.2f}%")
-    else:
-        after = before
     note_stop()
     ema_results = {}
-    if ema is not None:
+    if learner.ema is not None:
         # The averaged weights get their own exact BN statistics (see ema.py), from the same batches.
-        ema_before = evaluate(ema.module, val_batches(), device, autocast)
-        if n_bn > 0:
-            update_bn_stats(ema.module, batches(train_ds, bn_jobs, core_plan.workers), n_bn, autocast)
-            ema.module.eval()
-        ema_after = evaluate(ema.module, val_batches(), device, autocast) if n_bn > 0 else ema_before
+        ema_before, ema_after, _ = _with_precise_bn(run, learner.ema.module)
         ema_results = {"ema_decay": cfg.train.ema, "ema_top1_err": ema_after["top1_err"],
                        "ema_top5_err": ema_after["top5_err"], "ema_top1_err_before_precise_bn": ema_before["top1_err"]}
         log(f"EMA weights (decay {cfg.train.ema:g}): val top-1 error {ema_before['top1_err']:.2f}% -> "
             f"{ema_after['top1_err']:.2f}% after precise BN")
-    results = {"model": cfg.model.name, "dataset": manifest.get("dataset"), "epochs": epochs,
+    trained_steps = data.total_steps - state.start_epoch * data.steps_per_epoch - state.start_step
+    results = {"model": cfg.model.name, "dataset": data.manifest.get("dataset"), "epochs": data.epochs,
                "top1_err": after["top1_err"], "top5_err": after["top5_err"],
                "top1_err_before_precise_bn": before["top1_err"], "top5_err_before_precise_bn": before["top5_err"],
                "precise_bn_batches": n_bn, "val_count": after["count"], "wall_s": time.time() - t_start,
-               "train_wall_s": train_wall, "steps": total_steps,
-               "images_per_s": (total_steps - start_epoch * steps_per_epoch - start_step) * global_batch / train_wall,
-               "device": str(device), "precision": precision, "world_size": env.world, "version": __version__,
-               "val_bad_samples": after["bad"], **ema_results}
+               "train_wall_s": train_wall, "steps": data.total_steps,
+               "images_per_s": trained_steps * data.global_batch / train_wall,
+               "device": str(run.device), "precision": run.precision, "world_size": run.env.world,
+               "version": __version__, "val_bad_samples": after["bad"], **ema_results}
     note_stop()
-    if env.is_main:
-        from .export import save_safetensors
-
-        save_safetensors(model, out / "model.safetensors", {"model": cfg.model.name, "classes": manifest["classes"]})
-        if ema is not None:
-            save_safetensors(ema.module, out / "model_ema.safetensors",
-                             {"model": cfg.model.name, "classes": manifest["classes"], "ema_decay": cfg.train.ema})
-        # Final weights (after precise BN) with what `evaluate` and `predict` need to rebuild the model.
-        checkpoint.save_file(out / "final.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
-                                                "classes": manifest["classes"], "in_channels": channels,
-                                                "class_names": manifest.get("class_names", manifest["classes"]),
-                                                "epoch": epochs, "step": 0, "version": __version__,
-                                                **({"model_ema": ema.module.state_dict()} if ema else {})})
-        checkpoint.write_atomic(out / "results.json", json.dumps(results, indent=1).encode())
-        log(json.dumps(results))
-    if tb is not None:
-        tb.close()
+    if run.env.is_main:
+        _write_results(run, results)
+    if run.tb is not None:
+        run.tb.close()
     dist.barrier()  # every rank done with the files before the group closes (train() closes it)
     return results
 
 
-# What makes a folder hold a run that a fresh start would overwrite or mix with (config.yaml alone does not:
-# a run stopped before its first checkpoint has nothing to lose).
-RUN_FILES = ("final.pt", "results.json", "metrics.jsonl")
+def _with_precise_bn(run: Run, module: nn.Module) -> tuple[dict, dict, int]:
+    """(val numbers before, after, batches used): precise BN of `module` over the first train.precise_bn_batches
+    batches of the epoch after the last, the same batches for the model and its EMA (none: after = before)."""
+    n_bn = run.cfg.train.precise_bn_batches
+    before = _evaluate(run, module)
+    if n_bn <= 0:
+        return before, before, 0
+    bn_batches = run.data.train_batches(run.data.train_jobs(run.data.epochs, n_bn))
+    used = update_bn_stats(module, bn_batches, n_bn, run.autocast)
+    return before, _evaluate(run, module), used
 
 
-def _claim_run_folder(out: Path, resume: str | None, env: dist.DistEnv, held: contextlib.ExitStack) -> dict:
-    """Rank 0 locks ``out`` for this process (released when ``held`` closes, or by the kernel if the process
-    dies) and checks that a fresh start would not overwrite another run. Every rank gets the same answer,
-    {"run_id": the folder's run id or None, "new_id": an id for a new run, "held": run files present}, or
-    raises the same error: no rank is left waiting in a collective for one that failed."""
-    import uuid
+def _write_results(run: Run, results: dict) -> None:
+    """Rank 0's final files: the weights (safetensors, and final.pt for `evaluate` and `predict`) and results.json."""
+    from .export import save_safetensors
 
-    answer = None
-    if env.is_main:
-        try:
-            held.enter_context(folder_lock.hold_folder(out, "a training run"))
-            run_id = None
-            if (out / "run.json").is_file():
-                try:
-                    run_id = json.loads((out / "run.json").read_text())["run_id"]
-                except (ValueError, KeyError, TypeError):
-                    raise folder_lock.LockError(f"{out / 'run.json'}: damaged (no run_id); it names the run this "
-                                                "folder holds: remove the run folder's files to start over, or "
-                                                "choose another --out") from None
-            found = [n for n in RUN_FILES if (out / n).exists()]
-            n_ckpt = len(checkpoint.list_checkpoints(out / "checkpoints"))
-            if n_ckpt:
-                found.insert(0, f"{n_ckpt} checkpoint(s) in checkpoints/")
-            # A fresh start (allowed only where no run files are) is a new run, whatever run.json said.
-            answer = {"run_id": run_id if resume else None, "new_id": uuid.uuid4().hex[:16], "held": found}
-            if resume is None and found:
-                answer = {"error": f"{out} holds another run ({', '.join(found)}); continue it with --resume auto "
-                                   f"(resnet-repro train --config {out / 'config.yaml'} --out {out} --resume auto), "
-                                   "or remove those files / choose another --out to start a new run"}
-        except folder_lock.LockError as e:
-            answer = {"error": str(e)}
-    answer = dist.broadcast_object(answer)
-    if "error" in answer:
-        raise folder_lock.LockError(answer["error"])
-    return answer
-
-
-def _find_checkpoint(resume: str, ckpt_dir: Path, env: dist.DistEnv,
-                     run_id: str | None = None) -> tuple[Path, dict] | None:
-    """``--resume auto``: the newest whole checkpoint of run ``run_id`` in ckpt_dir (rank 0 chooses, skipping
-    torn ones and other runs' with a warning; every rank then loads that file), or None if there is none.
-    Otherwise ``resume`` is a path."""
-    if resume == "auto":
-        found = checkpoint.load_latest(ckpt_dir, run_id=run_id) if env.is_main else None
-        chosen = dist.broadcast_object(str(found[0]) if found else None)
-        if chosen is None or env.is_main:
-            return found
-        path = Path(chosen)
-    else:
-        path = Path(resume)
-    try:
-        state = checkpoint.load(path)
-    except checkpoint.CheckpointError as e:
-        if env.world > 1:
-            raise checkpoint.CheckpointError(f"rank {env.rank}: {e} (with several nodes, RUN_DIR must be on a file "
-                                             "system every node sees)") from None
-        raise
-    if "optimizer" not in state:
-        raise checkpoint.CheckpointError(
-            f"{path} holds a run's final weights, not a training checkpoint: it has no optimizer state to resume "
-            "from. Continue a run with --resume auto (or --resume RUN/checkpoints/ckpt-EEEE-SSSSSS.pt); to train "
-            "further from these weights, start a new run")
-    return path, state
-
-
-def _merge_epoch_states(ranks: list[dict]) -> dict | None:
-    """The unfinished epoch's sums of all saved ranks as one (resuming with another number of processes)."""
-    parts = [r["sums"] for r in ranks if r.get("sums") is not None]
-    if not parts:
-        return None
-    return {"sums": {"sums": sum(p["sums"] for p in parts), "samples": sum(p["samples"] for p in parts),
-                     "bad": sum(p["bad"] for p in parts)},
-            "seconds": ranks[0]["seconds"], "wait": ranks[0]["wait"]}
-
-
-def _metric_lines(path: Path) -> list[tuple[str, dict]]:
-    """(line, record) of metrics.jsonl. A last line cut off by a crash mid-write is dropped with a warning
-    (the resumed run logs that epoch again); a damaged line before it is an error naming the line."""
-    if not path.is_file():
-        return []
-    lines = path.read_text().splitlines(keepends=True)
-    out = []
-    for n, ln in enumerate(lines, start=1):
-        if not ln.strip():
-            continue
-        try:
-            out.append((ln if ln.endswith("\n") else ln + "\n", json.loads(ln)))
-        except json.JSONDecodeError as e:
-            if n == len(lines):
-                print(f"warning: {path} line {n}: cut off (a crash while it was written); dropping it",
-                      file=sys.stderr)
-                break
-            raise checkpoint.CheckpointError(f"{path} line {n}: not valid JSON ({e}); fix or delete that line, "
-                                             "then resume again") from None
-    return out
-
-
-def _logged_epochs(path: Path) -> int:
-    """The last epoch metrics.jsonl has a line for (0: none)."""
-    return max((rec.get("epoch", 0) for _, rec in _metric_lines(path)), default=0)
-
-
-def _trim_metrics(path: Path, epochs_done: int) -> None:
-    """Drop metrics.jsonl lines of epochs after the checkpoint (written before a crash that the checkpoint
-    missed) and a torn last line, so the resumed run does not log an epoch twice."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    keep = [ln for ln, rec in _metric_lines(path) if rec.get("epoch", 0) <= epochs_done]
-    if keep != lines:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(keep))
-        os.replace(tmp, path)
-
-
-def _config_changes(saved: dict, now: dict) -> list[str]:
-    """'section.key: saved -> now' for every value that differs between a checkpoint's config and this run's."""
-    return [f"{section}.{key}: {old!r} -> {now[section][key]!r}"
-            for section, values in saved.items() if section in now
-            for key, old in values.items() if key in now[section] and now[section][key] != old]
-
+    cfg, learner, classes = run.cfg, run.learner, run.data.manifest["classes"]
+    save_safetensors(learner.model, run.out / "model.safetensors", {"model": cfg.model.name, "classes": classes})
+    if learner.ema is not None:
+        save_safetensors(learner.ema.module, run.out / "model_ema.safetensors",
+                         {"model": cfg.model.name, "classes": classes, "ema_decay": cfg.train.ema})
+    # Final weights (after precise BN).
+    checkpoint.save_file(run.out / "final.pt", {**_model_file(run, run.data.epochs, 0),
+                                                **({"model_ema": learner.ema.module.state_dict()}
+                                                   if learner.ema is not None else {})})
+    checkpoint.write_atomic(run.out / "results.json", json.dumps(results, indent=1).encode())
+    run.log(json.dumps(results))
 
 def _newest(ckpt_dir: Path) -> str:
     found = checkpoint.list_checkpoints(ckpt_dir)
