@@ -139,7 +139,7 @@ def test_torchrun_restarts_a_failed_rank_from_the_last_checkpoint_to_the_same_we
 def test_a_stop_signal_on_one_rank_stops_both_at_the_same_step_and_resumes_to_the_same_weights(
         recipe, two_proc_frozen_bn, tmp_path):
     # SIGTERM reaches rank 1 alone, after its step 5, with no log step in the epoch (log_interval 100): the ranks'
-    # meetings (train.RankMeeting) carry the vote, both save one checkpoint at the same step and exit 0.
+    # meetings (stopping.RankMeeting) carry the vote, both save one checkpoint at the same step and exit 0.
     common = ["--config", recipe, "--out", tmp_path, "--set", "train.log_interval=100",
               "--set", "train.checkpoint_every_steps=0"]
     r = run([*TORCHRUN, "--standalone", "--nproc-per-node", 2, TESTS / "faults.py", "train", *common],
