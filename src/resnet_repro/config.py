@@ -17,6 +17,8 @@ from typing import ClassVar, Literal
 
 import yaml
 
+from . import atomic
+
 
 class ConfigError(ValueError):
     """A config file, key or value that cannot be used; the message names it."""
@@ -486,7 +488,8 @@ def validate(cfg: Config, origins: dict[str, str] | None = None) -> None:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Written whole or not at all (atomic.py): a run folder's config.yaml is what --resume auto checks against."""
+    atomic.write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False), fsync=False)
 
 
 def dumps(cfg: Config) -> str:

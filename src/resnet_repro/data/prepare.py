@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .. import atomic
 from . import records, sources
 
 
@@ -387,12 +388,10 @@ def run_shard(job: ShardJob) -> dict:
             return report  # shard discarded: prepare stops once every shard is checked, listing all bad files
         report["entry"] = writer.close()
     path = _report_path(job)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(report))
-        os.replace(tmp, path)  # the report is written after the shard: its presence vouches for the shard
+        # After the shard: its presence vouches for the shard. No fsync, as for the shard (see above).
+        atomic.write_text(path, json.dumps(report), fsync=False)
     except OSError as e:  # a full disk: the shard is redone next time, and no half-written report stays
-        tmp.unlink(missing_ok=True)
         raise PrepareError(f"cannot write {path}: {e.strerror or e} (disk full? free space, then run prepare "
                            "again; finished shards are reused)") from None
     return report
@@ -536,11 +535,7 @@ def prepare_images(source, out: Path, shards: dict[str, int], seed: int = 0, wor
         if p.name not in keep:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     for name in sorted(keep - {_work(staging).name}):  # durable before the manifest says they are complete
-        fd = os.open(staging / name, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic.fsync_path(staging / name)
     records.write_manifest(staging, manifest)
     _commit(staging, out)
     shutil.rmtree(_work(out), ignore_errors=True)
