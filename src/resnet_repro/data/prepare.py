@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import atomic
 from . import records, sources
+from .jpeg_header import JpegHeaderError, read_frame
 
 
 class PrepareError(RuntimeError):
@@ -172,55 +173,14 @@ class Header:
     precision: int = 8  # JPEG: bits per sample
 
 
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def _jpeg_header(data: bytes) -> Header:
-    """Walk the JPEG markers up to the frame header (SOFn): size, components, precision; the colour model
-    follows libjpeg's rules (JFIF => YCbCr; Adobe APP14 transform flag; component ids 'R','G','B')."""
-    i, n = 2, len(data)
-    jfif, adobe = False, None
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            raise BadImage(f"JPEG marker expected at byte {i}")
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        seg = data[i + 4:i + 2 + length]
-        if marker == 0xE0 and seg[:5] == b"JFIF\0":
-            jfif = True
-        elif marker == 0xEE and seg[:5] == b"Adobe" and len(seg) >= 12:
-            adobe = seg[11]
-        elif marker in _SOF:
-            if len(seg) < 6:
-                break
-            precision, h, w, nc = seg[0], int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big"), seg[5]
-            ids = bytes(seg[6 + 3 * k] for k in range(nc) if 6 + 3 * k < len(seg))
-            if nc == 1:
-                colour = "gray"
-            elif nc == 3:
-                rgb = adobe == 0 if adobe is not None else (not jfif and ids == b"RGB")
-                colour = "rgb" if rgb else "ycbcr"
-            elif nc == 4:
-                colour = "ycck" if adobe == 2 else "cmyk"
-            else:
-                colour = f"{nc}-component"
-            return Header("jpeg", w, h, nc, colour, precision)
-        elif marker == 0xDA:
-            break
-        i += 2 + length
-    raise BadImage("JPEG without a readable frame header (truncated or not a JPEG)")
-
-
 def read_header(data: bytes) -> Header:
     """Format and pixel size from the first bytes of an image, without decoding it."""
     if data[:3] == b"\xff\xd8\xff":
-        return _jpeg_header(data)
+        try:
+            f = read_frame(data)  # the colour model and precision too: oddity() needs them
+        except JpegHeaderError as e:
+            raise BadImage(str(e)) from None
+        return Header("jpeg", f.width, f.height, f.components, f.colour, f.precision)
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
         return Header("png", int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"))
     if data[:2] == b"BM" and len(data) >= 26:
