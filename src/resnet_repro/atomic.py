@@ -1,4 +1,5 @@
-"""Files that are either whole or not there: the one way this package replaces a file.
+"""Files that are either whole or not there: the one way this package replaces a file (and, replace_folder, a
+prepared data set's folder).
 
 Every file is written under a temp name next to its target and renamed over it (``os.replace``: atomic within a
 folder on POSIX), so a crash, a kill or a full disk never leaves half a file under the real name, and a failed
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -110,3 +112,13 @@ def write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
 
 def write_text(path: Path, text: str, fsync: bool = True) -> None:
     write_bytes(path, text.encode("utf-8"), fsync)
+
+
+def replace_folder(staging: Path, out: Path) -> None:
+    """The folder version (prepared data sets, built in ``<out>.partial``): make the finished ``staging`` folder
+    ``out``. A folder cannot be renamed over a non-empty one, so an old ``out`` is removed first; a crash in
+    between leaves no ``out`` and the whole of ``staging``, never a mix of the two."""
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    Path(staging).rename(out)

@@ -72,13 +72,6 @@ def _begin(out: Path, force: bool, resumable: bool = False, identity: dict | Non
     return staging
 
 
-def _commit(staging: Path, out: Path) -> None:
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-
-
 def encode_png(img: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", img)
     if not ok:
@@ -131,7 +124,7 @@ def prepare_fashion_mnist(out: Path, src: Path | None = None, seed: int = 0, tra
         "notes": {"val": "the official 10,000-image Fashion-MNIST test set"},
     }
     records.write_manifest(staging, manifest)
-    _commit(staging, out)
+    atomic.replace_folder(staging, out)
     return out
 
 
@@ -497,7 +490,7 @@ def prepare_images(source, out: Path, shards: dict[str, int], seed: int = 0, wor
     for name in sorted(keep - {_work(staging).name}):  # durable before the manifest says they are complete
         atomic.fsync_path(staging / name)
     records.write_manifest(staging, manifest)
-    _commit(staging, out)
+    atomic.replace_folder(staging, out)
     shutil.rmtree(_work(out), ignore_errors=True)
     if progress:
         print(f"prepared {out}: " + ", ".join(f"{k} {v['count']} images in {len(v['shards'])} shards"
