@@ -11,9 +11,10 @@ the next write of the same file reuses (and prepare's staging clean-up removes),
 names. The exception is a download into a shared cache (``unique=True``), where two processes may fetch the
 same file at once and must not write into each other's temp file.
 
-``fsync``: whether the bytes reach the disk before the rename. On where a later run trusts the file without
-re-checking it (checkpoints, shards, manifests); off where it is cheap to redo or re-checked anyway (reports,
-prepare's per-shard reports, exports, downloads: their callers choose).
+``fsync`` (AtomicFile, write_bytes, write_text): whether the bytes reach the disk before the rename. On where a
+later run trusts the file without re-checking it (checkpoints, shards, manifests); off where a lost file is
+cheap to redo (reports; prepare's shards and per-shard reports, synced once before the manifest). Writers that
+take a file name (``replacing``: exports, plots, downloads) are not synced.
 """
 from __future__ import annotations
 
