@@ -13,8 +13,8 @@ same file at once and must not write into each other's temp file.
 
 ``fsync`` (AtomicFile, write_bytes, write_text): whether the bytes reach the disk before the rename. On where a
 later run trusts the file without re-checking it (checkpoints, shards, manifests); off where a lost file is
-cheap to redo (reports; prepare's shards and per-shard reports, synced once before the manifest). Writers that
-take a file name (``replacing``: exports, plots, downloads) are not synced.
+cheap to redo (reports, prepare's per-shard reports), or synced later (prepare's shards, all at once before the
+manifest). Writers that take a file name (``replacing``: exports, plots, downloads) are not synced.
 """
 from __future__ import annotations
 
