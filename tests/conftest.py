@@ -153,4 +153,4 @@ def tiny_run_recipe(data: Path, epochs: int, log_interval: int, checkpoint_every
     CPU thread, deterministic, 3 checkpoints kept; the tests differ in run length, logging and mid-epoch
     checkpoints."""
     return (_TINY_RUN.replace("EPOCHS", str(epochs)).replace("LOG_INTERVAL", str(log_interval))
-            .replace("EVERY_STEPS", str(checkpoint_every_steps)).replace("DATA", str(data)))  # the path last
+            .replace("EVERY_STEPS", str(checkpoint_every_steps)).replace("DATA", str(data)))  # last: a path may hold any word
