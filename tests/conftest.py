@@ -152,5 +152,6 @@ def tiny_run_recipe(data: Path, epochs: int, log_interval: int, checkpoint_every
     """ResNet-20 on ``data`` (write_image_dataset's 96 + 23 images of 8x8: batch 8, 12 steps per epoch) on one
     CPU thread, deterministic, 3 checkpoints kept; the tests differ in run length, logging and mid-epoch
     checkpoints."""
+    # The path last: it may hold any word, a placeholder's too.
     return (_TINY_RUN.replace("EPOCHS", str(epochs)).replace("LOG_INTERVAL", str(log_interval))
-            .replace("EVERY_STEPS", str(checkpoint_every_steps)).replace("DATA", str(data)))  # last: a path may hold any word
+            .replace("EVERY_STEPS", str(checkpoint_every_steps)).replace("DATA", str(data)))
