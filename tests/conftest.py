@@ -16,6 +16,7 @@ import pytest
 from resnet_repro.data import records
 
 REPO = Path(__file__).resolve().parents[1]
+FASHION_MNIST_RECIPE = REPO / "configs" / "fashion_mnist" / "resnet20.yaml"
 
 
 # --- Synthetic images: four texture classes that survive pad-crop and horizontal flip ----------------------------
@@ -123,3 +124,34 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+def assert_one_clear_line(code, err, *names):
+    """A refused command: exit status 2 and one line ``error: ...`` on stderr naming each of ``names``."""
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for name in names:
+        assert str(name) in err, (name, err)
+
+
+# --- Tiny training runs (tests/test_run_folder.py, tests/test_faults.py) ---------------------------------------
+
+_TINY_RUN = """\
+data: {path: DATA, batch_size: 8, eval_batch_size: 5, workers: 0, pad: 1, normalize: scale}
+model: {name: resnet20}
+optim: {lr: 0.2, lr_batch: 8, nesterov: true}
+schedule: {kind: cosine, warmup_epochs: 0.5}
+train: {device: cpu, epochs: EPOCHS, seed: 3, threads: 1, channels_last: false, log_interval: LOG_INTERVAL,
+        precise_bn_batches: 2, deterministic: true, checkpoint_every_steps: EVERY_STEPS, keep_checkpoints: 3}
+"""
+# What two runs of one recipe may differ in: the timings in their metrics.jsonl records.
+TIMING = {"images_per_s", "data_wait_fraction", "seconds"}
+
+
+def tiny_run_recipe(data: Path, epochs: int, log_interval: int, checkpoint_every_steps: int) -> str:
+    """ResNet-20 on ``data`` (write_image_dataset's 96 + 23 images of 8x8: batch 8, 12 steps per epoch) on one
+    CPU thread, deterministic, 3 checkpoints kept; the tests differ in run length, logging and mid-epoch
+    checkpoints."""
+    # The path last: it may hold any word, a placeholder's too.
+    return (_TINY_RUN.replace("EPOCHS", str(epochs)).replace("LOG_INTERVAL", str(log_interval))
+            .replace("EVERY_STEPS", str(checkpoint_every_steps)).replace("DATA", str(data)))

@@ -8,17 +8,9 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import FASHION_MNIST_RECIPE as RECIPE
+from conftest import REPO, assert_one_clear_line
 from resnet_repro import checkpoint
-
-RECIPE = REPO / "configs" / "fashion_mnist" / "resnet20.yaml"
-
-
-def assert_one_clear_line(code, err, *names):
-    assert code == 2, err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for name in names:
-        assert str(name) in err, (name, err)
 
 
 def test_evaluate_missing_checkpoint(cli, tmp_path):

@@ -14,18 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, write_fashion_mnist_src, write_image_dataset
+from conftest import FASHION_MNIST_RECIPE as RECIPE
+from conftest import REPO, assert_one_clear_line, write_fashion_mnist_src, write_image_dataset
 from resnet_repro.data import records
 from resnet_repro.data.records import RecordError, RecordReader
-
-RECIPE = REPO / "configs" / "fashion_mnist" / "resnet20.yaml"
-
-
-def assert_one_clear_line(code, err, *names):
-    assert code == 2, err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for name in names:
-        assert str(name) in err, (name, err)
 
 
 @pytest.fixture

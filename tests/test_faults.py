@@ -18,20 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_image_dataset
+from conftest import TIMING, tiny_run_recipe, write_image_dataset
 from resnet_repro import checkpoint
 
 TESTS = Path(__file__).resolve().parent
-TIMING = {"images_per_s", "data_wait_fraction", "seconds"}
-
-RECIPE = """\
-data: {path: DATA, batch_size: 8, eval_batch_size: 5, workers: 0, pad: 1, normalize: scale}
-model: {name: resnet20}
-optim: {lr: 0.2, lr_batch: 8, nesterov: true}
-schedule: {kind: cosine, warmup_epochs: 0.5}
-train: {device: cpu, epochs: 2, seed: 3, threads: 1, channels_last: false, log_interval: 2, precise_bn_batches: 2,
-        deterministic: true, checkpoint_every_steps: 3, keep_checkpoints: 3}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +29,7 @@ def recipe(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("faults")
     data = write_image_dataset(root / "data", {"train": 96, "val": 23}, size=8)
     path = root / "recipe.yaml"
-    path.write_text(RECIPE.replace("DATA", str(data)))
+    path.write_text(tiny_run_recipe(data, epochs=2, log_interval=2, checkpoint_every_steps=3))
     return path
 
 

@@ -17,26 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, png, texture_images, write_fashion_mnist_src, write_image_dataset
+from conftest import (REPO, TIMING, png, texture_images, tiny_run_recipe, write_fashion_mnist_src,
+                      write_image_dataset)
+from conftest import assert_one_clear_line as one_line
 from resnet_repro import checkpoint, folder_lock
 from resnet_repro.data import records
-
-RECIPE = """\
-data: {path: DATA, batch_size: 8, eval_batch_size: 5, workers: 0, pad: 1, normalize: scale}
-model: {name: resnet20}
-optim: {lr: 0.2, lr_batch: 8, nesterov: true}
-schedule: {kind: cosine, warmup_epochs: 0.5}
-train: {device: cpu, epochs: 1, seed: 3, threads: 1, channels_last: false, log_interval: 4, precise_bn_batches: 2,
-        deterministic: true, checkpoint_every_steps: 0, keep_checkpoints: 3}
-"""
-TIMING = {"images_per_s", "data_wait_fraction", "seconds"}
-
-
-def one_line(code, err, *names):
-    assert code == 2, err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for name in names:
-        assert str(name) in err, (name, err)
 
 
 def snapshot(folder: Path) -> dict:
@@ -53,7 +38,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def recipe(data, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("rf_recipe") / "recipe.yaml"
-    path.write_text(RECIPE.replace("DATA", str(data)))
+    path.write_text(tiny_run_recipe(data, epochs=1, log_interval=4, checkpoint_every_steps=0))
     return path
 
 

@@ -2,8 +2,8 @@
 
 Each checkpoint is ``ckpt-EEEE-SSSSSS.pt`` (epoch, step within the epoch) plus ``.pt.sha256`` holding the
 SHA-256 of the ``.pt`` and, on a second line ``run RUN_ID``, the run it belongs to (so pruning and
-``--resume auto`` can tell a run's own checkpoints without loading any). Both are written to temp files,
-fsync'd and renamed, the checksum last; a reader trusts a checkpoint only if the checksum file exists and
+``--resume auto`` can tell a run's own checkpoints without loading any). Both are written through atomic.py
+(temp file, fsync, rename), the checksum last; a reader trusts a checkpoint only if the checksum file exists and
 matches. Loading uses ``weights_only=True``, so a checkpoint can hold tensors and plain containers only, and
 no pickled code ever runs.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
 import re
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from . import atomic
 
 _NAME = re.compile(r"^ckpt-(\d{4})-(\d{6})\.pt$")
 
@@ -36,18 +37,11 @@ class CheckpointError(RuntimeError):
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """``path`` holds ``data`` whole or is left as it was: written to ``path.tmp``, fsync'd, renamed. A failed
-    write (disk full, read-only) removes the temp file and raises CheckpointError naming ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    """``path`` holds ``data`` whole or is left as it was (atomic.py: temp file, fsync, rename). A failed write
+    (disk full, read-only) removes the temp file and raises CheckpointError naming ``path``."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic.write_bytes(path, data)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write {path} ({e.strerror}); nothing was replaced: free space or fix the "
                               "folder's permissions, then run again (a training run: with --resume auto)") from None
 
@@ -78,11 +72,7 @@ def save_file(path: Path, state: dict) -> Path:
     except CheckpointError:
         path.unlink(missing_ok=True)  # leave no checkpoint that cannot be verified
         raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)  # make the renames themselves durable
-    finally:
-        os.close(dfd)
+    atomic.fsync_path(path.parent)  # make the renames themselves durable
     return path
 
 

@@ -13,9 +13,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import yaml
+
+from . import atomic
 
 
 class ConfigError(ValueError):
@@ -24,8 +26,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Range:
-    """The values a numeric field allows (a list field: each of its elements). NaN and infinities never pass.
-    A number without an entry in its section's RANGES must be >= 0 (see validate)."""
+    """The values a numeric field allows (a list field: each of its elements), declared in its section's
+    RANGES. NaN and infinities never pass. A number without an entry in RANGES must be >= 0 (see validate)."""
     lo: float | None = 0
     hi: float | None = None
     lo_open: bool = False  # True: lo itself is excluded
@@ -42,7 +44,8 @@ class Range:
 
 
 class OneOf:
-    """Allowed strings, given or computed when first needed (model names live with the models)."""
+    """The strings a choice field allows: a Literal's choices, or (``Annotated[str, OneOf(names)]``) a list
+    computed when first needed, where the choices live in another module (model names live with the models)."""
 
     def __init__(self, names):
         self.names = names
@@ -139,7 +142,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet50"
+    name: Annotated[str, OneOf(_model_names)] = "resnet50"  # a net of models/resnet.py (SPECS)
     num_classes: int = 0  # 0 = taken from the data set's manifest
     in_channels: int = 0  # 0 = taken from the data set's manifest
     zero_init_residual: bool = False  # zero gamma of each residual branch's last BN (Goyal et al. 2017)
@@ -152,7 +155,7 @@ class ModelConfig:
     # (truncated normal, fan_in, scale 1), fc truncated normal std sqrt(1 / fan_in) and zero bias. BN: 1 and 0.
     init: Literal["he", "tf_cnn"] = "he"
 
-    RANGES: ClassVar[dict] = {"name": OneOf(_model_names), "bn_eps": POSITIVE}
+    RANGES: ClassVar[dict] = {"bn_eps": POSITIVE}
 
 
 @dataclass
@@ -247,6 +250,8 @@ class Config:
 def _coerce(value, typ, key: str):
     """Convert a YAML/CLI value to the field's declared type, or raise naming the key."""
     origin = typing.get_origin(typ)
+    if origin is Annotated:  # model.name: a str whose choices validate checks
+        return _coerce(value, typing.get_args(typ)[0], key)
     if origin in (typing.Union, types.UnionType):  # data.workers, int | Literal["auto"]: the first that fits
         for inner in typing.get_args(typ):
             try:
@@ -331,7 +336,7 @@ def _yaml_load(text: str):
 
 
 def _field_types(cls) -> dict[str, typing.Any]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)  # extras: Annotated[str, OneOf(...)] keeps its choices
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
@@ -433,18 +438,28 @@ def config_from_dict(d: dict) -> Config:
     return cfg
 
 
+def _choices(typ) -> OneOf | None:
+    """What a choice field's type allows (Literal[...] or Annotated[str, OneOf(...)]); None for other fields."""
+    if typing.get_origin(typ) is Literal:
+        return OneOf(typing.get_args(typ))
+    if typing.get_origin(typ) is Annotated:
+        return next((m for m in typ.__metadata__ if isinstance(m, OneOf)), None)
+    return None
+
+
 def choices(section: str, key: str) -> tuple[str, ...]:
-    """The values a choice field (typed Literal[...]) allows, e.g. choices("data", "crop")."""
-    return typing.get_args(_field_types(_field_types(Config)[section])[key])
+    """The values a choice field allows, e.g. choices("data", "crop")."""
+    allowed = _choices(_field_types(_field_types(Config)[section])[key])
+    return allowed._all() if allowed else ()
 
 
 ZERO_OR_MORE = Range(0)  # what a number without a RANGES entry must be: every count, size and rate here is
 
 
 def validate(cfg: Config, origins: dict[str, str] | None = None) -> None:
-    """One pass over every field, driven by its declared type: a Literal's value must be one of its choices;
-    a number (or each number of a list) must lie in its section's RANGES entry, else be >= 0; a RANGES entry
-    for a string field (the model name) lists what it may be. Then the few rules that relate two fields.
+    """One pass over every field, driven by its declared type: a choice field's value (Literal, or Annotated
+    with a OneOf) must be one of its choices; a number (or each number of a list) must lie in its section's
+    RANGES entry, else be >= 0. Then the few rules that relate two fields.
     ``origins`` maps "section.key" to where its value came from (file, --set), for the message."""
     origins = origins or {}
 
@@ -457,13 +472,10 @@ def validate(cfg: Config, origins: dict[str, str] | None = None) -> None:
         ranges = getattr(section_type, "RANGES", {})
         for name, typ in _field_types(section_type).items():
             key, value = f"{section}.{name}", getattr(sub, name)
-            if typing.get_origin(typ) is Literal:
-                allowed = OneOf(typing.get_args(typ))
-            elif name in ranges:
-                allowed = ranges[name]
-            elif typ in (int, float) or typing.get_args(typ) in ((int,), (float,)):
+            allowed = _choices(typ) or ranges.get(name)
+            if allowed is None and (typ in (int, float) or typing.get_args(typ) in ((int,), (float,))):
                 allowed = ZERO_OR_MORE
-            else:
+            if allowed is None:
                 continue  # free text (paths, split names, device) and switches
             if isinstance(allowed, OneOf) and value not in allowed:
                 fail(key, f"{value!r} is not {allowed}")
@@ -486,7 +498,8 @@ def validate(cfg: Config, origins: dict[str, str] | None = None) -> None:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Written whole or not at all (atomic.py): a run folder's config.yaml is what --resume auto checks against."""
+    atomic.write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False), fsync=False)
 
 
 def dumps(cfg: Config) -> str:

@@ -9,13 +9,14 @@ onnxruntime is installed (``pip install 'resnet-repro[onnx]'``).
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
+
+from . import atomic
 
 ONNX_OPSET = 17  # opset 17 (ONNX 1.12, 2022): supported by every onnxruntime since 1.13
 
@@ -26,13 +27,11 @@ class ExportError(RuntimeError):
 
 def save_safetensors(model: nn.Module, path: Path, metadata: dict) -> Path:
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     try:
-        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
-        os.replace(tmp, path)
+        with atomic.replacing(path) as tmp:
+            save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
     except Exception as e:  # OSError, or safetensors' own error type for a failed write (disk full)
-        tmp.unlink(missing_ok=True)
         reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:200]
         raise ExportError(f"cannot write {path} ({reason}); nothing was replaced: free space or choose a writable "
                           "location") from None
@@ -59,23 +58,22 @@ def export_onnx(model: nn.Module, path: Path, in_channels: int, size: int, metad
     except ImportError:
         raise ExportError("ONNX export needs the onnx package: pip install 'resnet-repro[onnx]'") from None
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     model = model.eval().cpu().to(memory_format=torch.contiguous_format)
     example = torch.zeros(1, in_channels, size, size)
-    with warnings.catch_warnings():
-        # The TorchScript-based exporter is deprecated in favour of torch.export (which needs onnxscript); it
-        # is what every torch since 1.x has, and its output is checked against PyTorch below.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}})
-    proto = onnx.load(str(tmp))
-    for key, value in (metadata or {}).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:
+        with warnings.catch_warnings():
+            # The TorchScript-based exporter is deprecated in favour of torch.export (which needs onnxscript);
+            # it is what every torch since 1.x has, and its output is checked against PyTorch below.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}})
+        proto = onnx.load(str(tmp))
+        for key, value in (metadata or {}).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, json.dumps(value)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
     return path
 
 

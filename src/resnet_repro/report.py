@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from . import atomic
+
 # --- Published figures -------------------------------------------------------------------------------------
 # (data set, model, who / what, epochs, test protocol, top-1 err %, top-5 err % or None, source). Figures as
 # their sources state them; collected in docs/REFERENCE.md. "v1.5" marks the stride-in-3x3 bottleneck.
@@ -255,10 +257,11 @@ def plot_curves(run: Run, path: Path) -> Path:
     ax.set_xlim(0, max(done, planned or 0) + 0.5)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic.replacing(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")  # the format named: the temp name's suffix is not .png
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -367,7 +370,5 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     png = plot_curves(run, out / "curves.png")
     md = out / "report.md"
-    tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text(report_markdown(run, os.path.relpath(png, out)))
-    os.replace(tmp, md)
+    atomic.write_text(md, report_markdown(run, os.path.relpath(png, out)), fsync=False)
     return {"png": str(png), "markdown": str(md)}

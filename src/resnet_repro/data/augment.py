@@ -30,6 +30,7 @@ import torch
 from ..config import DataConfig
 from . import jpeg_region
 from .color import affine_pixels
+from .jpeg_header import JpegHeaderError, read_frame
 
 cv2.setNumThreads(1)  # one thread per worker process; parallelism comes from the processes
 
@@ -118,11 +119,6 @@ def decode(data: bytes, channels: int) -> np.ndarray:
     return img if channels == 1 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-# JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic): their
-# segment holds the frame's height and width.
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
 def image_size(data: bytes) -> tuple[int, int] | None:
     """(height, width) from a JPEG or PNG header without decoding; None if the header is not understood
     (the caller then decodes fully, and a broken file fails there with DecodeError)."""
@@ -131,27 +127,11 @@ def image_size(data: bytes) -> tuple[int, int] | None:
         return (h, w) if h and w else None
     if data[:2] != b"\xff\xd8":
         return None
-    pos, n = 2, len(data)
-    while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # segments without a length
-            pos += 2
-            continue
-        length = (data[pos + 2] << 8) | data[pos + 3]
-        if marker in _SOF:
-            if pos + 9 > n:
-                return None
-            h, w = struct.unpack(">HH", data[pos + 5:pos + 9])
-            return (h, w) if h and w else None
-        if marker in (0xD9, 0xDA) or length < 2:  # end of image / start of scan before any frame header
-            return None
-        pos += 2 + length
-    return None
+    try:
+        frame = read_frame(data)
+    except JpegHeaderError:
+        return None
+    return (frame.height, frame.width) if frame.height and frame.width else None
 
 
 # --- Crop boxes: (y, x, h, w) in full-resolution pixels of an H x W image, pure functions of the rng ----------

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import atomic
 from . import records
-from .prepare import PrepareError, _begin, _commit, _identity, encode_png
+from .prepare import PrepareError, _begin, _identity, encode_png
 from .sources import SourceError, default_cache, download
 
 
@@ -231,7 +232,7 @@ def prepare_cifar(dataset: str, out: Path, src: Path | None = None, seed: int = 
                   "test": "the official test set (published CIFAR errors are measured on it)"},
     }
     records.write_manifest(staging, manifest)
-    _commit(staging, out)
+    atomic.replace_folder(staging, out)
     return out
 
 

@@ -84,8 +84,8 @@ class EncodedBatchDataset(BatchDataset):
     the tuple data.loader.BatchDataset gives, with the images still encoded.
 
     A sample whose header cannot be read is decoded on the CPU once for its size (the CPU path's fallback too); a
-    sample that cannot be read at all gets the CPU path's treatment: a warning, a deterministic replacement
-    sample, and a count in ``bad``."""
+    sample that cannot be read at all gets the CPU path's treatment (BatchDataset.with_replacement): a warning,
+    a deterministic replacement sample, and a count in ``bad``."""
 
     def __init__(self, reader, geometry, seed: int):
         if geometry.cfg.random_erasing > 0:
@@ -93,7 +93,7 @@ class EncodedBatchDataset(BatchDataset):
                              "data.decode=cpu")
         super().__init__(reader, geometry, 3, seed, train=True)
 
-    def _sample(self, i: int, epoch: int, size: int):
+    def _encoded(self, i: int, epoch: int):
         key, data, _ = self.reader[i]
         hw = image_size(data) or decode(data, 3).shape[:2]
         box, flip = crop_params(self.geometry, *hw, sample_rng(self.seed, epoch, i))
@@ -103,13 +103,8 @@ class EncodedBatchDataset(BatchDataset):
         size = job.size or self.default_size
         parts, labels, boxes, flips, keys, params, bad = [], [], [], [], [], [], 0
         for i in job.indices.tolist():
-            try:
-                key, data, box, flip, label, colour = self._sample(i, job.epoch, size)
-            except DecodeError:
-                print(f"warning: {self.reader.where(i)}: cannot decode; using a replacement sample", file=sys.stderr)
-                bad += 1
-                j = int(sample_rng(self.seed, job.epoch, i).integers(len(self.reader)))
-                key, data, box, flip, label, colour = self._sample(j, job.epoch, size)
+            (key, data, box, flip, label, colour), b = self.with_replacement(self._encoded, i, job.epoch)
+            bad += b
             parts.append(data)
             labels.append(label)
             boxes.append(box)

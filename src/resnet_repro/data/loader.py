@@ -78,26 +78,32 @@ class BatchDataset(torch.utils.data.Dataset):
         draw = getattr(self.geometry, "color_params", None) if self.train else None
         return draw(sample_rng(self.seed, epoch, i, COLOR_STREAM)) if draw else np.zeros(0, np.float32)
 
+    def with_replacement(self, sample, i: int, epoch: int):
+        """``(sample(i, epoch), 0)``; for a sample damaged after prepare (DecodeError): a warning naming it and
+        ``(sample(j, epoch), 1)`` for a deterministic other sample j, the 1 counting towards the batch's bad
+        samples. Val too: the per-epoch val pass logs the count (val_bad_samples); `evaluate` refuses instead.
+        data/gpu_decode.py reads its samples through this as well, so both paths pick the same replacement."""
+        try:
+            return sample(i, epoch), 0
+        except DecodeError:
+            print(f"warning: {self.reader.root} {self.reader.where(i)}: cannot decode; using a replacement "
+                  "sample", file=sys.stderr)
+            j = int(sample_rng(self.seed, epoch, i).integers(len(self.reader)))
+            return sample(j, epoch), 1
+
+    def _sample(self, i: int, epoch: int):
+        return self.load(i, epoch), int(self.reader.labels[i]), self.color_params(i, epoch)
+
     def __getitem__(self, job: Job):
         if self.train:  # the size travels with the job, so it holds in any worker process, persistent or not
             self.geometry.size = job.size or self.default_size
         images, labels, params, bad = [], [], [], 0
         for i in job.indices.tolist():
-            try:
-                img = self.load(i, job.epoch)
-                label = int(self.reader.labels[i])
-                params.append(self.color_params(i, job.epoch))
-            except DecodeError:
-                # A sample damaged after prepare: log it, substitute a deterministic other sample, count it. Val
-                # too: the per-epoch val pass logs the count (val_bad_samples); `evaluate` refuses instead.
-                print(f"warning: {self.reader.root} {self.reader.where(i)}: cannot decode; using a replacement "
-                      "sample", file=sys.stderr)
-                bad += 1
-                j = int(sample_rng(self.seed, job.epoch, i).integers(len(self.reader)))
-                img, label = self.load(j, job.epoch), int(self.reader.labels[j])
-                params.append(self.color_params(j, job.epoch))
+            (img, label, colour), b = self.with_replacement(self._sample, i, job.epoch)
             images.append(img)
             labels.append(label)
+            params.append(colour)
+            bad += b
         return (torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64), bad,
                 torch.from_numpy(np.stack(params)))
 
@@ -113,7 +119,9 @@ class JobSampler(torch.utils.data.Sampler):
         return len(self.jobs)
 
 
-def _worker_init(_, plan=None):
+def worker_init(_, plan=None):
+    """Set up a DataLoader worker process (training's and evaluation's): one thread each for OpenCV and torch,
+    since the parallelism is the workers themselves; pinned to ``plan``'s worker cores when there is a plan."""
     import cv2
 
     from .augment import keep_freed_memory
@@ -134,7 +142,7 @@ def make_loader(dataset: BatchDataset, jobs: list[Job], workers: int, pin_memory
     """`plan`: a data/cores.py CorePlan whose worker cores the workers move to (None: they stay where forked)."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, sampler=JobSampler(jobs), num_workers=workers, pin_memory=pin_memory,
-        worker_init_fn=functools.partial(_worker_init, plan=plan) if workers else None,
+        worker_init_fn=functools.partial(worker_init, plan=plan) if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False)
 
 

@@ -20,7 +20,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .. import atomic
 from . import records, sources
+from .jpeg_header import JpegHeaderError, read_frame
 
 
 class PrepareError(RuntimeError):
@@ -68,13 +70,6 @@ def _begin(out: Path, force: bool, resumable: bool = False, identity: dict | Non
         shutil.rmtree(staging)  # left by an interrupted run: ours to discard
     staging.mkdir(parents=True)
     return staging
-
-
-def _commit(staging: Path, out: Path) -> None:
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
 
 
 def encode_png(img: np.ndarray) -> bytes:
@@ -129,7 +124,7 @@ def prepare_fashion_mnist(out: Path, src: Path | None = None, seed: int = 0, tra
         "notes": {"val": "the official 10,000-image Fashion-MNIST test set"},
     }
     records.write_manifest(staging, manifest)
-    _commit(staging, out)
+    atomic.replace_folder(staging, out)
     return out
 
 
@@ -171,55 +166,14 @@ class Header:
     precision: int = 8  # JPEG: bits per sample
 
 
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def _jpeg_header(data: bytes) -> Header:
-    """Walk the JPEG markers up to the frame header (SOFn): size, components, precision; the colour model
-    follows libjpeg's rules (JFIF => YCbCr; Adobe APP14 transform flag; component ids 'R','G','B')."""
-    i, n = 2, len(data)
-    jfif, adobe = False, None
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            raise BadImage(f"JPEG marker expected at byte {i}")
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        seg = data[i + 4:i + 2 + length]
-        if marker == 0xE0 and seg[:5] == b"JFIF\0":
-            jfif = True
-        elif marker == 0xEE and seg[:5] == b"Adobe" and len(seg) >= 12:
-            adobe = seg[11]
-        elif marker in _SOF:
-            if len(seg) < 6:
-                break
-            precision, h, w, nc = seg[0], int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big"), seg[5]
-            ids = bytes(seg[6 + 3 * k] for k in range(nc) if 6 + 3 * k < len(seg))
-            if nc == 1:
-                colour = "gray"
-            elif nc == 3:
-                rgb = adobe == 0 if adobe is not None else (not jfif and ids == b"RGB")
-                colour = "rgb" if rgb else "ycbcr"
-            elif nc == 4:
-                colour = "ycck" if adobe == 2 else "cmyk"
-            else:
-                colour = f"{nc}-component"
-            return Header("jpeg", w, h, nc, colour, precision)
-        elif marker == 0xDA:
-            break
-        i += 2 + length
-    raise BadImage("JPEG without a readable frame header (truncated or not a JPEG)")
-
-
 def read_header(data: bytes) -> Header:
     """Format and pixel size from the first bytes of an image, without decoding it."""
     if data[:3] == b"\xff\xd8\xff":
-        return _jpeg_header(data)
+        try:
+            f = read_frame(data)  # the colour model and precision too: oddity() needs them
+        except JpegHeaderError as e:
+            raise BadImage(str(e)) from None
+        return Header("jpeg", f.width, f.height, f.components, f.colour, f.precision)
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
         return Header("png", int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"))
     if data[:2] == b"BM" and len(data) >= 26:
@@ -387,12 +341,10 @@ def run_shard(job: ShardJob) -> dict:
             return report  # shard discarded: prepare stops once every shard is checked, listing all bad files
         report["entry"] = writer.close()
     path = _report_path(job)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(report))
-        os.replace(tmp, path)  # the report is written after the shard: its presence vouches for the shard
+        # After the shard: its presence vouches for the shard. No fsync, as for the shard (see above).
+        atomic.write_text(path, json.dumps(report), fsync=False)
     except OSError as e:  # a full disk: the shard is redone next time, and no half-written report stays
-        tmp.unlink(missing_ok=True)
         raise PrepareError(f"cannot write {path}: {e.strerror or e} (disk full? free space, then run prepare "
                            "again; finished shards are reused)") from None
     return report
@@ -536,13 +488,9 @@ def prepare_images(source, out: Path, shards: dict[str, int], seed: int = 0, wor
         if p.name not in keep:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     for name in sorted(keep - {_work(staging).name}):  # durable before the manifest says they are complete
-        fd = os.open(staging / name, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic.fsync_path(staging / name)
     records.write_manifest(staging, manifest)
-    _commit(staging, out)
+    atomic.replace_folder(staging, out)
     shutil.rmtree(_work(out), ignore_errors=True)
     if progress:
         print(f"prepared {out}: " + ", ".join(f"{k} {v['count']} images in {len(v['shards'])} shards"

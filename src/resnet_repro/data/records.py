@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import atomic
+
 MANIFEST = "manifest.json"
 FORMAT = "resnet-repro-records/1"
 
@@ -91,16 +93,15 @@ class ShardWriter:
 
     def __init__(self, path: Path, fsync: bool = True):
         self.path, self.fsync = Path(path), fsync
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self.f = open(self.tmp, "wb")
+            self.out = atomic.AtomicFile(self.path, fsync)
         except OSError as e:  # a read-only or vanished folder
-            raise _write_error(self.tmp, e) from None
+            raise _write_error(atomic.temp_path(self.path), e) from None
         self.offset, self.sha256 = 0, hashlib.sha256()
         self.keys, self.offsets, self.sizes, self.labels = [], [], [], []
 
     def _write(self, data) -> None:
-        self.f.write(data)
+        self.out.file.write(data)
         self.sha256.update(data)
         self.offset += len(data)
 
@@ -131,25 +132,17 @@ class ShardWriter:
 
     def close(self) -> dict:
         idx_path = self.path.with_suffix(".idx")
-        idx_tmp = idx_path.with_name(idx_path.name + ".tmp")
         try:
             self._write(bytes(2 * tarfile.BLOCKSIZE))
             self._write(bytes(-self.offset % tarfile.RECORDSIZE))
-            self.f.flush()
-            if self.fsync:
-                os.fsync(self.f.fileno())
-            self.f.close()
-            with open(idx_tmp, "wb") as f:
+            self.out.finish()
+            with atomic.AtomicFile(idx_path, self.fsync) as f:
                 np.savez(f, key=np.array(self.keys, dtype=str), offset=np.array(self.offsets, dtype=np.int64),
                          size=np.array(self.sizes, dtype=np.int64), label=np.array(self.labels, dtype=np.int64))
-                f.flush()
-                if self.fsync:
-                    os.fsync(f.fileno())
-            os.replace(idx_tmp, idx_path)
-            os.replace(self.tmp, self.path)
+            self.out.commit()  # the tar last: a shard under its real name always has its index
         except OSError as e:  # e.g. the disk filled up: no temp file may stay behind to look like work
-            failed = idx_path if self.f.closed else self.path
-            self._discard(idx_tmp)
+            failed = idx_path if self.out.file.closed else self.path
+            self.out.discard()
             raise _write_error(failed, e) from None
         return {"name": self.path.name, "index": idx_path.name, "count": len(self.keys), "bytes": self.offset,
                 "sha256": self.sha256.hexdigest(), "index_sha256": sha256_file(idx_path)}
@@ -158,16 +151,8 @@ class ShardWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        if not self.f.closed:  # not closed: an error, or the caller chose to discard the shard
-            self._discard()
-
-    def _discard(self, *more: Path) -> None:
-        try:
-            self.f.close()
-        except OSError:  # flushing the rest failed too (disk full): the file goes anyway
-            pass
-        for p in (self.tmp, *more):
-            p.unlink(missing_ok=True)
+        if not self.out.file.closed:  # not closed: an error, or the caller chose to discard the shard
+            self.out.discard()
 
 
 def shuffled_shards(n: int, num_shards: int, seed: int) -> list[np.ndarray]:
@@ -178,14 +163,9 @@ def shuffled_shards(n: int, num_shards: int, seed: int) -> list[np.ndarray]:
 
 def write_manifest(out: Path, manifest: dict) -> None:
     out = Path(out)
-    tmp = out / (MANIFEST + ".tmp")
     try:
-        tmp.write_text(json.dumps(manifest, indent=1))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out / MANIFEST)
+        atomic.write_text(out / MANIFEST, json.dumps(manifest, indent=1))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise _write_error(out / MANIFEST, e) from None
 
 

@@ -13,12 +13,13 @@ import os
 import shutil
 import struct
 import sys
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from .. import atomic
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -82,20 +83,17 @@ def download(url: str, dest: Path, sha256: str, digest=gz_content_sha256, timeou
     """Download ``url`` to ``dest`` via a temp file, renamed only once ``digest(file)`` equals ``sha256``; nothing
     is kept otherwise. ``digest``: SHA-256 of the decompressed content (default) or of the file itself."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out, 1 << 20)
-        got = digest(Path(tmp))
-        if got != sha256:
-            raise SourceError(f"{url}: downloaded data has SHA-256 {got}, expected {sha256} "
-                              "(incomplete or altered download; nothing was kept)")
-        os.replace(tmp, dest)
+        # A unique temp name: two prepare runs may fill the same cache at once (atomic.replacing).
+        with atomic.replacing(dest, unique=True) as tmp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                shutil.copyfileobj(resp, out, 1 << 20)
+            got = digest(tmp)
+            if got != sha256:
+                raise SourceError(f"{url}: downloaded data has SHA-256 {got}, expected {sha256} "
+                                  "(incomplete or altered download; nothing was kept)")
     except OSError as e:
         raise SourceError(f"{url}: download failed ({e})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest
 
 

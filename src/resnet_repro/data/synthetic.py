@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .. import atomic
 from . import records
 
 
@@ -137,7 +138,5 @@ def make_jpeg_shards(out: str | Path, n_train: int, n_val: int, num_classes: int
         "splits": splits,
     }
     records.write_manifest(staging, manifest)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    atomic.replace_folder(staging, out)
     return out
