@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 
-from . import checkpoint, dist, folder_lock
+from . import atomic, checkpoint, dist, folder_lock
 
 # What makes a folder hold a run that a fresh start would overwrite or mix with (config.yaml alone does not:
 # a run stopped before its first checkpoint has nothing to lose).
@@ -130,9 +129,7 @@ def trim_metrics(path: Path, epochs_done: int) -> None:
     lines = path.read_text().splitlines(keepends=True)
     keep = [ln for ln, rec in _metric_lines(path) if rec.get("epoch", 0) <= epochs_done]
     if keep != lines:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(keep))
-        os.replace(tmp, path)
+        atomic.write_text(path, "".join(keep), fsync=False)
 
 
 def config_changes(saved: dict, now: dict) -> list[str]:

@@ -431,9 +431,7 @@ def start_or_resume(run: Run, resume: str | None, held: contextlib.ExitStack) ->
     if env.is_main:
         if folder["run_id"] != state.run_id:
             checkpoint.write_atomic(out / "run.json", (json.dumps({"run_id": state.run_id}) + "\n").encode())
-        tmp = out / "config.yaml.tmp"
-        save_config(run.cfg, tmp)
-        os.replace(tmp, out / "config.yaml")
+        save_config(run.cfg, out / "config.yaml")
     return state
 
 

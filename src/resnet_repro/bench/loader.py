@@ -226,7 +226,6 @@ def torchvision_transform(data_cfg):
 def torchvision_rate(reader, indices, workers: int, batch_size: int, batches: int, transform,
                      warmup: int | None = None) -> float:
     """Images/s of ImageFolder + `transform` (torchvision_transform) on the same images."""
-    import numpy as np
     import torch
     from torchvision.datasets import ImageFolder
 

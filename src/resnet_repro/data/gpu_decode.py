@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import COLOR_STREAM, DecodeError, decode, image_size, sample_rng
+from .augment import DecodeError, decode, image_size, sample_rng
 from .loader import BatchDataset
 
 
