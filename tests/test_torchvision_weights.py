@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from resnet_repro.evaluate import read_state_dict
 from resnet_repro.models.resnet import build_model
 from resnet_repro.models.torchvision_weights import (WeightsError, model_from_torchvision, ours_to_torchvision,
-                                                     read_state_dict, torchvision_to_ours)
+                                                     torchvision_to_ours)
 
 # torchvision.models.resnet: blocks per stage and whether the block is a bottleneck (expansion 4).
 TV_ARCH = {"resnet18": ((2, 2, 2, 2), False), "resnet34": ((3, 4, 6, 3), False), "resnet50": ((3, 4, 6, 3), True)}

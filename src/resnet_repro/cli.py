@@ -118,7 +118,7 @@ def _load_trained(args):
     if getattr(args, "torchvision_weights", None):
         if not args.model or not args.data:
             raise UserError("--torchvision-weights needs --model NAME (resnet18 ... resnet152) and --data DIR")
-        from .models.torchvision_weights import trained_from_torchvision
+        from .evaluate import trained_from_torchvision
 
         return trained_from_torchvision(args.torchvision_weights, args.model, args.data)
     if not args.checkpoint:
@@ -202,8 +202,6 @@ def _write_json(path: str, obj) -> None:
 
 
 def _cmd_evaluate(args) -> int:
-    import torch
-
     from .data.augment import DecodeError
     from .evaluate import evaluate_trained, format_table
 
@@ -213,10 +211,9 @@ def _cmd_evaluate(args) -> int:
         _check_device(args.device, "--device", "--device cpu (or auto)")
     try:
         trained = _load_trained(args)
-        device = None if args.device == "auto" else torch.device(args.device)
         out = evaluate_trained(trained, args.protocol or ["single"], args.data, args.split, args.resize, args.crop,
-                               tuple(args.scales) if args.scales else None, args.batch_size, args.workers, device,
-                               args.pad)
+                               tuple(args.scales) if args.scales else None, args.batch_size, args.workers,
+                               args.device, args.pad)
     except (ValueError, DecodeError) as e:  # protocol, class list or image size that does not fit; WeightsError
         raise UserError(str(e)) from None
     if int(os.environ.get("RANK", "0")) != 0:
@@ -272,8 +269,6 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    import torch
-
     from .predict import PredictError, format_predictions, predict
 
     if args.topk < 1:
@@ -282,8 +277,7 @@ def _cmd_predict(args) -> int:
         _check_device(args.device, "--device", "--device cpu (or auto)")
     try:
         trained = _load_trained(args)
-        device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-        preds = predict(trained, args.images, args.topk, args.protocol, device)
+        preds = predict(trained, args.images, args.topk, args.protocol, args.device)
     except (PredictError, ValueError) as e:
         raise UserError(str(e)) from None
     print(json.dumps(preds) if args.json else format_predictions(preds))

@@ -1,21 +1,21 @@
 """Top-5 classes of image files under a trained model: ``resnet-repro predict --checkpoint CK IMAGE...``.
 
-Images go through the run's own test geometry (evaluate.make_protocol: resize the shorter side, centre crop)
-and normalization; a data set stored at a fixed small size (Fashion-MNIST 28x28) has no resize step of its
-own, so any other image is first scaled so that its shorter side is that size. Colour images are converted
-to grey for 1-channel models, as OpenCV decodes them.
+Images go through the run's own test geometry (evaluate/protocols.py make_protocol: resize the shorter side,
+centre crop) and normalization; a data set stored at a fixed small size (Fashion-MNIST 28x28) has no resize
+step of its own, so any other image is first scaled so that its shorter side is that size. Colour images are
+converted to grey for 1-channel models, as OpenCV decodes them. The model comes from evaluate/trained_model.py.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .data.augment import DecodeError, decode
 from .data.prepare import BadImage, read_header
 from .evaluate import Trained, eval_transform, make_protocol, score_images
 from .models.resnet import SPECS
+from .runtime import pick_device
 
 
 class PredictError(RuntimeError):
@@ -50,9 +50,11 @@ def read_image(path: str | Path, channels: int, max_pixels: int = MAX_PIXELS) ->
 
 
 def predict(trained: Trained, paths: list[str | Path], topk: int = 5, protocol: str = "single",
-            device: torch.device | None = None) -> list[dict]:
-    """For each image: its `topk` classes, best first, as {"class", "name", "prob"} (mean softmax over views)."""
-    device = device or torch.device("cpu")
+            device: str = "cpu") -> list[dict]:
+    """For each image: its `topk` classes, best first, as {"class", "name", "prob"} (mean softmax over views).
+
+    `device`: a device name (cpu, cuda, cuda:N, or auto: a GPU when there is one)."""
+    device = pick_device(device)
     images = [read_image(p, trained.in_channels) for p in paths]
     d = trained.cfg.data
     crop = d.val_size or trained.image_size or SPECS[trained.cfg.model.name].input_size

@@ -138,12 +138,14 @@ def worker_init(_, plan=None):
 
 
 def make_loader(dataset: BatchDataset, jobs: list[Job], workers: int, pin_memory: bool,
-                plan=None) -> torch.utils.data.DataLoader:
-    """`plan`: a data/cores.py CorePlan whose worker cores the workers move to (None: they stay where forked)."""
+                plan=None, prefetch: int = 4) -> torch.utils.data.DataLoader:
+    """`plan`: a data/cores.py CorePlan whose worker cores the workers move to (None: they stay where forked).
+    `prefetch`: batches each worker keeps loaded ahead. `dataset`: any Dataset that takes a Job (evaluation's
+    view batches too)."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, sampler=JobSampler(jobs), num_workers=workers, pin_memory=pin_memory,
         worker_init_fn=functools.partial(worker_init, plan=plan) if workers else None,
-        prefetch_factor=4 if workers else None, persistent_workers=False)
+        prefetch_factor=prefetch if workers else None, persistent_workers=False)
 
 
 class DevicePrefetcher:

@@ -14,13 +14,14 @@ the paper's option-B ImageNet nets built here, so the two layouts differ only in
 A typical use: ``resnet-repro evaluate --torchvision-weights resnet50-0676ba61.pth --model resnet50 --data
 data/imagenet --protocol single --protocol 10crop`` (the class order must be torchvision's, i.e. the sorted
 WordNet ids, which is what an ImageNet folder sorted by name gives).
+
+Only names and shapes live here, next to the model they describe: reading a weights file and pairing the
+model with a data set's classes and test geometry is evaluate/trained_model.py's job (read_state_dict,
+trained_from_torchvision), so that models/ knows no files, data or evaluation.
 """
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
-import torch
 
 from .resnet import IMAGENET_SPECS, ResNet, build_model
 
@@ -72,37 +73,6 @@ def ours_to_torchvision(state: dict) -> dict:
     return _rename(state, _TO_TORCHVISION, "resnet-repro ImageNet")
 
 
-def read_state_dict(path: str | Path) -> dict:
-    """Tensors from a .pth/.pt (loaded with weights_only=True: no pickled code runs) or .safetensors file.
-
-    Accepts a bare state_dict or one wrapped as {"model": ...} / {"state_dict": ...} (torchvision's training
-    reference), and drops the "module." prefix DistributedDataParallel adds."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises several types for a file that is not a checkpoint
-            # One line, and never torch's advice to retry with weights_only=False: that would run whatever code
-            # the file's pickle holds, and a real state_dict never needs it.
-            lines = str(e).strip().splitlines()
-            reason = "not a plain state_dict of tensors (refused by the weights-only loader)" \
-                if "Weights only load failed" in str(e) or not lines else lines[0][:200]
-            raise WeightsError(f"{path}: cannot be read as a PyTorch state_dict ({type(e).__name__}: {reason})") \
-                from None
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: not a state_dict (a mapping of parameter names to tensors)")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 def model_from_torchvision(state: dict, name: str, where: str = "state_dict") -> ResNet:
     """Our `name` model (v1.5 for bottleneck nets) holding the weights of a torchvision-layout state_dict."""
     if name not in IMAGENET_SPECS:
@@ -127,23 +97,3 @@ def model_from_torchvision(state: dict, name: str, where: str = "state_dict") ->
                                f"{name} needs {tuple(expected[k].shape)}")
     model.load_state_dict(ours)
     return model
-
-
-def trained_from_torchvision(path: str | Path, name: str, data: str | Path):
-    """torchvision weights as an evaluate.Trained, with torchvision's published test geometry (shorter side
-    256, centre crop 224, ImageNet mean/std) and the class list of the prepared data set at `data`."""
-    from ..config import Config
-    from ..data.records import load_manifest
-    from ..evaluate import Trained
-
-    model = model_from_torchvision(read_state_dict(path), name, str(path))
-    manifest = load_manifest(data)
-    classes = manifest["classes"]
-    if len(classes) != model.fc.out_features:
-        raise WeightsError(f"{path}: {model.fc.out_features} classes, but {data} has {len(classes)}")
-    cfg = Config()
-    cfg.data.path, cfg.model.name, cfg.model.stride_in_3x3 = str(data), name, True
-    cfg.data.val_resize, cfg.data.val_size = 256, 224  # torchvision's ImageNet evaluation: resize 256, crop 224
-    cfg.data.normalize = "meanstd"  # the Config defaults are torchvision's ImageNet mean / std
-    return Trained(model.eval(), cfg, list(classes), list(manifest.get("class_names", classes)),
-                   model.stem[0].in_channels, manifest["image"].get("height"), str(path))

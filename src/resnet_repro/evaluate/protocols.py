@@ -1,11 +1,7 @@
-"""Exact top-1/top-5 error over a whole val split, across any number of ranks, under several test protocols.
+"""The papers' test protocols, scored in one pass over a split: exact top-1/top-5 error under each.
 
-Each rank scores a disjoint subset (loader.eval_batch_indices), and the counts — not the rates — are summed
-across ranks, so the result is the same for 1, 2 or 3 processes and nothing is counted twice.
-
-``evaluate`` is the single-view pass the training loop runs every epoch. ``evaluate_protocols`` scores a split
-the ways the papers did, in one pass over the data (each image is read and decoded once, whatever the number
-of protocols):
+``evaluate_protocols`` scores a split the ways the papers did, in one pass over the data (each image is read
+and decoded once, whatever the number of protocols):
 
 * ``single``     resize the shorter side to R, centre crop C (R=256, C=224 for ImageNet): one view.
 * ``flip``       the centre crop and its mirror image: 2 views.
@@ -20,63 +16,27 @@ averages the score map, which for a ResNet (global average pool, then one linear
 net's own forward pass on the full image, so the net runs unchanged on every size.
 
 The CPU workers do the geometry (decode, resize, crop: one image -> K views); mirroring and normalization
-are batched tensor ops on the device.
+are batched tensor ops on the device. Counts are summed across ranks as in the per-epoch pass (val_pass.py):
+every image counts once, whatever the number of processes.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torch.utils.data
 
-from . import dist
-from .data.augment import DecodeError, EvalGeometry, center_crop_resize, decode, resize_to
+from .. import dist
+from ..data.augment import DecodeError, EvalGeometry, center_crop_resize, decode, resize_to
+from ..data.loader import Job, eval_batch_indices, make_loader
+from .val_pass import topk_correct
 
 PROTOCOLS = ("single", "flip", "10crop", "multiscale")
 # Shorter-side lengths in pixels of the paper's multi-scale test (He et al. 2015, s3.4, after VGG / OverFeat),
 # quoted for nets trained on 224 crops; other crop sizes scale them by crop / 224.
 PAPER_SCALES = (224, 256, 384, 480, 640)
-
-
-def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list[torch.Tensor]:
-    """Number of samples whose target is among the k highest logits, for each k (capped at #classes)."""
-    kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices  # [B, kmax], best first
-    hit = top.eq(targets.view(-1, 1))
-    return [hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=contextlib.nullcontext) -> dict:
-    """Run `model` over `batches` of (x, y[, bad samples replaced, ...]) on the device; return error rates in
-    percent and counts ("bad": undecodable samples the loader replaced, see data/loader.py)."""
-    was_training = model.training
-    model.eval()
-    # [top-1 correct, top-5 correct, samples, summed loss] in float64 so counts stay exact after all_reduce.
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
-    bad = 0
-    for batch in batches:
-        x, y = batch[0], batch[1]
-        bad += int(batch[2]) if len(batch) > 2 else 0
-        with autocast():
-            logits = model(x)
-        logits = logits.float()
-        c1, c5 = topk_correct(logits, y)
-        sums += torch.stack([c1.double(), c5.double(), torch.tensor(float(len(y)), dtype=torch.float64, device=device),
-                             F.cross_entropy(logits, y, reduction="sum").double()])
-    model.train(was_training)
-    dist.all_reduce_sum(sums)
-    c1, c5, n, loss = sums.tolist()
-    if n == 0:
-        raise ValueError("evaluation saw no samples")
-    bad = int(dist.all_reduce_sum(torch.tensor([float(bad)], dtype=torch.float64, device=device)).item())
-    return {"top1_err": 100.0 * (1 - c1 / n), "top5_err": 100.0 * (1 - c5 / n), "loss": loss / n,
-            "count": int(n), "top1_correct": int(c1), "top5_correct": int(c5), "bad": bad}
 
 
 # --- Protocol geometry (CPU, per image) ------------------------------------------------------------------
@@ -240,7 +200,8 @@ def score_images(model: torch.nn.Module, images: list[np.ndarray], protocols: li
 
 
 class ViewDataset(torch.utils.data.Dataset):
-    """Loader-worker side of ``evaluate_protocols``: a batch of sample indices -> (view groups, labels)."""
+    """Loader-worker side of ``evaluate_protocols``: a Job (data/loader.py) of sample indices -> (view groups,
+    labels)."""
 
     def __init__(self, reader, channels: int, protocols: list[Protocol]):
         self.reader, self.channels, self.protocols = reader, channels, protocols
@@ -248,7 +209,8 @@ class ViewDataset(torch.utils.data.Dataset):
     def __len__(self):  # the sampler decides what is loaded
         return 0
 
-    def __getitem__(self, indices: np.ndarray):
+    def __getitem__(self, job: Job):
+        indices = job.indices
         images = []
         for i in indices.tolist():
             _, data, _ = self.reader[i]
@@ -263,11 +225,6 @@ class ViewDataset(torch.utils.data.Dataset):
         return groups, torch.from_numpy(self.reader.labels[indices].astype(np.int64))
 
 
-def _worker_init(_):
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
 @torch.no_grad()
 def evaluate_protocols(model: torch.nn.Module, reader, protocols: list[Protocol], transform, device: torch.device,
                        batch_size: int = 256, workers: int = 2, autocast=contextlib.nullcontext,
@@ -277,15 +234,13 @@ def evaluate_protocols(model: torch.nn.Module, reader, protocols: list[Protocol]
     `batch_size` bounds the views per forward pass (see score_groups); a loader batch holds as many images as
     keep the protocol with the most views within it. Counts are all-reduced across ranks (each rank reads its
     own disjoint indices)."""
-    from .data.loader import eval_batch_indices
-
     channels = reader.manifest["image"]["channels"]
     images_per_batch = max(1, batch_size // max(p.views_per_image for p in protocols))
-    index_batches = eval_batch_indices(len(reader), images_per_batch, rank, world)
-    loader = torch.utils.data.DataLoader(
-        ViewDataset(reader, channels, protocols), batch_size=None, sampler=index_batches, num_workers=workers,
-        pin_memory=device.type == "cuda", worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=2 if workers else None)
+    jobs = [Job(0, step, indices)
+            for step, indices in enumerate(eval_batch_indices(len(reader), images_per_batch, rank, world))]
+    # Two batches in flight, not the training loader's four: multi-scale views reach 640 px on the shorter side,
+    # ~8x the pixels of a 224 crop, and each batch waits in host memory.
+    loader = make_loader(ViewDataset(reader, channels, protocols), jobs, workers, device.type == "cuda", prefetch=2)
     was_training = model.training
     model.eval()
     # Per protocol: [top-1 correct, top-5 correct, samples, summed -log p(target)], float64 for exact counts.
@@ -321,106 +276,3 @@ def format_table(results: list[dict]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in
                                enumerate(zip(row, widths))).rstrip() for row in rows)
-
-
-# --- Trained models for evaluate / predict / export ---------------------------------------------------------
-
-@dataclass
-class Trained:
-    """A model ready for inference and what is needed to feed it and name its outputs."""
-
-    model: torch.nn.Module
-    cfg: object  # config.Config: data.* gives the normalization and val geometry
-    classes: list[str]
-    class_names: list[str]
-    in_channels: int
-    image_size: int | None  # side of the training data's stored images, when known (0-size configs use it)
-    source: str
-
-
-def load_trained(path, weights: str = "model", data: str | None = None) -> Trained:
-    """A resnet-repro checkpoint (final.pt or checkpoints/ckpt-*.pt) -> Trained.
-
-    `weights`: "model" (the trained weights) or "ema" (their moving average, when the run kept one).
-    `data`: a prepared data folder whose manifest gives the stored image size (default: the run's own)."""
-    from . import checkpoint
-    from .config import config_from_dict
-    from .data.records import RecordError, load_manifest
-    from .models.resnet import build_model
-
-    state = checkpoint.load(path)
-    cfg = config_from_dict(state["config"])
-    if weights == "model":
-        tensors = state["model"]
-    elif weights == "ema":
-        tensors = state.get("model_ema") or (state.get("ema") or {}).get("module")
-        if tensors is None:
-            raise checkpoint.CheckpointError(f"checkpoint {path}: holds no EMA weights (train.ema was off)")
-    else:
-        raise ValueError(f"weights must be 'model' or 'ema', not {weights!r}")
-    model = build_model(cfg.model.name, len(state["classes"]), state["in_channels"],
-                        stride_in_3x3=cfg.model.stride_in_3x3, bn_eps=cfg.model.bn_eps)
-    model.load_state_dict(tensors)
-    image_size = (state.get("image") or {}).get("height")
-    if image_size is None:
-        try:
-            image_size = load_manifest(data or cfg.data.path)["image"].get("height")
-        except RecordError:
-            image_size = None
-    return Trained(model.eval(), cfg, list(state["classes"]), list(state.get("class_names", state["classes"])),
-                   int(state["in_channels"]), image_size, str(path))
-
-
-def eval_transform(data_cfg, channels: int, device: torch.device, channels_last: bool = True):
-    """The device-side input transform at test time: normalization only (no colour or lighting noise)."""
-    from .data.augment import DeviceTransform
-
-    return DeviceTransform(dataclasses.replace(data_cfg, color="none", lighting=0.0), channels, device, channels_last)
-
-
-def evaluate_trained(trained: Trained, protocol_names: list[str], data: str | None = None, split: str = "val",
-                     resize: int | None = None, crop: int | None = None, scales: tuple[int, ...] | None = None,
-                     batch_size: int = 256, workers: int = 2, device: torch.device | None = None,
-                     pad: int | None = None) -> dict:
-    """`resnet-repro evaluate`: a trained model on a prepared split under each protocol (one pass, all ranks)."""
-    kind = device.type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-    owned = not dist.is_available_and_initialized()  # a caller's process group is the caller's to close
-    env = dist.init(kind)  # torchrun: each rank scores its own share; one process otherwise
-    try:
-        out = _evaluate_on_ranks(trained, protocol_names, data, split, resize, crop, scales, batch_size, workers,
-                                 device, pad, kind, env)
-    except BaseException:
-        if owned:
-            dist.shutdown()  # no barrier: the other ranks may not have failed the same way
-        raise
-    if owned:
-        # Close the group before the interpreter exits: a gloo group left to the exit-time destructors aborted a rank
-        # ("terminate called without an active exception") in 4 of 15 two-rank runs on the loaded 2-core CI machine.
-        dist.barrier()
-        dist.shutdown()
-    return out
-
-
-def _evaluate_on_ranks(trained, protocol_names, data, split, resize, crop, scales, batch_size, workers, device, pad,
-                       kind, env) -> dict:
-    from .data.records import RecordReader
-    from .runtime import autocast_for
-
-    if kind == "cuda" and (device is None or device.index is None):
-        device = torch.device("cuda", env.local_rank)
-        torch.cuda.set_device(device)
-    device = device or torch.device("cpu")
-    reader = RecordReader(data or trained.cfg.data.path, split)
-    if reader.classes != trained.classes:
-        raise ValueError(f"{trained.source} was trained on other classes than {reader.root} has")
-    channels = reader.manifest["image"]["channels"]
-    if channels != trained.in_channels:
-        raise ValueError(f"{trained.source} takes {trained.in_channels}-channel images, {reader.root} has {channels}")
-    stored = reader.manifest["image"].get("height")
-    protocols = [make_protocol(name, trained.cfg.data, stored, resize, crop, scales, pad) for name in protocol_names]
-    model = trained.model.to(device, memory_format=torch.channels_last)
-    autocast, precision = autocast_for(trained.cfg.train.precision, device)  # the run's own precision
-    results = evaluate_protocols(model, reader, protocols, eval_transform(trained.cfg.data, channels, device), device,
-                                 batch_size, workers, autocast, env.rank, env.world)
-    return {"model": trained.cfg.model.name, "weights": trained.source, "data": str(reader.root), "split": split,
-            "precision": precision, "device": str(device), "world_size": env.world, "results": results}
