@@ -98,3 +98,35 @@ def test_the_models_import_only_torch_and_the_standard_library():
             elif isinstance(node, ast.Import):
                 tops |= {a.name.split(".")[0] for a in node.names}
         assert tops <= allowed, (path.name, tops - allowed)
+
+
+def function_lengths():
+    """(module path, qualified name, lines) of every function in src/, nested ones included."""
+    out = []
+    for path in sorted(PKG.rglob("*.py")):
+        def walk(node, prefix):
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    name = prefix + child.name
+                    out.append((path.relative_to(PKG).as_posix(), name, child.end_lineno - child.lineno + 1))
+                    walk(child, name + ".")
+                elif isinstance(child, ast.ClassDef):
+                    walk(child, prefix + child.name + ".")
+        walk(ast.parse(path.read_text()), "")
+    return out
+
+
+def test_no_function_in_src_is_over_120_lines():
+    """Issue 13's bar: a function a newcomer must hold in their head at once stays under a screenful or two."""
+    long = [f"{p}:{name} ({n} lines)" for p, name, n in function_lengths() if n > 120]
+    assert long == [], long
+
+
+def test_train_reads_as_a_short_script():
+    lengths = {(p, name): n for p, name, n in function_lengths()}
+    assert lengths[("train.py", "train")] + lengths[("train.py", "_train")] <= 150
+
+
+def test_the_length_walk_sees_nested_and_method_bodies():
+    names = {name for p, name, n in function_lengths() if p == "stopping.py"}
+    assert "RankMeeting.__call__" in names
