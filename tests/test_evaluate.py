@@ -52,3 +52,24 @@ def test_evaluate_error_rates_and_loss_by_hand():
 def test_evaluate_with_no_samples_is_an_error():
     with pytest.raises(ValueError, match="no samples"):
         evaluate(nn.Identity(), [], torch.device("cpu"))
+
+
+def test_mirror_scores_the_mean_softmax_of_the_image_and_its_mirror():
+    # A "model" that reads the left and right halves of a 1x1x2 image differently: the two views disagree.
+    class Halves(nn.Module):
+        def forward(self, x):
+            left, right = x[:, 0, 0, 0:1], x[:, 0, 0, 1:2]
+            return torch.cat([3 * left, right, torch.zeros_like(left)], dim=1)  # 3 classes
+
+    x = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 2.0]]], [[[0.5, 0.4]]]])
+    y = torch.tensor([0, 1, 1])
+    got = evaluate(Halves(), [(x, y)], torch.device("cpu"), mirror=True)
+    probs = (Halves()(x).softmax(1) + Halves()(x.flip(3)).softmax(1)) / 2
+    assert got["top1_correct"] == int((probs.argmax(1) == y).sum())
+    assert got["loss"] == pytest.approx(float(-probs[torch.arange(3), y].log().mean()), rel=1e-6)
+    single = evaluate(Halves(), [(x, y)], torch.device("cpu"))
+    assert got["top1_err_single"] == single["top1_err"] and got["top5_err_single"] == single["top5_err"]
+    assert "top1_err_single" not in single
+    # The views really disagree here, so the two figures are different numbers: the test cannot pass by
+    # scoring one view twice.
+    assert got["top1_err"] != single["top1_err"]

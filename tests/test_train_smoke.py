@@ -109,13 +109,18 @@ def test_results_and_artifacts(run):
 def test_evaluate_cli_reproduces_the_final_top1(run, texture_data, cli):
     results = json.loads((run / "results.json").read_text())
     code, out, err = cli("evaluate", "--checkpoint", run / "final.pt", "--data", texture_data, "--workers", "0",
-                         "--json")
+                         "--protocol", "single", "--protocol", "flip", "--json")
     assert code == 0, err
     got = json.loads(out.strip().splitlines()[-1])
-    row = got["results"][0] if "results" in got else got  # one row per test protocol; "single" first
-    assert row["count"] == 64
-    assert row["top1_err"] == pytest.approx(results["top1_err"], abs=1e-9)
-    assert row["top5_err"] == pytest.approx(results["top5_err"], abs=1e-9)
+    row, flip = got["results"]  # one row per test protocol, in the order asked
+    assert row["count"] == 64 and flip["count"] == 64
+    # The recipe scores centre + mirror during training (train.eval_protocol: flip): its figure is evaluate's
+    # `flip` protocol, and the single view it records on the way is evaluate's `single`.
+    assert results["eval_protocol"] == "flip"
+    assert flip["top1_err"] == pytest.approx(results["top1_err"], abs=1e-9)
+    assert flip["top5_err"] == pytest.approx(results["top5_err"], abs=1e-9)
+    assert row["top1_err"] == pytest.approx(results["top1_err_single"], abs=1e-9)
+    assert row["top5_err"] == pytest.approx(results["top5_err_single"], abs=1e-9)
     # The tiny run may reach 0 % error, so also compare a continuous figure: the loss of the exported weights
     # (model.safetensors) evaluated here without the CLI.
     model = build_model("resnet20", num_classes=4, in_channels=1)
@@ -125,12 +130,17 @@ def test_evaluate_cli_reproduces_the_final_top1(run, texture_data, cli):
     ds = BatchDataset(reader, EvalGeometry(data_cfg, 16), 1, 0, train=False)
     jobs = [Job(0, s, idx) for s, idx in enumerate(eval_batch_indices(len(reader), 64))]
     transform = DeviceTransform(data_cfg, 1, torch.device("cpu"))
-    batches = ((transform(b[0]), b[1]) for b in make_loader(ds, jobs, 0, False))  # b = (x, y, bad, ...)
-    mine = evaluate(model, batches, torch.device("cpu"))
+
+    def batches_again():
+        return ((transform(b[0]), b[1]) for b in make_loader(ds, jobs, 0, False))  # b = (x, y, bad, ...)
+
+    mine = evaluate(model, batches_again(), torch.device("cpu"))
     assert row["loss"] == pytest.approx(mine["loss"], rel=1e-4)
     assert row["top1_err"] == mine["top1_err"]
+    assert flip["loss"] == pytest.approx(evaluate(model, [(x, y) for x, y in batches_again()], torch.device("cpu"),
+                                                  mirror=True)["loss"], rel=1e-4)
     code, out, _ = cli("evaluate", "--checkpoint", run / "final.pt", "--data", texture_data, "--workers", "0")
-    assert code == 0 and f"{results['top1_err']:.2f}" in out
+    assert code == 0 and f"{results['top1_err_single']:.2f}" in out
 
 
 def test_resume_auto_on_a_finished_run_does_not_retrain(run, texture_data, cli):

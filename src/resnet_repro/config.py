@@ -213,6 +213,10 @@ class TrainConfig:
     log_interval: int = 50  # steps between progress lines
     eval_every: int = 1  # epochs between val evaluations (the last epoch is always evaluated)
     precise_bn_batches: int = 25  # training batches averaged for BN statistics after training; 0 = off
+    # The views each evaluation during and after training scores: "single" = the image as stored (or centre
+    # crop); "flip" = it and its mirror image, softmax-averaged (evaluate's `flip` protocol, twice the eval cost).
+    # With flip, results.json and metrics.jsonl keep the single view's errors too (*_single).
+    eval_protocol: Literal["single", "flip"] = "single"
     ema: float = 0.0  # EMA decay of weights per optimizer step (e.g. 0.9999); 0 = off. See ema.py
     # Early on use min(ema, (1 + n) / (10 + n)) after n updates (TensorFlow's ExponentialMovingAverage with
     # num_updates), so the average is not dominated by the random initial weights.

@@ -610,7 +610,7 @@ def finish_epoch(run: Run, record: dict) -> None:
     if record["epoch"] % cfg.train.eval_every == 0 or record["epoch"] == run.data.epochs:
         val = _evaluate(run, learner.model)
         record.update(val_top1_err=val["top1_err"], val_top5_err=val["top5_err"], val_loss=val["loss"],
-                      val_bad_samples=val["bad"])
+                      val_bad_samples=val["bad"], **_single_view(val, "val_"))
         if learner.ema is not None:
             val = _evaluate(run, learner.ema.module)
             record.update(ema_val_top1_err=val["top1_err"], ema_val_top5_err=val["top5_err"],
@@ -628,7 +628,13 @@ def finish_epoch(run: Run, record: dict) -> None:
 
 def _evaluate(run: Run, module: nn.Module) -> dict:
     """`module` (the model or its EMA) over the whole val split, every rank its share (evaluate.py)."""
-    return evaluate(module, run.data.val_batches(), run.device, run.autocast)
+    return evaluate(module, run.data.val_batches(), run.device, run.autocast,
+                    mirror=run.cfg.train.eval_protocol == "flip")
+
+
+def _single_view(val: dict, prefix: str) -> dict:
+    """With train.eval_protocol: flip, the single view's errors under `prefix` (nothing otherwise)."""
+    return {f"{prefix}{k}": val[k] for k in ("top1_err_single", "top5_err_single") if k in val}
 
 
 # --- Checkpoints ---------------------------------------------------------------------------------------------
@@ -693,7 +699,8 @@ def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict
     before, after, used = _with_precise_bn(run, learner.model)
     if n_bn > 0:
         log(f"precise BN over {used} batches x {data.global_batch}: val top-1 error {before['top1_err']:.2f}% -> "
-            f"{after['top1_err']:.2f}%")
+            f"{after['top1_err']:.2f}%" + (f" (centre + mirror; the centre view alone: {after['top1_err_single']:.2f}%)"
+                                           if "top1_err_single" in after else ""))
     note_stop()
     ema_results = {}
     if learner.ema is not None:
@@ -711,7 +718,8 @@ def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict
                "train_wall_s": train_wall, "steps": data.total_steps,
                "images_per_s": trained_steps * data.global_batch / train_wall,
                "device": str(run.device), "precision": run.precision, "world_size": run.env.world,
-               "version": __version__, "val_bad_samples": after["bad"], **ema_results}
+               "version": __version__, "val_bad_samples": after["bad"], "eval_protocol": cfg.train.eval_protocol,
+               **_single_view(after, ""), **ema_results}
     note_stop()
     if run.env.is_main:
         _write_results(run, results)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -25,31 +26,45 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=contextlib.nullcontext) -> dict:
+def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=contextlib.nullcontext,
+             mirror: bool = False) -> dict:
     """Run `model` over `batches` of (x, y[, bad samples replaced, ...]) on the device; return error rates in
-    percent and counts ("bad": undecodable samples the loader replaced, see data/loader.py)."""
+    percent and counts ("bad": undecodable samples the loader replaced, see data/loader.py).
+
+    mirror: score each image as the mean softmax of it and its mirror image (the `flip` protocol of
+    protocols.py, train.eval_protocol: flip); the single view's own errors, computed on the way, are returned
+    too as top1_err_single / top5_err_single, so a recipe that reports the two-view figure never hides the
+    one-view one."""
     was_training = model.training
     model.eval()
-    # [top-1 correct, top-5 correct, samples, summed loss] in float64 so counts stay exact after all_reduce.
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    # [top-1 correct, top-5 correct, samples, summed loss, single-view top-1, top-5] in float64 so counts stay
+    # exact after all_reduce.
+    sums = torch.zeros(6, dtype=torch.float64, device=device)
     bad = 0
     for batch in batches:
         x, y = batch[0], batch[1]
         bad += int(batch[2]) if len(batch) > 2 else 0
         with autocast():
-            logits = model(x)
+            logits = model(torch.cat([x, x.flip(3)]) if mirror else x)  # flip(3): the width axis of NCHW
         logits = logits.float()
+        s1, s5 = topk_correct(logits[:len(y)], y)
+        if mirror:
+            # log of the mean probability: its top-k are the averaged views' and its NLL their loss
+            logits = (logits.log_softmax(1).view(2, len(y), -1).logsumexp(0) - math.log(2))
         c1, c5 = topk_correct(logits, y)
         sums += torch.stack([c1.double(), c5.double(), torch.tensor(float(len(y)), dtype=torch.float64, device=device),
-                             F.cross_entropy(logits, y, reduction="sum").double()])
+                             F.cross_entropy(logits, y, reduction="sum").double(), s1.double(), s5.double()])
     model.train(was_training)
     dist.all_reduce_sum(sums)
-    c1, c5, n, loss = sums.tolist()
+    c1, c5, n, loss, s1, s5 = sums.tolist()
     if n == 0:
         raise ValueError("evaluation saw no samples")
     bad = int(dist.all_reduce_sum(torch.tensor([float(bad)], dtype=torch.float64, device=device)).item())
-    return {"top1_err": 100.0 * (1 - c1 / n), "top5_err": 100.0 * (1 - c5 / n), "loss": loss / n,
-            "count": int(n), "top1_correct": int(c1), "top5_correct": int(c5), "bad": bad}
+    out = {"top1_err": 100.0 * (1 - c1 / n), "top5_err": 100.0 * (1 - c5 / n), "loss": loss / n,
+           "count": int(n), "top1_correct": int(c1), "top5_correct": int(c5), "bad": bad}
+    if mirror:
+        out.update(top1_err_single=100.0 * (1 - s1 / n), top5_err_single=100.0 * (1 - s5 / n))
+    return out
 
 
 def eval_transform(data_cfg, channels: int, device: torch.device, channels_last: bool = True):
