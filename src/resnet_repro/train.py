@@ -627,7 +627,7 @@ def finish_epoch(run: Run, record: dict) -> None:
 
 
 def _evaluate(run: Run, module: nn.Module) -> dict:
-    """`module` (the model or its EMA) over the whole val split, every rank its share (evaluate.py)."""
+    """`module` (the model or its EMA) over the whole val split, every rank its share (evaluate/val_pass.py)."""
     return evaluate(module, run.data.val_batches(), run.device, run.autocast,
                     mirror=run.cfg.train.eval_protocol == "flip")
 
