@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import config
 from .errors import UserError
 
 
@@ -203,7 +204,7 @@ def _write_json(path: str, obj) -> None:
 
 def _cmd_evaluate(args) -> int:
     from .data.augment import DecodeError
-    from .evaluate import evaluate_trained, format_table
+    from .evaluate import EvalOptions, evaluate_trained, format_table
 
     if args.out:  # before the evaluation, which can take hours, not after it
         check_output_file(args.out, _inputs_of(args))
@@ -211,9 +212,10 @@ def _cmd_evaluate(args) -> int:
         _check_device(args.device, "--device", "--device cpu (or auto)")
     try:
         trained = _load_trained(args)
-        out = evaluate_trained(trained, args.protocol or ["single"], args.data, args.split, args.resize, args.crop,
-                               tuple(args.scales) if args.scales else None, args.batch_size, args.workers,
-                               args.device, args.pad)
+        out = evaluate_trained(trained, EvalOptions(
+            protocols=tuple(args.protocol or ["single"]), data=args.data, split=args.split, resize=args.resize,
+            crop=args.crop, scales=tuple(args.scales) if args.scales else None, batch_size=args.batch_size,
+            workers=args.workers, device=args.device, pad=args.pad))
     except (ValueError, DecodeError) as e:  # protocol, class list or image size that does not fit; WeightsError
         raise UserError(str(e)) from None
     if int(os.environ.get("RANK", "0")) != 0:
@@ -501,9 +503,10 @@ def _add_bench_train(bench) -> None:
     bt.add_argument("--steps", type=int, default=50, help="timed steps per phase")
     bt.add_argument("--warmup", type=int, default=10, help="untimed steps before each phase")
     bt.add_argument("--compile", action="store_true", help="torch.compile the model (compiles during warm-up)")
-    bt.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"],
-                    help="default: the config's, else auto = bf16 autocast on CUDA, fp32 on CPU")
-    bt.add_argument("--decode", choices=["cpu", "gpu"], help="JPEG decoding for --data (default: the config's)")
+    bt.add_argument("--precision", choices=config.choices("train", "precision"),
+                    help="default: the config's, else auto (chosen from the hardware: `resnet-repro env` shows it)")
+    bt.add_argument("--decode", choices=config.choices("data", "decode"),
+                    help="JPEG decoding for --data (default: the config's)")
     bt.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                     help="torch.compile mode (implies --compile)")
     bt.add_argument("--workers", help="loader processes, a count or auto (default: the config's, else auto: CPU cores "

@@ -272,15 +272,14 @@ class LoaderOptions:
 
 def bench_loader(opts: LoaderOptions, log=print) -> dict:
     """The machine, the decode limit, then each worker count's pipeline rate and the ratios between them."""
-    import torch
-
     from ..config import load_config
     from ..data.cores import available_cpus, plan_cores
     from ..data.records import RecordReader
+    from ..runtime import pick_device
     from . import machine
 
     cfg = load_config(opts.config, ([] if opts.config else list(DEFAULT_DATA)) + list(opts.overrides))
-    dev = torch.device(opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(opts.device)
     reader = RecordReader(opts.data, opts.split)
     if len(reader) < opts.batch_size:
         raise ValueError(f"{reader.root}: {len(reader)} images, fewer than one batch of {opts.batch_size} (lower "

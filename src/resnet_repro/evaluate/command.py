@@ -6,6 +6,8 @@ the precision is the run's own (train.precision, resolved for this device by run
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .. import dist
@@ -16,18 +18,29 @@ from .trained_model import Trained
 from .val_pass import eval_transform
 
 
-def evaluate_trained(trained: Trained, protocol_names: list[str], data: str | None = None, split: str = "val",
-                     resize: int | None = None, crop: int | None = None, scales: tuple[int, ...] | None = None,
-                     batch_size: int = 256, workers: int = 2, device: str = "auto", pad: int | None = None) -> dict:
-    """`resnet-repro evaluate`: a trained model on a prepared split under each protocol (one pass, all ranks).
+@dataclass(frozen=True)
+class EvalOptions:
+    """What `resnet-repro evaluate` was asked for; None = the run's own value (data.val_resize, data.val_size,
+    data.pad, data.path)."""
+    protocols: tuple[str, ...] = ("single",)
+    data: str | None = None
+    split: str = "val"
+    resize: int | None = None
+    crop: int | None = None
+    scales: tuple[int, ...] | None = None
+    batch_size: int = 256
+    workers: int = 2
+    device: str = "auto"  # auto, cpu, cuda, cuda:N; a GPU without an index is the local rank's
+    pad: int | None = None
 
-    `device`: a device name (auto, cpu, cuda, cuda:N); a GPU without an index is the local rank's."""
+
+def evaluate_trained(trained: Trained, opts: EvalOptions) -> dict:
+    """`resnet-repro evaluate`: a trained model on a prepared split under each protocol (one pass, all ranks)."""
     hw = detect()
     owned = not dist.is_available_and_initialized()  # a caller's process group is the caller's to close
-    env = dist.init(device_type(device, hw))  # torchrun: each rank scores its own share; one process otherwise
+    env = dist.init(device_type(opts.device, hw))  # torchrun: each rank scores its own share; one process otherwise
     try:
-        out = _evaluate_on_ranks(trained, protocol_names, data, split, resize, crop, scales, batch_size, workers,
-                                 pick_device(device, env.local_rank, hw), pad, env)
+        out = _evaluate_on_ranks(trained, opts, pick_device(opts.device, env.local_rank, hw), env)
     except BaseException:
         if owned:
             dist.shutdown()  # no barrier: the other ranks may not have failed the same way
@@ -40,19 +53,19 @@ def evaluate_trained(trained: Trained, protocol_names: list[str], data: str | No
     return out
 
 
-def _evaluate_on_ranks(trained, protocol_names, data, split, resize, crop, scales, batch_size, workers, device, pad,
-                       env) -> dict:
-    reader = RecordReader(data or trained.cfg.data.path, split)
+def _evaluate_on_ranks(trained: Trained, opts: EvalOptions, device: torch.device, env) -> dict:
+    reader = RecordReader(opts.data or trained.cfg.data.path, opts.split)
     if reader.classes != trained.classes:
         raise ValueError(f"{trained.source} was trained on other classes than {reader.root} has")
     channels = reader.manifest["image"]["channels"]
     if channels != trained.in_channels:
         raise ValueError(f"{trained.source} takes {trained.in_channels}-channel images, {reader.root} has {channels}")
     stored = reader.manifest["image"].get("height")
-    protocols = [make_protocol(name, trained.cfg.data, stored, resize, crop, scales, pad) for name in protocol_names]
+    protocols = [make_protocol(name, trained.cfg.data, stored, opts.resize, opts.crop, opts.scales, opts.pad)
+                 for name in opts.protocols]
     model = trained.model.to(device, memory_format=torch.channels_last)
     autocast, precision = autocast_for(trained.cfg.train.precision, device)  # the run's own precision
     results = evaluate_protocols(model, reader, protocols, eval_transform(trained.cfg.data, channels, device), device,
-                                 batch_size, workers, autocast, env.rank, env.world)
-    return {"model": trained.cfg.model.name, "weights": trained.source, "data": str(reader.root), "split": split,
+                                 opts.batch_size, opts.workers, autocast, env.rank, env.world)
+    return {"model": trained.cfg.model.name, "weights": trained.source, "data": str(reader.root), "split": opts.split,
             "precision": precision, "device": str(device), "world_size": env.world, "results": results}
