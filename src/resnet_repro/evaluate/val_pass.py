@@ -47,11 +47,11 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=con
         with autocast():
             logits = model(torch.cat([x, x.flip(3)]) if mirror else x)  # flip(3): the width axis of NCHW
         logits = logits.float()
-        s1, s5 = topk_correct(logits[:len(y)], y)
+        s1, s5 = c1, c5 = topk_correct(logits[:len(y)], y)  # the single view (all of it without mirror)
         if mirror:
             # log of the mean probability: its top-k are the averaged views' and its NLL their loss
-            logits = (logits.log_softmax(1).view(2, len(y), -1).logsumexp(0) - math.log(2))
-        c1, c5 = topk_correct(logits, y)
+            logits = logits.log_softmax(1).view(2, len(y), -1).logsumexp(0) - math.log(2)
+            c1, c5 = topk_correct(logits, y)
         sums += torch.stack([c1.double(), c5.double(), torch.tensor(float(len(y)), dtype=torch.float64, device=device),
                              F.cross_entropy(logits, y, reduction="sum").double(), s1.double(), s5.double()])
     model.train(was_training)
