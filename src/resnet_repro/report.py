@@ -276,11 +276,11 @@ def _legend(ax, twin, loc="upper right"):
 
 # --- Tables --------------------------------------------------------------------------------------------
 
-def _protocol_of_run(run: Run, views: str | None = None) -> str:
-    """The training's own evaluation protocol, or (views="single") its single view when it scored two."""
+def _protocol_of_run(run: Run, single: bool = False) -> str:
+    """The training's own evaluation protocol, or (single=True) its single view when it scored two."""
     d = run.config.get("data", {})
     size, resize = d.get("val_size") or 0, d.get("val_resize") or 0
-    flip = (views or run.config.get("train", {}).get("eval_protocol", "single")) == "flip"
+    flip = not single and run.config.get("train", {}).get("eval_protocol", "single") == "flip"
     if not size and not resize:
         return "centre view + mirror, stored size" if flip else "single view, stored size"
     return (f"centre crop {size or 'stored size'}" + (f" of shorter side {resize}" if resize else "")
@@ -307,7 +307,7 @@ def comparison_rows(run: Run) -> list[dict]:
         rows.append({"who": "**this run**", "epochs": epochs, "protocol": _protocol_of_run(run) + ", precise BN",
                      "top1": res["top1_err"], "top5": res.get("top5_err"), "source": when})
         if "top1_err_single" in res:  # a two-view recipe: the one-view figure stands next to it
-            rows.append({"who": "**this run**", "epochs": epochs, "protocol": _protocol_of_run(run, "single")
+            rows.append({"who": "**this run**", "epochs": epochs, "protocol": _protocol_of_run(run, single=True)
                          + ", precise BN", "top1": res["top1_err_single"], "top5": res.get("top5_err_single"),
                          "source": when})
         if "ema_top1_err" in res:
