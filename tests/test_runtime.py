@@ -200,6 +200,8 @@ def test_env_command_prints_facts_and_choices():
     assert choice["precision"]["value"] == expected and choice["precision"]["reason"]
     assert choice["profile"]["value"] in ("cpu", "cpu_bf16")
     assert {"loader_workers", "decoder", "channels_last"} <= set(choice)
+    # The default recipe's 28x28 PNGs are cropped after a whole decode: no region decode, whatever the helper.
+    assert "whole-image decode (data.crop=pad_crop" in choice["decoder"]["reason"]
     text = subprocess.run([sys.executable, "-m", "resnet_repro", "env"], capture_output=True, text=True, check=True,
                           cwd=REPO).stdout
     assert "precision" in text and facts["hardware"]["cpu_capability"] in text

@@ -53,6 +53,7 @@ def _versions() -> dict:
 def report(cfg: Config, recipe: str, hw: runtime.Hardware | None = None) -> dict:
     """Facts and choices as one JSON-able dict (`env --json` prints it as it is)."""
     from .data import jpeg_region
+    from .data.augment import whole_image_reason
 
     hw = hw or runtime.detect()
     kind = runtime.device_type(cfg.train.device, hw)
@@ -60,10 +61,11 @@ def report(cfg: Config, recipe: str, hw: runtime.Hardware | None = None) -> dict
     channels_last = runtime.choose_channels_last(cfg.train.channels_last, kind)
     profile = runtime.profile_for(kind, hw)
     region = jpeg_region.available()
+    whole = whole_image_reason(cfg.data)
     decoder = {"value": cfg.data.decode,
                "reason": ("GPU: nvJPEG through torchvision" if cfg.data.decode == "gpu" else
-                          "CPU workers: " + ("libjpeg-turbo region decode (native helper built)" if region else
-                                             "OpenCV whole-image decode (" + jpeg_region.unavailable_reason() + ")"))}
+                          "CPU workers: " + (f"OpenCV whole-image decode ({whole})" if whole else
+                                             "libjpeg-turbo region decode (native helper built)"))}
     workers = {"value": cfg.data.workers, "reason": f"data.workers of {recipe}; {hw.cores} usable core(s)"}
     return {
         "hardware": runtime.as_dict(hw),

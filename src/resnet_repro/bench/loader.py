@@ -252,8 +252,6 @@ def torchvision_rate(reader, indices, workers: int, batch_size: int, batches: in
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-
-
 @dataclass
 class LoaderOptions:
     """What `bench loader` runs (cli.py's options)."""
@@ -273,6 +271,7 @@ class LoaderOptions:
 def bench_loader(opts: LoaderOptions, log=print) -> dict:
     """The machine, the decode limit, then each worker count's pipeline rate and the ratios between them."""
     from ..config import load_config
+    from ..data.augment import whole_image_reason
     from ..data.cores import available_cpus, plan_cores
     from ..data.records import RecordReader
     from ..runtime import pick_device
@@ -290,7 +289,7 @@ def bench_loader(opts: LoaderOptions, log=print) -> dict:
     info = machine.describe()
     log(machine.line(info))
     blobs = _decode_limit_images(reader, opts, cfg, dev, log)
-    why_whole = _why_whole_images(cfg.data)
+    why_whole = whole_image_reason(cfg.data)
     log("crop decode: " + (f"whole images (OpenCV): {why_whole}" if why_whole else
                            "the crop's rows and columns only (libjpeg-turbo, native helper)"))
     limits = [decode_limit(blobs, seconds=2.0)[0].median]
@@ -339,20 +338,6 @@ def _decode_limit_images(reader, opts: LoaderOptions, cfg, dev, log) -> list[byt
         f"{8 * np.mean([s[0] for s in hw]):.0f}); crop {cfg.data.crop}, colour {cfg.data.color}, lighting "
         f"{cfg.data.lighting}, size {cfg.data.image_size}, batch {batch_size}, device {dev}")
     return blobs
-
-
-def _why_whole_images(data_cfg) -> str:
-    """Why the crops decode whole images, if they do (the conditions of augment.decode_box); "" if they do not."""
-    from ..data import jpeg_region
-    from ..data.augment import IMAGENET_CROPS
-
-    if not data_cfg.region_decode:
-        return "data.region_decode is off"
-    if not jpeg_region.available():
-        return jpeg_region.unavailable_reason()
-    if data_cfg.crop not in IMAGENET_CROPS:
-        return f"data.crop={data_cfg.crop} crops after decoding"
-    return ""
 
 
 def _log_run(n: int, r: dict, log) -> None:

@@ -299,6 +299,19 @@ def resize_cut(crop: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
 IMAGENET_CROPS = ("inception", "tf_cnn", "paper")
 
 
+def whole_image_reason(cfg: DataConfig) -> str:
+    """Why training crops decode whole images (OpenCV) rather than only the crop's rows and columns
+    (libjpeg-turbo, the native helper), or "" when they decode the crop alone: `TrainGeometry.load`'s and
+    `decode_box`'s conditions, for the lines `env` and `bench loader` print."""
+    if not cfg.region_decode:
+        return "data.region_decode is off"
+    if not jpeg_region.available():
+        return jpeg_region.unavailable_reason()
+    if cfg.crop not in IMAGENET_CROPS:
+        return f"data.crop={cfg.crop} crops after decoding"
+    return ""
+
+
 class TrainGeometry:
     """Random geometry for training samples, and the draw of each sample's colour parameters.
 
