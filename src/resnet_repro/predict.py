@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .data.augment import DecodeError, decode
 from .data.prepare import BadImage, read_header
 from .evaluate import Trained, eval_transform, make_protocol, score_images
 from .models.resnet import SPECS
-from .runtime import pick_device
+from .runtime import choose_channels_last, pick_device
 
 
 class PredictError(RuntimeError):
@@ -59,8 +60,9 @@ def predict(trained: Trained, paths: list[str | Path], topk: int = 5, protocol: 
     d = trained.cfg.data
     crop = d.val_size or trained.image_size or SPECS[trained.cfg.model.name].input_size
     p = make_protocol(protocol, d, trained.image_size, resize=d.val_resize or crop, crop=crop)
-    model = trained.model.to(device)
-    (probs,) = score_images(model, images, [p], eval_transform(d, trained.in_channels, device), device)
+    channels_last = choose_channels_last(trained.cfg.train.channels_last, device.type).value  # as training chose
+    model = trained.model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    (probs,) = score_images(model, images, [p], eval_transform(d, trained.in_channels, device, channels_last), device)
     values, indices = probs.cpu().topk(min(topk, probs.shape[1]), dim=1)
     return [{"image": str(path), "protocol": p.describe(),
              "top": [{"class": trained.classes[i], "name": trained.class_names[i], "prob": float(v)}

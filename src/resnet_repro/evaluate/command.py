@@ -1,8 +1,9 @@
 """``resnet-repro evaluate``: a trained model (trained_model.py) on a prepared split under each test protocol
 (protocols.py), in one pass, on one process or on every rank torchrun started.
 
-The device is the run-time choice of runtime.pick_device ("auto": the local rank's GPU when there is one), and
-the precision is the run's own (train.precision, resolved for this device by runtime.autocast_for).
+The device is the run-time choice of runtime.pick_device ("auto": the local rank's GPU when there is one); the
+precision and memory format are the run's own (train.precision, train.channels_last), resolved for this device
+as training resolves them (runtime.autocast_for, runtime.choose_channels_last).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from .. import dist
 from ..data.records import RecordReader
-from ..runtime import autocast_for, detect, device_type, pick_device
+from ..runtime import autocast_for, choose_channels_last, detect, device_type, pick_device
 from .protocols import evaluate_protocols, make_protocol
 from .trained_model import Trained
 from .val_pass import eval_transform
@@ -63,9 +64,12 @@ def _evaluate_on_ranks(trained: Trained, opts: EvalOptions, device: torch.device
     stored = reader.manifest["image"].get("height")
     protocols = [make_protocol(name, trained.cfg.data, stored, opts.resize, opts.crop, opts.scales, opts.pad)
                  for name in opts.protocols]
-    model = trained.model.to(device, memory_format=torch.channels_last)
-    autocast, precision = autocast_for(trained.cfg.train.precision, device)  # the run's own precision
-    results = evaluate_protocols(model, reader, protocols, eval_transform(trained.cfg.data, channels, device), device,
-                                 opts.batch_size, opts.workers, autocast, env.rank, env.world)
+    # The run's own precision and memory format, resolved for this device as training resolves them (runtime.py).
+    channels_last = choose_channels_last(trained.cfg.train.channels_last, device.type).value
+    model = trained.model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    autocast, precision = autocast_for(trained.cfg.train.precision, device)
+    results = evaluate_protocols(model, reader, protocols, eval_transform(trained.cfg.data, channels, device,
+                                                                          channels_last),
+                                 device, opts.batch_size, opts.workers, autocast, env.rank, env.world)
     return {"model": trained.cfg.model.name, "weights": trained.source, "data": str(reader.root), "split": opts.split,
             "precision": precision, "device": str(device), "world_size": env.world, "results": results}
