@@ -94,12 +94,14 @@ def merge_epoch_states(ranks: list[dict]) -> dict | None:
             "seconds": ranks[0]["seconds"], "wait": ranks[0]["wait"]}
 
 
-def _metric_lines(path: Path) -> list[tuple[str, dict]]:
-    """(line, record) of metrics.jsonl. A last line cut off by a crash mid-write is dropped with a warning
-    (the resumed run logs that epoch again); a damaged line before it is an error naming the line."""
-    if not path.is_file():
-        return []
-    lines = path.read_text().splitlines(keepends=True)
+def _metric_lines(path: Path, lines: list[str] | None = None) -> list[tuple[str, dict]]:
+    """(line, record) of metrics.jsonl (`lines`: its lines, when the caller has read them). A last line cut off by
+    a crash mid-write is dropped with a warning (the resumed run logs that epoch again); a damaged line before it
+    is an error naming the line."""
+    if lines is None:
+        if not path.is_file():
+            return []
+        lines = path.read_text().splitlines(keepends=True)
     out = []
     for n, ln in enumerate(lines, start=1):
         if not ln.strip():
@@ -127,7 +129,7 @@ def trim_metrics(path: Path, epochs_done: int) -> None:
     if not path.is_file():
         return
     lines = path.read_text().splitlines(keepends=True)
-    keep = [ln for ln, rec in _metric_lines(path) if rec.get("epoch", 0) <= epochs_done]
+    keep = [ln for ln, rec in _metric_lines(path, lines) if rec.get("epoch", 0) <= epochs_done]
     if keep != lines:
         atomic.write_text(path, "".join(keep), fsync=False)
 

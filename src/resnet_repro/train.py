@@ -757,6 +757,7 @@ def _write_results(run: Run, results: dict) -> None:
     checkpoint.write_atomic(run.out / "results.json", json.dumps(results, indent=1).encode())
     run.log(json.dumps(results))
 
+
 def _newest(ckpt_dir: Path) -> str:
     found = checkpoint.list_checkpoints(ckpt_dir)
     return str(found[-1]) if found else f"(none yet in {ckpt_dir})"

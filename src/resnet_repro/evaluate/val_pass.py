@@ -1,5 +1,5 @@
-"""The single-view validation pass the training loop runs every epoch, and what every evaluation shares with it:
-exact top-k counts and the test-time input transform.
+"""The validation pass the training loop runs (the image alone, or with its mirror: train.eval_protocol), and what
+every evaluation shares with it: exact top-k counts and the test-time input transform.
 
 Each rank scores a disjoint subset (loader.eval_batch_indices), and the counts — not the rates — are summed
 across ranks, so the result is the same for 1, 2 or 3 processes and nothing is counted twice.
