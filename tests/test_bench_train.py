@@ -55,6 +55,7 @@ def test_real_and_synthetic_in_one_run_via_the_cli(texture_data, cli):
     assert r["image_size"] == 16 and r["decode"] == "cpu" and r["workers"] == 1
 
 
+@pytest.mark.hardware
 @pytest.mark.parametrize("cpu, precision", [({"cpu_capability": "AVX512", "cpu_avx512_bf16": True}, "bf16"),
                                             ({"cpu_capability": "AVX2", "cpu_avx512_bf16": False, "cpu_amx": False},
                                              "fp32")])

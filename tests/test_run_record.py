@@ -20,6 +20,8 @@ from conftest import assert_one_clear_line as one_line
 from conftest import tiny_run_recipe, write_image_dataset
 from resnet_repro import checkpoint, dist, runtime
 
+pytestmark = pytest.mark.hardware  # bf16 and fp16 steps run on this CPU's kernels: .ci/run checks both classes
+
 SPR = json.dumps({"cpu_model": "faked Xeon (AVX-512 BF16)", "cpu_capability": "AVX512", "cpu_avx512_bf16": True,
                   "cpu_amx": True, "onednn_max_isa": "", "gpus": []})
 AVX2 = json.dumps({"cpu_model": "faked EPYC (AVX2)", "cpu_capability": "AVX2", "cpu_avx512_bf16": False,
