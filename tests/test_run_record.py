@@ -213,3 +213,21 @@ def test_a_cpu_run_never_reads_the_gpus_properties(recipe, tmp_path, cli, monkey
                        "--set", "train.epochs=1", "--set", "train.precision=fp32", "--set", "data.workers=0")
     assert code == 0, err
     assert checkpoint.load(tmp_path / "run" / "checkpoints" / "ckpt-0001-000000.pt")["ranks"][0]["rng"]["cuda"] == []
+
+
+@pytest.mark.parametrize("recorded, hw, names", [
+    ({"train.device": "cuda"}, runtime.Hardware(cpu_capability="AVX2"), ["train.device", "--set train.device=cpu"]),
+    ({"train.device": "cuda", "train.precision": "bf16"},
+     runtime.Hardware(gpus=(runtime.Gpu("Tesla V100", (7, 0), 16.0),)),
+     ["train.precision", "Tesla V100", "7.0", "--set train.precision=fp16"])])
+def test_a_recorded_choice_this_machine_lacks_is_refused_naming_the_override(recorded, hw, names):
+    asked = {"train.device": "auto", "train.precision": "auto", "train.channels_last": "auto",
+             "train.profile": "auto", "data.workers": 2}
+    with pytest.raises(runtime.DeviceError) as e:
+        runtime.settle(asked, recorded, hw, lambda kind: 1)
+    assert all(n in str(e.value) for n in names) and "\n" not in str(e.value)
+    # Pinned by --set, the other value is an override the caller records.
+    override = {"train.device": "cpu"} if "train.device" in names[0] else {"train.precision": "fp16"}
+    s = runtime.settle({**asked, **override}, recorded, hw, lambda kind: 1)
+    key, value = next(iter(override.items()))
+    assert s.values[key] == value and s.overrides[key] == {"recorded": recorded[key], "now": value}

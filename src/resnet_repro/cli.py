@@ -288,7 +288,7 @@ def _cmd_predict(args) -> int:
         _check_device(args.device, "--device", "--device cpu (or auto)")
     try:
         trained = _load_trained(args)
-        preds = predict(trained, args.images, args.topk, args.protocol, args.device)
+        preds = predict(trained, args.images, args.topk, args.protocol, args.device, args.precision)
     except (PredictError, ValueError) as e:
         raise UserError(str(e)) from None
     print(json.dumps(preds) if args.json else format_predictions(preds))
@@ -497,6 +497,8 @@ def _add_predict(sub) -> None:
     pd.add_argument("--topk", type=int, default=5)
     pd.add_argument("--protocol", choices=["single", "flip", "10crop", "multiscale"], default="single")
     pd.add_argument("--device", default="auto")
+    pd.add_argument("--precision", choices=config.choices("train", "precision"),
+                    help="default: the run's recorded train.precision")
     pd.add_argument("--json", action="store_true")
     pd.set_defaults(func=_cmd_predict)
 

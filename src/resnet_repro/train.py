@@ -312,7 +312,11 @@ def start_processes(cfg: Config, out: Path, resume: str | None = None) -> Run:
     if recorded and setting == "auto":
         setting = recorded["config"].get("train", {}).get("device", setting)
     hw = runtime.detect(gpus=runtime.wants_gpus(setting))
-    env = dist.init(runtime.device_type(setting, hw))
+    try:
+        kind = runtime.device_type(setting, hw)
+    except runtime.DeviceError:
+        kind = "cpu"  # a recorded CUDA run on a machine without a GPU: settling names the choice and its --set
+    env = dist.init(kind)
     log = print if env.is_main else (lambda *a, **k: None)
     settled = _settle_on_rank0(cfg, hw, env, recorded)
     for key, value in settled["values"].items():
