@@ -346,8 +346,10 @@ def _instead(key: str, kind: str, hw: Hardware, gpu: int) -> str:
 def _choose(key: str, want, kind: str, hw: Hardware, workers_auto, gpu: int, warnings: list) -> tuple[object, str]:
     """(value, reason) of one hardware-made choice that no record decides."""
     if key == "train.device":
-        return (device_type(want, hw) if want == "auto" else (device_type(want, hw) and want)), \
-            ("auto: " + ("a CUDA GPU" if hw.gpus else "no CUDA GPU") if want == "auto" else "pinned by the config")
+        kind = device_type(want, hw)  # raises for a CUDA device this machine lacks
+        if want != "auto":
+            return want, "pinned by the config"
+        return kind, "auto: " + ("a CUDA GPU" if hw.gpus else "no CUDA GPU")
     if key == "train.precision":
         c = choose_precision(want, kind, hw, gpu)
         if c.warning:
@@ -357,10 +359,11 @@ def _choose(key: str, want, kind: str, hw: Hardware, workers_auto, gpu: int, war
         c = choose_channels_last(want, kind)
         return ("true" if c.value else "false"), c.reason
     if key == "train.profile":
-        if want != "auto":
-            return want, "pinned by the config" if want != profile_for(kind, hw).value else profile_for(kind, hw).reason
-        c = profile_for(kind, hw)  # a recipe without profiles: the name records the machine class only
-        return c.value, c.reason
+        # auto is left only by a recipe without profiles: the name then records the machine class only
+        machine = profile_for(kind, hw)
+        if want in ("auto", machine.value):
+            return machine.value, machine.reason
+        return want, "pinned by the config"
     if want == "auto":
         return workers_auto(kind), f"auto: from the {hw.cores} usable core(s) (data/cores.py)"
     return want, "pinned by the config"
