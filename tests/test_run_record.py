@@ -119,6 +119,19 @@ def test_a_resume_where_bf16_is_not_native_is_refused_then_overridden_and_record
                                                               .splitlines())] == [1, "resume", 2]
 
 
+def test_resuming_a_checkpoint_into_a_new_folder_keeps_the_checkpoints_record(bf16_run, recipe, tmp_path, cli,
+                                                                              monkeypatch):
+    ckpt = bf16_run / "checkpoints" / "ckpt-0001-000000.pt"
+    monkeypatch.setenv(runtime.FAKE_ENV, AVX2)
+    code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "new", "--resume", ckpt)
+    one_line(code, err, "train.precision", "recorded bf16", "--set train.precision=fp32")
+    code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "new", "--resume", ckpt, "--set",
+                       "train.precision=fp32")
+    assert code == 0, err
+    saved = yaml.safe_load((tmp_path / "new" / "config.yaml").read_text())
+    assert (saved["train"]["profile"], saved["train"]["precision"]) == ("cpu_bf16", "fp32")
+
+
 def test_a_changed_recipe_value_is_refused_unless_allowed_and_then_takes_effect(recipe, tmp_path, cli):
     out = tmp_path / "run"
     code, _, err = cli("train", "--config", recipe, "--out", out, "--set", "train.profile=cpu_bf16", "--set",

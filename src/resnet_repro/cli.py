@@ -111,7 +111,7 @@ def _cmd_train(args) -> int:
             raise UserError(f"--allow-change {key}: not a config key (section.key, e.g. train.epochs)")
     # On a resume the run's recorded profile wins over this machine's class: a run moved to another machine keeps
     # its recipe (epochs, sizes) instead of silently taking another profile's.
-    record = recorded(Path(args.out)) if args.resume else None
+    record = recorded(Path(args.out), args.resume) if args.resume else None
     cfg = load_recipe(args.config, args.set, recorded_profile=record and record["config_flat"].get("train.profile"))
     _check_device(cfg.train.device, "config key 'train.device'", "train.device=cpu (or auto)")
     try:

@@ -140,17 +140,23 @@ def trim_metrics(path: Path, epochs_done: int) -> None:
         atomic.write_text(path, "".join(keep), fsync=False)
 
 
-def recorded(out: Path) -> dict | None:
-    """What a run folder's config.yaml records, for a resume: {"config": its sections, "config_flat": "section.key"
-    -> value, "chosen_on": the hardware facts that made its choices, or None (a run from before they were
-    recorded)}; None when there is no config.yaml."""
+def recorded(out: Path, resume: str | None = "auto") -> dict | None:
+    """What a run's record holds, for a resume: {"config": its sections, "config_flat": "section.key" -> value,
+    "chosen_on": the hardware facts that made its choices, or None (a run from before they were recorded)}.
+    From the run folder's config.yaml, else (--resume CHECKPOINT into a new folder) from that checkpoint; None
+    when there is neither."""
     import yaml
 
     path = Path(out) / "config.yaml"
     if not path.is_file():
-        return None
+        if resume in (None, "auto") or not Path(resume).is_file():
+            return None
+        saved = checkpoint.load(Path(resume))
+        raw = dict(saved.get("config") or {})
+        raw["chosen_on"] = saved.get("chosen_on")
+        path = None
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = (yaml.safe_load(path.read_text()) or {}) if path is not None else raw
     except yaml.YAMLError as e:
         raise checkpoint.CheckpointError(f"{path}: not valid YAML ({e}); it is the run's record: restore it, or "
                                          "resume with --resume CHECKPOINT into another --out") from None

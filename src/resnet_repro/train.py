@@ -307,7 +307,7 @@ def start_processes(cfg: Config, out: Path, resume: str | None = None) -> Run:
     """Join the ranks and settle the run's hardware-made choices (device, precision, memory format, profile, loader
     workers): on a resume the run's recorded ones (config.yaml), else chosen by rank 0 from its hardware; every
     rank then runs rank 0's config, and one that cannot honour it stops them all, naming itself."""
-    recorded = run_folder.recorded(out) if resume else None
+    recorded = run_folder.recorded(out, resume) if resume else None
     setting = cfg.train.device
     if recorded and setting == "auto":
         setting = recorded["config"].get("train", {}).get("device", setting)
