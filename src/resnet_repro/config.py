@@ -75,7 +75,11 @@ def _model_names() -> list[str]:
 @dataclass
 class DataConfig:
     path: str = "data/fashion_mnist"  # folder with manifest.json and shards (resnet-repro prepare)
-    train_split: str = "train"
+    # Splits trained on, read as one: ["train"]; a final run may add the val split (["train", "val"]) once its
+    # choices are fixed on val. The test split is never trained on (an error), and is scored once at the end.
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    # Per-epoch evaluations, precise BN's before/after and every recipe comparison use this split. When it is
+    # also in train_splits its figures are labelled "not held out" (metrics.jsonl val_held_out, results.json).
     val_split: str = "val"
     batch_size: int = 64  # per device (process); global batch = batch_size x world size
     eval_batch_size: int = 256  # per device
@@ -438,6 +442,8 @@ def config_from_dict(d: dict) -> Config:
     cfg = Config()
     for section, values in d.items():
         for key, value in values.items():
+            if (section, key) == ("data", "train_split"):  # saved before data.train_splits (one split)
+                key, value = "train_splits", [value]
             _apply(cfg, section, key, value, "saved config")
     return cfg
 
@@ -491,6 +497,15 @@ def validate(cfg: Config, origins: dict[str, str] | None = None) -> None:
     workers = cfg.data.workers  # a count or "auto" (data/cores.py): an int | Literal, which the loop passes over
     if workers != "auto" and (isinstance(workers, str) or workers < 0):
         fail("data.workers", f"{workers!r} is not a count >= 0 or auto")
+    splits = cfg.data.train_splits
+    if not splits or len(set(splits)) != len(splits):
+        fail("data.train_splits", f"{splits!r}: name each training split once, at least one")
+    if "test" in splits:
+        fail("data.train_splits", f"{splits!r} includes 'test': the test split is scored once when training ends "
+                                  "and never trained on; train on [train] or [train, val]")
+    if cfg.data.val_split == "test":
+        fail("data.val_split", "'test': evaluations during training use the held-out val split; the test split is "
+                               "scored once when training ends (results.json \"test\"); use val_split: val")
     if len(cfg.data.mean) != len(cfg.data.std):
         raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
     if cfg.data.image_size_start:
