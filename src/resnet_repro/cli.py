@@ -225,8 +225,9 @@ def _cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{out['model']} ({out['weights']}) on {out['data']} split {out['split']}, {out['precision']} on "
-              f"{out['device']} x{out['world_size']}:")
+        chosen = "" if args.split else " (the default: test where the data set has one, else val)"
+        print(f"{out['model']} ({out['weights']}) on {out['data']} split {out['split']}{chosen}, {out['precision']} "
+              f"on {out['device']} x{out['world_size']}:")
         print(format_table(out["results"]))
     return 0
 
@@ -438,7 +439,8 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--model", help="with --torchvision-weights: resnet18|34|50|101|152")
     e.add_argument("--weights", choices=["model", "ema"], default="model", help="ema: the run's EMA weights")
     e.add_argument("--data", help="prepared data folder (default: the one the checkpoint was trained on)")
-    e.add_argument("--split", default="val")
+    e.add_argument("--split", help="split to score, e.g. test or val (default: test where the data set has one, "
+                   "else val; the output says which)")
     e.add_argument("--protocol", action="append", choices=["single", "flip", "10crop", "multiscale"],
                    help="repeat for several (one pass over the data); default: single")
     e.add_argument("--resize", type=int, help="shorter side before cropping, pixels (default: data.val_resize)")
