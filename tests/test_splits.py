@@ -215,3 +215,13 @@ def test_without_a_test_split_the_headline_is_val_and_says_so(tmp_path, cli, tex
     assert "test" not in res and res["headline"]["split"] == "val"
     assert res["top1_err"] == res["val"]["single"]["top1_err"]
     assert "headline: val split (64 images), single centre view" in printed
+
+
+def test_a_fashion_mnist_folder_prepared_before_the_val_split_is_refused(tmp_path, cli):
+    data = write_image_dataset(tmp_path / "old", {"train": 64, "val": 16})  # val was the official test set then
+    manifest = records.load_manifest(data)
+    manifest["dataset"] = "fashion-mnist"
+    records.write_manifest(data, manifest)
+    code, _, err = tiny_run(cli, data, tmp_path / "r")
+    assert_one_clear_line(code, err, str(data), "prepare fashion-mnist", "--force")
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()

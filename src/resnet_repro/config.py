@@ -131,7 +131,8 @@ class DataConfig:
     # +-0.2*pi radians in YIQ, contrast [0.5, 1.5], one of two orders per sample, clip [0, 1]; linear, so one 3x4
     # matrix per image. "tf_cnn_hsv" = its distort_color_in_yiq=False path: saturation and hue by TensorFlow's HSV
     # ops (hue +-0.2 of a turn), per pixel. "jitter" = fb.resnet.torch's ColorJitter 0.4/0.4/0.4 in random order
-    # (exact). "none" = off. tests/test_golden.py holds both tf_cnn modes against TensorFlow's outputs.
+    # (exact). "none" = off. tests/test_golden.py holds both tf_cnn modes against stored TensorFlow outputs (for
+    # the YIQ mode a rebuild, in TensorFlow ops, of the removed contrib kernel: scripts/make_golden_fixtures.py).
     color: Literal["none", "tf_cnn", "tf_cnn_hsv", "jitter"] = "none"
     lighting: float = 0.0  # PCA lighting noise alphastd (AlexNet / fb.resnet.torch: 0.1); 0 = off
     # Pixel normalization on the device: "scale" (x/255 -> [0,1], the reference recipe's "no mean
@@ -219,7 +220,8 @@ class TrainConfig:
     precise_bn_batches: int = 25  # training batches averaged for BN statistics after training; 0 = off
     # The views each evaluation during and after training scores: "single" = the image as stored (or centre
     # crop); "flip" = it and its mirror image, softmax-averaged (evaluate's `flip` protocol, twice the eval cost).
-    # With flip, results.json and metrics.jsonl keep the single view's errors too (*_single).
+    # With flip, metrics.jsonl keeps the single view's val errors too (val_*_single), and results.json's val and
+    # test hold both; the headline (results.json top1_err) is always the single centre view.
     eval_protocol: Literal["single", "flip"] = "single"
     ema: float = 0.0  # EMA decay of weights per optimizer step (e.g. 0.9999); 0 = off. See ema.py
     # Early on use min(ema, (1 + n) / (10 + n)) after n updates (TensorFlow's ExponentialMovingAverage with

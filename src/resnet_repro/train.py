@@ -39,7 +39,7 @@ from .config import Config, ConfigError, DataConfig, save_config
 from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry
 from .data.cores import CorePlan, available_cpus, pin_trainer, plan_cores, unpin_trainer
 from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
-from .data.records import RecordReader
+from .data.records import RecordError, RecordReader
 from .evaluate import eval_transform, evaluate, topk_correct
 from .models.resnet import build_model
 from .ema import EMA
@@ -328,6 +328,11 @@ def open_data(run: Run) -> Data:
     train_reader = RecordReader(cfg.data.path, cfg.data.train_splits)
     val_reader = RecordReader(cfg.data.path, cfg.data.val_split)
     manifest = train_reader.manifest
+    if manifest.get("dataset") == "fashion-mnist" and "evaluation_split" not in manifest:
+        # Prepared before the three splits: its "val" is the official test set, which training must not read.
+        raise RecordError(f"{cfg.data.path}: prepared before the held-out val split (its 'val' is the official "
+                          f"test set); prepare it again: resnet-repro prepare fashion-mnist --out {cfg.data.path} "
+                          "--force")
     published = manifest.get("evaluation_split")
     if published in cfg.data.train_splits:
         raise ConfigError(f"config key 'data.train_splits' is {cfg.data.train_splits}, but {published!r} is the split "
@@ -520,7 +525,10 @@ def _finished_results(run: Run, state: RunState) -> dict | None:
     done = dist.broadcast_object(json.loads((run.out / "results.json").read_text())
                                  if run.env.is_main and (run.out / "results.json").is_file() else None)
     if done is not None:
+        split = done.get("headline", {}).get("split", "val")
         run.log(f"{run.out}: already trained for {data.epochs} epochs; results.json kept (top-1 error "
+                f"{done['top1_err']:.2f}% on {split}, single centre view)" if "headline" in done else
+                f"{run.out}: already trained for {data.epochs} epochs; results.json kept (top-1 error "
                 f"{done['top1_err']:.2f}%)")
     return done
 
