@@ -49,7 +49,7 @@ def _prepare(args) -> int:
 
     if args.dataset == "fashion-mnist":
         out = prepare_fashion_mnist(Path(args.out), Path(args.src) if args.src else None, seed=args.seed,
-                                    force=args.force)
+                                    force=args.force, val_size=args.val_size)
         print(f"prepared {out}")
         return 0
     if args.dataset in ("cifar10", "cifar100"):
@@ -225,8 +225,9 @@ def _cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{out['model']} ({out['weights']}) on {out['data']} split {out['split']}, {out['precision']} on "
-              f"{out['device']} x{out['world_size']}:")
+        chosen = "" if args.split else " (the default: test where the data set has one, else val)"
+        print(f"{out['model']} ({out['weights']}) on {out['data']} split {out['split']}{chosen}, {out['precision']} "
+              f"on {out['device']} x{out['world_size']}:")
         print(format_table(out["results"]))
     return 0
 
@@ -384,10 +385,12 @@ def _add_prepare(sub) -> None:
     pr.add_argument("dataset", choices=["fashion-mnist", "cifar10", "cifar100", "imagenet", "folder"])
     pr.add_argument("--out", required=True)
     pr.add_argument("--src", help="folder with the raw files (default: the system copy or a download)")
-    pr.add_argument("--seed", type=int, default=0, help="shuffle seed, recorded in the manifest")
+    pr.add_argument("--seed", type=int, default=0, help="shuffle seed and the held-out val split's seed, recorded in "
+                    "the manifest")
     pr.add_argument("--force", action="store_true", help="rebuild even if OUT already holds a manifest")
-    pr.add_argument("--val-size", type=int, help="cifar10/cifar100: training images held out as split 'val' "
-                    "(default 5000, the paper's 45k/5k split)")
+    pr.add_argument("--val-size", type=int, help="fashion-mnist, cifar10/cifar100: official training images held "
+                    "out as split 'val', stratified by class (default 5000: fashion-mnist a twelfth of its training "
+                    "images, CIFAR the paper's 45k/5k split); the official test set stays split 'test'")
     # imagenet / folder (--src: the folder with train/ and val/ or the Kaggle root; or <class>/<images>).
     pr.add_argument("--train-shards", type=int, default=0, help="imagenet default 1024; folder: ~1250 images each")
     pr.add_argument("--val-shards", type=int, default=0, help="imagenet default 128; folder: ~1250 images each")
@@ -402,7 +405,8 @@ def _add_prepare(sub) -> None:
     pr.add_argument("--max-megapixels", type=float, default=100,
                     help="refuse larger images (decompression-bomb guard, checked in the header)")
     pr.add_argument("--val-fraction", type=float, default=0.1,
-                    help="folder without train/ and val/: per-class fraction held out as val (seeded)")
+                    help="folder without train/ and val/: per-class fraction held out as split 'val' (seeded, "
+                    "stratified by class: the same mechanism as --val-size)")
     pr.set_defaults(func=_cmd_prepare)
 
 
@@ -435,7 +439,8 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--model", help="with --torchvision-weights: resnet18|34|50|101|152")
     e.add_argument("--weights", choices=["model", "ema"], default="model", help="ema: the run's EMA weights")
     e.add_argument("--data", help="prepared data folder (default: the one the checkpoint was trained on)")
-    e.add_argument("--split", default="val")
+    e.add_argument("--split", help="split to score, e.g. test or val (default: test where the data set has one, "
+                   "else val; the output says which)")
     e.add_argument("--protocol", action="append", choices=["single", "flip", "10crop", "multiscale"],
                    help="repeat for several (one pass over the data); default: single")
     e.add_argument("--resize", type=int, help="shorter side before cropping, pixels (default: data.val_resize)")

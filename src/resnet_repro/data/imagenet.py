@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .holdout import holdout
 from .sources import SourceError
 
 VAL_CSV = "LOC_val_solution.csv"
@@ -57,6 +58,7 @@ class Source:
     class_names: list[str]
     splits: dict[str, list[Item]]
     layout: dict = field(default_factory=dict)  # how the files were found, recorded in the manifest
+    holdout: dict | None = None  # the held-out val split's record (holdout.py), when val was held out of train
 
 
 def list_files(folder: Path) -> list[Path]:
@@ -355,6 +357,7 @@ def discover_folder(src: str | Path, val_fraction: float = 0.1, seed: int = 0) -
     if not 0 <= val_fraction < 1:
         raise SourceError(f"--val-fraction {val_fraction}: must be in [0, 1)")
     used: set[str] = set()
+    holdout_record = None
     if (src / "train").is_dir() and (src / "val").is_dir():
         classes = [d.name for d in _subdirs(src / "train")]
         if not classes:
@@ -370,23 +373,17 @@ def discover_folder(src: str | Path, val_fraction: float = 0.1, seed: int = 0) -
             raise SourceError(f"{src}: {len(stray)} file(s) next to the class folders (e.g. {stray[0].name}); "
                               "every image must be inside its class folder")
         items = _folder_items(src, classes, src, "", used)
-        by_class: dict[int, list[Item]] = {}
-        for it in items:
-            by_class.setdefault(it.label, []).append(it)
-        train, val = [], []
-        rng = np.random.default_rng(seed)
-        for label in sorted(by_class):
-            group = by_class[label]
-            n_val = int(round(val_fraction * len(group)))
-            chosen = set(rng.permutation(len(group))[:n_val].tolist())
-            for i, it in enumerate(group):
-                (val if i in chosen else train).append(it)
-        splits = {"train": train}
+        # The held-out val split: the mechanism every importer shares (holdout.py), recorded in the manifest.
+        idx, held = holdout(np.array([it.label for it in items]), len(classes), seed, fraction=val_fraction)
+        chosen = set(idx.tolist())
+        held.update({"from": "every image of the class folders", "index_order": "sorted file paths"})
+        splits = {"train": [it for i, it in enumerate(items) if i not in chosen]}
         if val_fraction > 0:
-            splits["val"] = val
+            splits["val"] = [items[i] for i in idx]
+            holdout_record = held
         layout = {"train": "<class>/*", "val": f"per class, a seeded {val_fraction} of <class>/* (seed {seed})"}
     for name, items in splits.items():
         if not items:
             raise SourceError(f"{src}: the {name} split has no files")
         _check_key_lengths(items)
-    return Source("folder", src, classes, list(classes), splits, layout)
+    return Source("folder", src, classes, list(classes), splits, layout, holdout_record)

@@ -250,14 +250,17 @@ class RecordReader:
     handles are opened lazily per process, so a reader can be handed to forked or spawned loader workers.
     """
 
-    def __init__(self, root: str | Path, split: str):
+    def __init__(self, root: str | Path, split: str | list[str] | tuple[str, ...]):
+        """`split`: one split, or several read as one (data.train_splits: train + val), in the order given."""
         self.root = Path(root)
         self.manifest = load_manifest(self.root)
         splits = self.manifest["splits"]
-        if split not in splits:
-            raise RecordError(f"{self.root / MANIFEST}: no split {split!r}; has {', '.join(splits)}")
-        self.split = split
-        self.shards = splits[split]["shards"]
+        names = [split] if isinstance(split, str) else list(split)
+        for name in names:
+            if name not in splits:
+                raise RecordError(f"{self.root / MANIFEST}: no split {name!r}; has {', '.join(splits)}")
+        self.split = "+".join(names)
+        self.shards = [entry for name in names for entry in splits[name]["shards"]]
         keys, offsets, sizes, labels, shard_ids = [], [], [], [], []
         for sid, entry in enumerate(self.shards):
             shard = self.root / entry["name"]
