@@ -69,13 +69,25 @@ def _prepare_images(args) -> int:
     from .data.imagenet import discover_folder, discover_imagenet
     from .data.prepare import Encoding, check_out_and_src, prepare_images
 
-    if not args.src:
-        raise UserError(f"prepare {args.dataset} needs --src (the folder holding the images)")
-    check_out_and_src(Path(args.out), Path(args.src))  # before discovery walks into an --out inside --src
-    if args.dataset == "imagenet":
+    archives = [a for a in (args.train_tar, args.val_tar, args.devkit) if a]
+    if archives and (args.dataset != "imagenet" or args.src or len(archives) != 3):
+        raise UserError("--train-tar, --val-tar and --devkit go together, with `prepare imagenet` and without --src "
+                        "(the official archives: ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, "
+                        "ILSVRC2012_devkit_t12.tar.gz)")
+    if not args.src and not archives:
+        raise UserError(f"prepare {args.dataset} needs --src (the folder holding the images)"
+                        + (" or --train-tar, --val-tar and --devkit" if args.dataset == "imagenet" else ""))
+    if archives:
+        from .data.imagenet_archives import discover_archives
+
+        source = discover_archives(args.train_tar, args.val_tar, args.devkit, args.workers or os.cpu_count() or 1)
+        default = {"train": 1024, "val": 128}
+    elif args.dataset == "imagenet":
+        check_out_and_src(Path(args.out), Path(args.src))  # before discovery walks into an --out inside --src
         source = discover_imagenet(args.src)
         default = {"train": 1024, "val": 128}  # the reference recipe's shard counts
     else:
+        check_out_and_src(Path(args.out), Path(args.src))
         source = discover_folder(args.src, args.val_fraction, args.seed)
         # About ImageNet's 1,250 images per shard, at least one shard per split.
         default = {k: max(1, round(len(v) / 1250)) for k, v in source.splits.items()}
@@ -401,6 +413,10 @@ def _add_prepare(sub) -> None:
                     help="leave out undecodable files, listing them in the manifest (default: stop and list them)")
     pr.add_argument("--max-megapixels", type=float, default=100,
                     help="refuse larger images (decompression-bomb guard, checked in the header)")
+    pr.add_argument("--train-tar", help="imagenet: ILSVRC2012_img_train.tar as downloaded (read in place, with "
+                    "--val-tar and --devkit, instead of --src)")
+    pr.add_argument("--val-tar", help="imagenet: ILSVRC2012_img_val.tar as downloaded")
+    pr.add_argument("--devkit", help="imagenet: ILSVRC2012_devkit_t12.tar.gz (its meta.mat and val ground truth)")
     pr.add_argument("--val-fraction", type=float, default=0.1,
                     help="folder without train/ and val/: per-class fraction held out as val (seeded)")
     pr.set_defaults(func=_cmd_prepare)
