@@ -75,6 +75,9 @@ def _model_names() -> list[str]:
 @dataclass
 class DataConfig:
     path: str = "data/fashion_mnist"  # folder with manifest.json and shards (resnet-repro prepare)
+    # or the URL of a copy of one (s3://, gs://, http(s)://, file://; fsspec, see data/remote.py), read in place;
+    # cache_dir: a local folder where such shards are kept, each fetched whole on first use ("" = none)
+    cache_dir: str = ""
     train_split: str = "train"
     val_split: str = "val"
     batch_size: int = 64  # per device (process); global batch = batch_size x world size

@@ -40,6 +40,7 @@ from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry
 from .data.cores import CorePlan, available_cpus, pin_trainer, plan_cores, unpin_trainer
 from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
 from .data.records import RecordReader
+from .data.remote import open_reader
 from .evaluate import eval_transform, evaluate, topk_correct
 from .models.resnet import build_model
 from .ema import EMA
@@ -321,8 +322,8 @@ def start_processes(cfg: Config, out: Path) -> Run:
 
 def open_data(run: Run) -> Data:
     cfg, env, device = run.cfg, run.env, run.device
-    train_reader = RecordReader(cfg.data.path, cfg.data.train_split)
-    val_reader = RecordReader(cfg.data.path, cfg.data.val_split)
+    train_reader = open_reader(cfg.data.path, cfg.data.train_split, cfg.data.cache_dir)
+    val_reader = open_reader(cfg.data.path, cfg.data.val_split, cfg.data.cache_dir)
     manifest = train_reader.manifest
     channels = manifest["image"]["channels"]
     stored = manifest["image"]["height"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import dist
-from ..data.records import RecordReader
+from ..data.remote import open_reader
 from ..runtime import autocast_for, choose_channels_last, detect, device_type, pick_device
 from .protocols import evaluate_protocols, make_protocol
 from .trained_model import Trained
@@ -55,7 +55,7 @@ def evaluate_trained(trained: Trained, opts: EvalOptions) -> dict:
 
 
 def _evaluate_on_ranks(trained: Trained, opts: EvalOptions, device: torch.device, env) -> dict:
-    reader = RecordReader(opts.data or trained.cfg.data.path, opts.split)
+    reader = open_reader(opts.data or trained.cfg.data.path, opts.split, trained.cfg.data.cache_dir)
     if reader.classes != trained.classes:
         raise ValueError(f"{trained.source} was trained on other classes than {reader.root} has")
     channels = reader.manifest["image"]["channels"]
