@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -164,3 +165,19 @@ def test_devkit_without_ground_truth_is_named(tmp_path):
                 arcname="ILSVRC2012_devkit_t12/data/meta.mat")
     with pytest.raises(SourceError, match="no data/ILSVRC2012_validation_ground_truth.txt inside"):
         discover_archives(paths["train"], paths["val"], paths["devkit"])
+
+
+def test_bench_prepare_archives_times_both_methods_on_the_same_archives(cli, monkeypatch):
+    """`bench prepare --archives`: both methods run each round from the same archives to the same shards (the
+    bench checks their SHA-256 and would fail otherwise); the extracted copy is as large as the images."""
+    from resnet_repro.bench import prepare_archives
+
+    runs = []
+    real = prepare_archives.extract
+    monkeypatch.setattr(prepare_archives, "extract", lambda *a: runs.append(a) or real(*a))
+    code, out, err = cli("bench", "prepare", "--archives", "--images", 30, "--workers", 1, "--repeats", 2, "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert len(runs) == 2 and r["images"] == 30 and r["workers"] == 1
+    assert len(r["extract_then_prepare_s_rounds"]) == len(r["from_archives_s_rounds"]) == 2
+    assert 0.8 * r["archive_bytes"] < r["extracted_bytes"] < r["archive_bytes"]  # the images without tar headers

@@ -343,6 +343,12 @@ def _cmd_bench_loader(args) -> int:
 def _cmd_bench_prepare(args) -> int:
     from .bench.prepare import PrepareOptions, bench_prepare
 
+    if args.archives:
+        from .bench.prepare_archives import bench_prepare_archives
+
+        if args.src:
+            raise UserError("bench prepare --archives makes its own archive set; drop --src")
+        return _bench(args, lambda log: bench_prepare_archives(args.images, args.workers, args.repeats, log=log))
     opts = PrepareOptions(src=args.src, images=args.images, workers=args.workers, repeats=args.repeats)
     return _bench(args, lambda log: bench_prepare(opts, log=log))
 
@@ -572,6 +578,9 @@ def _add_bench_prepare(bench) -> None:
     p.add_argument("--images", type=int, default=500, help="images to make without --src")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3, help="passes of each measurement; the best is reported")
+    p.add_argument("--archives", action="store_true",
+                   help="instead: ImageNet from the official archives in place vs extract-then-prepare, on a small "
+                        "archive set it makes (--images, --workers; needs scipy)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_prepare)
 
