@@ -46,7 +46,7 @@ def test_a_url_without_fsspec_says_what_to_install(monkeypatch):
 
 @pytest.fixture
 def copy(texture_data, tmp_path):
-    pytest.importorskip("fsspec", reason="fsspec (the `s3` or `test` extra) reads shards from URLs")
+    pytest.importorskip("fsspec", reason="needs fsspec (in the `s3` and `test` extras) to read shards from URLs")
     shutil.copytree(texture_data, tmp_path / "shards")
     return tmp_path / "shards"
 
@@ -108,8 +108,9 @@ def test_cache_dir_fetches_verified_shards_and_refetches_a_damaged_one(copy, tmp
 @pytest.fixture(scope="module")
 def s3(texture_data):
     """s3://shards/textures: the texture data set uploaded to a moto server on a free loopback port."""
-    pytest.importorskip("s3fs", reason="s3fs (the `s3` or `test` extra) reads s3:// URLs")
-    server = pytest.importorskip("moto.server", reason="moto[server] (the `test` extra) runs the loopback S3 server")
+    pytest.importorskip("s3fs", reason="needs s3fs (in the `s3` and `test` extras) to read s3:// URLs")
+    server = pytest.importorskip("moto.server",
+                                 reason="needs moto[server] (in the `test` extra) to run the loopback S3 server")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -124,14 +124,17 @@ def bench_prepare_archives(images: int, workers: int, repeats: int, log=print) -
             if _shards(a) != _shards(b):
                 raise RuntimeError("the two methods gave different shards")  # the bench compares like with like
             extracted_bytes = sum(p.stat().st_size for p in (tmp / f"src{r}").rglob("*") if p.is_file())
+            shard_bytes = sum(p.stat().st_size for p in b.iterdir())
             shutil.rmtree(tmp / f"src{r}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     e, d = Spread.of(extracted), Spread.of(direct)
     result = {"images": images, "workers": workers, "archive_bytes": size, "extracted_bytes": extracted_bytes,
+              "shard_bytes": shard_bytes,
               "extract_then_prepare_s_rounds": extracted, "from_archives_s_rounds": direct,
               "speedup_median": e.median / d.median, "machine": info}
-    log(f"{images} images ({size / 1e6:.1f} MB of archives, {extracted_bytes / 1e6:.1f} MB extracted), "
+    log(f"{images} images ({size / 1e6:.1f} MB of archives, {extracted_bytes / 1e6:.1f} MB extracted, "
+        f"{shard_bytes / 1e6:.1f} MB of shards), "
         f"{workers} worker(s), seconds from the archives to shards: extract-then-prepare {e.text('.2f')}; "
         f"from the archives in place {d.text('.2f')}; in place {result['speedup_median']:.2f} x as fast (medians)")
     return result

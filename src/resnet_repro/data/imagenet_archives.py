@@ -62,16 +62,20 @@ class _Window(io.RawIOBase):
 def walk_tar(f, size: int, where: str) -> list[tarfile.TarInfo]:
     """The members of the tar in ``f`` (``size`` bytes), from its headers alone; SourceError naming ``where`` if
     it is not a tar, is damaged, or ends early."""
+    members, failed = [], None
     try:
         with tarfile.open(fileobj=f, mode="r:") as tar:
-            members = tar.getmembers()
+            for m in tar:  # headers only: tarfile seeks past each member's data
+                members.append(m)
             end = tar.offset  # where the walk stopped: the closing zero block of an intact tar
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise SourceError(f"{where}: not a readable tar ({e}); download it again") from None
+        failed = e  # ("unexpected end of data" when the last member read runs past the end: named below)
     for m in members:
         if m.offset_data + (m.size if m.isreg() else 0) > size:
             raise SourceError(f"{where}: truncated ({m.name} needs bytes up to {m.offset_data + m.size}, the tar "
                               f"has {size}); download it again")
+    if failed is not None:
+        raise SourceError(f"{where}: not a readable tar ({failed}); download it again")
     f.seek(end)
     if f.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
         raise SourceError(f"{where}: damaged or truncated at byte {end} (no tar header nor end-of-archive block "
