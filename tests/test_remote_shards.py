@@ -55,7 +55,7 @@ def test_file_url_reads_every_sample_by_range_and_checks_as_locally(copy, monkey
     local, url = RecordReader(copy, "val"), remote.open_reader(f"file://{copy}", "val")
     assert isinstance(url, remote.RemoteRecordReader) and len(url) == len(local)
     ranges = []
-    fs = url._filesystem()
+    fs = url._fs_here()
     real = fs.cat_file
     monkeypatch.setattr(fs, "cat_file", lambda path, start=None, end=None, **kw: ranges.append((start, end))
                         or real(path, start=start, end=end, **kw))

@@ -144,7 +144,7 @@ class RemoteRecordReader(RecordReader):
     def _index(self, fs, entry: dict, size: int | None):
         """The shard's index, checked as records.RecordReader checks a local one (after the shard's size)."""
         shard_url, idx_url = f"{self.url}/{entry['name']}", f"{self.url}/{entry['index']}"
-        redo = f"upload the data set folder again (check it first with `resnet-repro verify` where it was prepared)"
+        redo = "upload the data set folder again (check it first with `resnet-repro verify` where it was prepared)"
         if size is None:
             raise RecordError(f"shard {shard_url} listed in the manifest is missing")
         if size != entry["bytes"]:
@@ -172,14 +172,14 @@ class RemoteRecordReader(RecordReader):
             raise RecordError(f"{e}; {redo}") from None
         return arrays
 
-    def _filesystem(self):
+    def _fs_here(self):
         if self._fs is None or self._pid != os.getpid():  # a forked loader worker makes its own connections
             self._fs, self._fds, self._pid = _filesystem(self.url)[0], {}, os.getpid()
         return self._fs
 
     def _fd(self, sid: int) -> int:
         """A descriptor of the cached, verified shard ``sid`` (fetched first if need be)."""
-        fs = self._filesystem()
+        fs = self._fs_here()
         fd = self._fds.get(sid)
         if fd is None:
             entry = self.shards[sid]
@@ -214,7 +214,7 @@ class RemoteRecordReader(RecordReader):
             return super().__getitem__(i)  # pread from the cached shard
         sid, size, offset = int(self.shard_ids[i]), int(self.sizes[i]), int(self.offsets[i])
         try:
-            data = self._filesystem().cat_file(f"{self.base}/{self.shards[sid]['name']}", start=offset,
+            data = self._fs_here().cat_file(f"{self.base}/{self.shards[sid]['name']}", start=offset,
                                                end=offset + size)
         except OSError as e:
             raise RecordError(f"{self.url} {self.where(i)}: cannot be read ({e})") from None
