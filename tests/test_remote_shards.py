@@ -37,6 +37,11 @@ def test_the_local_path_imports_neither_fsspec_nor_s3fs(texture_data):
     assert done.stdout.strip() == "[]"
 
 
+def test_verify_of_a_url_says_to_verify_the_local_folder(cli):
+    code, _, err = cli("verify", "s3://bucket/shards")
+    assert code == 2 and "verify checks a local folder" in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_url_without_fsspec_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "fsspec", None)
     monkeypatch.setitem(sys.modules, "fsspec.core", None)

@@ -100,8 +100,12 @@ def _prepare_images(args) -> int:
 
 
 def _cmd_verify(args) -> int:
+    from .data.remote import is_url
     from .data.verify import verify
 
+    if is_url(args.data):  # it hashes every byte: where the data set was prepared, not over the network
+        raise UserError(f"verify {args.data}: verify checks a local folder; run it where the data set was prepared "
+                        "(before uploading it), or on a local copy")
     problems, total = verify(args.data, workers=args.workers, decode=not args.no_decode)
     if problems:
         print(f"{args.data}: {len(problems)} problem(s):", file=sys.stderr)
