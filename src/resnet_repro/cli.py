@@ -69,13 +69,25 @@ def _prepare_images(args) -> int:
     from .data.imagenet import discover_folder, discover_imagenet
     from .data.prepare import Encoding, check_out_and_src, prepare_images
 
-    if not args.src:
-        raise UserError(f"prepare {args.dataset} needs --src (the folder holding the images)")
-    check_out_and_src(Path(args.out), Path(args.src))  # before discovery walks into an --out inside --src
-    if args.dataset == "imagenet":
+    archives = [a for a in (args.train_tar, args.val_tar, args.devkit) if a]
+    if archives and (args.dataset != "imagenet" or args.src or len(archives) != 3):
+        raise UserError("--train-tar, --val-tar and --devkit go together, with `prepare imagenet` and without --src "
+                        "(the official archives: ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, "
+                        "ILSVRC2012_devkit_t12.tar.gz)")
+    if not args.src and not archives:
+        raise UserError(f"prepare {args.dataset} needs --src (the folder holding the images)"
+                        + (" or --train-tar, --val-tar and --devkit" if args.dataset == "imagenet" else ""))
+    if archives:
+        from .data.imagenet_archives import discover_archives
+
+        source = discover_archives(args.train_tar, args.val_tar, args.devkit, args.workers or os.cpu_count() or 1)
+        default = {"train": 1024, "val": 128}
+    elif args.dataset == "imagenet":
+        check_out_and_src(Path(args.out), Path(args.src))  # before discovery walks into an --out inside --src
         source = discover_imagenet(args.src)
         default = {"train": 1024, "val": 128}  # the reference recipe's shard counts
     else:
+        check_out_and_src(Path(args.out), Path(args.src))
         source = discover_folder(args.src, args.val_fraction, args.seed)
         # About ImageNet's 1,250 images per shard, at least one shard per split.
         default = {k: max(1, round(len(v) / 1250)) for k, v in source.splits.items()}
@@ -88,8 +100,12 @@ def _prepare_images(args) -> int:
 
 
 def _cmd_verify(args) -> int:
+    from .data.remote import is_url
     from .data.verify import verify
 
+    if is_url(args.data):  # it hashes every byte: where the data set was prepared, not over the network
+        raise UserError(f"verify {args.data}: verify checks a local folder; run it where the data set was prepared "
+                        "(before uploading it), or on a local copy")
     problems, total = verify(args.data, workers=args.workers, decode=not args.no_decode)
     if problems:
         print(f"{args.data}: {len(problems)} problem(s):", file=sys.stderr)
@@ -332,6 +348,12 @@ def _cmd_bench_loader(args) -> int:
 def _cmd_bench_prepare(args) -> int:
     from .bench.prepare import PrepareOptions, bench_prepare
 
+    if args.archives:
+        from .bench.prepare_archives import bench_prepare_archives
+
+        if args.src:
+            raise UserError("bench prepare --archives makes its own archive set; drop --src")
+        return _bench(args, lambda log: bench_prepare_archives(args.images, args.workers, args.repeats, log=log))
     opts = PrepareOptions(src=args.src, images=args.images, workers=args.workers, repeats=args.repeats)
     return _bench(args, lambda log: bench_prepare(opts, log=log))
 
@@ -404,6 +426,10 @@ def _add_prepare(sub) -> None:
                     help="leave out undecodable files, listing them in the manifest (default: stop and list them)")
     pr.add_argument("--max-megapixels", type=float, default=100,
                     help="refuse larger images (decompression-bomb guard, checked in the header)")
+    pr.add_argument("--train-tar", help="imagenet: ILSVRC2012_img_train.tar as downloaded (read in place, with "
+                    "--val-tar and --devkit, instead of --src)")
+    pr.add_argument("--val-tar", help="imagenet: ILSVRC2012_img_val.tar as downloaded")
+    pr.add_argument("--devkit", help="imagenet: ILSVRC2012_devkit_t12.tar.gz (its meta.mat and val ground truth)")
     pr.add_argument("--val-fraction", type=float, default=0.1,
                     help="folder without train/ and val/: per-class fraction held out as split 'val' (seeded, "
                     "stratified by class: the same mechanism as --val-size)")
@@ -561,6 +587,9 @@ def _add_bench_prepare(bench) -> None:
     p.add_argument("--images", type=int, default=500, help="images to make without --src")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3, help="passes of each measurement; the best is reported")
+    p.add_argument("--archives", action="store_true",
+                   help="instead: ImageNet from the official archives in place vs extract-then-prepare, on a small "
+                        "archive set it makes (--images, --workers; needs scipy)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_prepare)
 

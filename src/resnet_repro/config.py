@@ -75,6 +75,9 @@ def _model_names() -> list[str]:
 @dataclass
 class DataConfig:
     path: str = "data/fashion_mnist"  # folder with manifest.json and shards (resnet-repro prepare)
+    # or the URL of a copy of one (s3://, gs://, http(s)://, file://; fsspec, see data/remote.py), read in place;
+    # cache_dir: a local folder where such shards are kept, each fetched whole on first use ("" = none)
+    cache_dir: str = ""
     # Splits trained on, read as one: ["train"]; a final run may add the val split (["train", "val"]) once its
     # choices are fixed on val. The test split is never trained on (an error), and is scored once at the end.
     train_splits: list[str] = field(default_factory=lambda: ["train"])

@@ -40,6 +40,7 @@ from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry
 from .data.cores import CorePlan, available_cpus, pin_trainer, plan_cores, unpin_trainer
 from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
 from .data.records import RecordError, RecordReader
+from .data.remote import open_reader
 from .evaluate import eval_transform, evaluate, topk_correct
 from .models.resnet import build_model
 from .ema import EMA
@@ -325,8 +326,8 @@ def start_processes(cfg: Config, out: Path) -> Run:
 
 def open_data(run: Run) -> Data:
     cfg, env, device = run.cfg, run.env, run.device
-    train_reader = RecordReader(cfg.data.path, cfg.data.train_splits)
-    val_reader = RecordReader(cfg.data.path, cfg.data.val_split)
+    train_reader = open_reader(cfg.data.path, cfg.data.train_splits, cfg.data.cache_dir)
+    val_reader = open_reader(cfg.data.path, cfg.data.val_split, cfg.data.cache_dir)
     manifest = train_reader.manifest
     if manifest.get("dataset") == "fashion-mnist" and "evaluation_split" not in manifest:
         # Prepared before the three splits: its "val" is the official test set, which training must not read.
@@ -775,7 +776,7 @@ def _score_test(run: Run) -> dict | None:
     data = run.data
     if data.test_split is None:
         return None
-    reader = RecordReader(run.cfg.data.path, data.test_split)
+    reader = open_reader(run.cfg.data.path, data.test_split, run.cfg.data.cache_dir)
     dataset = BatchDataset(reader, data.val_ds.geometry, data.channels, run.cfg.train.seed, train=False)
     return evaluate(run.learner.model, data.val_batches(dataset), run.device, run.autocast,
                     mirror=run.cfg.train.eval_protocol == "flip")

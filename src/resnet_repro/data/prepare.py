@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import atomic
 from . import holdout, records, sources
+from .imagenet import Member
 from .jpeg_header import JpegHeaderError, read_frame
 
 
@@ -279,7 +280,7 @@ class ShardJob:
     split: str
     name: str  # e.g. train-00042.tar
     staging: str
-    items: list[tuple[str, str, str, int]]  # (key, path, rel, label)
+    items: list[tuple[str, str | Member, str, int]]  # (key, path or archive member, rel, label)
     enc: Encoding
     num_classes: int
     skip_bad: bool = False
@@ -299,8 +300,8 @@ def _plan_hash(job: ShardJob) -> str:
     h = hashlib.sha256(json.dumps([records.FORMAT, CONVERTER, cv2.__version__, asdict(job.enc)]).encode())
     for key, path, rel, label in job.items:
         try:
-            st = os.stat(path)
-            stamp = (st.st_size, st.st_mtime_ns)
+            st = os.stat(path.archive if isinstance(path, Member) else path)
+            stamp = (st.st_size, st.st_mtime_ns) + ((path.offset, path.size) if isinstance(path, Member) else ())
         except OSError:
             stamp = None
         h.update(json.dumps([key, rel, label, stamp]).encode())
@@ -321,9 +322,11 @@ def _reusable(job: ShardJob, plan: str) -> dict | None:
     return None
 
 
-def _read_into(path: str, buf: bytearray) -> tuple[memoryview, bytearray]:
-    """The file's bytes as a view of ``buf`` (grown when too small): one buffer for every file of a shard
-    instead of a fresh allocation each, which costs page faults on every image."""
+def _read_into(path: str | Member, buf: bytearray) -> tuple[memoryview, bytearray]:
+    """The file's (or archive member's) bytes as a view of ``buf`` (grown when too small): one buffer for every
+    file of a shard instead of a fresh allocation each, which costs page faults on every image."""
+    if isinstance(path, Member):
+        return _read_member(path, buf)
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         if size + 1 > len(buf):
@@ -333,6 +336,19 @@ def _read_into(path: str, buf: bytearray) -> tuple[memoryview, bytearray]:
             n += got
     if n != size:
         raise OSError(f"changed size while being read (fstat said {size} bytes, read {n})")
+    return view[:n], buf
+
+
+def _read_member(m: Member, buf: bytearray) -> tuple[memoryview, bytearray]:
+    if m.size > len(buf):
+        buf = bytearray(2 * m.size)
+    view, n = memoryview(buf), 0
+    with open(m.archive, "rb", buffering=0) as f:
+        f.seek(m.offset)
+        while n < m.size and (got := f.readinto(view[n:m.size])):
+            n += got
+    if n != m.size:  # the archive shrank since it was indexed
+        raise OSError(f"{m.archive} ends {m.size - n} bytes into this member (truncated since it was indexed?)")
     return view[:n], buf
 
 
@@ -387,7 +403,8 @@ def _plan_jobs(source, staging: Path, shards: dict[str, int], seed: int, enc: En
     for s, (split, items) in enumerate(source.splits.items()):
         seeds[split] = seed + s  # train: seed, val: seed + 1 (as the Fashion-MNIST importer)
         for i, idx in enumerate(records.shuffled_shards(len(items), shards[split], seeds[split])):
-            chosen = [(items[j].key, str(items[j].path), items[j].rel, items[j].label) for j in idx]
+            chosen = [(items[j].key, items[j].path if isinstance(items[j].path, Member) else str(items[j].path),
+                       items[j].rel, items[j].label) for j in idx]
             jobs.append(ShardJob(split, f"{split}-{i:05d}.tar", str(staging), chosen, enc, len(source.classes),
                                  skip_bad))
     return jobs, seeds

@@ -240,6 +240,17 @@ def check_index(path: Path, arrays, shard_bytes: int, num_classes: int) -> None:
                           f"of the manifest")
 
 
+def select_splits(manifest: dict, split: str | list[str] | tuple[str, ...], where) -> tuple[str, list[dict]]:
+    """The reader's name for ``split`` (several read as one are joined by '+') and their shard entries, in order;
+    a split the manifest lacks is an error naming ``where`` (the manifest's path or URL)."""
+    splits = manifest["splits"]
+    names = [split] if isinstance(split, str) else list(split)
+    for name in names:
+        if name not in splits:
+            raise RecordError(f"{where}: no split {name!r}; has {', '.join(splits)}")
+    return "+".join(names), [entry for name in names for entry in splits[name]["shards"]]
+
+
 class RecordReader:
     """Random access to one split of a prepared data set: ``reader[i] -> (key, bytes, label)``.
 
@@ -254,13 +265,7 @@ class RecordReader:
         """`split`: one split, or several read as one (data.train_splits: train + val), in the order given."""
         self.root = Path(root)
         self.manifest = load_manifest(self.root)
-        splits = self.manifest["splits"]
-        names = [split] if isinstance(split, str) else list(split)
-        for name in names:
-            if name not in splits:
-                raise RecordError(f"{self.root / MANIFEST}: no split {name!r}; has {', '.join(splits)}")
-        self.split = "+".join(names)
-        self.shards = [entry for name in names for entry in splits[name]["shards"]]
+        self.split, self.shards = select_splits(self.manifest, split, self.root / MANIFEST)
         keys, offsets, sizes, labels, shard_ids = [], [], [], [], []
         for sid, entry in enumerate(self.shards):
             shard = self.root / entry["name"]

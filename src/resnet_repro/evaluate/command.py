@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import dist
-from ..data.records import RecordReader, load_manifest
+from ..data.remote import load_manifest, open_reader
 from ..runtime import autocast_for, choose_channels_last, detect, device_type, pick_device
 from .protocols import evaluate_protocols, make_protocol
 from .trained_model import Trained
@@ -63,7 +63,7 @@ def default_split(manifest: dict) -> str:
 def _evaluate_on_ranks(trained: Trained, opts: EvalOptions, device: torch.device, env) -> dict:
     root = opts.data or trained.cfg.data.path
     split = opts.split or default_split(load_manifest(root))
-    reader = RecordReader(root, split)
+    reader = open_reader(root, split, trained.cfg.data.cache_dir)
     if reader.classes != trained.classes:
         raise ValueError(f"{trained.source} was trained on other classes than {reader.root} has")
     channels = reader.manifest["image"]["channels"]
