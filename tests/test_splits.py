@@ -131,15 +131,15 @@ def spied_run(three_splits, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run") / "r"
     opened = []
-    real = train_module.RecordReader
+    real = train_module.open_reader  # every split train reads goes through it (a folder or a URL)
 
-    def spy(root, split):
+    def spy(root, split, cache_dir=None):
         logged = (out / "metrics.jsonl").read_text().count("\n") if (out / "metrics.jsonl").is_file() else 0
         opened.append((split, logged))
-        return real(root, split)
+        return real(root, split, cache_dir)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(train_module, "RecordReader", spy)
+    mp.setattr(train_module, "open_reader", spy)
     try:
         args = ["train", "--config", str(RECIPE), "--out", str(out)]
         for item in [f"data.path={three_splits}", "data.batch_size=32", "data.eval_batch_size=24",
