@@ -17,6 +17,7 @@ import pytest
 
 from resnet_repro.data import cifar
 from resnet_repro.data.augment import decode
+from resnet_repro.data.holdout import holdout
 from resnet_repro.data.records import RecordReader
 from resnet_repro.data.sources import SourceError
 
@@ -57,12 +58,15 @@ def test_prepare_splits_pixels_and_manifest(tmp_path, archive10):
     assert manifest["dataset"] == "cifar10" and manifest["class_names"] == NAMES10
     assert manifest["image"] == {"height": 32, "width": 32, "channels": 3}
     assert manifest["source_is_official"] is False  # a made archive is not the real one, and says so
-    assert manifest["val_split"]["seed"] == 7
+    assert manifest["holdout"]["seed"] == 7 and manifest["evaluation_split"] == "test"
     tr, va, te = (RecordReader(out, s) for s in ("train", "val", "test"))
     assert (len(tr), len(va), len(te)) == (54, 6, 20)
-    # The val images are exactly the seeded permutation's first 6; keys keep the archive index.
+    # The val images are the shared hold-out's (holdout.py: stratified by class, seeded), recorded in the
+    # manifest; keys keep the archive index.
     val_idx = sorted(int(k.split("_")[1]) for k in va.keys)
-    assert val_idx == sorted(np.random.default_rng(7).permutation(60)[:6].tolist())
+    expected, _ = holdout(train[1], 10, 7, size=6)
+    assert val_idx == expected.tolist() == manifest["holdout"]["indices"]
+    assert np.bincount(va.labels, minlength=10).tolist() == manifest["holdout"]["counts_per_class"]
     train_idx = {int(k.split("_")[1]) for k in tr.keys}
     assert train_idx.isdisjoint(val_idx) and len(train_idx | set(val_idx)) == 60
     # Lossless: every decoded image (RGB) equals the archive's pixels, with its label.

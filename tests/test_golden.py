@@ -9,7 +9,11 @@ those stored outputs.
   critical value.
 * Seed crop: the seed's recipe draws the paper's scale augmentation (shorter side U[256, 480], 224 crop).
 * Colour: TensorFlow's brightness / contrast / saturation / hue and distort_color in both paths on photos, against
-  data.color=tf_cnn (YIQ) and tf_cnn_hsv: mean absolute difference within 1 level of 255 for the matched path.
+  data.color=tf_cnn (YIQ) and tf_cnn_hsv: mean absolute difference within MAD_BOUND levels of 255 for the
+  matched path. The YIQ path's reference is not a run of TensorFlow's op: tf.contrib.image.random_hsv_in_yiq
+  left TensorFlow with contrib (TF 2.0), so the script rebuilds it in TensorFlow ops from the TF 1.12 kernel's
+  matrices and maths (scripts/make_golden_fixtures.py): that check holds our arithmetic against the kernel's
+  definition. The HSV path and the single ops are TensorFlow's own ops.
 * Eval: tf_cnn_benchmarks' aspect-preserving bilinear resize + central crop, against EvalGeometry.
 """
 from __future__ import annotations
@@ -27,6 +31,10 @@ from resnet_repro.data.color import ColorAugment
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[1]
+# Mean absolute difference allowed between our colour ops and the stored references, in levels of 255. Measured
+# (2026-12-03, both CPU classes, every image, op, path and order): at most 0.021 levels, which is the float16
+# storage of the references; the bound sits just above it, so an error of a tenth of a level fails.
+MAD_BOUND = 0.03
 KS_C_05 = 1.358  # two-sample KS: reject at 5 % when D > 1.358 * sqrt((n + m) / (n m))
 LEVEL = 1.0 / 255.0
 
@@ -160,21 +168,22 @@ def test_single_colour_ops_match_tensorflow(tf_color):
                  "hue": ("tf_cnn_hsv", [0, 0, 1, g("hue_arg"), 1])}
         for name, (kind, p) in cases.items():
             mad = mad_levels(colour(kind, img, p), g(name))
-            assert mad < 1.0, f"image {i}, {name}: {mad:.3f} levels"  # measured: <= 0.02 (float16 storage)
+            assert mad < MAD_BOUND, f"image {i}, {name}: {mad:.4f} levels"  # measured: <= 0.021
 
 
 @pytest.mark.parametrize("path,kind,other", [("yiq", "tf_cnn", "tf_cnn_hsv"), ("hsv", "tf_cnn_hsv", "tf_cnn")])
 def test_distort_color_matches_tensorflow_in_both_paths_and_orders(tf_color, path, kind, other):
     """distort_color for stored parameters (hue deltas of at least half the range): data.color=tf_cnn is the
-    default YIQ path (hue in radians, TF kernel's matrices), tf_cnn_hsv the HSV path; each within 1 level of
-    TensorFlow's output, and the other mode, given the same numbers, is far off (the check can fail)."""
+    default YIQ path (hue in radians, TF kernel's matrices), tf_cnn_hsv the HSV path; each within MAD_BOUND
+    levels of the reference (YIQ: the rebuild of the removed contrib kernel in TensorFlow ops; HSV: TensorFlow's
+    own ops), and the other mode, given the same numbers, is far off (the check can fail)."""
     for i in images(tf_color):
         img, params = tf_color[f"img{i}"], tf_color[f"img{i}_{path}_params"]
         assert sorted(params[:, 0]) == [0.0, 1.0]  # both orders
         for p in params:
             want = tf_color[f"img{i}_{path}_{int(p[0])}"]
             mad = mad_levels(colour(kind, img, p), want)
-            assert mad < 1.0, f"image {i}, {kind}, order {int(p[0])}: {mad:.3f} levels"  # measured: <= 0.02
+            assert mad < MAD_BOUND, f"image {i}, {kind}, order {int(p[0])}: {mad:.4f} levels"  # measured: <= 0.021
             assert mad_levels(colour(other, img, p), want) > 5.0  # measured: 9.8 - 98
 
 

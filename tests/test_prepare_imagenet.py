@@ -146,6 +146,8 @@ def test_val_layouts_give_sorted_wnid_labels(tmp_path, layout):
     got = {val_reader[i][0]: SORTED[val_reader[i][2]] for i in range(len(val_reader))}
     assert got == val
     assert manifest["encoding"]["mode"] == "copy" and not manifest["oddities"]["files"]
+    # Two splits, as published: val is ILSVRC-2012 val, the evaluation split, and nothing is held out of train.
+    assert manifest["evaluation_split"] == "val" and manifest["holdout"] is None and "published" in manifest["notes"]["val"]
 
 
 def test_label_files_and_scripts_inside_val_are_not_images(tmp_path):
@@ -413,6 +415,12 @@ def test_folder_val_fraction_is_per_class_and_seeded(tmp_path, cli):
     manifest = records.load_manifest(tmp_path / "out")
     assert manifest["dataset"] == "folder" and manifest["classes"] == ["ant", "cat", "dog"]
     assert (manifest["splits"]["train"]["count"], manifest["splits"]["val"]["count"]) == (24, 6)
+    # The shared hold-out (holdout.py), recorded: seed, per-class counts, and which images (sorted file order).
+    held = manifest["holdout"]
+    assert held["split"] == "val" and held["seed"] == 1 and held["counts_per_class"] == [2, 2, 2]
+    every = imagenet.discover_folder(tmp_path / "src", val_fraction=0.0).splits["train"]
+    assert [every[i].key for i in held["indices"]] == [it.key for it in a.splits["val"]]
+    assert manifest["evaluation_split"] is None and manifest["selection_split"] == "val"
 
 
 def test_folder_with_train_and_val_subfolders(tmp_path):

@@ -46,8 +46,9 @@ def made(tmp_path_factory):
     base = tmp_path_factory.mktemp("recipe-data")
     return {
         "imagenet": rgb_dataset(base / "imagenet", {"train": 8, "val": 4}, None, "jpg"),
-        "cifar10": rgb_dataset(base / "cifar10", {"train": 8, "test": 4}, (32, 32), "png"),
-        "fashion_mnist": write_image_dataset(base / "fashion_mnist", {"train": 8, "val": 4}, size=28),
+        # As prepare writes them: ImageNet's two splits, and train / held-out val / official test for the others.
+        "cifar10": rgb_dataset(base / "cifar10", {"train": 8, "val": 4, "test": 4}, (32, 32), "png"),
+        "fashion_mnist": write_image_dataset(base / "fashion_mnist", {"train": 8, "val": 4, "test": 4}, size=28),
     }
 
 
@@ -80,6 +81,7 @@ def test_recipe_trains_a_few_steps(recipe, made, tmp_path, monkeypatch):
     result = train(cfg, tmp_path / "run")
     assert result["model"] == load_config(REPO / "configs" / recipe, overrides).model.name
     assert result["steps"] == 2 and 0 <= result["top1_err"] <= 100
+    assert result["headline"]["split"] == ("val" if family == "imagenet" else "test")  # test scored at the end
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(log) == 1 and np.isfinite(log[0]["train_loss"])
     assert all("model" in state for state in saved) and len(saved) == (2 if family == "imagenet" else 0)

@@ -61,18 +61,28 @@ def test_prepare_from_src_stores_every_image_losslessly(tmp_path):
     made = write_fashion_mnist_src(tmp_path / "src", n_train=12, n_test=5)
     out = prepare_fashion_mnist(tmp_path / "fm", src=tmp_path / "src", train_shards=3, val_shards=2)
     manifest = records.load_manifest(out)
-    assert manifest["splits"]["train"]["count"] == 12 and manifest["splits"]["val"]["count"] == 5
-    assert len(manifest["splits"]["train"]["shards"]) == 3 and len(manifest["splits"]["val"]["shards"]) == 2
+    counts = {k: v["count"] for k, v in manifest["splits"].items()}
+    assert counts == {"train": 11, "val": 1, "test": 5}  # a twelfth of the training images held out as val
+    assert len(manifest["splits"]["train"]["shards"]) == 3 and len(manifest["splits"]["test"]["shards"]) == 2
     assert manifest["image"] == {"height": 28, "width": 28, "channels": 1}
     assert manifest["encoding"]["lossless"] and manifest["encoding"]["ext"] == "png"
     assert manifest["source_is_official"] is False  # our random images are not the real data set
-    assert manifest["splits"]["train"]["counts_per_class"] == np.bincount(made[LABELS][0]).tolist()
-    for split, (img_file, lab_file), prefix in (("train", (IMAGES, LABELS), "train"),
-                                               ("val", (T_IMAGES, T_LABELS), "test")):
-        images, labels, keys = read_split(out, split)
-        np.testing.assert_array_equal(images, made[img_file][0])  # PNG: bit-exact
-        np.testing.assert_array_equal(labels, made[lab_file][0])
-        assert keys == [f"{prefix}_{i:05d}" for i in range(len(labels))]
+    assert manifest["evaluation_split"] == "test" and manifest["selection_split"] == "val"
+    train_counts = np.bincount(made[LABELS][0], minlength=10)
+    assert (np.array(manifest["splits"]["train"]["counts_per_class"] + [0] * 10)[:10]
+            + np.array(manifest["holdout"]["counts_per_class"])).tolist() == train_counts.tolist()
+    # train + val together are the official training file, bit-exact (PNG); test is the t10k file.
+    tr, va = read_split(out, "train"), read_split(out, "val")
+    keys = tr[2] + va[2]
+    order = np.argsort(keys)
+    np.testing.assert_array_equal(np.concatenate([tr[0], va[0]])[order], made[IMAGES][0])
+    np.testing.assert_array_equal(np.concatenate([tr[1], va[1]])[order], made[LABELS][0])
+    assert sorted(keys) == [f"train_{i:05d}" for i in range(12)]
+    assert [int(k.split("_")[1]) for k in va[2]] == manifest["holdout"]["indices"]
+    images, labels, keys = read_split(out, "test")
+    np.testing.assert_array_equal(images, made[T_IMAGES][0])
+    np.testing.assert_array_equal(labels, made[T_LABELS][0])
+    assert keys == [f"test_{i:05d}" for i in range(5)]
     assert not (tmp_path / "fm.partial").exists()
 
 
@@ -90,7 +100,7 @@ def test_prepare_cli_and_rerun_keeps_a_finished_folder(tmp_path, cli):
     assert code == 2 and "already holds another data set" in err and "shuffle seeds" in err
     assert (out / records.MANIFEST).stat().st_mtime_ns == before
     code, _, _ = cli("prepare", "fashion-mnist", "--out", out, "--src", tmp_path / "src", "--force")
-    assert code == 0 and len(RecordReader(out, "train")) == 12
+    assert code == 0 and len(RecordReader(out, "train")) == 11
 
 
 # --- bad input: one clear error naming the file, nothing that looks complete, a clean re-run -----------------
@@ -141,7 +151,7 @@ def test_bad_input_is_one_clear_error_and_a_rerun_after_fixing_succeeds(tmp_path
     assert_nothing_complete(out)
     write_fashion_mnist_src(src)  # fix the input
     prepare_fashion_mnist(out, src=src)
-    assert len(RecordReader(out, "train")) == 12 and len(RecordReader(out, "val")) == 5
+    assert len(RecordReader(out, "train")) == 11 and len(RecordReader(out, "test")) == 5
 
 
 def test_label_out_of_range_is_an_error(tmp_path):
@@ -167,7 +177,7 @@ def test_interrupted_prepare_leaves_nothing_complete_and_a_rerun_finishes(tmp_pa
     assert (tmp_path / "fm.partial").is_dir()  # staging is left, clearly marked as partial
     monkeypatch.undo()
     prepare_fashion_mnist(out, src=src)
-    assert len(RecordReader(out, "val")) == 5 and not (tmp_path / "fm.partial").exists()
+    assert len(RecordReader(out, "test")) == 5 and not (tmp_path / "fm.partial").exists()
 
 
 # --- download from a local HTTP server -------------------------------------------------------------------------
@@ -254,10 +264,11 @@ def test_prepare_downloads_when_there_is_no_src_and_no_system_copy(server, no_sy
     made = write_fashion_mnist_src(www, n_train=8, n_test=4)
     for name, (_, sha) in made.items():
         monkeypatch.setitem(sources.FASHION_MNIST_FILES, name, sha)  # our files play the official ones
-    out = prepare_fashion_mnist(tmp_path / "fm", base_url=base_url)
+    out = prepare_fashion_mnist(tmp_path / "fm", base_url=base_url, val_size=0)  # every training image in train
     manifest = records.load_manifest(out)
     assert manifest["source_is_official"] is True
     assert manifest["source"][IMAGES] == str(no_system_copy / IMAGES)
+    assert set(manifest["splits"]) == {"train", "test"}  # --val-size 0: no val split
     images, labels, _ = read_split(out, "train")
     np.testing.assert_array_equal(images, made[IMAGES][0])
     np.testing.assert_array_equal(labels, made[LABELS][0])

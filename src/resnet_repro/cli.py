@@ -49,7 +49,7 @@ def _prepare(args) -> int:
 
     if args.dataset == "fashion-mnist":
         out = prepare_fashion_mnist(Path(args.out), Path(args.src) if args.src else None, seed=args.seed,
-                                    force=args.force)
+                                    force=args.force, val_size=args.val_size)
         print(f"prepared {out}")
         return 0
     if args.dataset in ("cifar10", "cifar100"):
@@ -69,13 +69,25 @@ def _prepare_images(args) -> int:
     from .data.imagenet import discover_folder, discover_imagenet
     from .data.prepare import Encoding, check_out_and_src, prepare_images
 
-    if not args.src:
-        raise UserError(f"prepare {args.dataset} needs --src (the folder holding the images)")
-    check_out_and_src(Path(args.out), Path(args.src))  # before discovery walks into an --out inside --src
-    if args.dataset == "imagenet":
+    archives = [a for a in (args.train_tar, args.val_tar, args.devkit) if a]
+    if archives and (args.dataset != "imagenet" or args.src or len(archives) != 3):
+        raise UserError("--train-tar, --val-tar and --devkit go together, with `prepare imagenet` and without --src "
+                        "(the official archives: ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, "
+                        "ILSVRC2012_devkit_t12.tar.gz)")
+    if not args.src and not archives:
+        raise UserError(f"prepare {args.dataset} needs --src (the folder holding the images)"
+                        + (" or --train-tar, --val-tar and --devkit" if args.dataset == "imagenet" else ""))
+    if archives:
+        from .data.imagenet_archives import discover_archives
+
+        source = discover_archives(args.train_tar, args.val_tar, args.devkit, args.workers or os.cpu_count() or 1)
+        default = {"train": 1024, "val": 128}
+    elif args.dataset == "imagenet":
+        check_out_and_src(Path(args.out), Path(args.src))  # before discovery walks into an --out inside --src
         source = discover_imagenet(args.src)
         default = {"train": 1024, "val": 128}  # the reference recipe's shard counts
     else:
+        check_out_and_src(Path(args.out), Path(args.src))
         source = discover_folder(args.src, args.val_fraction, args.seed)
         # About ImageNet's 1,250 images per shard, at least one shard per split.
         default = {k: max(1, round(len(v) / 1250)) for k, v in source.splits.items()}
@@ -88,8 +100,12 @@ def _prepare_images(args) -> int:
 
 
 def _cmd_verify(args) -> int:
+    from .data.remote import is_url
     from .data.verify import verify
 
+    if is_url(args.data):  # it hashes every byte: where the data set was prepared, not over the network
+        raise UserError(f"verify {args.data}: verify checks a local folder; run it where the data set was prepared "
+                        "(before uploading it), or on a local copy")
     problems, total = verify(args.data, workers=args.workers, decode=not args.no_decode)
     if problems:
         print(f"{args.data}: {len(problems)} problem(s):", file=sys.stderr)
@@ -234,8 +250,9 @@ def _cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{out['model']} ({out['weights']}) on {out['data']} split {out['split']}, {out['precision']} on "
-              f"{out['device']} x{out['world_size']}:")
+        chosen = "" if args.split else " (the default: test where the data set has one, else val)"
+        print(f"{out['model']} ({out['weights']}) on {out['data']} split {out['split']}{chosen}, {out['precision']} "
+              f"on {out['device']} x{out['world_size']}:")
         print(format_table(out["results"]))
     return 0
 
@@ -340,6 +357,12 @@ def _cmd_bench_loader(args) -> int:
 def _cmd_bench_prepare(args) -> int:
     from .bench.prepare import PrepareOptions, bench_prepare
 
+    if args.archives:
+        from .bench.prepare_archives import bench_prepare_archives
+
+        if args.src:
+            raise UserError("bench prepare --archives makes its own archive set; drop --src")
+        return _bench(args, lambda log: bench_prepare_archives(args.images, args.workers, args.repeats, log=log))
     opts = PrepareOptions(src=args.src, images=args.images, workers=args.workers, repeats=args.repeats)
     return _bench(args, lambda log: bench_prepare(opts, log=log))
 
@@ -392,10 +415,12 @@ def _add_prepare(sub) -> None:
     pr.add_argument("dataset", choices=["fashion-mnist", "cifar10", "cifar100", "imagenet", "folder"])
     pr.add_argument("--out", required=True)
     pr.add_argument("--src", help="folder with the raw files (default: the system copy or a download)")
-    pr.add_argument("--seed", type=int, default=0, help="shuffle seed, recorded in the manifest")
+    pr.add_argument("--seed", type=int, default=0, help="shuffle seed and the held-out val split's seed, recorded in "
+                    "the manifest")
     pr.add_argument("--force", action="store_true", help="rebuild even if OUT already holds a manifest")
-    pr.add_argument("--val-size", type=int, help="cifar10/cifar100: training images held out as split 'val' "
-                    "(default 5000, the paper's 45k/5k split)")
+    pr.add_argument("--val-size", type=int, help="fashion-mnist, cifar10/cifar100: official training images held "
+                    "out as split 'val', stratified by class (default 5000: fashion-mnist a twelfth of its training "
+                    "images, CIFAR the paper's 45k/5k split); the official test set stays split 'test'")
     # imagenet / folder (--src: the folder with train/ and val/ or the Kaggle root; or <class>/<images>).
     pr.add_argument("--train-shards", type=int, default=0, help="imagenet default 1024; folder: ~1250 images each")
     pr.add_argument("--val-shards", type=int, default=0, help="imagenet default 128; folder: ~1250 images each")
@@ -409,8 +434,13 @@ def _add_prepare(sub) -> None:
                     help="leave out undecodable files, listing them in the manifest (default: stop and list them)")
     pr.add_argument("--max-megapixels", type=float, default=100,
                     help="refuse larger images (decompression-bomb guard, checked in the header)")
+    pr.add_argument("--train-tar", help="imagenet: ILSVRC2012_img_train.tar as downloaded (read in place, with "
+                    "--val-tar and --devkit, instead of --src)")
+    pr.add_argument("--val-tar", help="imagenet: ILSVRC2012_img_val.tar as downloaded")
+    pr.add_argument("--devkit", help="imagenet: ILSVRC2012_devkit_t12.tar.gz (its meta.mat and val ground truth)")
     pr.add_argument("--val-fraction", type=float, default=0.1,
-                    help="folder without train/ and val/: per-class fraction held out as val (seeded)")
+                    help="folder without train/ and val/: per-class fraction held out as split 'val' (seeded, "
+                    "stratified by class: the same mechanism as --val-size)")
     pr.set_defaults(func=_cmd_prepare)
 
 
@@ -448,7 +478,8 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--model", help="with --torchvision-weights: resnet18|34|50|101|152")
     e.add_argument("--weights", choices=["model", "ema"], default="model", help="ema: the run's EMA weights")
     e.add_argument("--data", help="prepared data folder (default: the one the checkpoint was trained on)")
-    e.add_argument("--split", default="val")
+    e.add_argument("--split", help="split to score, e.g. test or val (default: test where the data set has one, "
+                   "else val; the output says which)")
     e.add_argument("--protocol", action="append", choices=["single", "flip", "10crop", "multiscale"],
                    help="repeat for several (one pass over the data); default: single")
     e.add_argument("--resize", type=int, help="shorter side before cropping, pixels (default: data.val_resize)")
@@ -575,6 +606,9 @@ def _add_bench_prepare(bench) -> None:
     p.add_argument("--images", type=int, default=500, help="images to make without --src")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3, help="passes of each measurement; the best is reported")
+    p.add_argument("--archives", action="store_true",
+                   help="instead: ImageNet from the official archives in place vs extract-then-prepare, on a small "
+                        "archive set it makes (--images, --workers; needs scipy)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_prepare)
 

@@ -75,7 +75,14 @@ def _model_names() -> list[str]:
 @dataclass
 class DataConfig:
     path: str = "data/fashion_mnist"  # folder with manifest.json and shards (resnet-repro prepare)
-    train_split: str = "train"
+    # or the URL of a copy of one (s3://, gs://, http(s)://, file://; fsspec, see data/remote.py), read in place;
+    # cache_dir: a local folder where such shards are kept, each fetched whole on first use ("" = none)
+    cache_dir: str = ""
+    # Splits trained on, read as one: ["train"]; a final run may add the val split (["train", "val"]) once its
+    # choices are fixed on val. The test split is never trained on (an error), and is scored once at the end.
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    # Per-epoch evaluations, precise BN's before/after and every recipe comparison use this split. When it is
+    # also in train_splits its figures are labelled "not held out" (metrics.jsonl val_held_out, results.json).
     val_split: str = "val"
     batch_size: int = 64  # per device (process); global batch = batch_size x world size
     eval_batch_size: int = 256  # per device
@@ -127,7 +134,8 @@ class DataConfig:
     # +-0.2*pi radians in YIQ, contrast [0.5, 1.5], one of two orders per sample, clip [0, 1]; linear, so one 3x4
     # matrix per image. "tf_cnn_hsv" = its distort_color_in_yiq=False path: saturation and hue by TensorFlow's HSV
     # ops (hue +-0.2 of a turn), per pixel. "jitter" = fb.resnet.torch's ColorJitter 0.4/0.4/0.4 in random order
-    # (exact). "none" = off. tests/test_golden.py holds both tf_cnn modes against TensorFlow's outputs.
+    # (exact). "none" = off. tests/test_golden.py holds both tf_cnn modes against stored TensorFlow outputs (for
+    # the YIQ mode a rebuild, in TensorFlow ops, of the removed contrib kernel: scripts/make_golden_fixtures.py).
     color: Literal["none", "tf_cnn", "tf_cnn_hsv", "jitter"] = "none"
     lighting: float = 0.0  # PCA lighting noise alphastd (AlexNet / fb.resnet.torch: 0.1); 0 = off
     # Pixel normalization on the device: "scale" (x/255 -> [0,1], the reference recipe's "no mean
@@ -215,7 +223,8 @@ class TrainConfig:
     precise_bn_batches: int = 25  # training batches averaged for BN statistics after training; 0 = off
     # The views each evaluation during and after training scores: "single" = the image as stored (or centre
     # crop); "flip" = it and its mirror image, softmax-averaged (evaluate's `flip` protocol, twice the eval cost).
-    # With flip, results.json and metrics.jsonl keep the single view's errors too (*_single).
+    # With flip, metrics.jsonl keeps the single view's val errors too (val_*_single), and results.json's val and
+    # test hold both; the headline (results.json top1_err) is always the single centre view.
     eval_protocol: Literal["single", "flip"] = "single"
     ema: float = 0.0  # EMA decay of weights per optimizer step (e.g. 0.9999); 0 = off. See ema.py
     # Early on use min(ema, (1 + n) / (10 + n)) after n updates (TensorFlow's ExponentialMovingAverage with
@@ -443,6 +452,8 @@ def config_from_dict(d: dict) -> Config:
     cfg = Config()
     for section, values in d.items():
         for key, value in values.items():
+            if (section, key) == ("data", "train_split"):  # saved before data.train_splits (one split)
+                key, value = "train_splits", [value]
             _apply(cfg, section, key, value, "saved config")
     return cfg
 
@@ -496,6 +507,15 @@ def validate(cfg: Config, origins: dict[str, str] | None = None) -> None:
     workers = cfg.data.workers  # a count or "auto" (data/cores.py): an int | Literal, which the loop passes over
     if workers != "auto" and (isinstance(workers, str) or workers < 0):
         fail("data.workers", f"{workers!r} is not a count >= 0 or auto")
+    splits = cfg.data.train_splits
+    if not splits or len(set(splits)) != len(splits):
+        fail("data.train_splits", f"{splits!r}: name each training split once, at least one")
+    if "test" in splits:
+        fail("data.train_splits", f"{splits!r} includes 'test': the test split is scored once when training ends "
+                                  "and never trained on; train on [train] or [train, val]")
+    if cfg.data.val_split == "test":
+        fail("data.val_split", "'test': evaluations during training use the held-out val split; the test split is "
+                               "scored once when training ends (results.json \"test\"); use val_split: val")
     if len(cfg.data.mean) != len(cfg.data.std):
         raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
     if cfg.data.image_size_start:

@@ -181,7 +181,8 @@ def plot_curves(run: Run, path: Path) -> Path:
     done, planned = m[-1]["epoch"], run.planned_epochs
     title = f"{run.model} on {run.dataset or 'unknown data'}: {done}" + (f" of {planned}" if planned else "") + " epochs"
     if run.results:
-        title += f"; final top-1 error {run.results['top1_err']:.2f}%"
+        head = run.results.get("headline", {"split": "val"})
+        title += f"; top-1 error {run.results['top1_err']:.2f}% ({head['split']}, single view)"
     fig.suptitle(title, fontsize=13, fontweight="bold")
     lr_x, lr_y = _series(m, "lr")
     step_schedule = run.config.get("schedule", {}).get("kind", "step") in ("step", "multistep")
@@ -212,8 +213,10 @@ def plot_curves(run: Run, path: Path) -> Path:
     if x:
         ax.plot(x, y, color="tab:green", lw=1.5, marker="o", ms=2.5, label="val, EMA weights")
     if run.results:
-        ax.plot([done], [run.results["top1_err"]], marker="*", ms=14, color="tab:red", ls="none",
-                label=f"final, precise BN: {run.results['top1_err']:.2f}%")
+        # The final figure of the curve's own split and protocol (the val pass), next to it.
+        final = _final_val(run.results, run.config)
+        ax.plot([done], [final], marker="*", ms=14, color="tab:red", ls="none",
+                label=f"final val, precise BN: {final:.2f}%")
     # Errors fall by an order of magnitude; a log axis keeps the end of training readable.
     errs = [v for k in ("train_top1_err", "val_top1_err") for v in _series(m, k)[1] if v > 0]
     if errs and max(errs) / min(errs) > 4:
@@ -266,6 +269,14 @@ def plot_curves(run: Run, path: Path) -> Path:
     return path
 
 
+def _final_val(res: dict, config: dict) -> float:
+    """The final val error in the protocol of the per-epoch val curve (train.eval_protocol)."""
+    if "val" not in res:
+        return res["top1_err"]  # results.json from before the test split was scored separately: a val figure
+    protocol = config.get("train", {}).get("eval_protocol", "single")
+    return res["val"].get(protocol, res["val"]["single"])["top1_err"]
+
+
 def _legend(ax, twin, loc="upper right"):
     handles, labels = [], []
     for a in (ax, twin):
@@ -277,11 +288,13 @@ def _legend(ax, twin, loc="upper right"):
 
 # --- Tables --------------------------------------------------------------------------------------------
 
-def _protocol_of_run(run: Run, single: bool = False) -> str:
-    """The training's own evaluation protocol, or (single=True) its single view when it scored two."""
+def _protocol_of_run(run: Run, single: bool = False, flip: bool | None = None) -> str:
+    """The training's own evaluation protocol, or (single=True) its single view when it scored two, or
+    (flip=True) the centre view + mirror."""
     d = run.config.get("data", {})
     size, resize = d.get("val_size") or 0, d.get("val_resize") or 0
-    flip = not single and run.config.get("train", {}).get("eval_protocol", "single") == "flip"
+    if flip is None:
+        flip = not single and run.config.get("train", {}).get("eval_protocol", "single") == "flip"
     if not size and not resize:
         return "centre view + mirror, stored size" if flip else "single view, stored size"
     return (f"centre crop {size or 'stored size'}" + (f" of shorter side {resize}" if resize else "")
@@ -296,46 +309,83 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
+def _published_split(dataset: str | None) -> str:
+    """The split published figures of a data set are measured on (ImageNet's test labels are not public)."""
+    return "ILSVRC-2012 val" if (dataset or "").lower() == "imagenet" else "official test"
+
+
+def _run_rows(run: Run, res: dict, epochs: str, when: str) -> list[dict]:
+    """A finished run's rows: the headline (single centre view; test split where the data set has one) first,
+    then the other protocols and the val figures as extra rows."""
+    if "headline" not in res:  # results.json written before the test split was scored separately
+        row = {"who": "**this run**", "epochs": epochs, "split": "val (the split training evaluated)",
+               "protocol": _protocol_of_run(run) + ", precise BN", "top1": res["top1_err"],
+               "top5": res.get("top5_err"), "source": when}
+        single = [{**row, "who": "this run", "protocol": _protocol_of_run(run, single=True) + ", precise BN",
+                   "top1": res["top1_err_single"], "top5": res.get("top5_err_single")}] \
+            if "top1_err_single" in res else []
+        return [row, *single]
+    head, rows = res["headline"], []
+    for name in ("test", "val"):
+        block = res.get(name)
+        if block is None:
+            continue
+        split = f"{block['split']} ({block['images']} images" + ("" if block.get("held_out", True) else
+                                                                  ", trained on: not held out") + ")"
+        for protocol in ("single", "flip"):
+            if protocol not in block:
+                continue
+            first = name == head["split"] and protocol == "single"
+            rows.append({"who": "**this run**" if first else "this run", "epochs": epochs, "split": split,
+                         "protocol": _protocol_of_run(run, single=protocol == "single", flip=protocol == "flip")
+                         + ", precise BN" + (" (the headline)" if first else ""),
+                         "top1": block[protocol]["top1_err"], "top5": block[protocol]["top5_err"], "source": when})
+    rows.sort(key=lambda r: r["who"] != "**this run**")  # the headline first, the rest in their order
+    return rows
+
+
 def comparison_rows(run: Run) -> list[dict]:
-    """This run's rows (final, EMA, each evaluate protocol) then the published ones, as dicts."""
+    """This run's rows (the headline first, then other protocols and splits, EMA, each evaluate protocol) then
+    the published ones, as dicts."""
     m, res = run.metrics, run.results
     epochs = str(m[-1]["epoch"])
     where = run.root.name
     rows = []
+    val_split = run.config.get("data", {}).get("val_split", "val")
     if res:
         machine = f"{res.get('device', '?')} x{res.get('world_size', 1)}, {res.get('precision', '?')}"
         when = f"{where}/results.json ({machine}, {_hours(res.get('train_wall_s', res.get('wall_s', 0)))})"
-        rows.append({"who": "**this run**", "epochs": epochs, "protocol": _protocol_of_run(run) + ", precise BN",
-                     "top1": res["top1_err"], "top5": res.get("top5_err"), "source": when})
-        if "top1_err_single" in res:  # a two-view recipe: the one-view figure stands next to it
-            rows.append({"who": "**this run**", "epochs": epochs, "protocol": _protocol_of_run(run, single=True)
-                         + ", precise BN", "top1": res["top1_err_single"], "top5": res.get("top5_err_single"),
-                         "source": when})
+        rows += _run_rows(run, res, epochs, when)
         if "ema_top1_err" in res:
-            rows.append({"who": "**this run, EMA weights**", "epochs": epochs, "protocol": _protocol_of_run(run),
-                         "top1": res["ema_top1_err"], "top5": res.get("ema_top5_err"), "source": when})
+            rows.append({"who": "this run, EMA weights", "epochs": epochs, "split": val_split,
+                         "protocol": _protocol_of_run(run), "top1": res["ema_top1_err"],
+                         "top5": res.get("ema_top5_err"), "source": when})
     else:
         last = next((r for r in reversed(m) if "val_top1_err" in r), None)
         if last:
             planned = run.planned_epochs
             rows.append({"who": "**this run (not finished)**", "epochs": f"{last['epoch']}" + (f" of {planned}" if planned else ""),
+                         "split": val_split + ("" if last.get("val_held_out", True) else " (not held out)"),
                          "protocol": _protocol_of_run(run), "top1": last["val_top1_err"],
                          "top5": last.get("val_top5_err"), "source": f"{where}/metrics.jsonl (no results.json yet)"})
+    split = (run.evaluation or {}).get("split", "?")
     for r in (run.evaluation or {}).get("results", []):
         # The image count shows when evaluate ran on another split or a subset than the training's val pass.
         count = f" ({r['count']} images)" if "count" in r else ""
-        rows.append({"who": f"**this run, {r['protocol']}**", "epochs": epochs, "protocol": r["description"] + count,
-                     "top1": r["top1_err"], "top5": r["top5_err"], "source": f"{where}/evaluation.json"})
+        rows.append({"who": f"this run, {r['protocol']}", "epochs": epochs, "split": split,
+                     "protocol": r["description"] + count, "top1": r["top1_err"], "top5": r["top5_err"],
+                     "source": f"{where}/evaluation.json"})
     for ds, model, who, ep, protocol, e1, e5, source in published_for(run.dataset, run.model):
-        rows.append({"who": who, "epochs": ep, "protocol": protocol, "top1": e1, "top5": e5, "source": source})
+        rows.append({"who": who, "epochs": ep, "split": _published_split(ds), "protocol": protocol, "top1": e1,
+                     "top5": e5, "source": source})
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
-    out = ["| system | epochs | test protocol | top-1 err % | top-5 err % | source |",
-           "|---|---:|---|---:|---:|---|"]
-    out += [f"| {r['who']} | {r['epochs']} | {r['protocol']} | {_fmt(r['top1'])} | {_fmt(r['top5'])} | {r['source']} |"
-            for r in rows]
+    out = ["| system | epochs | split | test protocol | top-1 err % | top-5 err % | source |",
+           "|---|---:|---|---|---:|---:|---|"]
+    out += [f"| {r['who']} | {r['epochs']} | {r.get('split', '?')} | {r['protocol']} | {_fmt(r['top1'])} | "
+            f"{_fmt(r['top5'])} | {r['source']} |" for r in rows]
     return "\n".join(out)
 
 
@@ -348,10 +398,21 @@ def report_markdown(run: Run, png_name: str = "curves.png") -> str:
              f"training time in epochs: {_hours(seconds)}"]
     if rates:
         facts.append(f"throughput: median {sorted(rates)[len(rates) // 2]:,.0f} img/s (incl. data wait)")
-    if res:
+    if res and "headline" in res:
+        head, val = res["headline"], res["val"]
+        facts.append(f"**headline: top-1 / top-5 error {res['top1_err']:.2f}% / {res['top5_err']:.2f}% on the "
+                     f"{head['split']} split ({head['images']} images), single centre view**, after precise BN over "
+                     f"{res.get('precise_bn_batches')} batches; other protocols and splits are the extra rows below")
+        before = val.get("before_precise_bn", {}).get("single", {}).get("top1_err", float("nan"))
+        facts.append(f"val split ({val['images']} images, " + ("held out" if val.get("held_out", True) else
+                     "trained on: not held out") + f"): single view {val['single']['top1_err']:.2f}% "
+                     f"(before precise BN {before:.2f}%); recipe choices are made on it, the test split is scored "
+                     "once, when training ends")
+    elif res:
         facts.append(f"final top-1 / top-5 error: {res['top1_err']:.2f}% / {res['top5_err']:.2f}% on "
-                     f"{res.get('val_count', '?')} images (after precise BN over {res.get('precise_bn_batches')} "
+                     f"{res.get('val_count', '?')} val images (after precise BN over {res.get('precise_bn_batches')} "
                      f"batches; before: {res.get('top1_err_before_precise_bn', float('nan')):.2f}%)")
+    if res:
         facts.append(f"device: {res.get('device')} x{res.get('world_size', 1)}, precision {res.get('precision')}, "
                      f"wall time {_hours(res.get('wall_s', 0))}")
     else:
@@ -365,9 +426,10 @@ def report_markdown(run: Run, png_name: str = "curves.png") -> str:
         lines += ["", "The Fashion-MNIST rows are the data set's README benchmark (other models and training recipes):"
                   " context for the error level, not a like-for-like comparison."]
     if not run.evaluation:
-        lines += ["", f"More test protocols: `resnet-repro evaluate --checkpoint {run.root}/final.pt --protocol single "
-                  f"--protocol flip --protocol 10crop --protocol multiscale --out {run.root}/evaluation.json`, then "
-                  "report again."]
+        lines += ["", f"More test protocols, compared on the val split (choices are made there; training scored the "
+                  f"test split once): `resnet-repro evaluate --checkpoint {run.root}/final.pt --split val --protocol "
+                  f"single --protocol flip --protocol 10crop --protocol multiscale --out {run.root}/evaluation.json`, "
+                  "then report again."]
     return "\n".join(lines) + "\n"
 
 

@@ -15,8 +15,8 @@ checkpoints/ (complete state, see checkpoint.py), results.json and model.safeten
 
 `train` reads as the run's script, one function per phase: `start_processes` (device, precision), `open_data`,
 `build_learner` (model, optimizer, EMA), `start_or_resume` (run folder, checkpoint); per epoch `train_one_epoch`,
-`end_epoch` (its checkpoint) and `finish_epoch` (evaluation, log line); then `finish` (precise BN, final evaluation,
-results). They share `Run` (what the run is made of) and `RunState` (where it stands). Stop requests and the ranks'
+`end_epoch` (its checkpoint) and `finish_epoch` (evaluation on val, log line); then `finish` (precise BN, final
+evaluation on val, the test split scored once, results). They share `Run` (what the run is made of) and `RunState` (where it stands). Stop requests and the ranks'
 meetings live in stopping.py; which run a folder holds and where a resume starts, in run_folder.py.
 """
 from __future__ import annotations
@@ -40,7 +40,8 @@ from .config import Config, ConfigError, DataConfig, config_from_dict, save_conf
 from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry
 from .data.cores import CorePlan, available_cpus, pin_trainer, plan_cores, unpin_trainer
 from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
-from .data.records import RecordReader
+from .data.records import RecordError, RecordReader
+from .data.remote import open_reader
 from .evaluate import eval_transform, evaluate, topk_correct
 from .models.resnet import build_model
 from .ema import EMA
@@ -132,6 +133,8 @@ class Data:
     steps_per_epoch: int
     epochs: int
     total_steps: int
+    val_held_out: bool = True  # False when data.train_splits includes the val split: its figures are then fit
+    test_split: str | None = None  # scored once, by finish(), after precise BN; never opened before
 
     @property
     def manifest(self) -> dict:
@@ -162,10 +165,12 @@ class Data:
             return decode_ahead(loader, self.train_transform)
         return DevicePrefetcher(loader, self.device, self.train_transform)
 
-    def val_batches(self):
+    def val_batches(self, dataset=None):
+        """Batches of the val split (or of `dataset`, an eval-geometry BatchDataset: the test split at the end)."""
+        ds = self.val_ds if dataset is None else dataset
         jobs = [Job(0, s, idx) for s, idx in enumerate(
-            eval_batch_indices(len(self.val_reader), self.cfg.eval_batch_size, self.env.rank, self.env.world))]
-        loader = make_loader(self.val_ds, jobs, self.core_plan.workers, self.device.type == "cuda", self.core_plan)
+            eval_batch_indices(len(ds.reader), self.cfg.eval_batch_size, self.env.rank, self.env.world))]
+        loader = make_loader(ds, jobs, self.core_plan.workers, self.device.type == "cuda", self.core_plan)
         return DevicePrefetcher(loader, self.device, self.val_transform)
 
 
@@ -387,9 +392,25 @@ def _settle_on_rank0(cfg: Config, hw: runtime.Hardware, env: dist.DistEnv, recor
 
 def open_data(run: Run) -> Data:
     cfg, env, device = run.cfg, run.env, run.device
-    train_reader = RecordReader(cfg.data.path, cfg.data.train_split)
-    val_reader = RecordReader(cfg.data.path, cfg.data.val_split)
+    train_reader = open_reader(cfg.data.path, cfg.data.train_splits, cfg.data.cache_dir)
+    val_reader = open_reader(cfg.data.path, cfg.data.val_split, cfg.data.cache_dir)
     manifest = train_reader.manifest
+    if manifest.get("dataset") == "fashion-mnist" and "evaluation_split" not in manifest:
+        # Prepared before the three splits: its "val" is the official test set, which training must not read.
+        raise RecordError(f"{cfg.data.path}: prepared before the held-out val split (its 'val' is the official "
+                          f"test set); prepare it again: resnet-repro prepare fashion-mnist --out {cfg.data.path} "
+                          "--force")
+    published = manifest.get("evaluation_split")
+    if published in cfg.data.train_splits:
+        raise ConfigError(f"config key 'data.train_splits' is {cfg.data.train_splits}, but {published!r} is the split "
+                          f"{cfg.data.path} reports published figures on (manifest.json evaluation_split); never "
+                          "train on it")
+    # The test split: scored once, after precise BN (finish); the data sets with two splits have none.
+    test_split = "test" if "test" in manifest["splits"] and cfg.data.val_split != "test" else None
+    val_held_out = cfg.data.val_split not in cfg.data.train_splits
+    if not val_held_out:
+        run.log(f"data.train_splits {cfg.data.train_splits} include the val split {cfg.data.val_split!r}: its "
+                "figures are training-fit figures, not held out (labelled so in metrics.jsonl and results.json)")
     channels = manifest["image"]["channels"]
     stored = manifest["image"]["height"]
     if cfg.model.num_classes and cfg.model.num_classes != len(manifest["classes"]):
@@ -433,7 +454,7 @@ def open_data(run: Run) -> Data:
     run.log(f"data loading: {core_plan.describe()}")
     return Data(cfg.data, cfg.train.seed, env, device, train_reader, val_reader,
                 cfg.model.num_classes or len(manifest["classes"]), train_ds, val_ds, train_transform, val_transform,
-                core_plan, global_batch, steps_per_epoch, epochs, total_steps)
+                core_plan, global_batch, steps_per_epoch, epochs, total_steps, val_held_out, test_split)
 
 
 # --- Model and optimizer -------------------------------------------------------------------------------------
@@ -607,7 +628,10 @@ def _finished_results(run: Run, state: RunState) -> dict | None:
     done = dist.broadcast_object(json.loads((run.out / "results.json").read_text())
                                  if run.env.is_main and (run.out / "results.json").is_file() else None)
     if done is not None:
+        split = done.get("headline", {}).get("split", "val")
         run.log(f"{run.out}: already trained for {data.epochs} epochs; results.json kept (top-1 error "
+                f"{done['top1_err']:.2f}% on {split}, single centre view)" if "headline" in done else
+                f"{run.out}: already trained for {data.epochs} epochs; results.json kept (top-1 error "
                 f"{done['top1_err']:.2f}%)")
     return done
 
@@ -713,6 +737,8 @@ def finish_epoch(run: Run, record: dict) -> None:
         val = _evaluate(run, learner.model)
         record.update(val_top1_err=val["top1_err"], val_top5_err=val["top5_err"], val_loss=val["loss"],
                       val_bad_samples=val["bad"], **_single_view(val, "val_"))
+        if not run.data.val_held_out:
+            record["val_held_out"] = False  # data.train_splits includes val: a fit figure, not a held-out one
         if learner.ema is not None:
             val = _evaluate(run, learner.ema.module)
             record.update(ema_val_top1_err=val["top1_err"], ema_val_top5_err=val["top5_err"],
@@ -784,7 +810,8 @@ def _model_file(run: Run, epoch: int, step: int) -> dict:
 # --- Precise BN, final evaluation, results -------------------------------------------------------------------
 
 def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict:
-    """Precise BN and the final evaluation of the model (and of its EMA), then results.json and the weights files."""
+    """Precise BN and the final evaluation of the model (and of its EMA) on val, then the one scoring of the test
+    split (where the data set has one), results.json and the weights files."""
     cfg, data, learner, log = run.cfg, run.data, run.learner, run.log
     # A stop signal from here on is not acted on: every step is trained and checkpointed, and what is left
     # (precise BN, evaluation, final files) is minutes at most; say so rather than ignore it silently.
@@ -813,16 +840,30 @@ def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict
                        "ema_top5_err": ema_after["top5_err"], "ema_top1_err_before_precise_bn": ema_before["top1_err"]}
         log(f"EMA weights (decay {cfg.train.ema:g}): val top-1 error {ema_before['top1_err']:.2f}% -> "
             f"{ema_after['top1_err']:.2f}% after precise BN")
+    # The test split, scored once, here: after precise BN, with the recipe's protocol (and the single view).
+    test = _score_test(run)
+    note_stop()
     trained_steps = data.total_steps - state.start_epoch * data.steps_per_epoch - state.start_step
+    val = {"split": cfg.data.val_split, "held_out": data.val_held_out, "images": after["count"],
+           **_by_protocol(after), "before_precise_bn": _by_protocol(before)}
+    head_split, head = (data.test_split, test) if test is not None else (cfg.data.val_split, after)
+    single = _by_protocol(head)["single"]
     results = {"model": cfg.model.name, "dataset": data.manifest.get("dataset"), "epochs": data.epochs,
-               "top1_err": after["top1_err"], "top5_err": after["top5_err"],
-               "top1_err_before_precise_bn": before["top1_err"], "top5_err_before_precise_bn": before["top5_err"],
-               "precise_bn_batches": n_bn, "val_count": after["count"], "wall_s": time.time() - t_start,
+               # The headline: the single centre view on the test split (on val where the data set has no test
+               # split), as the seed and the data sets' benchmarks report; other protocols are extra entries.
+               "top1_err": single["top1_err"], "top5_err": single["top5_err"],
+               "headline": {"split": head_split, "protocol": "single", "images": head["count"],
+                            "held_out": True if test is not None else data.val_held_out},
+               "val": val, **({"test": {"split": data.test_split, "images": test["count"], **_by_protocol(test)}}
+                              if test is not None else {}),
+               "precise_bn_batches": n_bn, "val_count": after["count"],
+               **({"test_count": test["count"]} if test is not None else {}), "wall_s": time.time() - t_start,
                "train_wall_s": train_wall, "steps": data.total_steps,
                "images_per_s": trained_steps * data.global_batch / train_wall,
                "device": str(run.device), "precision": run.precision, "world_size": run.env.world,
                "version": __version__, "val_bad_samples": after["bad"], "eval_protocol": cfg.train.eval_protocol,
-               **_single_view(after, ""), **ema_results}
+               "train_splits": list(cfg.data.train_splits), **ema_results}
+    log(_headline_line(results))
     note_stop()
     if run.env.is_main:
         _write_results(run, results)
@@ -830,6 +871,45 @@ def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict
         run.tb.close()
     dist.barrier()  # every rank done with the files before the group closes (train() closes it)
     return results
+
+
+def _score_test(run: Run) -> dict | None:
+    """The model on the test split (None where the data set has none), with the recipe's protocol: the one time
+    a run reads the test split. Its reader and loader are built here, not in open_data."""
+    data = run.data
+    if data.test_split is None:
+        return None
+    reader = open_reader(run.cfg.data.path, data.test_split, run.cfg.data.cache_dir)
+    dataset = BatchDataset(reader, data.val_ds.geometry, data.channels, run.cfg.train.seed, train=False)
+    return evaluate(run.learner.model, data.val_batches(dataset), run.device, run.autocast,
+                    mirror=run.cfg.train.eval_protocol == "flip")
+
+
+def _by_protocol(scored: dict) -> dict:
+    """One evaluation's errors per protocol, the single centre view first: {"single": {...}[, "flip": {...}]}."""
+    if "top1_err_single" not in scored:
+        return {"single": {k: scored[k] for k in ("top1_err", "top5_err", "loss")}}
+    return {"single": {"top1_err": scored["top1_err_single"], "top5_err": scored["top5_err_single"]},
+            "flip": {k: scored[k] for k in ("top1_err", "top5_err", "loss")}}
+
+
+def _headline_line(results: dict) -> str:
+    """The closing log line: the headline (single centre view, test split) first, then the extra rows."""
+    head = results["headline"]
+    out = (f"headline: {head['split']} split ({head['images']} images), single centre view: top-1 error "
+           f"{results['top1_err']:.2f}%, top-5 {results['top5_err']:.2f}%")
+    if not head["held_out"]:
+        out += " (NOT held out: the split was trained on)"
+    for name in ("test", "val"):
+        block = results.get(name)
+        if block is None:
+            continue
+        extra = [f"{p} {block[p]['top1_err']:.2f}%" for p in ("single", "flip") if p in block
+                 and not (name == head["split"] and p == "single")]
+        if extra:
+            label = name if block.get("held_out", True) else f"{name}, not held out"
+            out += f"; {label}: " + ", ".join(extra)
+    return out
 
 
 def _with_precise_bn(run: Run, module: nn.Module) -> tuple[dict, dict, int]:

@@ -315,7 +315,7 @@ def _data_shape(opts: TrainOptions, cfg: Config) -> tuple:
         return None, None, 3, cfg.data.image_size or spec.input_size, 1000 if spec.stem == "imagenet" else 10
     from ..data.records import RecordReader
 
-    reader = RecordReader(opts.data, cfg.data.train_split)
+    reader = RecordReader(opts.data, cfg.data.train_splits)
     geometry = TrainGeometry(cfg.data, reader.manifest["image"].get("height") or 0)
     if len(reader) < opts.batch_size:
         raise ValueError(f"{opts.data}: {len(reader)} training samples, fewer than one batch of {opts.batch_size}")

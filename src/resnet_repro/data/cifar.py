@@ -8,9 +8,10 @@ unofficial in the manifest (so a hand-made archive still works, and nobody mista
 Splits, as in the paper (He et al. 2016, s4.2: "45k/5k train/val split"):
 
 * ``train``: 45,000 of the 50,000 training images;
-* ``val``: the other 5,000, chosen by ``numpy.random.default_rng(seed).permutation(50000)[:5000]`` with the
-  seed recorded in the manifest (keys ``train_NNNNN`` keep each image's index in the archive's order, so
-  the split can be checked from the keys alone);
+* ``val``: the other 5,000, held out stratified by class (500 per class on CIFAR-10) by ``--seed`` through
+  the mechanism every importer shares (holdout.py); the manifest's ``holdout`` records the seed, rule and
+  indices (keys ``train_NNNNN`` keep each image's index in the archive's order, so the split can be checked
+  from the keys alone);
 * ``test``: the official 10,000-image test set, the one every published CIFAR figure is measured on.
 
 Images are stored as lossless 32x32 RGB PNG. The archive's pickles are read with an unpickler that only
@@ -31,6 +32,7 @@ import numpy as np
 
 from .. import atomic
 from . import records
+from .holdout import HoldoutError, holdout
 from .prepare import PrepareError, _begin, _identity, encode_png
 from .sources import SourceError, default_cache, download
 
@@ -186,19 +188,20 @@ def prepare_cifar(dataset: str, out: Path, src: Path | None = None, seed: int = 
               "recording source_is_official: false", file=sys.stderr)
     data = read_archive(spec, path)  # validate everything before writing anything
     images, labels = data["train"]
-    if not 0 <= val_size < len(labels):
-        raise PrepareError(f"val size {val_size} must be below the {len(labels)} training images")
-    val_split = {"seed": seed, "size": int(val_size), "rule": f"numpy.random.default_rng({seed})."
-                 f"permutation({len(labels)})[:{val_size}] of the training images, in archive order"}
+    try:
+        held_idx, held = holdout(labels, len(data["class_names"]), seed, size=val_size)
+    except HoldoutError as e:
+        raise PrepareError(f"{path}: --val-size: {e}") from None
+    held.update({"from": "the archive's training images", "index_order": "the archive's order (data_batch_1..5; "
+                 "key train_NNNNN = index NNNNN)"})
     seeds = {split: {"shuffle_seed": seed + k} for k, split in enumerate(("train", "val", "test"))
              if split != "val" or val_size}  # as written below: a split with no images is left out
     staging = _begin(out, force, identity=_identity({"dataset": spec.name, "source": {"sha256": digest},
-                                                     "val_split": val_split, "splits": seeds}))
+                                                     "holdout": held, "splits": seeds}))
     if staging is None:
         return out
-    perm = np.random.default_rng(seed).permutation(len(labels))
     in_val = np.zeros(len(labels), bool)
-    in_val[perm[:val_size]] = True
+    in_val[held_idx] = True
 
     def samples(prefix: str, imgs: np.ndarray, labs: np.ndarray, index: np.ndarray) -> list[records.Sample]:
         # PNG via OpenCV expects BGR; reversing the channels stores true RGB, which decode() turns back to RGB.
@@ -225,11 +228,15 @@ def prepare_cifar(dataset: str, out: Path, src: Path | None = None, seed: int = 
         "encoding": {"ext": "png", "lossless": True, "note": "the archive's uint8 RGB pixels as 8-bit RGB PNG"},
         "source": {"archive": str(path), "sha256": digest},
         "source_is_official": official,
-        "val_split": val_split,
+        "evaluation_split": "test",
+        "selection_split": "val" if val_size else None,
+        "holdout": held,
         "splits": splits,
         "notes": {"train": f"{len(labels) - val_size} of the {len(labels)} training images (the paper's 45k/5k split)",
-                  "val": f"the other {val_size} training images (keys keep their archive index)",
-                  "test": "the official test set (published CIFAR errors are measured on it)"},
+                  "val": f"the other {val_size} training images, held out (stratified by class; see holdout): "
+                         "recipe choices and per-epoch evaluations use this split",
+                  "test": "the official test set (published CIFAR errors are measured on it); training scores it "
+                          "once, at the end"},
     }
     records.write_manifest(staging, manifest)
     atomic.replace_folder(staging, out)

@@ -24,13 +24,16 @@ stray non-image file is reported by prepare rather than dropped silently.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from .holdout import holdout
 from .sources import SourceError
 
 VAL_CSV = "LOC_val_solution.csv"
@@ -41,10 +44,17 @@ DEVKIT = "ILSVRC2012_devkit_t12"
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}  # loose files in a flat val/ that count as images
 
 
+class Member(NamedTuple):
+    """An image that is a byte range of an archive (data/imagenet_archives.py): read in place, never extracted."""
+    archive: str  # path of the tar file
+    offset: int  # where the member's data begins in it
+    size: int
+
+
 @dataclass
 class Item:
     key: str  # record key: unique in the data set, no '.' or '/'
-    path: Path  # the source file
+    path: Path | Member  # the source file, or a member of an archive
     rel: str  # path relative to the source root, for the manifest and messages
     label: int
 
@@ -57,6 +67,7 @@ class Source:
     class_names: list[str]
     splits: dict[str, list[Item]]
     layout: dict = field(default_factory=dict)  # how the files were found, recorded in the manifest
+    holdout: dict | None = None  # the held-out val split's record (holdout.py), when val was held out of train
 
 
 def list_files(folder: Path) -> list[Path]:
@@ -193,15 +204,16 @@ def read_val_csv(path: Path) -> dict[str, str]:
     return labels
 
 
-def read_meta_mat(path: Path) -> dict[int, tuple[str, str]]:
-    """The devkit's meta.mat: ILSVRC2012_ID -> (wnid, words) for the 1000 leaf synsets (num_children == 0)."""
+def read_meta_mat(path: Path | str, data: bytes | None = None) -> dict[int, tuple[str, str]]:
+    """The devkit's meta.mat: ILSVRC2012_ID -> (wnid, words) for the 1000 leaf synsets (num_children == 0).
+    ``data``: the file's bytes, read from inside the devkit archive (``path`` then only names it)."""
     try:
         from scipy.io import loadmat
     except ImportError:
         raise SourceError(f"{path}: reading the devkit's meta.mat needs scipy, which is not installed; "
                           "pip install 'resnet-repro[imagenet]' (or pip install scipy)") from None
     try:
-        synsets = loadmat(str(path), squeeze_me=True)["synsets"]
+        synsets = loadmat(io.BytesIO(data) if data is not None else str(path), squeeze_me=True)["synsets"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SourceError(f"{path}: not a devkit meta.mat with a 'synsets' struct ({e})") from None
     table = {}
@@ -213,15 +225,26 @@ def read_meta_mat(path: Path) -> dict[int, tuple[str, str]]:
     return table
 
 
-def read_ground_truth(path: Path) -> list[int]:
-    """ILSVRC2012_validation_ground_truth.txt: line i holds the ILSVRC2012_ID of ILSVRC2012_val_<i>.JPEG."""
+def read_ground_truth(path: Path | str, text: str | None = None) -> list[int]:
+    """ILSVRC2012_validation_ground_truth.txt: line i holds the ILSVRC2012_ID of ILSVRC2012_val_<i>.JPEG.
+    ``text``: the file's contents, read from inside the devkit archive (``path`` then only names it)."""
     ids = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate((Path(path).read_text() if text is None else text).splitlines(), 1):
         if line.strip():
             if not line.strip().isdigit():
                 raise SourceError(f"{path}:{n}: expected an ILSVRC2012_ID (integer), got {line[:40]!r}")
             ids.append(int(line))
     return ids
+
+
+def devkit_val_labels(truth: list[int], meta: dict[int, tuple[str, str]], truth_file, meta_file) -> dict[str, str]:
+    """Val image stem -> wnid, from the ground truth's ILSVRC2012_IDs through meta.mat."""
+    labels = {}
+    for i, ilsvrc_id in enumerate(truth, 1):
+        if ilsvrc_id not in meta:
+            raise SourceError(f"{truth_file}:{i}: ILSVRC2012_ID {ilsvrc_id} is not a leaf synset in {meta_file}")
+        labels[f"ILSVRC2012_val_{i:08d}"] = meta[ilsvrc_id][0]
+    return labels
 
 
 def _flat_val(files: list[Path], labels: dict[str, str], classes: list[str], root: Path,
@@ -300,12 +323,7 @@ def discover_imagenet(src: str | Path) -> Source:
                               f"to map to wnids; {META_MAT} not found in {_looked(search)} "
                               f"(extract ILSVRC2012_devkit_t12.tar.gz into --src)")
         meta = read_meta_mat(meta_file)
-        truth = read_ground_truth(truth_file)
-        labels = {}
-        for i, ilsvrc_id in enumerate(truth, 1):
-            if ilsvrc_id not in meta:
-                raise SourceError(f"{truth_file}:{i}: ILSVRC2012_ID {ilsvrc_id} is not a leaf synset in {meta_file}")
-            labels[f"ILSVRC2012_val_{i:08d}"] = meta[ilsvrc_id][0]
+        labels = devkit_val_labels(read_ground_truth(truth_file), meta, truth_file, meta_file)
         val = _flat_val(val_files, labels, classes, src, truth_file)
         layout["val"] = f"flat val/ labelled by {_rel(truth_file, src)} + {_rel(meta_file, src)}"
         if not names:
@@ -355,6 +373,7 @@ def discover_folder(src: str | Path, val_fraction: float = 0.1, seed: int = 0) -
     if not 0 <= val_fraction < 1:
         raise SourceError(f"--val-fraction {val_fraction}: must be in [0, 1)")
     used: set[str] = set()
+    holdout_record = None
     if (src / "train").is_dir() and (src / "val").is_dir():
         classes = [d.name for d in _subdirs(src / "train")]
         if not classes:
@@ -370,23 +389,17 @@ def discover_folder(src: str | Path, val_fraction: float = 0.1, seed: int = 0) -
             raise SourceError(f"{src}: {len(stray)} file(s) next to the class folders (e.g. {stray[0].name}); "
                               "every image must be inside its class folder")
         items = _folder_items(src, classes, src, "", used)
-        by_class: dict[int, list[Item]] = {}
-        for it in items:
-            by_class.setdefault(it.label, []).append(it)
-        train, val = [], []
-        rng = np.random.default_rng(seed)
-        for label in sorted(by_class):
-            group = by_class[label]
-            n_val = int(round(val_fraction * len(group)))
-            chosen = set(rng.permutation(len(group))[:n_val].tolist())
-            for i, it in enumerate(group):
-                (val if i in chosen else train).append(it)
-        splits = {"train": train}
+        # The held-out val split: the mechanism every importer shares (holdout.py), recorded in the manifest.
+        idx, held = holdout(np.array([it.label for it in items]), len(classes), seed, fraction=val_fraction)
+        chosen = set(idx.tolist())
+        held.update({"from": "every image of the class folders", "index_order": "sorted file paths"})
+        splits = {"train": [it for i, it in enumerate(items) if i not in chosen]}
         if val_fraction > 0:
-            splits["val"] = val
+            splits["val"] = [items[i] for i in idx]
+            holdout_record = held
         layout = {"train": "<class>/*", "val": f"per class, a seeded {val_fraction} of <class>/* (seed {seed})"}
     for name, items in splits.items():
         if not items:
             raise SourceError(f"{src}: the {name} split has no files")
         _check_key_lengths(items)
-    return Source("folder", src, classes, list(classes), splits, layout)
+    return Source("folder", src, classes, list(classes), splits, layout, holdout_record)

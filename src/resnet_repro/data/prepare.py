@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 
 from .. import atomic
-from . import records, sources
+from . import holdout, records, sources
+from .imagenet import Member
 from .jpeg_header import JpegHeaderError, read_frame
 
 
@@ -40,7 +41,9 @@ def _identity(manifest: dict) -> dict:
         source = {"sha256": source["sha256"]}
     elif isinstance(source, dict) and "root" in source:
         source = {"root": source["root"], "val": source.get("layout", {}).get("val")}
-    return {"data set": manifest.get("dataset"), "source": source, "val split": manifest.get("val_split"),
+    held = manifest.get("holdout") or {}
+    held = {k: held[k] for k in ("seed", "size", "counts_per_class") if k in held} or None
+    return {"data set": manifest.get("dataset"), "source": source, "held-out val": held,
             "shuffle seeds": {k: v.get("shuffle_seed") for k, v in manifest.get("splits", {}).items()}}
 
 
@@ -79,38 +82,61 @@ def encode_png(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+FASHION_MNIST_VAL = 1 / 12  # of the training images, by default: 5,000 of the official 60,000 (500 per class)
+
+
 def prepare_fashion_mnist(out: Path, src: Path | None = None, seed: int = 0, train_shards: int = 16,
-                          val_shards: int = 4, force: bool = False, base_url: str = sources.FASHION_MNIST_URL) -> Path:
-    """Fashion-MNIST -> shards. Split "train" = the 60,000 training images; "val" = the official 10,000-image
-    test set (the set every published Fashion-MNIST figure is measured on). Images are stored losslessly (PNG)."""
+                          val_shards: int = 4, force: bool = False, base_url: str = sources.FASHION_MNIST_URL,
+                          val_size: int | None = None) -> Path:
+    """Fashion-MNIST -> shards, three splits (holdout.py): "train" = the official training images less "val",
+    "val" = `val_size` of them (default a twelfth: 5,000 of 60,000) held out, stratified by class, by `seed`;
+    "test" = the official 10,000-image test set (the one every published Fashion-MNIST figure is measured on;
+    training scores it once, at the end). Images are stored losslessly (PNG)."""
     out = Path(out)
     files = sources.locate_fashion_mnist(src, base_url=base_url)
     # Validate every input before writing anything.
     data = {
         "train": sources.load_idx_pair(files["train-images-idx3-ubyte.gz"], files["train-labels-idx1-ubyte.gz"]),
-        "val": sources.load_idx_pair(files["t10k-images-idx3-ubyte.gz"], files["t10k-labels-idx1-ubyte.gz"]),
+        "test": sources.load_idx_pair(files["t10k-images-idx3-ubyte.gz"], files["t10k-labels-idx1-ubyte.gz"]),
     }
-    label_files = {"train": "train-labels-idx1-ubyte.gz", "val": "t10k-labels-idx1-ubyte.gz"}
+    label_files = {"train": "train-labels-idx1-ubyte.gz", "test": "t10k-labels-idx1-ubyte.gz"}
+    n_classes = len(sources.FASHION_MNIST_CLASSES)
     for split, (images, labels) in data.items():
-        if labels.size and labels.max() >= len(sources.FASHION_MNIST_CLASSES):
-            i = int(np.argmax(labels >= len(sources.FASHION_MNIST_CLASSES)))
+        if labels.size and labels.max() >= n_classes:
+            i = int(np.argmax(labels >= n_classes))
             raise PrepareError(f"{files[label_files[split]]}: label {labels[i]} at index {i}, but Fashion-MNIST "
                                "has 10 classes (0-9); the file is damaged or not Fashion-MNIST's")
+    images, labels = data["train"]
+    size = round(len(labels) * FASHION_MNIST_VAL) if val_size is None else val_size
+    try:
+        held_idx, held = holdout.holdout(labels, n_classes, seed, size=size)
+    except holdout.HoldoutError as e:
+        raise PrepareError(f"{files['train-labels-idx1-ubyte.gz']}: --val-size: {e}") from None
+    held.update({"from": "the official training images (train-images-idx3-ubyte)",
+                 "index_order": "the official training file's order (key train_NNNNN = index NNNNN)"})
     official = all(sources._verified(p, sources.FASHION_MNIST_FILES[n]) for n, p in files.items())
+    names = ("train", "val", "test") if size else ("train", "test")  # a split with no images is left out
     staging = _begin(out, force, identity=_identity({
         "dataset": "fashion-mnist", "source": {name: str(p) for name, p in files.items()},
-        "source_is_official": official,
-        "splits": {"train": {"shuffle_seed": seed}, "val": {"shuffle_seed": seed + 1}}}))
+        "source_is_official": official, "holdout": held,
+        "splits": {name: {"shuffle_seed": seed + k} for k, name in enumerate(names)}}))
     if staging is None:
         return out
+    in_val = np.zeros(len(labels), bool)
+    in_val[held_idx] = True
+
+    def samples(prefix: str, imgs: np.ndarray, labs: np.ndarray, index: np.ndarray) -> list[records.Sample]:
+        return [records.Sample(f"{prefix}_{i:05d}", encode_png(imgs[i]), "png", int(labs[i])) for i in index]
+
+    everything = np.arange(len(labels))
+    split_samples = {"train": samples("train", images, labels, everything[~in_val]),
+                     "val": samples("train", images, labels, everything[in_val]),
+                     "test": samples("test", *data["test"], np.arange(len(data["test"][1])))}
     splits = {}
-    for split, (images, labels) in data.items():
-        prefix = "train" if split == "train" else "test"
-        samples = [records.Sample(f"{prefix}_{i:05d}", encode_png(img), "png", int(lab))
-                   for i, (img, lab) in enumerate(zip(images, labels))]
-        n_shards = train_shards if split == "train" else val_shards
-        splits[split] = records.write_split(staging, split, samples, n_shards, seed + (split == "val"))
-    h, w = data["train"][0].shape[1:]
+    for k, name in enumerate(names):
+        splits[name] = records.write_split(staging, name, split_samples[name],
+                                           train_shards if name == "train" else val_shards, seed + k)
+    h, w = images.shape[1:]
     manifest = {
         "format": records.FORMAT,
         "dataset": "fashion-mnist",
@@ -120,8 +146,14 @@ def prepare_fashion_mnist(out: Path, src: Path | None = None, seed: int = 0, tra
         "encoding": {"ext": "png", "lossless": True, "note": "IDX uint8 pixels stored as 8-bit grayscale PNG"},
         "source": {name: str(p) for name, p in files.items()},
         "source_is_official": official,
+        "evaluation_split": "test",
+        "selection_split": "val" if size else None,
+        "holdout": held,
         "splits": splits,
-        "notes": {"val": "the official 10,000-image Fashion-MNIST test set"},
+        "notes": {"train": f"{len(labels) - size} of the {len(labels)} official training images",
+                  "val": f"the other {size}, held out (stratified by class, seed {seed}; see holdout): recipe "
+                         "choices and per-epoch evaluations use this split",
+                  "test": "the official 10,000-image Fashion-MNIST test set; training scores it once, at the end"},
     }
     records.write_manifest(staging, manifest)
     atomic.replace_folder(staging, out)
@@ -248,7 +280,7 @@ class ShardJob:
     split: str
     name: str  # e.g. train-00042.tar
     staging: str
-    items: list[tuple[str, str, str, int]]  # (key, path, rel, label)
+    items: list[tuple[str, str | Member, str, int]]  # (key, path or archive member, rel, label)
     enc: Encoding
     num_classes: int
     skip_bad: bool = False
@@ -268,8 +300,8 @@ def _plan_hash(job: ShardJob) -> str:
     h = hashlib.sha256(json.dumps([records.FORMAT, CONVERTER, cv2.__version__, asdict(job.enc)]).encode())
     for key, path, rel, label in job.items:
         try:
-            st = os.stat(path)
-            stamp = (st.st_size, st.st_mtime_ns)
+            st = os.stat(path.archive if isinstance(path, Member) else path)
+            stamp = (st.st_size, st.st_mtime_ns) + ((path.offset, path.size) if isinstance(path, Member) else ())
         except OSError:
             stamp = None
         h.update(json.dumps([key, rel, label, stamp]).encode())
@@ -290,9 +322,11 @@ def _reusable(job: ShardJob, plan: str) -> dict | None:
     return None
 
 
-def _read_into(path: str, buf: bytearray) -> tuple[memoryview, bytearray]:
-    """The file's bytes as a view of ``buf`` (grown when too small): one buffer for every file of a shard
-    instead of a fresh allocation each, which costs page faults on every image."""
+def _read_into(path: str | Member, buf: bytearray) -> tuple[memoryview, bytearray]:
+    """The file's (or archive member's) bytes as a view of ``buf`` (grown when too small): one buffer for every
+    file of a shard instead of a fresh allocation each, which costs page faults on every image."""
+    if isinstance(path, Member):
+        return _read_member(path, buf)
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         if size + 1 > len(buf):
@@ -302,6 +336,19 @@ def _read_into(path: str, buf: bytearray) -> tuple[memoryview, bytearray]:
             n += got
     if n != size:
         raise OSError(f"changed size while being read (fstat said {size} bytes, read {n})")
+    return view[:n], buf
+
+
+def _read_member(m: Member, buf: bytearray) -> tuple[memoryview, bytearray]:
+    if m.size > len(buf):
+        buf = bytearray(2 * m.size)
+    view, n = memoryview(buf), 0
+    with open(m.archive, "rb", buffering=0) as f:
+        f.seek(m.offset)
+        while n < m.size and (got := f.readinto(view[n:m.size])):
+            n += got
+    if n != m.size:  # the archive shrank since it was indexed
+        raise OSError(f"{m.archive} ends {m.size - n} bytes into this member (truncated since it was indexed?)")
     return view[:n], buf
 
 
@@ -356,7 +403,8 @@ def _plan_jobs(source, staging: Path, shards: dict[str, int], seed: int, enc: En
     for s, (split, items) in enumerate(source.splits.items()):
         seeds[split] = seed + s  # train: seed, val: seed + 1 (as the Fashion-MNIST importer)
         for i, idx in enumerate(records.shuffled_shards(len(items), shards[split], seeds[split])):
-            chosen = [(items[j].key, str(items[j].path), items[j].rel, items[j].label) for j in idx]
+            chosen = [(items[j].key, items[j].path if isinstance(items[j].path, Member) else str(items[j].path),
+                       items[j].rel, items[j].label) for j in idx]
             jobs.append(ShardJob(split, f"{split}-{i:05d}.tar", str(staging), chosen, enc, len(source.classes),
                                  skip_bad))
     return jobs, seeds
@@ -400,7 +448,7 @@ def _run_jobs(jobs: list[ShardJob], workers: int, progress: bool):
 
 def _images_identity(source, seed: int) -> dict:
     # As prepare_images' manifest records them (source root and layout; train: seed, val: seed + 1).
-    return _identity({"dataset": source.dataset,
+    return _identity({"dataset": source.dataset, "holdout": source.holdout,
                       "source": {"root": str(Path(source.root).resolve()), "layout": source.layout},
                       "splits": {split: {"shuffle_seed": seed + s} for s, split in enumerate(source.splits)}})
 
@@ -476,7 +524,15 @@ def prepare_images(source, out: Path, shards: dict[str, int], seed: int = 0, wor
         },
         "max_pixels": enc.max_pixels,
         "source": {"root": str(Path(source.root).resolve()), "layout": source.layout},
+        # ImageNet: ILSVRC-2012 val is the published evaluation split (its test labels are not public), and no
+        # split is held out for recipe choices, as in the published protocol. A folder: no published protocol.
+        "evaluation_split": "val" if source.dataset == "imagenet" else None,
+        "selection_split": "val" if "val" in splits else None,
+        "holdout": source.holdout,
         "splits": splits,
+        **({"notes": {"val": "ILSVRC-2012 val, the published evaluation split (every published ImageNet figure is "
+                             "measured on it); no split is held out for recipe choices, as in the published "
+                             "protocol"}} if source.dataset == "imagenet" else {}),
         "oddities": {"counts": kinds, "files": oddities},
         "skip_bad": skip_bad,
         "skipped_bad_files": bad,

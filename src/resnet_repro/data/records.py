@@ -240,6 +240,17 @@ def check_index(path: Path, arrays, shard_bytes: int, num_classes: int) -> None:
                           f"of the manifest")
 
 
+def select_splits(manifest: dict, split: str | list[str] | tuple[str, ...], where) -> tuple[str, list[dict]]:
+    """The reader's name for ``split`` (several read as one are joined by '+') and their shard entries, in order;
+    a split the manifest lacks is an error naming ``where`` (the manifest's path or URL)."""
+    splits = manifest["splits"]
+    names = [split] if isinstance(split, str) else list(split)
+    for name in names:
+        if name not in splits:
+            raise RecordError(f"{where}: no split {name!r}; has {', '.join(splits)}")
+    return "+".join(names), [entry for name in names for entry in splits[name]["shards"]]
+
+
 class RecordReader:
     """Random access to one split of a prepared data set: ``reader[i] -> (key, bytes, label)``.
 
@@ -250,14 +261,11 @@ class RecordReader:
     handles are opened lazily per process, so a reader can be handed to forked or spawned loader workers.
     """
 
-    def __init__(self, root: str | Path, split: str):
+    def __init__(self, root: str | Path, split: str | list[str] | tuple[str, ...]):
+        """`split`: one split, or several read as one (data.train_splits: train + val), in the order given."""
         self.root = Path(root)
         self.manifest = load_manifest(self.root)
-        splits = self.manifest["splits"]
-        if split not in splits:
-            raise RecordError(f"{self.root / MANIFEST}: no split {split!r}; has {', '.join(splits)}")
-        self.split = split
-        self.shards = splits[split]["shards"]
+        self.split, self.shards = select_splits(self.manifest, split, self.root / MANIFEST)
         keys, offsets, sizes, labels, shard_ids = [], [], [], [], []
         for sid, entry in enumerate(self.shards):
             shard = self.root / entry["name"]

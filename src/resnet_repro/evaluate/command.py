@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import dist
-from ..data.records import RecordReader
+from ..data.remote import load_manifest, open_reader
 from ..runtime import autocast_for, choose_channels_last, detect, device_type, pick_device, wants_gpus
 from .protocols import evaluate_protocols, make_protocol
 from .trained_model import Trained
@@ -25,7 +25,7 @@ class EvalOptions:
     data.pad, data.path)."""
     protocols: tuple[str, ...] = ("single",)
     data: str | None = None
-    split: str = "val"
+    split: str | None = None  # None: "test" where the data set has one, else "val" (default_split)
     resize: int | None = None
     crop: int | None = None
     scales: tuple[int, ...] | None = None
@@ -56,8 +56,16 @@ def evaluate_trained(trained: Trained, opts: EvalOptions) -> dict:
     return out
 
 
+def default_split(manifest: dict) -> str:
+    """The split `evaluate` scores when none is named: the test split where the data set has one (Fashion-MNIST,
+    CIFAR: the official test set, held out of every recipe choice), else val (ImageNet's published split)."""
+    return "test" if "test" in manifest.get("splits", {}) else "val"
+
+
 def _evaluate_on_ranks(trained: Trained, opts: EvalOptions, device: torch.device, env) -> dict:
-    reader = RecordReader(opts.data or trained.cfg.data.path, opts.split)
+    root = opts.data or trained.cfg.data.path
+    split = opts.split or default_split(load_manifest(root))
+    reader = open_reader(root, split, trained.cfg.data.cache_dir)
     if reader.classes != trained.classes:
         raise ValueError(f"{trained.source} was trained on other classes than {reader.root} has")
     channels = reader.manifest["image"]["channels"]
@@ -76,5 +84,6 @@ def _evaluate_on_ranks(trained: Trained, opts: EvalOptions, device: torch.device
     results = evaluate_protocols(model, reader, protocols, eval_transform(trained.cfg.data, channels, device,
                                                                           channels_last),
                                  device, opts.batch_size, opts.workers, autocast, env.rank, env.world)
-    return {"model": trained.cfg.model.name, "weights": trained.source, "data": str(reader.root), "split": opts.split,
+    return {"model": trained.cfg.model.name, "weights": trained.source, "data": str(reader.root), "split": split,
+            "split_chosen_by": "--split" if opts.split else "default (test where the data set has one, else val)",
             "precision": precision, "device": str(device), "world_size": env.world, "results": results}
