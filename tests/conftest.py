@@ -141,7 +141,7 @@ data: {path: DATA, batch_size: 8, eval_batch_size: 5, workers: 0, pad: 1, normal
 model: {name: resnet20}
 optim: {lr: 0.2, lr_batch: 8, nesterov: true}
 schedule: {kind: cosine, warmup_epochs: 0.5}
-train: {device: cpu, epochs: EPOCHS, seed: 3, threads: 1, channels_last: false, log_interval: LOG_INTERVAL,
+train: {device: cpu, precision: fp32, epochs: EPOCHS, seed: 3, threads: 1, channels_last: false, log_interval: LOG_INTERVAL,
         precise_bn_batches: 2, deterministic: true, checkpoint_every_steps: EVERY_STEPS, keep_checkpoints: 3}
 """
 # What two runs of one recipe may differ in: the timings in their metrics.jsonl records.

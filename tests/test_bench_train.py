@@ -55,14 +55,21 @@ def test_real_and_synthetic_in_one_run_via_the_cli(texture_data, cli):
     assert r["image_size"] == 16 and r["decode"] == "cpu" and r["workers"] == 1
 
 
-def test_text_output_and_recipe_data_settings(texture_data, cli):
+@pytest.mark.hardware
+@pytest.mark.parametrize("cpu, precision", [({"cpu_capability": "AVX512", "cpu_avx512_bf16": True}, "bf16"),
+                                            ({"cpu_capability": "AVX2", "cpu_avx512_bf16": False, "cpu_amx": False},
+                                             "fp32")])
+def test_text_output_and_recipe_data_settings(texture_data, cli, monkeypatch, cpu, precision):
+    # Each CPU class faked (runtime.FAKE_ENV): the expectation is the branch's, not this host's.
+    monkeypatch.setenv(runtime.FAKE_ENV, json.dumps({**cpu, "onednn_max_isa": "", "gpus": []}))
     recipe = REPO / "configs" / "fashion_mnist" / "resnet20.yaml"
     code, out, err = cli("bench", "train", "--model", "resnet20", "--data", texture_data, "--config", recipe,
                          "--set", "data.workers=0", "--batch-size", "8", "--steps", "1", "--warmup", "0")
     assert code == 0, err
     assert "compute" in out and "end to end" in out and "data wait" in out and "peak memory" in out
-    # The recipe's precision (auto) and memory format (auto) as train would choose them on this machine.
-    assert ("bf16" if runtime.detect().cpu_native_bf16 else "fp32") in out and "NCHW" in out
+    # The recipe's precision (auto) and memory format (auto) as train would choose them on that machine.
+    (head,) = [ln for ln in out.splitlines() if ln.startswith("bench train resnet20: batch 8 at ")]
+    assert f", {precision}, " in head and "NCHW" in out
 
 
 def test_bad_arguments_are_user_errors(texture_data, cli):

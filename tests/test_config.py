@@ -24,9 +24,9 @@ def test_there_are_recipes_to_check():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_every_recipe_under_configs_loads_and_round_trips(recipe, tmp_path):
-    cfg = load_config(recipe)
+    cfg = load_config(recipe, profile="cpu")  # a recipe with profiles: the caller chooses one (runtime.load_recipe)
     assert isinstance(cfg, Config)
-    save_config(cfg, tmp_path / "resolved.yaml")  # what a run saves in RUN_DIR
+    save_config(cfg, tmp_path / "resolved.yaml", chosen_on={"cpu_model": "x"})  # what a run saves in RUN_DIR
     assert load_config(tmp_path / "resolved.yaml") == cfg
     assert config_from_dict(cfg.to_dict()) == cfg  # what a checkpoint carries
 

@@ -49,6 +49,17 @@ def test_other_sizes_and_colour_images_are_brought_to_the_runs_geometry(trained,
     np.testing.assert_allclose([got[n] for n in NAMES], want, rtol=1e-4)
 
 
+def test_predict_uses_the_runs_recorded_precision_unless_told(trained, tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((16, 16), 100, np.uint8))
+    assert predict(trained, [tmp_path / "a.png"])[0]["precision"] == "fp32"  # recorded auto: a run before records
+    trained.cfg.train.precision = "bf16"  # what a run on a native-bf16 CPU records
+    (pred,) = predict(trained, [tmp_path / "a.png"])
+    assert pred["precision"] == "bf16"
+    want = softmax_of(trained.model, np.full((16, 16), 100, np.uint8))
+    np.testing.assert_allclose(sorted(t["prob"] for t in pred["top"]), sorted(want)[-len(pred["top"]):], atol=0.05)
+    assert predict(trained, [tmp_path / "a.png"], precision="fp32")[0]["precision"] == "fp32"
+
+
 def test_unreadable_images_are_named(trained, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(PredictError, match="bad.png: not an image"):

@@ -54,7 +54,8 @@ def made(tmp_path_factory):
 
 # Small enough for a 2-core CPU: 2 optimizer steps of batch 4, one BN batch, tiny ImageNet crops.
 COMMON = ["data.workers=0", "data.batch_size=4", "data.eval_batch_size=4", "train.max_steps=2", "train.precise_bn_batches=0",
-          "train.checkpoint_interval_min=0", "train.log_interval=1"]
+          "train.checkpoint_interval_min=0", "train.log_interval=1",
+          "train.device=cpu", "train.precision=fp32", "train.profile=cpu"]  # the same run on any host
 IMAGENET = ["data.image_size=32", "data.val_resize=36", "data.val_size=32"]
 
 
@@ -78,7 +79,7 @@ def test_recipe_trains_a_few_steps(recipe, made, tmp_path, monkeypatch):
     from resnet_repro.train import train
 
     result = train(cfg, tmp_path / "run")
-    assert result["model"] == load_config(REPO / "configs" / recipe).model.name
+    assert result["model"] == load_config(REPO / "configs" / recipe, overrides).model.name
     assert result["steps"] == 2 and 0 <= result["top1_err"] <= 100
     assert result["headline"]["split"] == ("val" if family == "imagenet" else "test")  # test scored at the end
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -88,7 +89,9 @@ def test_recipe_trains_a_few_steps(recipe, made, tmp_path, monkeypatch):
 
 def test_every_recipe_loads_without_overrides():
     for recipe in RECIPES:
-        load_config(REPO / "configs" / recipe)  # raises ConfigError naming the key on any unknown/invalid value
+        # raises ConfigError naming the key on any unknown/invalid value; a recipe with profiles, in each of them
+        for profile in ("cpu", "cpu_bf16", "cuda"):
+            load_config(REPO / "configs" / recipe, profile=profile)
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])

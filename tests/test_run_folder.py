@@ -139,7 +139,8 @@ def test_only_this_runs_checkpoints_are_pruned_and_resumed(recipe, tmp_path, cli
     foreign = {**own, "run_id": "someone-else", "epoch": 9}
     for step in (1, 2, 3, 4):
         checkpoint.save_file(out / "checkpoints" / f"ckpt-0009-00000{step}.pt", foreign)
-    code, out_text, err = train(cli, recipe, out, "--set", "train.max_steps=12", "--resume", "auto")
+    code, out_text, err = train(cli, recipe, out, "--set", "train.max_steps=12", "--allow-change", "train.max_steps",
+                                "--resume", "auto")
     assert code == 0, err
     assert "ckpt-0000-000004.pt at epoch 0 step 4" in out_text
     assert "belongs to run someone-else" in err
@@ -289,7 +290,8 @@ def test_a_rejected_resume_changes_nothing(recipe, tmp_path, cli):
                          "--resume", "auto")
     one_line(code, err, "ckpt-0000-000004.pt", "model.name: 'resnet20' -> 'resnet32'", out / "config.yaml")
     assert snapshot(out) == before  # config.yaml still the run's own: the printed resume command still works
-    code, _, err = train(cli, out / "config.yaml", out, "--set", "train.max_steps=8", "--resume", "auto")
+    code, _, err = train(cli, out / "config.yaml", out, "--set", "train.max_steps=8", "--allow-change",
+                         "train.max_steps", "--resume", "auto")
     assert code == 0, err
 
 
@@ -299,10 +301,12 @@ def test_a_metrics_line_torn_by_a_crash_is_dropped_with_a_warning(recipe, tmp_pa
     assert code == 0, err
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 2, "lr": 0.1')  # the start of a line, as a crash mid-write leaves it
-    code, _, err = train(cli, recipe, out, "--set", "train.epochs=2", "--resume", "auto")
+    code, _, err = train(cli, recipe, out, "--set", "train.epochs=2", "--allow-change", "train.max_steps",
+                         "--resume", "auto")
     assert code == 0, err
     assert f"{out / 'metrics.jsonl'} line 3: cut off" in err
-    assert [json.loads(ln)["epoch"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [rec.get("epoch", rec.get("event")) for rec in lines] == [1, "resume", 2]  # the allowed change, recorded
 
 
 # --- 7. Raising train.max_steps on resume ------------------------------------------------------------------------
@@ -313,12 +317,13 @@ def test_raising_max_steps_continues_the_partial_epoch(recipe, tmp_path, cli):
     assert code == 0, err
     assert json.loads((out / "results.json").read_text())["steps"] == 6
     code, text, err = train(cli, recipe, out, "--set", "train.epochs=5", "--set", "train.max_steps=16",
-                            "--resume", "auto")
+                            "--allow-change", "train.max_steps", "--resume", "auto")
     assert code == 0, err
     assert "ckpt-0000-000006.pt at epoch 0 step 6" in text  # the rest of epoch 0, not a skip to epoch 1
     steps = [ln.split()[3] for ln in text.splitlines() if ln.startswith("epoch ")]
     assert steps == ["8/12", "12/12", "4/4"]  # log_interval 4: steps 7-12 of epoch 0, then 4 of epoch 1
-    assert [json.loads(ln)["epoch"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [rec.get("epoch", rec.get("event")) for rec in lines] == ["resume", 1, 2]  # the allowed change at epoch 0 step 6
     assert json.loads((out / "results.json").read_text())["steps"] == 16
 
 

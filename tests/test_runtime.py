@@ -13,7 +13,7 @@ import torch
 
 from conftest import REPO
 from resnet_repro import runtime, train
-from resnet_repro.config import ConfigError, load_config
+from resnet_repro.config import ConfigError
 from resnet_repro.runtime import Gpu, Hardware
 
 AVX2 = Hardware(cpu_model="AMD EPYC", cpu_capability="AVX2", cores=2)
@@ -86,15 +86,19 @@ def test_channels_last_auto_is_nchw_on_cpu_and_nhwc_on_gpu():
     assert runtime.choose_channels_last("false", "cuda").value is False
 
 
-def test_detect_reads_this_machine():
+@pytest.mark.hardware
+def test_detect_reads_this_machine(monkeypatch):
+    monkeypatch.delenv(runtime.FAKE_ENV, raising=False)
     hw = runtime.detect()
     assert hw.cores >= 1 and hw.cpu_capability == torch.backends.cpu.get_cpu_capability()
     assert runtime.as_dict(hw)["cpu_class"] == hw.cpu_class
 
 
+@pytest.mark.hardware
 def test_restricting_the_dispatchers_reads_as_no_native_bf16():
     code = "from resnet_repro import runtime; h = runtime.detect(); print(h.cpu_capability, h.cpu_native_bf16)"
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    env = {**{k: v for k, v in os.environ.items() if k != runtime.FAKE_ENV}, "ATEN_CPU_CAPABILITY": "avx2",
+           "ONEDNN_MAX_CPU_ISA": "AVX2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["AVX2", "False"]
 
@@ -114,23 +118,23 @@ profiles:
 def test_profile_is_chosen_from_the_hardware_and_recorded(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(PROFILED)
-    cfg = load_config(recipe, hardware=AVX2)
+    cfg = runtime.load_recipe(recipe, hardware=AVX2)
     assert (cfg.train.profile, cfg.train.epochs, cfg.data.batch_size) == ("cpu", 3, 32)
-    cfg = load_config(recipe, hardware=SPR)
+    cfg = runtime.load_recipe(recipe, hardware=SPR)
     assert (cfg.train.profile, cfg.train.epochs, cfg.data.batch_size) == ("cpu_bf16", 7, 64)
-    cfg = load_config(recipe, hardware=gpu((8, 0)))
+    cfg = runtime.load_recipe(recipe, hardware=gpu((8, 0)))
     assert (cfg.train.profile, cfg.train.epochs) == ("cuda", 9)
     # --set wins over the profile; a pinned profile wins over the hardware.
-    cfg = load_config(recipe, ["train.epochs=4"], hardware=SPR)
+    cfg = runtime.load_recipe(recipe, ["train.epochs=4"], hardware=SPR)
     assert (cfg.train.profile, cfg.train.epochs) == ("cpu_bf16", 4)
-    cfg = load_config(recipe, ["train.profile=cpu_bf16"], hardware=AVX2)
+    cfg = runtime.load_recipe(recipe, ["train.profile=cpu_bf16"], hardware=AVX2)
     assert (cfg.train.profile, cfg.train.epochs) == ("cpu_bf16", 7)
     # The resolved config names the profile and holds its values: saved as config.yaml, it loads the same anywhere.
     saved = tmp_path / "config.yaml"
     from resnet_repro.config import save_config
 
-    save_config(load_config(recipe, hardware=AVX2), saved)
-    again = load_config(saved, hardware=SPR)
+    save_config(runtime.load_recipe(recipe, hardware=AVX2), saved)
+    again = runtime.load_recipe(saved, hardware=SPR)
     assert (again.train.profile, again.train.epochs) == ("cpu", 3)
 
 
@@ -138,13 +142,13 @@ def test_unknown_profile_is_an_error_listing_the_profiles(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(PROFILED)
     with pytest.raises(ConfigError, match="'laptop' is not a profile.*cpu, cpu_bf16, cuda"):
-        load_config(recipe, ["train.profile=laptop"], hardware=AVX2)
+        runtime.load_recipe(recipe, ["train.profile=laptop"], hardware=AVX2)
 
 
 def test_default_recipe_profiles_are_complete():
     path = REPO / "configs" / "fashion_mnist" / "resnet20.yaml"
     for hw, name in ((AVX2, "cpu"), (SPR, "cpu_bf16"), (gpu((8, 0)), "cuda")):
-        cfg = load_config(path, hardware=hw)
+        cfg = runtime.load_recipe(path, hardware=hw)
         assert cfg.train.profile == name and cfg.train.precision == "auto"
 
 
@@ -189,19 +193,40 @@ def test_a_second_ctrl_c_interrupts_at_once_and_restore_gives_the_signals_back()
             signal.signal(s, h)
 
 
-def test_env_command_prints_facts_and_choices():
-    out = subprocess.run([sys.executable, "-m", "resnet_repro", "env", "--json"], capture_output=True, text=True,
-                         check=True, cwd=REPO).stdout
+SPR_FAKE = json.dumps({"cpu_model": "faked Xeon", "cpu_capability": "AVX512", "cpu_avx512_bf16": True,
+                       "cpu_amx": True, "onednn_max_isa": "", "gpus": []})
+AVX2_FAKE = json.dumps({"cpu_model": "faked EPYC", "cpu_capability": "AVX2", "cpu_avx512_bf16": False,
+                        "cpu_amx": False, "onednn_max_isa": "", "gpus": []})
+
+
+@pytest.mark.parametrize("fake, precision, profile", [(SPR_FAKE, "bf16", "cpu_bf16"), (AVX2_FAKE, "fp32", "cpu")])
+def test_env_command_prints_facts_and_choices(fake, precision, profile):
+    # Each CPU class faked (runtime.FAKE_ENV), so the expectation is the branch's, not this host's.
+    env = {**os.environ, runtime.FAKE_ENV: fake}
+    out = subprocess.run([sys.executable, "-m", "resnet_repro", "env", "--json"],
+                         capture_output=True, text=True, check=True, cwd=REPO, env=env).stdout
     facts = json.loads(out)
-    assert facts["hardware"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert facts["torch"]["version"] == torch.__version__
+    assert facts["hardware"]["cpu_model"].startswith("faked") and facts["torch"]["version"] == torch.__version__
     choice = facts["choices"]
-    expected = "bf16" if runtime.detect().cpu_native_bf16 else "fp32"
-    assert choice["precision"]["value"] == expected and choice["precision"]["reason"]
-    assert choice["profile"]["value"] in ("cpu", "cpu_bf16")
+    assert choice["precision"]["value"] == precision and choice["precision"]["reason"]
+    assert choice["profile"]["value"] == profile
     assert {"loader_workers", "decoder", "channels_last"} <= set(choice)
     # The default recipe's 28x28 PNGs are cropped after a whole decode: no region decode, whatever the helper.
     assert "whole-image decode (data.crop=pad_crop" in choice["decoder"]["reason"]
     text = subprocess.run([sys.executable, "-m", "resnet_repro", "env"], capture_output=True, text=True, check=True,
-                          cwd=REPO).stdout
-    assert "precision" in text and facts["hardware"]["cpu_capability"] in text
+                          cwd=REPO, env=env).stdout
+    assert f"precision     {precision}" in text and "faked" in text
+
+
+@pytest.mark.hardware
+def test_env_command_reads_this_machine(monkeypatch):
+    monkeypatch.delenv(runtime.FAKE_ENV, raising=False)
+    out = subprocess.run([sys.executable, "-m", "resnet_repro", "env", "--json"], capture_output=True, text=True,
+                         check=True, cwd=REPO, env={k: v for k, v in os.environ.items() if k != runtime.FAKE_ENV}).stdout
+    assert json.loads(out)["hardware"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_a_bad_fake_is_one_line(cli, monkeypatch):
+    monkeypatch.setenv(runtime.FAKE_ENV, '{"cpu_speed": 9}')
+    code, _, err = cli("env")
+    assert code == 2 and err.count("\n") == 1 and runtime.FAKE_ENV in err and "cpu_speed" not in err.split(";")[-1]

@@ -102,10 +102,10 @@ def test_a_val_size_as_large_as_the_training_set_is_one_clear_error(tmp_path, cl
 
 def test_training_on_the_test_split_or_evaluating_it_per_epoch_is_a_config_error():
     with pytest.raises(ConfigError, match="data.train_splits.*'test'"):
-        load_config(RECIPE, ["data.train_splits=[train, test]"])
+        load_config(RECIPE, ["data.train_splits=[train, test]"], profile="cpu")  # the recipe has profiles: name one
     with pytest.raises(ConfigError, match="data.val_split.*'test'"):
-        load_config(RECIPE, ["data.val_split=test"])
-    assert load_config(RECIPE, ["data.train_splits=[train, val]"]).data.train_splits == ["train", "val"]
+        load_config(RECIPE, ["data.val_split=test"], profile="cpu")
+    assert load_config(RECIPE, ["data.train_splits=[train, val]"], profile="cpu").data.train_splits == ["train", "val"]
 
 
 # --- Training: test scored once, at the end -------------------------------------------------------------------

@@ -18,7 +18,7 @@ from resnet_repro.data.records import RecordReader
 def _cfg(data, *extra):
     return load_config(None, [f"data.path={data}", "model.name=resnet20", "data.batch_size=64", "data.workers=0",
                               "data.eval_batch_size=64", "data.normalize=scale", "train.precise_bn_batches=0",
-                              "train.log_interval=1", *extra])
+                              "train.log_interval=1", "train.device=cpu", "train.precision=fp32", *extra])
 
 
 @pytest.mark.parametrize("workers", [0, 1])

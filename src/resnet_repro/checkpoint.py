@@ -11,7 +11,8 @@ What train.py stores (one dict): ``model``, ``optimizer``, ``scaler``, ``ema`` (
 ``step`` (the next step to run in that epoch; the LR is a pure function of them, see schedule.py),
 ``steps_per_epoch``, ``global_batch``, ``world``, ``ranks`` (one entry per rank: its RNG states and its running
 metric sums of the unfinished epoch, so a resumed epoch logs the same numbers), ``config`` (resolved),
-``version``, ``run_id`` (the run folder's run.json), ``epoch_record`` (epoch-end checkpoints: the epoch's
+``chosen_on`` (the hardware facts that made the config's hardware-made choices) and ``hardware`` (the facts of the
+machine that saved it), ``version``, ``run_id`` (the run folder's run.json), ``epoch_record`` (epoch-end checkpoints: the epoch's
 training numbers, so a resume can evaluate and log an epoch a crash left unlogged), and what
 ``evaluate``/``predict`` need to rebuild the model (``classes``, ``in_channels``, ...).
 """

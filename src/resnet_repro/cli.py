@@ -117,13 +117,21 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .config import load_config
+    from .run_folder import recorded
+    from .runtime import load_recipe
     from .train import TrainingError, train
 
-    cfg = load_config(args.config, args.set)
+    known = {f"{section}.{key}" for section, values in config.Config().to_dict().items() for key in values}
+    for key in args.allow_change:
+        if key not in known:
+            raise UserError(f"--allow-change {key}: not a config key (section.key, e.g. train.epochs)")
+    # On a resume the run's recorded profile wins over this machine's class: a run moved to another machine keeps
+    # its recipe (epochs, sizes) instead of silently taking another profile's.
+    record = recorded(Path(args.out), args.resume) if args.resume else None
+    cfg = load_recipe(args.config, args.set, recorded_profile=record and record["config_flat"].get("train.profile"))
     _check_device(cfg.train.device, "config key 'train.device'", "train.device=cpu (or auto)")
     try:
-        result = train(cfg, Path(args.out), resume=args.resume)
+        result = train(cfg, Path(args.out), resume=args.resume, allow_change=tuple(args.allow_change))
     except TrainingError as e:  # e.g. a non-finite loss: the message says which checkpoint is kept
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -231,7 +239,8 @@ def _cmd_evaluate(args) -> int:
         out = evaluate_trained(trained, EvalOptions(
             protocols=tuple(args.protocol or ["single"]), data=args.data, split=args.split, resize=args.resize,
             crop=args.crop, scales=tuple(args.scales) if args.scales else None, batch_size=args.batch_size,
-            workers=args.workers, device=args.device, pad=args.pad))
+            workers=args.workers, device=args.device, pad=args.pad, precision=args.precision,
+            channels_last=None if args.memory_format is None else args.memory_format == "channels_last"))
     except (ValueError, DecodeError) as e:  # protocol, class list or image size that does not fit; WeightsError
         raise UserError(str(e)) from None
     if int(os.environ.get("RANK", "0")) != 0:
@@ -296,7 +305,7 @@ def _cmd_predict(args) -> int:
         _check_device(args.device, "--device", "--device cpu (or auto)")
     try:
         trained = _load_trained(args)
-        preds = predict(trained, args.images, args.topk, args.protocol, args.device)
+        preds = predict(trained, args.images, args.topk, args.protocol, args.device, args.precision)
     except (PredictError, ValueError) as e:
         raise UserError(str(e)) from None
     print(json.dumps(preds) if args.json else format_predictions(preds))
@@ -360,10 +369,9 @@ def _cmd_bench_prepare(args) -> int:
 
 def _cmd_env(args) -> int:
     from . import env, runtime
-    from .config import load_config
 
     try:
-        cfg = load_config(args.config, args.set)
+        cfg = runtime.load_recipe(args.config, args.set)
         r = env.report(cfg, args.config)
     except runtime.DeviceError as e:
         raise UserError(str(e)) from None
@@ -449,7 +457,12 @@ def _add_train(sub) -> None:
     t.add_argument("--config", required=True)
     t.add_argument("--out", required=True, help="run folder (config, metrics.jsonl, checkpoints, results)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
-    t.add_argument("--resume", metavar="auto|CHECKPOINT", help="auto: newest whole checkpoint in OUT")
+    t.add_argument("--resume", metavar="auto|CHECKPOINT", help="auto: newest whole checkpoint in OUT. The run's "
+                   "recorded hardware-made choices (precision, memory format, profile, device, loader workers) are "
+                   "kept; a pinned --set overrides one, recorded in metrics.jsonl")
+    t.add_argument("--allow-change", action="append", default=[], metavar="SECTION.KEY",
+                   help="on a resume, let the recipe change this key (repeatable; recorded in metrics.jsonl); other "
+                        "changed keys are refused")
     t.set_defaults(func=_cmd_train)
 
 
@@ -478,6 +491,10 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--batch-size", type=int, default=256, help="views per forward pass")
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--device", default="auto")
+    e.add_argument("--precision", choices=config.choices("train", "precision"),
+                   help="default: the run's recorded train.precision (auto: chosen for this device)")
+    e.add_argument("--memory-format", choices=["nchw", "channels_last"],
+                   help="default: the run's recorded train.channels_last")
     e.add_argument("--json", action="store_true", help="print the results as one JSON object")
     e.add_argument("--out", help="also write the JSON here (RUN_DIR/evaluation.json goes into `report`)")
     e.set_defaults(func=_cmd_evaluate)
@@ -511,6 +528,8 @@ def _add_predict(sub) -> None:
     pd.add_argument("--topk", type=int, default=5)
     pd.add_argument("--protocol", choices=["single", "flip", "10crop", "multiscale"], default="single")
     pd.add_argument("--device", default="auto")
+    pd.add_argument("--precision", choices=config.choices("train", "precision"),
+                    help="default: the run's recorded train.precision")
     pd.add_argument("--json", action="store_true")
     pd.set_defaults(func=_cmd_predict)
 

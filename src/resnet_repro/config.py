@@ -364,27 +364,32 @@ def _apply(cfg: Config, section: str, key: str, value, where: str) -> None:
     setattr(sub, key, _coerce(value, types[key], f"{section}.{key}"))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, hardware=None) -> Config:
-    """Defaults, then the YAML file at ``path``, then its profile for this machine (below), then
-    ``section.key=value`` overrides, then validation.
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                profile: str | typing.Callable[[Config], str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path``, then one of its profiles (below), then ``section.key=value``
+    overrides, then validation.
 
     A recipe may hold a top-level ``profiles:`` mapping of machine classes (``cpu``, ``cpu_bf16``, ``cuda``) to
     partial configs: what depends on the machine, such as the epoch budget a 2-core laptop can afford.
-    ``train.profile`` (auto = runtime.profile_for the detected ``hardware``; or pinned, in the file or by --set)
-    picks one; the resolved config keeps the name and the values, and no ``profiles:`` section, so a saved
-    config.yaml means the same run on any machine."""
+    ``train.profile`` pinned (in the file or by --set) picks one; left at auto, ``profile`` does (a name, or a
+    function of the config before any profile): the caller's choice, made where the hardware is read
+    (runtime.load_recipe: the machine's class, or on a resume the run's recorded profile). The resolved config
+    keeps the name and the values, and no ``profiles:`` section, so a saved config.yaml means the same run on any
+    machine. A run folder's config.yaml also holds ``chosen_on:``, the hardware that made its choices: a record,
+    skipped here."""
     raw = _read_recipe(path) if path is not None else {}
     profiles = raw.pop("profiles", None)
+    raw.pop("chosen_on", None)
     cfg, origins = _build(raw, overrides, path)
     if profiles is not None:
         if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
             raise ConfigError(f"config file {path}: 'profiles' must map profile names to config sections")
         name = cfg.train.profile
         if name == "auto":
-            from . import runtime
-
-            hw = hardware or runtime.detect()
-            name = runtime.profile_for(runtime.device_type(cfg.train.device, hw), hw).value
+            if profile is None:
+                raise ConfigError(f"config file {path}: train.profile is auto and nothing chose one of its profiles "
+                                  f"({', '.join(profiles)}); pin one with --set train.profile=NAME")
+            name = profile(cfg) if callable(profile) else profile
         if name not in profiles:
             raise ConfigError(f"config key 'train.profile': {name!r} is not a profile of {path}; it has "
                               f"{', '.join(profiles)}")
@@ -521,9 +526,13 @@ def validate(cfg: Config, origins: dict[str, str] | None = None) -> None:
             raise ConfigError("progressive resizing: need 'data.resize_start_epoch' <= 'data.resize_end_epoch'")
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    """Written whole or not at all (atomic.py): a run folder's config.yaml is what --resume auto checks against."""
-    atomic.write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False), fsync=False)
+def save_config(cfg: Config, path: Path, chosen_on: dict | None = None) -> None:
+    """Written whole or not at all (atomic.py): a run folder's config.yaml is what --resume auto checks against.
+    ``chosen_on``: the hardware facts that made the run's hardware-made choices (runtime.facts), kept as a record."""
+    d = cfg.to_dict()
+    if chosen_on is not None:
+        d["chosen_on"] = chosen_on
+    atomic.write_text(path, yaml.safe_dump(d, sort_keys=False), fsync=False)
 
 
 def dumps(cfg: Config) -> str:

@@ -16,7 +16,7 @@ from .data.augment import DecodeError, decode
 from .data.prepare import BadImage, read_header
 from .evaluate import Trained, eval_transform, make_protocol, score_images
 from .models.resnet import SPECS
-from .runtime import choose_channels_last, pick_device
+from .runtime import autocast_for, choose_channels_last, pick_device
 
 
 class PredictError(RuntimeError):
@@ -51,20 +51,24 @@ def read_image(path: str | Path, channels: int, max_pixels: int = MAX_PIXELS) ->
 
 
 def predict(trained: Trained, paths: list[str | Path], topk: int = 5, protocol: str = "single",
-            device: str = "cpu") -> list[dict]:
+            device: str = "cpu", precision: str | None = None) -> list[dict]:
     """For each image: its `topk` classes, best first, as {"class", "name", "prob"} (mean softmax over views).
 
-    `device`: a device name (cpu, cuda, cuda:N, or auto: a GPU when there is one)."""
+    `device`: a device name (cpu, cuda, cuda:N, or auto: a GPU when there is one). `precision`: None = the run's
+    recorded train.precision (fp32 for a run from before it was recorded, whose config says auto)."""
     device = pick_device(device)
+    chosen = precision or trained.cfg.train.precision
+    autocast, chosen = autocast_for("fp32" if chosen == "auto" else chosen, device)
     images = [read_image(p, trained.in_channels) for p in paths]
     d = trained.cfg.data
     crop = d.val_size or trained.image_size or SPECS[trained.cfg.model.name].input_size
     p = make_protocol(protocol, d, trained.image_size, resize=d.val_resize or crop, crop=crop)
     channels_last = choose_channels_last(trained.cfg.train.channels_last, device.type).value  # as training chose
     model = trained.model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    (probs,) = score_images(model, images, [p], eval_transform(d, trained.in_channels, device, channels_last), device)
+    (probs,) = score_images(model, images, [p], eval_transform(d, trained.in_channels, device, channels_last), device,
+                            autocast)
     values, indices = probs.cpu().topk(min(topk, probs.shape[1]), dim=1)
-    return [{"image": str(path), "protocol": p.describe(),
+    return [{"image": str(path), "protocol": p.describe(), "precision": chosen,
              "top": [{"class": trained.classes[i], "name": trained.class_names[i], "prob": float(v)}
                      for v, i in zip(vals.tolist(), idx.tolist())]}
             for path, vals, idx in zip(paths, values, indices)]

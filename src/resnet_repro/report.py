@@ -125,6 +125,7 @@ def load_run(root: str | Path) -> Run:
             if n == len(lines):  # a line cut off by a killed writer: the run's record up to the line before
                 break
             raise ReportError(f"{path} line {n}: not valid JSON ({e})") from None
+    metrics = [m for m in metrics if "event" not in m]  # a resume's overrides: a record, not an epoch
     if not metrics:
         raise ReportError(f"{path}: no epochs logged yet")
     run = Run(root, metrics)

@@ -17,6 +17,11 @@ from . import atomic, checkpoint, dist, folder_lock
 # What makes a folder hold a run that a fresh start would overwrite or mix with (config.yaml alone does not:
 # a run stopped before its first checkpoint has nothing to lose).
 RUN_FILES = ("final.pt", "results.json", "metrics.jsonl")
+# Config keys a resume may change without --allow-change: how the run is watched and saved, or where its data
+# lies, not what it trains.
+FREE_ON_RESUME = frozenset({"data.path", "data.eval_batch_size", "train.log_interval", "train.threads",
+                            "train.tensorboard", "train.checkpoint_interval_min", "train.checkpoint_every_steps",
+                            "train.keep_checkpoints", "train.compile"})
 
 
 def claim(out: Path, resume: str | None, env: dist.DistEnv, held: contextlib.ExitStack) -> dict:
@@ -129,15 +134,35 @@ def trim_metrics(path: Path, epochs_done: int) -> None:
     if not path.is_file():
         return
     lines = path.read_text().splitlines(keepends=True)
-    keep = [ln for ln, rec in _metric_lines(path, lines) if rec.get("epoch", 0) <= epochs_done]
+    # An "event" line (a resume's overrides) names the epoch it took effect at; it goes with the epochs after it.
+    keep = [ln for ln, rec in _metric_lines(path, lines) if rec.get("epoch", rec.get("at_epoch", 0)) <= epochs_done]
     if keep != lines:
         atomic.write_text(path, "".join(keep), fsync=False)
 
 
-def config_changes(saved: dict, now: dict) -> list[str]:
-    """'section.key: saved -> now' for every value that differs between a checkpoint's config and this run's."""
-    return [f"{section}.{key}: {old!r} -> {now[section][key]!r}"
-            for section, values in saved.items() if section in now
-            for key, old in values.items() if key in now[section] and now[section][key] != old]
+def recorded(out: Path, resume: str | None = "auto") -> dict | None:
+    """What a run's record holds, for a resume: {"config": its sections, "config_flat": "section.key" -> value,
+    "chosen_on": the hardware facts that made its choices, or None (a run from before they were recorded)}.
+    From the run folder's config.yaml, else (--resume CHECKPOINT into a new folder) from that checkpoint; None
+    when there is neither."""
+    import yaml
 
-
+    path = Path(out) / "config.yaml"
+    if not path.is_file():
+        if resume in (None, "auto") or not Path(resume).is_file():
+            return None
+        saved = checkpoint.load(Path(resume))
+        raw = dict(saved.get("config") or {})
+        raw["chosen_on"] = saved.get("chosen_on")
+        path = None
+    try:
+        raw = (yaml.safe_load(path.read_text()) or {}) if path is not None else raw
+    except yaml.YAMLError as e:
+        raise checkpoint.CheckpointError(f"{path}: not valid YAML ({e}); it is the run's record: restore it, or "
+                                         "resume with --resume CHECKPOINT into another --out") from None
+    if not isinstance(raw, dict):
+        raise checkpoint.CheckpointError(f"{path}: not a run's config (top level is not a mapping)")
+    chosen_on = raw.pop("chosen_on", None)
+    flat = {f"{section}.{key}": value for section, values in raw.items() if isinstance(values, dict)
+            for key, value in values.items()}
+    return {"config": raw, "config_flat": flat, "chosen_on": chosen_on}

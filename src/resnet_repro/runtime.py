@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import platform
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -86,21 +89,54 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def detect() -> Hardware:
-    gpus = []
-    if torch.cuda.is_available():
+# Tests only: JSON of Hardware fields that replace the detected ones, e.g.
+# {"cpu_capability": "AVX512", "cpu_avx512_bf16": true, "cpu_amx": true} makes an AVX2 machine choose as an AVX-512
+# BF16 one (its bf16 is then emulated: slow, but the same numbers). .ci/run uses it to run the hardware-dependent
+# tests as the other CPU class. Never set it for a real run: config.yaml would record facts this machine lacks.
+FAKE_ENV = "RESNET_REPRO_FAKE_HARDWARE"
+
+
+def detect(gpus: bool = True) -> Hardware:
+    """This machine's facts. `gpus=False` (a run whose recipe says device cpu) asks torch only how many GPUs there
+    are, which opens no CUDA context: reading their properties would, and a CPU run would then carry (and
+    checkpoint) every GPU's RNG state."""
+    found = []
+    if gpus and torch.cuda.device_count():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            gpus.append(Gpu(p.name, (p.major, p.minor), round(p.total_memory / 2**30, 1)))
+            found.append(Gpu(p.name, (p.major, p.minor), round(p.total_memory / 2**30, 1)))
     cpu = getattr(torch, "cpu", None)
-    return Hardware(
+    hw = Hardware(
         cpu_model=cpu_model(),
         cpu_capability=torch.backends.cpu.get_cpu_capability(),
         cpu_avx512_bf16=bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()),
         cpu_amx=bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()),
         onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
         cores=len(available_cpus()),
-        gpus=tuple(gpus))
+        gpus=tuple(found))
+    return _faked(hw)
+
+
+def _faked(hw: Hardware) -> Hardware:
+    """`hw` with the fields RESNET_REPRO_FAKE_HARDWARE gives (see FAKE_ENV) replaced."""
+    text = os.environ.get(FAKE_ENV, "").strip()
+    if not text:
+        return hw
+    try:
+        fake = json.loads(text)
+        names = {f.name for f in dataclasses.fields(Hardware)}
+        if not isinstance(fake, dict) or not set(fake) <= names:
+            raise ValueError(f"keys must be among {', '.join(sorted(names))}")
+        if "gpus" in fake:
+            fake["gpus"] = tuple(Gpu(g["name"], tuple(g["capability"]), float(g.get("memory_gb", 0))) for g in fake["gpus"])
+        return dataclasses.replace(hw, **fake)
+    except (ValueError, TypeError, KeyError) as e:
+        raise DeviceError(f"{FAKE_ENV}={text!r}: not a JSON object of Hardware fields ({e}); unset it") from None
+
+
+def wants_gpus(device: str) -> bool:
+    """Whether a run with train.device `device` may use a GPU (and so may read the GPUs' properties)."""
+    return not device.startswith("cpu")
 
 
 class DeviceError(RuntimeError):
@@ -197,8 +233,137 @@ def autocast_for(precision: str, device: torch.device):
     return (lambda: torch.autocast(device.type, dtype=dtype)), precision
 
 
+def facts(hw: Hardware) -> dict:
+    """The facts a run records next to the choices they made (config.yaml's `chosen_on`, every checkpoint): `env`'s
+    CPU model, class and capability, and the GPUs."""
+    return {"host": socket.gethostname(), "cpu_model": hw.cpu_model, "cpu_class": hw.cpu_class,
+            "cpu_capability": hw.cpu_capability, "cpu_native_bf16": hw.cpu_native_bf16,
+            "onednn_max_isa": hw.onednn_max_isa, "cores": hw.cores,
+            "gpus": [f"{g.name} (compute capability {g.capability[0]}.{g.capability[1]})" for g in hw.gpus]}
+
+
 def as_dict(hw: Hardware) -> dict:
     d = dataclasses.asdict(hw)
     d["cpu_native_bf16"] = hw.cpu_native_bf16
     d["cpu_class"] = hw.cpu_class
     return d
+
+
+# --- The run's hardware-made choices, settled once and recorded ----------------------------------------------
+
+# The config keys whose `auto` the hardware resolves. A run records the resolved values (config.yaml, every
+# checkpoint) with the facts that chose them; a resume takes them from the record instead of choosing again.
+HARDWARE_KEYS = ("train.device", "train.precision", "train.channels_last", "train.profile", "data.workers")
+
+
+def load_recipe(path, overrides: list[str] | None = None, hardware: Hardware | None = None,
+                recorded_profile: str | None = None):
+    """config.load_config with the recipe profile chosen here, where the hardware is read: a resumed run's
+    `recorded_profile` (the record wins over the machine), else the one for this machine's class (profile_for)."""
+    from .config import load_config
+
+    def choose(cfg) -> str:
+        if recorded_profile not in (None, "", "auto"):
+            return recorded_profile
+        hw = hardware or detect(gpus=wants_gpus(cfg.train.device))
+        return profile_for(device_type(cfg.train.device, hw), hw).value
+
+    return load_config(path, overrides, profile=choose)
+
+
+def cannot_honour(key: str, value, hw: Hardware, kind: str = "cpu", gpu: int = 0) -> str:
+    """Why this machine cannot run `key: value` as a run recorded it ('' when it can): a device it lacks, or a
+    precision its hardware does not compute (it would be emulated, many times slower, or not run at all)."""
+    if key == "train.device" and str(value).startswith("cuda") and not hw.gpus:
+        return "this machine has no CUDA GPU that torch can use"
+    if key != "train.precision" or value == "fp32":
+        return ""
+    if kind == "cuda":
+        g = hw.gpus[gpu] if gpu < len(hw.gpus) else Gpu("?", (0, 0), 0.0)
+        need = (8, 0) if value == "bf16" else (7, 0)
+        if g.capability < need:
+            return (f"{g.name} has compute capability {g.capability[0]}.{g.capability[1]}; {value} needs "
+                    f"{need[0]}.{need[1]} or more")
+        return ""
+    if not hw.cpu_native_bf16:
+        return f"this CPU ({hw.cpu_class}) would emulate {value}, many times slower than fp32"
+    return ""
+
+
+@dataclass
+class Settled:
+    """The run's hardware-made choices: `values` (HARDWARE_KEYS -> the value the config holds, never auto), why
+    each (`reasons`), the recorded ones this run replaces by a pinned value (`overrides`: key -> {recorded, now}),
+    and warnings to log."""
+    values: dict
+    reasons: dict
+    overrides: dict
+    warnings: list
+
+
+def settle(asked: dict, recorded: dict | None, hw: Hardware, workers_auto: Callable[[str], int],
+           chosen_on: dict | None = None, gpu: int = 0) -> Settled:
+    """The hardware-made choices of a run whose config asks `asked` (HARDWARE_KEYS -> value, maybe auto) on machine
+    `hw`. `recorded`: the run's own (a resume): a key the config leaves at auto, or pins to the same value, keeps
+    its recorded value, never chosen again; one this machine cannot honour raises DeviceError naming the key and
+    the --set that overrides it; a different pinned value is an override (recorded by the caller).
+    `workers_auto(device type)`: the loader worker count "auto" gives here (data/cores.py)."""
+    recorded = {k: v for k, v in (recorded or {}).items() if k in HARDWARE_KEYS and v not in ("auto", None)}
+    where = ""
+    if chosen_on:
+        where = f" (chosen on {chosen_on.get('host', '?')}: {chosen_on.get('cpu_model', '?')}, " \
+                f"{chosen_on.get('cpu_class', '?')}" + (f", {', '.join(chosen_on['gpus'])}" if chosen_on.get('gpus')
+                                                        else "") + ")"
+    s = Settled({}, {}, {}, [])
+    kind = "cpu"
+    for key in HARDWARE_KEYS:  # the device first: the other choices depend on its type
+        want = asked[key]
+        if key in recorded and (want == "auto" or str(want).lower() == str(recorded[key]).lower()):
+            value = recorded[key]
+            why = cannot_honour(key, value, hw, kind, gpu)
+            if why:
+                instead = _instead(key, kind, hw, gpu)
+                raise DeviceError(f"{key}: this run recorded {value}{where}, but {why}; to go on here with "
+                                  f"{instead}, add --set {key}={instead} (the override is recorded in metrics.jsonl)")
+            s.values[key], s.reasons[key] = value, f"recorded by the run{where}"
+        else:
+            if key in recorded:
+                s.overrides[key] = {"recorded": recorded[key], "now": want}
+            s.values[key], s.reasons[key] = _choose(key, want, kind, hw, workers_auto, gpu, s.warnings)
+            if key in recorded:
+                s.reasons[key] = f"overrides the recorded {recorded[key]}: {s.reasons[key]}"
+        if key == "train.device":
+            kind = str(s.values[key]).split(":")[0]
+    return s
+
+
+def _instead(key: str, kind: str, hw: Hardware, gpu: int) -> str:
+    if key == "train.device":
+        return "cpu"
+    return choose_precision("auto", kind, hw, gpu).value
+
+
+def _choose(key: str, want, kind: str, hw: Hardware, workers_auto, gpu: int, warnings: list) -> tuple[object, str]:
+    """(value, reason) of one hardware-made choice that no record decides."""
+    if key == "train.device":
+        kind = device_type(want, hw)  # raises for a CUDA device this machine lacks
+        if want != "auto":
+            return want, "pinned by the config"
+        return kind, "auto: " + ("a CUDA GPU" if hw.gpus else "no CUDA GPU")
+    if key == "train.precision":
+        c = choose_precision(want, kind, hw, gpu)
+        if c.warning:
+            warnings.append(c.warning)
+        return c.value, c.reason
+    if key == "train.channels_last":
+        c = choose_channels_last(want, kind)
+        return ("true" if c.value else "false"), c.reason
+    if key == "train.profile":
+        # auto is left only by a recipe without profiles: the name then records the machine class only
+        machine = profile_for(kind, hw)
+        if want in ("auto", machine.value):
+            return machine.value, machine.reason
+        return want, "pinned by the config"
+    if want == "auto":
+        return workers_auto(kind), f"auto: from the {hw.cores} usable core(s) (data/cores.py)"
+    return want, "pinned by the config"

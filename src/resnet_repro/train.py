@@ -26,16 +26,17 @@ import json
 import math
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from . import __version__, checkpoint, dist, folder_lock, run_folder, runtime
-from .config import Config, ConfigError, DataConfig, save_config
+from .config import Config, ConfigError, DataConfig, config_from_dict, save_config
 from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry
 from .data.cores import CorePlan, available_cpus, pin_trainer, plan_cores, unpin_trainer
 from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
@@ -205,6 +206,11 @@ class Run:
     data: Data | None = None
     learner: Learner | None = None
     tb: object | None = None  # TensorBoard writer: rank 0, with train.tensorboard
+    overrides: dict = field(default_factory=dict)  # recorded hardware-made choices this run replaces (a resume)
+    chosen_on: dict | None = None  # the hardware facts that made the run's choices (config.yaml's chosen_on)
+    facts: dict = field(default_factory=dict)  # this machine's facts (runtime.facts), recorded in every checkpoint
+    allow_change: tuple = ()  # --allow-change: config keys a resume may change
+    changes: dict = field(default_factory=dict)  # the allowed changes this resume made: key -> {saved, now}
 
     @property
     def ckpt_dir(self) -> Path:
@@ -256,21 +262,23 @@ class EpochTally:
 
 # --- The run, top to bottom --------------------------------------------------------------------------------
 
-def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
-    """`resnet-repro train`: the run `cfg` describes, into `out` (resume: None, "auto" or a checkpoint path)."""
+def train(cfg: Config, out: Path, resume: str | None = None, allow_change: tuple[str, ...] = ()) -> dict:
+    """`resnet-repro train`: the run `cfg` describes, into `out` (resume: None, "auto" or a checkpoint path;
+    allow_change: config keys a resume may change, see `_load_learner`)."""
     try:
         # Holds the run folder's lock (rank 0) until the last file is written, however the run ends.
         with contextlib.ExitStack() as held:
-            return _train(cfg, Path(out), resume, held)
+            return _train(cfg, Path(out), resume, held, tuple(allow_change))
     finally:
         # Errors included: a gloo group left to the interpreter's exit-time destructors can abort the process
         # ("terminate called without an active exception"), burying the error message under a SIGABRT.
         dist.shutdown()
 
 
-def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStack) -> dict:
+def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStack, allow_change: tuple) -> dict:
     t_start = time.time()
-    run = start_processes(cfg, out)
+    run = start_processes(cfg, out, resume)
+    run.allow_change = allow_change
     run.data = open_data(run)
     run.learner = build_learner(run)
     state = start_or_resume(run, resume, held)
@@ -300,9 +308,25 @@ def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStac
 
 # --- Processes, device and precision (runtime.py: chosen from the hardware, with the reason logged) ---------
 
-def start_processes(cfg: Config, out: Path) -> Run:
-    hw = runtime.detect()
-    env = dist.init(runtime.device_type(cfg.train.device, hw))
+def start_processes(cfg: Config, out: Path, resume: str | None = None) -> Run:
+    """Join the ranks and settle the run's hardware-made choices (device, precision, memory format, profile, loader
+    workers): on a resume the run's recorded ones (config.yaml), else chosen by rank 0 from its hardware; every
+    rank then runs rank 0's config, and one that cannot honour it stops them all, naming itself."""
+    recorded = run_folder.recorded(out, resume) if resume else None
+    setting = cfg.train.device
+    if recorded and setting == "auto":
+        setting = recorded["config"].get("train", {}).get("device", setting)
+    hw = runtime.detect(gpus=runtime.wants_gpus(setting))
+    try:
+        kind = runtime.device_type(setting, hw)
+    except runtime.DeviceError:
+        kind = "cpu"  # a recorded CUDA run on a machine without a GPU: settling names the choice and its --set
+    env = dist.init(kind)
+    log = print if env.is_main else (lambda *a, **k: None)
+    settled = _settle_on_rank0(cfg, hw, env, recorded)
+    for key, value in settled["values"].items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
     device = runtime.pick_device(cfg.train.device, env.local_rank, hw)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -310,16 +334,58 @@ def start_processes(cfg: Config, out: Path) -> Run:
         torch.use_deterministic_algorithms(True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
-    log = print if env.is_main else (lambda *a, **k: None)
-    chosen = runtime.choose_precision(cfg.train.precision, device.type, hw, device.index or 0)
-    autocast, precision = runtime.autocast_for(chosen.value, device)
-    channels_last = runtime.choose_channels_last(cfg.train.channels_last, device.type)
-    log(f"precision {precision} ({chosen.reason}); memory format {'channels_last' if channels_last.value else 'NCHW'} "
-        f"({channels_last.reason})" + (f"; recipe profile {cfg.train.profile}" if cfg.train.profile != "auto" else ""),
-        flush=True)
-    if chosen.warning:
-        log(f"warning: {chosen.warning}", flush=True)
-    return Run(cfg, out, env, device, autocast, precision, channels_last.value, log)
+    autocast, precision = runtime.autocast_for(cfg.train.precision, device)
+    reasons = settled["reasons"]
+    log(f"precision {precision} ({reasons['train.precision']}); memory format "
+        f"{'channels_last' if cfg.train.channels_last == 'true' else 'NCHW'} ({reasons['train.channels_last']}); "
+        f"recipe profile {cfg.train.profile} ({reasons['train.profile']})", flush=True)
+    for key, o in settled["overrides"].items():
+        log(f"override: {key} {o['now']} instead of the recorded {o['recorded']} (recorded in metrics.jsonl)",
+            flush=True)
+    for warning in settled["warnings"]:
+        log(f"warning: {warning}", flush=True)
+    return Run(cfg, out, env, device, autocast, precision, cfg.train.channels_last == "true", log,
+               overrides=settled["overrides"], chosen_on=settled["chosen_on"], facts=runtime.facts(hw))
+
+
+def _settle_on_rank0(cfg: Config, hw: runtime.Hardware, env: dist.DistEnv, recorded: dict | None) -> dict:
+    """Rank 0's settled choices (runtime.settle) and config, on every rank; the same one-line error on every rank
+    when rank 0 cannot settle them or some rank cannot honour them."""
+    answer = None
+    if env.is_main:
+        local_world = max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), env.local_rank + 1)
+        asked = {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in runtime.HARDWARE_KEYS}
+        chosen_on = (recorded or {}).get("chosen_on")
+        try:
+            s = runtime.settle(asked, recorded and recorded["config_flat"], hw,
+                               lambda kind: plan_cores(available_cpus(), "auto", kind, 0, local_world).workers,
+                               chosen_on, env.local_rank)
+            overridden = s.overrides or not chosen_on
+            answer = {"values": s.values, "reasons": s.reasons, "overrides": s.overrides, "warnings": s.warnings,
+                      "config": cfg.to_dict(), "host": socket.gethostname(),
+                      # the facts that chose: the record's, unless this run chose anew or overrides it
+                      "chosen_on": runtime.facts(hw) if overridden else chosen_on}
+        except runtime.DeviceError as e:
+            answer = {"error": str(e)}
+    answer = dist.broadcast_object(answer)
+    if "error" in answer:
+        raise runtime.DeviceError(answer["error"])
+    if not env.is_main:
+        # rank 0's config (its profile's values included), so that no rank trains another recipe
+        rank0 = config_from_dict(answer["config"])
+        cfg.__dict__.update(rank0.__dict__)
+    mine = ""
+    for key, value in answer["values"].items():
+        why = runtime.cannot_honour(key, value, hw, str(answer["values"]["train.device"]).split(":")[0],
+                                    env.local_rank)
+        if why:
+            mine = (f"rank {env.rank} on {socket.gethostname()} cannot honour {key}={value} (chosen by rank 0 on "
+                    f"{answer['host']}): {why}; launch every rank on the same kind of machine, or pin {key} for all")
+            break
+    problems = [p for p in dist.all_gather_object(mine) if p]
+    if problems:
+        raise runtime.DeviceError(problems[0])
+    return answer
 
 
 # --- Data ----------------------------------------------------------------------------------------------------
@@ -452,7 +518,13 @@ def start_or_resume(run: Run, resume: str | None, held: contextlib.ExitStack) ->
     if env.is_main:
         if folder["run_id"] != state.run_id:
             checkpoint.write_atomic(out / "run.json", (json.dumps({"run_id": state.run_id}) + "\n").encode())
-        save_config(run.cfg, out / "config.yaml")
+        save_config(run.cfg, out / "config.yaml", chosen_on=run.chosen_on)
+        if run.overrides or run.changes:
+            # At the step it takes effect, in the run's record (report and the resume logic skip "event" lines).
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"event": "resume", "at_epoch": state.start_epoch, "at_step": state.start_step,
+                                    "overrides": run.overrides, "allowed_changes": run.changes,
+                                    "hardware": run.facts}) + "\n")
     return state
 
 
@@ -494,27 +566,57 @@ def _restore(run: Run, folder: dict, path: Path, saved: dict) -> RunState:
 
 
 def _load_learner(run: Run, path: Path, saved: dict) -> None:
-    """Weights, optimizer, loss scaler and EMA from checkpoint `path`; an error names the config keys that
-    changed since it was saved, the likely reason it does not fit."""
+    """Weights, optimizer, loss scaler and EMA from checkpoint `path`. A recipe value that differs from the run's
+    is refused, one line listing the keys, unless --allow-change names each; an allowed one takes effect from here
+    (the optimizer's hyperparameters included, which the saved param groups would otherwise bring back)."""
     learner = run.learner
-    changed = run_folder.config_changes(saved.get("config", {}), run.cfg.to_dict())
+    changed = _changes(run, saved.get("config", {}))
+    refused = [k for k in changed if k not in run.allow_change]
+    if refused:
+        listed = "; ".join(f"{k}: {changed[k]['saved']!r} -> {changed[k]['now']!r}" for k in refused)
+        raise checkpoint.CheckpointError(
+            f"{path} was saved with another config ({listed}); resume with the run's own config "
+            f"({run.out / 'config.yaml'}, left unchanged), or pass " + " ".join(f"--allow-change {k}" for k in refused)
+            + " to change it from here on (recorded in metrics.jsonl), or start the new config in another --out")
+    fresh = [{k: g[k] for k in ("momentum", "dampening", "nesterov", "weight_decay") if k in g}
+             for g in learner.optimizer.param_groups]
     try:
         learner.model.load_state_dict(saved["model"])
         learner.optimizer.load_state_dict(saved["optimizer"])
-        learner.scaler.load_state_dict(saved["scaler"])
+        # A disabled GradScaler (fp32, bf16) saves {}: a run that now scales (fp16 after a precision override)
+        # starts its loss scale afresh, and one that no longer scales has nothing to load.
+        if saved.get("scaler") and learner.scaler.is_enabled():
+            learner.scaler.load_state_dict(saved["scaler"])
         if learner.ema is not None and "ema" in saved:
             learner.ema.load_state_dict(saved["ema"])
     except (RuntimeError, ValueError, KeyError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        listed = "; ".join(f"{k}: {v['saved']!r} -> {v['now']!r}" for k, v in changed.items())
         raise checkpoint.CheckpointError(
             f"{path} does not fit this config's model or optimizer ({first}); it was saved with "
-            f"{'; '.join(changed) or 'the same config'}. Resume with the config it was saved with "
+            f"{listed or 'the same config'}. Resume with the config it was saved with "
             f"({run.out / 'config.yaml'}, left unchanged), or start the new config in another --out") from None
-    if changed:
-        run.log(f"warning: {path} was saved with a different config: {'; '.join(changed)}")
+    for group, now in zip(learner.optimizer.param_groups, fresh):
+        group.update(now)  # the config's momentum, nesterov and weight decay, not the checkpoint's
+    for key, v in changed.items():
+        run.log(f"allowed change (--allow-change {key}): {v['saved']!r} -> {v['now']!r}, in effect from this step")
+    run.changes = changed
     if learner.ema is not None and "ema" not in saved:
         learner.ema = EMA(learner.model, run.cfg.train.ema, run.cfg.train.ema_warmup)
         run.log(f"warning: {path} holds no EMA state; the EMA restarts from the resumed weights")
+
+
+def _changes(run: Run, saved_config: dict) -> dict:
+    """key -> {saved, now} for each config value this resume changes, leaving out the hardware-made choices
+    (start_processes settles those) and the keys that change how a run is watched, not what it trains."""
+    out = {}
+    for section, values in saved_config.items():
+        now = run.cfg.to_dict().get(section, {})
+        for key, old in values.items():
+            name = f"{section}.{key}"
+            if key in now and now[key] != old and name not in runtime.HARDWARE_KEYS and name not in run_folder.FREE_ON_RESUME:
+                out[name] = {"saved": old, "now": now[key]}
+    return out
 
 
 def _finished_results(run: Run, state: RunState) -> dict | None:
@@ -685,7 +787,8 @@ def save(run: Run, state: RunState, epoch: int, step: int, tally: EpochTally | N
     if env.is_main:
         saved = {**_model_file(run, epoch, step), "optimizer": learner.optimizer.state_dict(),
                  "scaler": learner.scaler.state_dict(), "run_id": state.run_id, "steps_per_epoch": data.steps_per_epoch,
-                 "global_batch": data.global_batch, "world": env.world, "lr": learner.lr, "ranks": ranks}
+                 "global_batch": data.global_batch, "world": env.world, "lr": learner.lr, "ranks": ranks,
+                 "hardware": run.facts}
         if learner.ema is not None:
             saved["ema"] = learner.ema.state_dict()
         if record is not None:
@@ -700,7 +803,7 @@ def _model_file(run: Run, epoch: int, step: int) -> dict:
     a resume need to rebuild the model."""
     manifest = run.data.manifest
     return {"model": run.learner.model.state_dict(), "epoch": epoch, "step": step, "config": run.cfg.to_dict(),
-            "version": __version__, "classes": manifest["classes"],
+            "chosen_on": run.chosen_on, "version": __version__, "classes": manifest["classes"],
             "class_names": manifest.get("class_names", manifest["classes"]), "in_channels": run.data.channels}
 
 

@@ -270,14 +270,13 @@ class LoaderOptions:
 
 def bench_loader(opts: LoaderOptions, log=print) -> dict:
     """The machine, the decode limit, then each worker count's pipeline rate and the ratios between them."""
-    from ..config import load_config
     from ..data.augment import whole_image_reason
     from ..data.cores import available_cpus, plan_cores
     from ..data.records import RecordReader
-    from ..runtime import pick_device
+    from ..runtime import load_recipe, pick_device
     from . import machine
 
-    cfg = load_config(opts.config, ([] if opts.config else list(DEFAULT_DATA)) + list(opts.overrides))
+    cfg = load_recipe(opts.config, ([] if opts.config else list(DEFAULT_DATA)) + list(opts.overrides))
     dev = pick_device(opts.device)
     reader = RecordReader(opts.data, opts.split)
     if len(reader) < opts.batch_size:

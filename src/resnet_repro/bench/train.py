@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from ..config import Config, choices, load_config
+from ..runtime import load_recipe
 from .measure import Spread, lower_median
 
 TRAIN_FLOPS_PER_MAC = 3 * 2  # forward + backward (input and weight gradients) = 3 forwards; 2 FLOPs per MAC
@@ -87,7 +88,7 @@ def _device_name(device: torch.device) -> str:
 def _bench_config(config: str | None, overrides: list[str], data: str | None) -> Config:
     """The data settings the end-to-end phase uses: a recipe's, or defaults that fit the shards' image kind."""
     if config:
-        cfg = load_config(config, overrides)
+        cfg = load_recipe(config, overrides)
     else:
         cfg = load_config(None, overrides)
         if not any(o.startswith("data.normalize") for o in overrides):

@@ -2,8 +2,8 @@
 (protocols.py), in one pass, on one process or on every rank torchrun started.
 
 The device is the run-time choice of runtime.pick_device ("auto": the local rank's GPU when there is one); the
-precision and memory format are the run's own (train.precision, train.channels_last), resolved for this device
-as training resolves them (runtime.autocast_for, runtime.choose_channels_last).
+precision and memory format are the run's recorded ones (train.precision, train.channels_last in its config)
+unless --precision / --memory-format say otherwise.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from .. import dist
 from ..data.remote import load_manifest, open_reader
-from ..runtime import autocast_for, choose_channels_last, detect, device_type, pick_device
+from ..runtime import autocast_for, choose_channels_last, detect, device_type, pick_device, wants_gpus
 from .protocols import evaluate_protocols, make_protocol
 from .trained_model import Trained
 from .val_pass import eval_transform
@@ -33,11 +33,13 @@ class EvalOptions:
     workers: int = 2
     device: str = "auto"  # auto, cpu, cuda, cuda:N; a GPU without an index is the local rank's
     pad: int | None = None
+    precision: str | None = None  # None: the run's recorded train.precision
+    channels_last: bool | None = None  # None: the run's recorded train.channels_last
 
 
 def evaluate_trained(trained: Trained, opts: EvalOptions) -> dict:
     """`resnet-repro evaluate`: a trained model on a prepared split under each protocol (one pass, all ranks)."""
-    hw = detect()
+    hw = detect(gpus=wants_gpus(opts.device))
     owned = not dist.is_available_and_initialized()  # a caller's process group is the caller's to close
     env = dist.init(device_type(opts.device, hw))  # torchrun: each rank scores its own share; one process otherwise
     try:
@@ -72,10 +74,13 @@ def _evaluate_on_ranks(trained: Trained, opts: EvalOptions, device: torch.device
     stored = reader.manifest["image"].get("height")
     protocols = [make_protocol(name, trained.cfg.data, stored, opts.resize, opts.crop, opts.scales, opts.pad)
                  for name in opts.protocols]
-    # The run's own precision and memory format, resolved for this device as training resolves them (runtime.py).
-    channels_last = choose_channels_last(trained.cfg.train.channels_last, device.type).value
+    # The run's own precision and memory format as it recorded them (a run from before they were recorded says
+    # auto: resolved for this device as training resolves them, runtime.py), unless the options say otherwise.
+    channels_last = opts.channels_last
+    if channels_last is None:
+        channels_last = choose_channels_last(trained.cfg.train.channels_last, device.type).value
     model = trained.model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    autocast, precision = autocast_for(trained.cfg.train.precision, device)
+    autocast, precision = autocast_for(opts.precision or trained.cfg.train.precision, device)
     results = evaluate_protocols(model, reader, protocols, eval_transform(trained.cfg.data, channels, device,
                                                                           channels_last),
                                  device, opts.batch_size, opts.workers, autocast, env.rank, env.world)
