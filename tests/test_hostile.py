@@ -1,0 +1,60 @@
+"""Hostile inputs and faults that used to crash, hang or lose work (issue 21): each one is refused with one line
+naming the file, key, shard, rank or host and what to do, and nothing half-written is left looking complete."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_one_clear_line, png, texture_images, tiny_run_recipe
+from resnet_repro.data import records
+
+DAMAGED = b"\x89PNG\r\n\x1a\n damaged"  # a PNG signature, then bytes no decoder reads
+
+
+def damaged_dataset(root: Path, damaged: dict[str, list[int]], sizes=None, shards: int = 2) -> Path:
+    """write_image_dataset's layout (8x8 textures, 4 classes) with the samples ``damaged[split]`` stored as
+    bytes no decoder reads, the hashes consistent: a data set damaged before prepare finished hashing it."""
+    root.mkdir(parents=True)
+    entries = {}
+    for k, (split, n) in enumerate((sizes or {"train": 96, "val": 23}).items()):
+        images, labels = texture_images(n, 8, k, 4)
+        samples = [records.Sample(f"{split}_{i:05d}", DAMAGED if i in damaged.get(split, ()) else png(img), "png",
+                                  int(lab)) for i, (img, lab) in enumerate(zip(images, labels))]
+        entries[split] = records.write_split(root, split, samples, shards, k)
+    records.write_manifest(root, {"format": records.FORMAT, "dataset": "synthetic-textures",
+                                  "classes": ["0", "1", "2", "3"], "image": {"height": 8, "width": 8, "channels": 1},
+                                  "encoding": {"ext": "png", "lossless": True}, "splits": entries})
+    return root
+
+
+# --- 1. a damaged training image whose replacement is damaged too ---------------------------------------------------
+
+def resnet_repro(*argv, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """The command line in a process of its own, so that a process that never ends fails the test."""
+    return subprocess.run([sys.executable, "-m", "resnet_repro", *map(str, argv)], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def error_lines(err: str) -> str:
+    """stderr less OpenCV's own complaints about the damaged bytes (printed by the library, not the program)."""
+    return "".join(ln + "\n" for ln in err.splitlines() if "grfmt_" not in ln)
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_damaged_sample_with_a_damaged_replacement_names_both(tmp_path, workers):
+    data = damaged_dataset(tmp_path / "data", {"train": list(range(96))})  # every replacement is damaged too
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(tiny_run_recipe(data, 1, 1, 0))
+    out = tmp_path / "run"
+    # In a loader worker too: the error reaches the user as one line, and the process ends (the worker does not
+    # keep it waiting at exit).
+    p = resnet_repro("train", "--config", recipe, "--out", out, "--set", f"data.workers={workers}")
+    err = error_lines(p.stderr).splitlines()
+    assert all(ln.startswith("warning: ") for ln in err[:-1]), p.stderr  # no traceback
+    assert_one_clear_line(p.returncode, err[-1] + "\n", data, "shard train-0000", "key train_000",
+                          "nor its replacement shard train-0000", "resnet-repro verify")
+    assert not (out / "final.pt").exists() and not (out / "results.json").exists()
