@@ -58,3 +58,19 @@ def test_damaged_sample_with_a_damaged_replacement_names_both(tmp_path, workers)
     assert_one_clear_line(p.returncode, err[-1] + "\n", data, "shard train-0000", "key train_000",
                           "nor its replacement shard train-0000", "resnet-repro verify")
     assert not (out / "final.pt").exists() and not (out / "results.json").exists()
+
+
+# --- 3. a mean/std with the wrong number of values for the data's channels -----------------------------------------
+
+def test_mean_std_for_other_channels_names_the_keys_and_the_fix(tmp_path, cli, texture_data):
+    recipe = tmp_path / "recipe.yaml"  # a minimal recipe: data.mean/std keep their 3-value (RGB) defaults
+    recipe.write_text(f"data: {{path: {texture_data}, batch_size: 8, workers: 0}}\nmodel: {{name: resnet20}}\n"
+                      "train: {device: cpu, epochs: 1}\n")
+    out = tmp_path / "run"
+    code, _, err = cli("train", "--config", recipe, "--out", out)
+    assert_one_clear_line(code, err, "data.mean", "data.std", "1 channel", "--set data.mean=", "--set data.std=")
+    assert not (out / "final.pt").exists()
+    fix = [a for a in err.split() if a.startswith(("data.mean=", "data.std="))]
+    code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run2", "--set", fix[0], "--set", fix[1],
+                       "--set", "train.epochs=1", "--set", "train.precise_bn_batches=0")
+    assert code == 0, err  # the fix the line gives works

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..config import DataConfig
+from ..config import ConfigError, DataConfig
 from . import jpeg_region
 from .color import affine_pixels
 from .jpeg_header import JpegHeaderError, read_frame
@@ -478,6 +478,18 @@ class EvalGeometry:
         return center_crop_resize(img, self.resize, self.size, self.interpolation)
 
 
+def _mean_std_fix(cfg: DataConfig, channels: int) -> str:
+    """What to set when data.mean/std do not have one value per channel: their averages, repeated (ImageNet's
+    RGB defaults on grayscale data: one value each)."""
+    def one(values):
+        avg = round(sum(values) / len(values), 3) if values else 0.5
+        return "[" + ",".join([str(avg)] * channels) + "]"
+
+    return (f"config keys 'data.mean' and 'data.std' have {len(cfg.mean)} and {len(cfg.std)} value(s), but the "
+            f"images have {channels} channel(s): give one per channel, e.g. --set data.mean={one(cfg.mean)} "
+            f"--set data.std={one(cfg.std)} (or the same in the recipe's data: section)")
+
+
 class DeviceTransform:
     """uint8 NHWC batch on the device (+ the per-sample colour parameters the workers drew) -> normalized
     float NCHW in channels_last memory format. The same tensor ops on CPU and CUDA."""
@@ -490,8 +502,8 @@ class DeviceTransform:
             # memory instead of faulting in fresh pages on every batch (keep_freed_memory; process-wide, idempotent).
             keep_freed_memory(large=True)
         if cfg.normalize == "meanstd":
-            if len(cfg.mean) != channels:
-                raise ValueError(f"data.mean has {len(cfg.mean)} values, the images have {channels} channel(s)")
+            if len(cfg.mean) != channels or len(cfg.std) != channels:
+                raise ConfigError(_mean_std_fix(cfg, channels))
             mean, std = cfg.mean, cfg.std
         elif cfg.normalize in ("none", "scale"):
             mean, std = [0.0] * channels, [1.0] * channels
