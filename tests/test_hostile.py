@@ -74,3 +74,13 @@ def test_mean_std_for_other_channels_names_the_keys_and_the_fix(tmp_path, cli, t
     code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run2", "--set", fix[0], "--set", fix[1],
                        "--set", "train.epochs=1", "--set", "train.precise_bn_batches=0")
     assert code == 0, err  # the fix the line gives works
+
+
+# --- 4. a config file that is not UTF-8 ---------------------------------------------------------------------------
+
+def test_config_file_not_utf8_names_the_file_and_offset(tmp_path, cli):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_bytes(b"model: {name: resnet20}\n# r\xe9sum\xe9 in Latin-1\n")
+    code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run")
+    assert_one_clear_line(code, err, f"config file {recipe}", "UTF-8", "byte 27")
+    assert not (tmp_path / "run").exists()
