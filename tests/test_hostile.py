@@ -84,3 +84,38 @@ def test_config_file_not_utf8_names_the_file_and_offset(tmp_path, cli):
     code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run")
     assert_one_clear_line(code, err, f"config file {recipe}", "UTF-8", "byte 27")
     assert not (tmp_path / "run").exists()
+
+
+# --- 6 and 9: a manifest entry without its hashes, a split without shards ------------------------------------------
+
+def _edit_manifest(root: Path, edit) -> Path:
+    """Change manifest.json in place through ``edit(manifest)``, rehashed as this version writes it (so that the
+    change itself, not the manifest's own hash, is what the reader meets)."""
+    manifest = json.loads((root / records.MANIFEST).read_text())
+    edit(manifest)
+    records.write_manifest(root, manifest)
+    return root / records.MANIFEST
+
+
+@pytest.mark.parametrize("field", ["sha256", "index_sha256"])
+def test_shard_entry_without_its_hash_is_one_line_in_verify_and_train(tmp_path, cli, field):
+    data = damaged_dataset(tmp_path / "data", {})
+    path = _edit_manifest(data, lambda m: m["splits"]["train"]["shards"][1].pop(field))
+    code, _, err = cli("verify", data, "--workers", 1)
+    assert code == 1 and "Traceback" not in err, err
+    (problem,) = err.splitlines()[1:]
+    for name in (str(path), "split 'train'", "train-00001.tar", f"no '{field}'", "prepare the data set again"):
+        assert name in problem, (name, problem)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(tiny_run_recipe(data, 1, 1, 0))
+    code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run")  # the reader no longer skips the check
+    assert_one_clear_line(code, err, path, "split 'train'", f"no '{field}'")
+
+
+def test_split_without_shards_is_one_line(tmp_path, cli):
+    data = damaged_dataset(tmp_path / "data", {})
+    path = _edit_manifest(data, lambda m: m["splits"]["val"].pop("shards"))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(tiny_run_recipe(data, 1, 1, 0))
+    code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run")
+    assert_one_clear_line(code, err, path, "split 'val'", "no 'shards'", "prepare the data set again")

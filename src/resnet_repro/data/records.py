@@ -17,6 +17,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,13 +184,33 @@ def load_manifest(root: Path) -> dict:
     if not isinstance(manifest.get("classes"), list) or not isinstance(manifest.get("splits"), dict):
         raise RecordError(f"{path}: no class list or no splits (damaged?); prepare the data set again")
     for name, split in manifest["splits"].items():
-        for entry in split.get("shards", []) if isinstance(split, dict) else [None]:
-            # Plain file names in this folder only: a hand-edited manifest must not send a reader elsewhere.
-            if not (isinstance(entry, dict) and _plain(entry.get("name"), ".tar") and _plain(entry.get("index"), ".idx")
-                    and all(isinstance(entry.get(k), int) for k in ("count", "bytes"))):
-                raise RecordError(f"{path}: split {name!r} has a malformed shard entry {entry!r} (damaged?); "
-                                  "prepare the data set again")
+        _check_split(path, name, split)
     return manifest
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_split(path: Path, name: str, split) -> None:
+    """Every field a reader and verify use, present and of its type: a missing one is this line, not a KeyError."""
+    if isinstance(split, dict) and not isinstance(split.get("shards"), list):
+        raise RecordError(f"{path}: split {name!r} has no 'shards' list (damaged or edited after prepare); "
+                          "prepare the data set again")
+    if not (isinstance(split, dict) and isinstance(split.get("count"), int)):
+        raise RecordError(f"{path}: split {name!r} has no 'count' (damaged or edited after prepare); prepare the "
+                          "data set again")
+    for entry in split["shards"]:
+        # Plain file names in this folder only: a hand-edited manifest must not send a reader elsewhere.
+        if not (isinstance(entry, dict) and _plain(entry.get("name"), ".tar") and _plain(entry.get("index"), ".idx")
+                and all(isinstance(entry.get(k), int) for k in ("count", "bytes"))):
+            raise RecordError(f"{path}: split {name!r} has a malformed shard entry {entry!r} (damaged?); "
+                              "prepare the data set again")
+        # Every version of prepare wrote both hashes: one missing is damage, and a reader must never skip the
+        # index check (shifted labels) nor verify the shard's bytes.
+        for field in ("sha256", "index_sha256"):
+            if not (isinstance(entry.get(field), str) and _SHA256.fullmatch(entry[field])):
+                raise RecordError(f"{path}: split {name!r} shard {entry['name']}: no '{field}' (a SHA-256 in hex); "
+                                  "the manifest was damaged or edited after prepare: prepare the data set again")
 
 
 def _plain(name, suffix: str) -> bool:
@@ -269,7 +290,7 @@ class RecordReader:
             idx_path = self.root / entry["index"]
             # The whole index is hashed (small: ~30 bytes a sample), so a rewritten one, say with shifted labels,
             # cannot pass; the shards themselves are only size-checked here, their bytes are verify's job.
-            if "index_sha256" in entry and _sha256_or_none(idx_path) != entry["index_sha256"]:
+            if _sha256_or_none(idx_path) != entry["index_sha256"]:
                 state = "missing or unreadable" if not idx_path.is_file() else "SHA-256 differs from the manifest's"
                 raise RecordError(f"index {idx_path}: {state} (changed or damaged after prepare); "
                                   f"{_redo(self.root)}")
