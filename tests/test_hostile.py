@@ -119,3 +119,31 @@ def test_split_without_shards_is_one_line(tmp_path, cli):
     recipe.write_text(tiny_run_recipe(data, 1, 1, 0))
     code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run")
     assert_one_clear_line(code, err, path, "split 'val'", "no 'shards'", "prepare the data set again")
+
+
+# --- 5. under torchrun, a bad image in evaluate on one rank stops the whole job -----------------------------------
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_torchrun_bad_image_on_rank_1_in_evaluate_ends_both_ranks_with_one_line(tmp_path, workers):
+    """2 processes on loopback (gloo, CPU): val sample 7 is damaged, and evaluation gives rank r the samples r,
+    r + 2, ...: only rank 1 meets it. Both processes end (the hang guard is far below gloo's 30-minute
+    timeout) and the job's error names rank 1, the shard and the key."""
+    from test_distributed import TORCHRUN, child_env, run
+    from test_export import fake_run_checkpoint
+
+    import numpy as np
+
+    # The reader's 8th val sample (index 7, rank 1's 4th): write_split shuffles the 23 samples into 2 shards
+    # with the split's seed (1 for val, see damaged_dataset).
+    sample = int(np.concatenate(records.shuffled_shards(23, 2, 1))[7])
+    key = f"val_{sample:05d}"
+    data = damaged_dataset(tmp_path / "data", {"val": [sample]}, {"train": 8, "val": 23})
+    ck = fake_run_checkpoint(tmp_path / "final.pt", data)
+    r = run([*TORCHRUN, "--standalone", "--nproc-per-node", 2, "-m", "resnet_repro", "evaluate", "--checkpoint", ck,
+             "--workers", workers, "--device", "cpu", "--batch-size", 4], child_env(), timeout=90)
+    assert r.returncode != 0
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    # torchrun's agent prints its own ChildFailedError summary; the ranks print no traceback of theirs
+    assert errors and "]: Traceback" not in r.stderr, r.stderr[-3000:]
+    assert all(ln == errors[0] for ln in errors), errors  # every rank says the same
+    assert any("rank 1 of 2" in ln and "shard val-0000" in ln and f"key {key}" in ln for ln in errors), errors
