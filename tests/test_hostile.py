@@ -147,3 +147,20 @@ def test_torchrun_bad_image_on_rank_1_in_evaluate_ends_both_ranks_with_one_line(
     assert errors and "]: Traceback" not in r.stderr, r.stderr[-3000:]
     assert all(ln == errors[0] for ln in errors), errors  # every rank says the same
     assert any("rank 1 of 2" in ln and "shard val-0000" in ln and f"key {key}" in ln for ln in errors), errors
+
+
+# --- 12. env from any folder ----------------------------------------------------------------------------------------
+
+def test_env_works_from_any_folder_machine_alone_or_with_a_recipe(tmp_path):
+    from conftest import FASHION_MNIST_RECIPE
+
+    alone = resnet_repro("env", "--json", cwd=tmp_path)  # outside the repository: no configs/ here
+    assert alone.returncode == 0, alone.stderr
+    facts = json.loads(alone.stdout)
+    assert facts["hardware"]["cores"] >= 1 and "choices" not in facts and "recipe" not in facts
+    text = resnet_repro("env", cwd=tmp_path)
+    assert text.returncode == 0 and "cores" in text.stdout and "would use" not in text.stdout, text.stderr
+    withr = resnet_repro("env", "--json", "--config", FASHION_MNIST_RECIPE, cwd=tmp_path)
+    assert withr.returncode == 0, withr.stderr
+    assert json.loads(withr.stdout)["choices"]["loader_workers"]["reason"].startswith(
+        f"data.workers of {FASHION_MNIST_RECIPE}")

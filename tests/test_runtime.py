@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from conftest import FASHION_MNIST_RECIPE as RECIPE
 from conftest import REPO
 from resnet_repro import runtime, train
 from resnet_repro.config import ConfigError, load_config
@@ -190,8 +191,8 @@ def test_a_second_ctrl_c_interrupts_at_once_and_restore_gives_the_signals_back()
 
 
 def test_env_command_prints_facts_and_choices():
-    out = subprocess.run([sys.executable, "-m", "resnet_repro", "env", "--json"], capture_output=True, text=True,
-                         check=True, cwd=REPO).stdout
+    out = subprocess.run([sys.executable, "-m", "resnet_repro", "env", "--json", "--config", RECIPE], capture_output=True,
+                         text=True, check=True, cwd=REPO).stdout
     facts = json.loads(out)
     assert facts["hardware"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert facts["torch"]["version"] == torch.__version__
@@ -202,6 +203,6 @@ def test_env_command_prints_facts_and_choices():
     assert {"loader_workers", "decoder", "channels_last"} <= set(choice)
     # The default recipe's 28x28 PNGs are cropped after a whole decode: no region decode, whatever the helper.
     assert "whole-image decode (data.crop=pad_crop" in choice["decoder"]["reason"]
-    text = subprocess.run([sys.executable, "-m", "resnet_repro", "env"], capture_output=True, text=True, check=True,
-                          cwd=REPO).stdout
+    text = subprocess.run([sys.executable, "-m", "resnet_repro", "env", "--config", RECIPE], capture_output=True,
+                          text=True, check=True, cwd=REPO).stdout
     assert "precision" in text and facts["hardware"]["cpu_capability"] in text

@@ -339,8 +339,10 @@ def _cmd_env(args) -> int:
     from . import env, runtime
     from .config import load_config
 
+    if args.set and not args.config:
+        raise UserError("env --set changes a recipe's values: give the recipe too (--config FILE)")
     try:
-        cfg = load_config(args.config, args.set)
+        cfg = load_config(args.config, args.set) if args.config else None
         r = env.report(cfg, args.config)
     except runtime.DeviceError as e:
         raise UserError(str(e)) from None
@@ -361,8 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_env(sub) -> None:
     ev = sub.add_parser("env", help="this machine (CPU class, cores, memory, torch/CUDA, GPUs) and what a run "
                                     "would choose on it (precision, profile, memory format, loader, decoder)")
-    ev.add_argument("--config", default="configs/fashion_mnist/resnet20.yaml",
-                    help="recipe whose choices to show (default: the make train recipe)")
+    ev.add_argument("--config", help="also show what a run of this recipe would choose here (e.g. "
+                                     "configs/fashion_mnist/resnet20.yaml, the make train recipe)")
     ev.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=_cmd_env)
