@@ -164,3 +164,16 @@ def test_env_works_from_any_folder_machine_alone_or_with_a_recipe(tmp_path):
     assert withr.returncode == 0, withr.stderr
     assert json.loads(withr.stdout)["choices"]["loader_workers"]["reason"].startswith(
         f"data.workers of {FASHION_MNIST_RECIPE}")
+
+
+# --- 10. checkpoint pruning keeps checkpoints it cannot attribute ---------------------------------------------------
+
+def test_pruning_never_deletes_a_torn_checkpoint_without_its_sha256(tmp_path):
+    from resnet_repro import checkpoint
+
+    torn = tmp_path / "ckpt-0000-000001.pt"  # another run's checkpoint, cut short before its checksum was written
+    torn.write_bytes(b"PK\x03\x04 torn")
+    for step in (2, 3, 4):
+        checkpoint.save(tmp_path, {"model": {}, "run_id": "a"}, 0, step, keep=2)
+    assert torn.read_bytes() == b"PK\x03\x04 torn"
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path, "a")] == ["ckpt-0000-000003.pt", "ckpt-0000-000004.pt"]
