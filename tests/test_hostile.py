@@ -177,3 +177,47 @@ def test_pruning_never_deletes_a_torn_checkpoint_without_its_sha256(tmp_path):
         checkpoint.save(tmp_path, {"model": {}, "run_id": "a"}, 0, step, keep=2)
     assert torn.read_bytes() == b"PK\x03\x04 torn"
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path, "a")] == ["ckpt-0000-000003.pt", "ckpt-0000-000004.pt"]
+
+
+# --- 7. prepare into a folder it cannot write -----------------------------------------------------------------------
+
+def _refuse(real, when):
+    """``real`` (os.mkdir / os.rename) failing with EACCES, as for a user without write permission on the folder,
+    for the paths ``when`` picks (tests run as root, which permission bits do not stop)."""
+    import errno
+    import os
+
+    def call(path, *args, **kwargs):
+        if when(str(path)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path, *args, **kwargs)
+    return call
+
+
+def test_prepare_cannot_create_its_staging_folder(tmp_path, cli, monkeypatch):
+    import os
+
+    from conftest import write_fashion_mnist_src
+
+    write_fashion_mnist_src(tmp_path / "src")
+    src, out = tmp_path / "src", tmp_path / "ro" / "out"
+    out.parent.mkdir()
+    # A read-only parent whose lock file is left over and writable: the lock is taken, the staging folder is not
+    monkeypatch.setattr(os, "mkdir", _refuse(os.mkdir, lambda p: p.endswith(".partial")))
+    code, _, err = cli("prepare", "fashion-mnist", "--src", src, "--out", out)
+    assert_one_clear_line(code, err, f"{out}.partial", "Permission denied", "writable")
+    assert not out.exists()
+
+
+def test_prepare_cannot_move_the_finished_data_set_into_place(tmp_path, cli, monkeypatch):
+    import os
+
+    from conftest import write_fashion_mnist_src
+
+    write_fashion_mnist_src(tmp_path / "src")
+    out = tmp_path / "out"
+    monkeypatch.setattr(os, "rename", _refuse(os.rename, lambda p: p == f"{out}.partial"))
+    code, _, err = cli("prepare", "fashion-mnist", "--src", tmp_path / "src", "--out", out)
+    assert_one_clear_line(code, err, f"{out}.partial", str(out), "Permission denied")
+    assert (tmp_path / "out.partial" / records.MANIFEST).is_file()  # the finished work is kept, and said where
+    monkeypatch.undo()
