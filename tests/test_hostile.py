@@ -221,3 +221,37 @@ def test_prepare_cannot_move_the_finished_data_set_into_place(tmp_path, cli, mon
     assert_one_clear_line(code, err, f"{out}.partial", str(out), "Permission denied")
     assert (tmp_path / "out.partial" / records.MANIFEST).is_file()  # the finished work is kept, and said where
     monkeypatch.undo()
+
+
+# --- 11. mallopt(M_MMAP_MAX, 0) only where batches are transformed on the CPU ---------------------------------------
+
+class _FakeLibc:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value))
+        return 1
+
+
+def test_no_mmap_off_outside_training(monkeypatch, tmp_path, cli, texture_data):
+    import ctypes
+
+    import torch
+
+    from resnet_repro.config import DataConfig
+    from resnet_repro.data.augment import DeviceTransform
+    from resnet_repro.evaluate import eval_transform
+
+    calls = []
+    monkeypatch.setattr(ctypes, "CDLL", lambda name, *a, **k: _FakeLibc(calls))
+    M_MMAP_MAX = -4
+    cfg = DataConfig(mean=[0.5], std=[0.25])
+    DeviceTransform(cfg, 1, torch.device("cpu"))  # what evaluate, predict or a user's script builds
+    eval_transform(cfg, 1, torch.device("cpu"))
+    assert (M_MMAP_MAX, 0) not in calls, calls
+    recipe = tmp_path / "recipe.yaml"  # training on a CPU device still keeps its batches' memory
+    recipe.write_text(tiny_run_recipe(texture_data, 1, 1, 0))
+    code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run", "--set", "train.epochs=1")
+    assert code == 0, err
+    assert (M_MMAP_MAX, 0) in calls

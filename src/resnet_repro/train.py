@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from . import __version__, checkpoint, dist, folder_lock, run_folder, runtime
 from .config import Config, ConfigError, DataConfig, save_config
-from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry
+from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry, keep_batch_memory
 from .data.cores import CorePlan, available_cpus, pin_trainer, plan_cores, unpin_trainer
 from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
 from .data.records import RecordReader
@@ -335,6 +335,7 @@ def open_data(run: Run) -> Data:
                           f"{channels}-channel images (manifest.json); set model.in_channels=0 to take the data's")
     train_ds = BatchDataset(train_reader, TrainGeometry(cfg.data, stored), channels, cfg.train.seed, train=True)
     val_ds = BatchDataset(val_reader, EvalGeometry(cfg.data, stored), channels, cfg.train.seed, train=False)
+    keep_batch_memory(device)  # this process transforms every batch on a CPU device: reuse its memory
     to_device = DeviceTransform(cfg.data, channels, device, run.channels_last)
     train_transform = to_device
     # Val batches get normalization only: colour distortion and lighting noise are training augmentation (and
