@@ -255,3 +255,42 @@ def test_no_mmap_off_outside_training(monkeypatch, tmp_path, cli, texture_data):
     code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run", "--set", "train.epochs=1")
     assert code == 0, err
     assert (M_MMAP_MAX, 0) in calls
+
+
+# --- 8. a lock held or left from another host ------------------------------------------------------------------------
+
+OTHER = "pid=4242 host=nfs-node-7 since=2026-12-01T10:00:00+0000\nwhat=a training run\n"
+
+
+def test_lock_held_from_another_host_names_it_and_never_says_ended(tmp_path, cli, texture_data):
+    import fcntl
+    import os
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.lock").write_text(OTHER)
+    fd = os.open(out / "run.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, as NFS's lock emulation shows another host's lock
+    try:
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(tiny_run_recipe(texture_data, 1, 1, 0))
+        code, _, err = cli("train", "--config", recipe, "--out", out)
+        assert_one_clear_line(code, err, "nfs-node-7", "pid 4242", "is in use")
+        assert "has ended" not in err
+    finally:
+        os.close(fd)
+
+
+def test_lock_left_from_another_host_needs_force(tmp_path, cli):
+    from conftest import write_fashion_mnist_src
+
+    write_fashion_mnist_src(tmp_path / "src")
+    out = tmp_path / "out"
+    lock = tmp_path / "out.lock"
+    lock.write_text(OTHER)  # no flock: the other host's lock may not reach here, so that proves nothing
+    code, _, err = cli("prepare", "fashion-mnist", "--src", tmp_path / "src", "--out", out)
+    assert_one_clear_line(code, err, lock, "nfs-node-7", "--force")
+    assert not out.exists() and lock.read_text() == OTHER
+    code, _, err = cli("prepare", "fashion-mnist", "--src", tmp_path / "src", "--out", out, "--force")
+    assert code == 0, err
+    assert "warning: " in err and "nfs-node-7" in err and (out / records.MANIFEST).is_file()

@@ -40,7 +40,7 @@ def _cmd_prepare(args) -> int:
     from .folder_lock import hold_output
 
     # One prepare per --out: a second one into the same folder would interleave shards with the first's.
-    with hold_output(Path(args.out), "a prepare"):
+    with hold_output(Path(args.out), "a prepare", force=args.force):
         return _prepare(args)
 
 
@@ -107,7 +107,7 @@ def _cmd_train(args) -> int:
     cfg = load_config(args.config, args.set)
     _check_device(cfg.train.device, "config key 'train.device'", "train.device=cpu (or auto)")
     try:
-        result = train(cfg, Path(args.out), resume=args.resume)
+        result = train(cfg, Path(args.out), resume=args.resume, force=args.force)
     except TrainingError as e:  # e.g. a non-finite loss: the message says which checkpoint is kept
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -387,7 +387,8 @@ def _add_prepare(sub) -> None:
     pr.add_argument("--out", required=True)
     pr.add_argument("--src", help="folder with the raw files (default: the system copy or a download)")
     pr.add_argument("--seed", type=int, default=0, help="shuffle seed, recorded in the manifest")
-    pr.add_argument("--force", action="store_true", help="rebuild even if OUT already holds a manifest")
+    pr.add_argument("--force", action="store_true", help="rebuild even if OUT already holds a manifest; take over "
+                    "OUT's lock left by a process on another host")
     pr.add_argument("--val-size", type=int, help="cifar10/cifar100: training images held out as split 'val' "
                     "(default 5000, the paper's 45k/5k split)")
     # imagenet / folder (--src: the folder with train/ and val/ or the Kaggle root; or <class>/<images>).
@@ -422,6 +423,8 @@ def _add_train(sub) -> None:
     t.add_argument("--out", required=True, help="run folder (config, metrics.jsonl, checkpoints, results)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     t.add_argument("--resume", metavar="auto|CHECKPOINT", help="auto: newest whole checkpoint in OUT")
+    t.add_argument("--force", action="store_true", help="take over OUT's lock left by a process on another host "
+                   "(whether it still runs cannot be checked from here)")
     t.set_defaults(func=_cmd_train)
 
 

@@ -251,24 +251,24 @@ class EpochTally:
 
 # --- The run, top to bottom --------------------------------------------------------------------------------
 
-def train(cfg: Config, out: Path, resume: str | None = None) -> dict:
+def train(cfg: Config, out: Path, resume: str | None = None, force: bool = False) -> dict:
     """`resnet-repro train`: the run `cfg` describes, into `out` (resume: None, "auto" or a checkpoint path)."""
     try:
         # Holds the run folder's lock (rank 0) until the last file is written, however the run ends.
         with contextlib.ExitStack() as held:
-            return _train(cfg, Path(out), resume, held)
+            return _train(cfg, Path(out), resume, held, force)
     finally:
         # Errors included: a gloo group left to the interpreter's exit-time destructors can abort the process
         # ("terminate called without an active exception"), burying the error message under a SIGABRT.
         dist.shutdown()
 
 
-def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStack) -> dict:
+def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStack, force: bool = False) -> dict:
     t_start = time.time()
     run = start_processes(cfg, out)
     run.data = open_data(run)
     run.learner = build_learner(run)
-    state = start_or_resume(run, resume, held)
+    state = start_or_resume(run, resume, held, force)
     done = _finished_results(run, state)
     if done is not None:
         return done
@@ -408,12 +408,12 @@ def build_learner(run: Run) -> Learner:
 
 # --- Run folder and resume -----------------------------------------------------------------------------------
 
-def start_or_resume(run: Run, resume: str | None, held: contextlib.ExitStack) -> RunState:
+def start_or_resume(run: Run, resume: str | None, held: contextlib.ExitStack, force: bool = False) -> RunState:
     """Claim the run folder and, with `resume`, put the newest (or the given) checkpoint back into the learner.
     One writer per folder, and one run: rank 0 locks the folder (held until train() returns) and reads which run
     it holds; nothing in it changes until the resume checks have passed."""
     out, env = run.out, run.env
-    folder = run_folder.claim(out, resume, env, held)
+    folder = run_folder.claim(out, resume, env, held, force)  # force: take over a lock from another host
     state = RunState(folder["run_id"])
     if resume:
         found = run_folder.find_checkpoint(resume, run.ckpt_dir, env, folder["run_id"])
