@@ -294,3 +294,61 @@ def test_lock_left_from_another_host_needs_force(tmp_path, cli):
     code, _, err = cli("prepare", "fashion-mnist", "--src", tmp_path / "src", "--out", out, "--force")
     assert code == 0, err
     assert "warning: " in err and "nfs-node-7" in err and (out / records.MANIFEST).is_file()
+
+
+# --- 9. the manifest's own hash; an older version's manifest --------------------------------------------------------
+
+def _as_older_version(root: Path) -> dict:
+    """The manifest as version 1 wrote it: format resnet-repro-records/1, no manifest_sha256 (written by hand)."""
+    manifest = json.loads((root / records.MANIFEST).read_text())
+    manifest.pop("manifest_sha256")
+    manifest["format"] = "resnet-repro-records/1"
+    (root / records.MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def test_an_edited_manifest_is_refused(tmp_path, cli):
+    data = damaged_dataset(tmp_path / "data", {})
+    manifest = json.loads((data / records.MANIFEST).read_text())
+    manifest["classes"] = ["3", "2", "1", "0"]  # relabelled by hand: every check but the manifest's own passes
+    (data / records.MANIFEST).write_text(json.dumps(manifest))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(tiny_run_recipe(data, 1, 1, 0))
+    code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run")
+    assert_one_clear_line(code, err, data / records.MANIFEST, "manifest_sha256", "prepare the data set again")
+    manifest.pop("manifest_sha256")  # this format without its hash: not an older version, refused too
+    (data / records.MANIFEST).write_text(json.dumps(manifest))
+    code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run")
+    assert_one_clear_line(code, err, data / records.MANIFEST, "no 'manifest_sha256'")
+
+
+def test_an_older_manifest_is_read_with_one_warning_and_verify_upgrades_it(tmp_path, cli):
+    data = damaged_dataset(tmp_path / "data", {})
+    old = _as_older_version(data)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(tiny_run_recipe(data, 1, 1, 0))
+    code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run")
+    assert code == 0, err
+    assert err.count(f"warning: {data / records.MANIFEST} was written by an older version") == 1, err
+    assert f"resnet-repro verify --upgrade {data}" in err
+    code, out, err = cli("verify", data, "--workers", 1, "--upgrade")
+    assert code == 0 and "upgraded from resnet-repro-records/1" in out, (out, err)
+    new = json.loads((data / records.MANIFEST).read_text())
+    assert new["format"] == records.FORMAT and new["manifest_sha256"] == records.manifest_sha256(new)
+    assert {k: v for k, v in new.items() if k not in ("format", "manifest_sha256")} == \
+        {k: v for k, v in old.items() if k != "format"}
+    records._WARNED.clear()
+    code, _, err = cli("verify", data, "--workers", 1)
+    assert code == 0 and "older version" not in err, err
+
+
+def test_verify_does_not_upgrade_damaged_data(tmp_path, cli):
+    data = damaged_dataset(tmp_path / "data", {})
+    _as_older_version(data)
+    shard = data / "train-00000.tar"
+    raw = bytearray(shard.read_bytes())
+    raw[700] ^= 0xFF  # same size: only verify's hash finds it
+    shard.write_bytes(bytes(raw))
+    code, _, err = cli("verify", data, "--workers", 1, "--upgrade")
+    assert code == 1 and "not upgraded" in err, err
+    assert json.loads((data / records.MANIFEST).read_text())["format"] == "resnet-repro-records/1"

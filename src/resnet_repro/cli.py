@@ -95,8 +95,14 @@ def _cmd_verify(args) -> int:
         print(f"{args.data}: {len(problems)} problem(s):", file=sys.stderr)
         for p in problems:
             print(f"  {p}", file=sys.stderr)
+        if args.upgrade:
+            print(f"{args.data}: not upgraded (its data does not match the manifest)", file=sys.stderr)
         return 1
     print(f"{args.data}: OK ({total} samples)")
+    if args.upgrade:
+        from .data.verify import upgrade
+
+        print(f"{args.data}: {upgrade(args.data)}")
     return 0
 
 
@@ -414,6 +420,8 @@ def _add_verify(sub) -> None:
     v.add_argument("data", help="prepared data folder (with manifest.json)")
     v.add_argument("--workers", type=int, default=0, help="processes (default: one per CPU core)")
     v.add_argument("--no-decode", action="store_true", help="checksums and indexes only")
+    v.add_argument("--upgrade", action="store_true", help="after a clean check, rewrite a manifest of an older "
+                   "version in this version's format (adding the manifest's own SHA-256)")
     v.set_defaults(func=_cmd_verify)
 
 
