@@ -352,3 +352,19 @@ def test_verify_does_not_upgrade_damaged_data(tmp_path, cli):
     code, _, err = cli("verify", data, "--workers", 1, "--upgrade")
     assert code == 1 and "not upgraded" in err, err
     assert json.loads((data / records.MANIFEST).read_text())["format"] == "resnet-repro-records/1"
+
+
+# --- 2. --out inside a flat --src (class folders directly in it) ----------------------------------------------------
+
+def test_out_inside_a_flat_src_leaves_the_source_untouched(tmp_path, cli):
+    from test_data_errors import _folder, _prepare_folder
+
+    src = _folder(tmp_path / "src")  # flat: src/<class>/*.jpg, where any new folder would be read as a class
+    before = sorted(str(p.relative_to(src)) for p in src.rglob("*"))
+    out = src / "prepared" / "shards"
+    code, _, err = _prepare_folder(cli, src, out)
+    assert_one_clear_line(code, err, f"--out {out.resolve()} is inside --src {src.resolve()}")
+    assert sorted(str(p.relative_to(src)) for p in src.rglob("*")) == before  # no folder made in the source
+    code, _, err = _prepare_folder(cli, src, tmp_path / "out")
+    assert code == 0, err  # a second prepare finds the same three classes
+    assert records.load_manifest(tmp_path / "out")["classes"] == ["ant", "cat", "dog"]

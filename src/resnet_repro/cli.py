@@ -39,6 +39,12 @@ def _cmd_model(args) -> int:
 def _cmd_prepare(args) -> int:
     from .folder_lock import hold_output
 
+    if args.dataset in ("imagenet", "folder") and args.src:
+        from .data.prepare import check_out_and_src
+
+        # Before the lock, which makes --out's parent and its lock file: inside a flat --src (class folders
+        # directly in it) a folder made there would be read as a class by the next prepare.
+        check_out_and_src(Path(args.out), Path(args.src))
     # One prepare per --out: a second one into the same folder would interleave shards with the first's.
     with hold_output(Path(args.out), "a prepare", force=args.force):
         return _prepare(args)
@@ -67,11 +73,10 @@ def _prepare(args) -> int:
 
 def _prepare_images(args) -> int:
     from .data.imagenet import discover_folder, discover_imagenet
-    from .data.prepare import Encoding, check_out_and_src, prepare_images
+    from .data.prepare import Encoding, prepare_images
 
     if not args.src:
         raise UserError(f"prepare {args.dataset} needs --src (the folder holding the images)")
-    check_out_and_src(Path(args.out), Path(args.src))  # before discovery walks into an --out inside --src
     if args.dataset == "imagenet":
         source = discover_imagenet(args.src)
         default = {"train": 1024, "val": 128}  # the reference recipe's shard counts
