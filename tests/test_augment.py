@@ -251,11 +251,15 @@ HEAP_PROBE = """
 import sys
 import numpy as np
 from resnet_repro.data.augment import keep_freed_memory
-if sys.argv[1] == "transform":  # the process that runs the device transform on a CPU device
+if sys.argv[1] == "transform":  # building a CPU device transform alone (evaluate, predict, a user's script)
     import torch
     from resnet_repro.config import DataConfig
     from resnet_repro.data.augment import DeviceTransform
     DeviceTransform(DataConfig(), 3, torch.device("cpu"))
+elif sys.argv[1] == "batches":  # a process that transforms every batch on the CPU (train, bench)
+    import torch
+    from resnet_repro.data.augment import keep_batch_memory
+    keep_batch_memory(torch.device("cpu"))
 elif sys.argv[1] != "default":
     keep_freed_memory(large=sys.argv[1] == "large")
 a = np.empty(40 << 20, np.uint8)  # above glibc's 32 MB ceiling for the mmap threshold
@@ -268,8 +272,8 @@ print(lo <= a.ctypes.data < hi)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc and /proc/self/maps")
 def test_keep_freed_memory_large_serves_big_blocks_from_the_heap():
-    """A CPU device transform's 38.5 MB output batch is heap memory with large=True (which DeviceTransform sets on
-    a CPU device), fresh pages otherwise."""
+    """A CPU device transform's 38.5 MB output batch is heap memory with large=True (which keep_batch_memory sets
+    in training's process on a CPU device), fresh pages otherwise (and where a DeviceTransform is only built)."""
     def in_heap(mode):
         r = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
@@ -278,4 +282,5 @@ def test_keep_freed_memory_large_serves_big_blocks_from_the_heap():
     assert in_heap("default") == "False"
     assert in_heap("small") == "False"  # the 32 MB threshold alone still mmaps a 40 MB block
     assert in_heap("large") == "True"
-    assert in_heap("transform") == "True"
+    assert in_heap("transform") == "False"
+    assert in_heap("batches") == "True"

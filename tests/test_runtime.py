@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from conftest import FASHION_MNIST_RECIPE as RECIPE
 from conftest import REPO
 from resnet_repro import runtime, train
 from resnet_repro.config import ConfigError
@@ -203,7 +204,7 @@ AVX2_FAKE = json.dumps({"cpu_model": "faked EPYC", "cpu_capability": "AVX2", "cp
 def test_env_command_prints_facts_and_choices(fake, precision, profile):
     # Each CPU class faked (runtime.FAKE_ENV), so the expectation is the branch's, not this host's.
     env = {**os.environ, runtime.FAKE_ENV: fake}
-    out = subprocess.run([sys.executable, "-m", "resnet_repro", "env", "--json"],
+    out = subprocess.run([sys.executable, "-m", "resnet_repro", "env", "--json", "--config", RECIPE],
                          capture_output=True, text=True, check=True, cwd=REPO, env=env).stdout
     facts = json.loads(out)
     assert facts["hardware"]["cpu_model"].startswith("faked") and facts["torch"]["version"] == torch.__version__
@@ -213,8 +214,8 @@ def test_env_command_prints_facts_and_choices(fake, precision, profile):
     assert {"loader_workers", "decoder", "channels_last"} <= set(choice)
     # The default recipe's 28x28 PNGs are cropped after a whole decode: no region decode, whatever the helper.
     assert "whole-image decode (data.crop=pad_crop" in choice["decoder"]["reason"]
-    text = subprocess.run([sys.executable, "-m", "resnet_repro", "env"], capture_output=True, text=True, check=True,
-                          cwd=REPO, env=env).stdout
+    text = subprocess.run([sys.executable, "-m", "resnet_repro", "env", "--config", RECIPE], capture_output=True,
+                          text=True, check=True, cwd=REPO, env=env).stdout
     assert f"precision     {precision}" in text and "faked" in text
 
 

@@ -25,6 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from .errors import UserError
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -120,6 +122,10 @@ def replace_folder(staging: Path, out: Path) -> None:
     ``out``. A folder cannot be renamed over a non-empty one, so an old ``out`` is removed first; a crash in
     between leaves no ``out`` and the whole of ``staging``, never a mix of the two."""
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    Path(staging).rename(out)
+    try:
+        if out.exists():
+            shutil.rmtree(out)
+        Path(staging).rename(out)
+    except OSError as e:  # a read-only --out or parent, a mount point: hours of work must not end in a traceback
+        raise UserError(f"cannot move the finished {staging} to {out} ({e.strerror}); it is complete: move it there "
+                        f"yourself, or make {out.parent} writable and run the command again") from None

@@ -90,15 +90,16 @@ def save(ckpt_dir: Path, state: dict, epoch: int, step: int, keep: int = 3) -> P
 
 
 def list_checkpoints(ckpt_dir: Path, run_id: str | None = None) -> list[Path]:
-    """Checkpoint files in (epoch, step) order, oldest first, whole or not. With ``run_id``: leaving out those
-    whose checksum file names another run (one without a run line, from before run ids, counts as this run's)."""
+    """Checkpoint files in (epoch, step) order, oldest first, whole or not. With ``run_id``: only those whose
+    checksum file names this run or no run (from before run ids). One without a checksum file is nobody's: a
+    write cut short, of this run or another, which pruning must not delete for this run (load_latest skips it)."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
     found = sorted(p for p in ckpt_dir.iterdir() if _NAME.match(p.name))
     if run_id is None:
         return found
-    return [p for p in found if (read_sidecar(p) or ("", None))[1] in (None, run_id)]
+    return [p for p in found if (side := read_sidecar(p)) is not None and side[1] in (None, run_id)]
 
 
 def load(path: Path, map_location="cpu") -> dict:

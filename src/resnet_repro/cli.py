@@ -39,8 +39,14 @@ def _cmd_model(args) -> int:
 def _cmd_prepare(args) -> int:
     from .folder_lock import hold_output
 
+    if args.dataset in ("imagenet", "folder") and args.src:
+        from .data.prepare import check_out_and_src
+
+        # Before the lock, which makes --out's parent and its lock file: inside a flat --src (class folders
+        # directly in it) a folder made there would be read as a class by the next prepare.
+        check_out_and_src(Path(args.out), Path(args.src))
     # One prepare per --out: a second one into the same folder would interleave shards with the first's.
-    with hold_output(Path(args.out), "a prepare"):
+    with hold_output(Path(args.out), "a prepare", force=args.force):
         return _prepare(args)
 
 
@@ -67,7 +73,7 @@ def _prepare(args) -> int:
 
 def _prepare_images(args) -> int:
     from .data.imagenet import discover_folder, discover_imagenet
-    from .data.prepare import Encoding, check_out_and_src, prepare_images
+    from .data.prepare import Encoding, prepare_images
 
     archives = [a for a in (args.train_tar, args.val_tar, args.devkit) if a]
     if archives and (args.dataset != "imagenet" or args.src or len(archives) != 3):
@@ -83,7 +89,6 @@ def _prepare_images(args) -> int:
         source = discover_archives(args.train_tar, args.val_tar, args.devkit, args.workers or os.cpu_count() or 1)
         default = {"train": 1024, "val": 128}
     elif args.dataset == "imagenet":
-        check_out_and_src(Path(args.out), Path(args.src))  # before discovery walks into an --out inside --src
         source = discover_imagenet(args.src)
         default = {"train": 1024, "val": 128}  # the reference recipe's shard counts
     else:
@@ -111,8 +116,14 @@ def _cmd_verify(args) -> int:
         print(f"{args.data}: {len(problems)} problem(s):", file=sys.stderr)
         for p in problems:
             print(f"  {p}", file=sys.stderr)
+        if args.upgrade:
+            print(f"{args.data}: not upgraded (its data does not match the manifest)", file=sys.stderr)
         return 1
     print(f"{args.data}: OK ({total} samples)")
+    if args.upgrade:
+        from .data.verify import upgrade
+
+        print(f"{args.data}: {upgrade(args.data)}")
     return 0
 
 
@@ -131,7 +142,8 @@ def _cmd_train(args) -> int:
     cfg = load_recipe(args.config, args.set, recorded_profile=record and record["config_flat"].get("train.profile"))
     _check_device(cfg.train.device, "config key 'train.device'", "train.device=cpu (or auto)")
     try:
-        result = train(cfg, Path(args.out), resume=args.resume, allow_change=tuple(args.allow_change))
+        result = train(cfg, Path(args.out), resume=args.resume, allow_change=tuple(args.allow_change),
+                       force=args.force)
     except TrainingError as e:  # e.g. a non-finite loss: the message says which checkpoint is kept
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -370,8 +382,10 @@ def _cmd_bench_prepare(args) -> int:
 def _cmd_env(args) -> int:
     from . import env, runtime
 
+    if args.set and not args.config:
+        raise UserError("env --set changes a recipe's values: give the recipe too (--config FILE)")
     try:
-        cfg = runtime.load_recipe(args.config, args.set)
+        cfg = runtime.load_recipe(args.config, args.set) if args.config else None
         r = env.report(cfg, args.config)
     except runtime.DeviceError as e:
         raise UserError(str(e)) from None
@@ -392,8 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_env(sub) -> None:
     ev = sub.add_parser("env", help="this machine (CPU class, cores, memory, torch/CUDA, GPUs) and what a run "
                                     "would choose on it (precision, profile, memory format, loader, decoder)")
-    ev.add_argument("--config", default="configs/fashion_mnist/resnet20.yaml",
-                    help="recipe whose choices to show (default: the make train recipe)")
+    ev.add_argument("--config", help="also show what a run of this recipe would choose here (e.g. "
+                                     "configs/fashion_mnist/resnet20.yaml, the make train recipe)")
     ev.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=_cmd_env)
@@ -417,7 +431,8 @@ def _add_prepare(sub) -> None:
     pr.add_argument("--src", help="folder with the raw files (default: the system copy or a download)")
     pr.add_argument("--seed", type=int, default=0, help="shuffle seed and the held-out val split's seed, recorded in "
                     "the manifest")
-    pr.add_argument("--force", action="store_true", help="rebuild even if OUT already holds a manifest")
+    pr.add_argument("--force", action="store_true", help="rebuild even if OUT already holds a manifest; take over "
+                    "OUT's lock left by a process on another host")
     pr.add_argument("--val-size", type=int, help="fashion-mnist, cifar10/cifar100: official training images held "
                     "out as split 'val', stratified by class (default 5000: fashion-mnist a twelfth of its training "
                     "images, CIFAR the paper's 45k/5k split); the official test set stays split 'test'")
@@ -449,6 +464,8 @@ def _add_verify(sub) -> None:
     v.add_argument("data", help="prepared data folder (with manifest.json)")
     v.add_argument("--workers", type=int, default=0, help="processes (default: one per CPU core)")
     v.add_argument("--no-decode", action="store_true", help="checksums and indexes only")
+    v.add_argument("--upgrade", action="store_true", help="after a clean check, rewrite a manifest of an older "
+                   "version in this version's format (adding the manifest's own SHA-256)")
     v.set_defaults(func=_cmd_verify)
 
 
@@ -463,6 +480,8 @@ def _add_train(sub) -> None:
     t.add_argument("--allow-change", action="append", default=[], metavar="SECTION.KEY",
                    help="on a resume, let the recipe change this key (repeatable; recorded in metrics.jsonl); other "
                         "changed keys are refused")
+    t.add_argument("--force", action="store_true", help="take over OUT's lock left by a process on another host "
+                   "(whether it still runs cannot be checked from here)")
     t.set_defaults(func=_cmd_train)
 
 

@@ -408,7 +408,10 @@ def _read_recipe(path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = _yaml_load(path.read_text()) or {}
+        raw = _yaml_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.end]!r}); "
+                          "save it as UTF-8") from None
     except _DuplicateKey as e:
         raise ConfigError(f"config file {path}: {e}") from None
     except yaml.YAMLError as e:

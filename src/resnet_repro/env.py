@@ -50,17 +50,31 @@ def _versions() -> dict:
             "opencv": cv2.__version__, "numpy": np.__version__, "threads": torch.get_num_threads()}
 
 
-def report(cfg: Config, recipe: str, hw: runtime.Hardware | None = None) -> dict:
-    """Facts and choices as one JSON-able dict (`env --json` prints it as it is)."""
+def report(cfg: Config | None, recipe: str | None, hw: runtime.Hardware | None = None) -> dict:
+    """Facts and choices as one JSON-able dict (`env --json` prints it as it is); the machine alone without a
+    recipe (`cfg` None)."""
     from .data import jpeg_region
-    from .data.augment import whole_image_reason
 
     hw = hw or runtime.detect()
+    region = jpeg_region.available()
+    machine = {
+        "hardware": runtime.as_dict(hw),
+        "memory": _meminfo(),
+        "dev_shm_gb": _shm_gb(),
+        "cpu_count": os.cpu_count(),
+        "torch": _versions(),
+        "native_jpeg_helper": {"built": region, "why_not": "" if region else jpeg_region.unavailable_reason()},
+    }
+    return machine if cfg is None else {**machine, "recipe": recipe, "choices": _choices(cfg, recipe, hw)}
+
+
+def _choices(cfg: Config, recipe: str, hw: runtime.Hardware) -> dict:
+    from .data.augment import whole_image_reason
+
     kind = runtime.device_type(cfg.train.device, hw)
     precision = runtime.choose_precision(cfg.train.precision, kind, hw)
     channels_last = runtime.choose_channels_last(cfg.train.channels_last, kind)
     profile = runtime.profile_for(kind, hw)
-    region = jpeg_region.available()
     whole = whole_image_reason(cfg.data)
     decoder = {"value": cfg.data.decode,
                "reason": ("GPU: nvJPEG through torchvision" if cfg.data.decode == "gpu" else
@@ -68,27 +82,18 @@ def report(cfg: Config, recipe: str, hw: runtime.Hardware | None = None) -> dict
                                              "libjpeg-turbo region decode (native helper built)"))}
     workers = {"value": cfg.data.workers, "reason": f"data.workers of {recipe}; {hw.cores} usable core(s)"}
     return {
-        "hardware": runtime.as_dict(hw),
-        "memory": _meminfo(),
-        "dev_shm_gb": _shm_gb(),
-        "cpu_count": os.cpu_count(),
-        "torch": _versions(),
-        "native_jpeg_helper": {"built": region, "why_not": "" if region else jpeg_region.unavailable_reason()},
-        "recipe": recipe,
-        "choices": {
-            "device": {"value": kind, "reason": f"train.device={cfg.train.device}"},
-            "precision": {"value": precision.value, "reason": precision.reason, "warning": precision.warning},
-            "profile": {"value": cfg.train.profile, "reason": profile.reason if cfg.train.profile == profile.value
-                        else "pinned by the config"},
-            "channels_last": {"value": channels_last.value, "reason": channels_last.reason},
-            "loader_workers": workers,
-            "decoder": decoder,
-        },
+        "device": {"value": kind, "reason": f"train.device={cfg.train.device}"},
+        "precision": {"value": precision.value, "reason": precision.reason, "warning": precision.warning},
+        "profile": {"value": cfg.train.profile, "reason": profile.reason if cfg.train.profile == profile.value
+                    else "pinned by the config"},
+        "channels_last": {"value": channels_last.value, "reason": channels_last.reason},
+        "loader_workers": workers,
+        "decoder": decoder,
     }
 
 
 def format_text(r: dict) -> str:
-    hw, t, c = r["hardware"], r["torch"], r["choices"]
+    hw, t = r["hardware"], r["torch"]
     gpus = "; ".join(f"{g['name']} (compute capability {g['capability'][0]}.{g['capability'][1]}, "
                      f"{g['memory_gb']} GB)" for g in hw["gpus"]) or "none"
     lines = [
@@ -103,8 +108,11 @@ def format_text(r: dict) -> str:
         f"torchvision {t['torchvision'] or 'not installed'}; OpenCV {t['opencv']}",
         f"gpus         {gpus}",
         f"jpeg helper  {'built' if r['native_jpeg_helper']['built'] else 'not built: ' + r['native_jpeg_helper']['why_not']}",
-        f"a run of {r['recipe']} would use:",
     ]
+    if "choices" not in r:  # the machine alone: no recipe given
+        return "\n".join(lines)
+    c = r["choices"]
+    lines.append(f"a run of {r['recipe']} would use:")
     for key in ("device", "precision", "profile", "channels_last", "loader_workers", "decoder"):
         lines.append(f"  {key:<13} {c[key]['value']}  ({c[key]['reason']})")
         if c[key].get("warning"):

@@ -13,7 +13,9 @@ Two details make this exact:
   else sees; after locking, the holder checks that the path still names the inode it locked, else retries.
 
 flock works on local file systems; on NFS it is emulated with POSIX locks (Linux >= 2.6.12), which also
-exclude across hosts.
+exclude across hosts. Where they do not (an NFS mount without working locks), a free lock proves nothing about
+a holder on another host: its lock file is taken over only with ``--force`` (train, prepare), and a holder on
+another host is never called ended, since its pid cannot be checked from here.
 """
 from __future__ import annotations
 
@@ -72,9 +74,20 @@ def _alive_here(text: str) -> bool:
     return True
 
 
+def _other_host(text: str) -> str | None:
+    """The host named in a lock file's text when it is not this one: whether its process runs cannot be checked
+    from here."""
+    host = _fields(text).get("host")
+    return host if host and host != socket.gethostname() else None
+
+
 @contextlib.contextmanager
-def hold(lock_path: Path, what: str, log=None):
-    """Hold ``lock_path`` exclusively for the ``with`` block; ``what`` names the folder's use in messages."""
+def hold(lock_path: Path, what: str, log=None, force: bool = False):
+    """Hold ``lock_path`` exclusively for the ``with`` block; ``what`` names the folder's use in messages.
+
+    A lock file left by a process on another host is taken over only with ``force`` (and a warning naming the
+    host): its flock may not reach this host (NFS without working locks), so a free flock does not prove that
+    process has ended."""
     lock_path = Path(lock_path)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     while True:
@@ -91,8 +104,11 @@ def hold(lock_path: Path, what: str, log=None):
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise LockError(f"cannot lock {lock_path} ({e.strerror})") from None
             where = _describe(holder)
-            hint = "" if not holder or _alive_here(holder) else \
-                " (that process has ended; its loader workers may still be exiting: try again in a few seconds)"
+            if _other_host(holder):
+                hint = f" (on host {_other_host(holder)}: check there whether it still runs)"
+            else:
+                hint = "" if not holder or _alive_here(holder) else \
+                    " (that process has ended; its loader workers may still be exiting: try again in a few seconds)"
             raise LockError(f"{lock_path.parent} is in use: {where} holds {lock_path}{hint}; wait for it to "
                             f"finish, or choose another folder for {what}") from None
         try:
@@ -104,7 +120,14 @@ def hold(lock_path: Path, what: str, log=None):
         os.close(fd)  # the holder before us removed the file between our open and our lock: take the new one
     try:
         left = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-        if left:
+        host = _other_host(left)
+        if host and not force:
+            raise LockError(f"{lock_path} was left by {_describe(left)}, which cannot be checked from this host; if "
+                            f"it has ended on {host}, run the command again with --force to take the folder over, "
+                            "else wait for it or choose another folder")
+        if host:
+            log(f"warning: {lock_path} was left by {_describe(left)} on host {host}; taking it over (--force)")
+        elif left:
             log(f"warning: {lock_path} was left by {_describe(left)}, which ended without releasing it (killed or "
                 "crashed); taking it over")
         stamp = (f"pid={os.getpid()} host={socket.gethostname()} since={time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
@@ -124,7 +147,7 @@ def hold(lock_path: Path, what: str, log=None):
         os.close(fd)
 
 
-def hold_folder(folder: Path, what: str, log=None):
+def hold_folder(folder: Path, what: str, log=None, force: bool = False):
     """Lock ``folder/run.lock`` (the folder is made if needed); a file in the folder's place is a LockError."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -134,10 +157,10 @@ def hold_folder(folder: Path, what: str, log=None):
     except OSError as e:
         raise LockError(f"cannot create the folder {folder} ({e.strerror}); give --out a writable folder path") \
             from None
-    return hold(folder / "run.lock", what, log)
+    return hold(folder / "run.lock", what, log, force)
 
 
-def hold_output(out: Path, what: str, log=None):
+def hold_output(out: Path, what: str, log=None, force: bool = False):
     """Lock ``<out>.lock`` next to ``out``: for outputs that are built elsewhere and renamed into place."""
     out = Path(out)
     if out.parent != out and not out.parent.exists():
@@ -145,4 +168,4 @@ def hold_output(out: Path, what: str, log=None):
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise LockError(f"cannot create the folder {out.parent} ({e.strerror})") from None
-    return hold(out.with_name(out.name + ".lock"), what, log)
+    return hold(out.with_name(out.name + ".lock"), what, log, force)

@@ -24,7 +24,7 @@ FREE_ON_RESUME = frozenset({"data.path", "data.eval_batch_size", "train.log_inte
                             "train.keep_checkpoints", "train.compile"})
 
 
-def claim(out: Path, resume: str | None, env: dist.DistEnv, held: contextlib.ExitStack) -> dict:
+def claim(out: Path, resume: str | None, env: dist.DistEnv, held: contextlib.ExitStack, force: bool = False) -> dict:
     """Rank 0 locks ``out`` for this process (released when ``held`` closes, or by the kernel if the process
     dies) and checks that a fresh start would not overwrite another run. Every rank gets the same answer,
     {"run_id": the folder's run id or None, "new_id": an id for a new run, "held": run files present}, or
@@ -34,7 +34,7 @@ def claim(out: Path, resume: str | None, env: dist.DistEnv, held: contextlib.Exi
     answer = None
     if env.is_main:
         try:
-            held.enter_context(folder_lock.hold_folder(out, "a training run"))
+            held.enter_context(folder_lock.hold_folder(out, "a training run", force=force))
             run_id = None
             if (out / "run.json").is_file():
                 try:

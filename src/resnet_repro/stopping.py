@@ -13,6 +13,7 @@ import time
 import torch
 
 from . import dist
+from .errors import UserError
 
 
 class StopRequest:
@@ -77,3 +78,38 @@ class RankMeeting:
         self.period = int(period)
         return (loss_sum / self.world if log_now else None), stop_votes > 0, due_votes > 0
 
+
+
+class RankError(UserError):
+    """A rank could not go on (a damaged sample in an evaluation): raised on every rank, naming that rank."""
+
+
+def on_every_rank(batches, device: torch.device):
+    """`batches`, with the ranks meeting after each fetch (one all-reduce of two numbers): a rank whose fetch fails
+    (DecodeError, RecordError, ...) stops every rank at the same meeting with one RankError naming it, instead of
+    leaving the others waiting in their next collective until the process group's timeout (30 min for gloo).
+    Ranks may hold different numbers of batches (evaluation splits samples, not batches): the meetings go on
+    until no rank has one left. One process: `batches` as they are."""
+    if not dist.is_available_and_initialized():
+        yield from batches
+        return
+    it = iter(batches)
+    while True:
+        failed = batch = None
+        try:
+            batch = next(it)
+        except StopIteration:
+            pass
+        except Exception as e:  # noqa: BLE001 - every rank must learn of it, whatever it is
+            failed = e
+        meet = dist.all_reduce_sum(torch.tensor([float(failed is not None), float(batch is not None)],
+                                                dtype=torch.float64, device=device))
+        n_failed, n_batches = meet.tolist()
+        if n_failed:
+            said = dist.all_gather_object(None if failed is None else f"{failed}".strip().splitlines()[0])
+            rank = next(r for r, msg in enumerate(said) if msg is not None)
+            raise RankError(f"rank {rank} of {len(said)}: {said[rank]}") from failed
+        if not n_batches:
+            return
+        if batch is not None:
+            yield batch

@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from . import __version__, checkpoint, dist, folder_lock, run_folder, runtime
 from .config import Config, ConfigError, DataConfig, config_from_dict, save_config
-from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry
+from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry, keep_batch_memory
 from .data.cores import CorePlan, available_cpus, pin_trainer, plan_cores, unpin_trainer
 from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
 from .data.records import RecordError, RecordReader
@@ -262,26 +262,29 @@ class EpochTally:
 
 # --- The run, top to bottom --------------------------------------------------------------------------------
 
-def train(cfg: Config, out: Path, resume: str | None = None, allow_change: tuple[str, ...] = ()) -> dict:
+def train(cfg: Config, out: Path, resume: str | None = None, allow_change: tuple[str, ...] = (),
+          force: bool = False) -> dict:
     """`resnet-repro train`: the run `cfg` describes, into `out` (resume: None, "auto" or a checkpoint path;
-    allow_change: config keys a resume may change, see `_load_learner`)."""
+    allow_change: config keys a resume may change, see `_load_learner`; force: take over a lock left by another
+    host)."""
     try:
         # Holds the run folder's lock (rank 0) until the last file is written, however the run ends.
         with contextlib.ExitStack() as held:
-            return _train(cfg, Path(out), resume, held, tuple(allow_change))
+            return _train(cfg, Path(out), resume, held, tuple(allow_change), force)
     finally:
         # Errors included: a gloo group left to the interpreter's exit-time destructors can abort the process
         # ("terminate called without an active exception"), burying the error message under a SIGABRT.
         dist.shutdown()
 
 
-def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStack, allow_change: tuple) -> dict:
+def _train(cfg: Config, out: Path, resume: str | None, held: contextlib.ExitStack, allow_change: tuple,
+           force: bool = False) -> dict:
     t_start = time.time()
     run = start_processes(cfg, out, resume)
     run.allow_change = allow_change
     run.data = open_data(run)
     run.learner = build_learner(run)
-    state = start_or_resume(run, resume, held)
+    state = start_or_resume(run, resume, held, force)
     done = _finished_results(run, state)
     if done is not None:
         return done
@@ -422,6 +425,7 @@ def open_data(run: Run) -> Data:
                           f"{channels}-channel images (manifest.json); set model.in_channels=0 to take the data's")
     train_ds = BatchDataset(train_reader, TrainGeometry(cfg.data, stored), channels, cfg.train.seed, train=True)
     val_ds = BatchDataset(val_reader, EvalGeometry(cfg.data, stored), channels, cfg.train.seed, train=False)
+    keep_batch_memory(device)  # this process transforms every batch on a CPU device: reuse its memory
     to_device = DeviceTransform(cfg.data, channels, device, run.channels_last)
     train_transform = to_device
     # Val batches get normalization only: colour distortion and lighting noise are training augmentation (and
@@ -494,12 +498,12 @@ def build_learner(run: Run) -> Learner:
 
 # --- Run folder and resume -----------------------------------------------------------------------------------
 
-def start_or_resume(run: Run, resume: str | None, held: contextlib.ExitStack) -> RunState:
+def start_or_resume(run: Run, resume: str | None, held: contextlib.ExitStack, force: bool = False) -> RunState:
     """Claim the run folder and, with `resume`, put the newest (or the given) checkpoint back into the learner.
     One writer per folder, and one run: rank 0 locks the folder (held until train() returns) and reads which run
     it holds; nothing in it changes until the resume checks have passed."""
     out, env = run.out, run.env
-    folder = run_folder.claim(out, resume, env, held)
+    folder = run_folder.claim(out, resume, env, held, force)  # force: take over a lock from another host
     state = RunState(folder["run_id"])
     if resume:
         found = run_folder.find_checkpoint(resume, run.ckpt_dir, env, folder["run_id"])

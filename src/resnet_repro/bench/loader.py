@@ -100,7 +100,7 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
     cores, this thread and the pin-memory thread on the trainer's), "none" leaves every process where it is."""
     import torch
 
-    from ..data.augment import DeviceTransform, TrainGeometry
+    from ..data.augment import DeviceTransform, TrainGeometry, keep_batch_memory
     from ..data.cores import available_cpus, pin_trainer, plan_cores, unpin_trainer
     from ..data.loader import BatchDataset, DevicePrefetcher, Job, make_loader, train_batch_indices
 
@@ -116,6 +116,7 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
     jobs = jobs[:need]
     plan = plan_cores(available_cpus(), workers, device.type)
     ds = _MeasuredDataset(BatchDataset(reader, TrainGeometry(cfg.data, 0), 3, seed, train=True))
+    keep_batch_memory(device)  # as training does: the same transform cost
     transform = DeviceTransform(cfg.data, 3, device)
     stats: list = []
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -182,8 +183,9 @@ def transform_rate(cfg, batch_size: int, device, threads: int | None, seconds: f
     import numpy as np
     import torch
 
-    from ..data.augment import COLOR_STREAM, DeviceTransform, TrainGeometry, sample_rng
+    from ..data.augment import COLOR_STREAM, DeviceTransform, TrainGeometry, keep_batch_memory, sample_rng
 
+    keep_batch_memory(device)  # as training does: the same transform cost
     geometry, transform = TrainGeometry(cfg.data, 0), DeviceTransform(cfg.data, 3, device)
     size = geometry.size
     x = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8).to(device)

@@ -325,7 +325,7 @@ def _data_shape(opts: TrainOptions, cfg: Config) -> tuple:
 def _variants(bench: _Session, opts: TrainOptions) -> list[dict]:
     """The end-to-end variants, each with its core plan, dataset, device transform and jobs (as many epochs as
     the steps need, one loader for all)."""
-    from ..data.augment import DeviceTransform
+    from ..data.augment import DeviceTransform, keep_batch_memory
     from ..data.cores import available_cpus, plan_cores
     from ..data.loader import BatchDataset, Job, train_batch_indices
 
@@ -337,6 +337,7 @@ def _variants(bench: _Session, opts: TrainOptions) -> list[dict]:
         jobs += [Job(epoch, s, idx) for s, idx in
                  enumerate(train_batch_indices(len(reader), opts.batch_size, opts.seed, epoch))]
     jobs = jobs[:total]
+    keep_batch_memory(bench.dev)  # as training does: the same transform cost
     to_device = DeviceTransform(cfg.data, bench.channels, bench.dev, bench.channels_last)
     default_workers = cfg.data.workers if opts.config else "auto"  # the recipe's worker count, else auto
     e2e = opts.e2e

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..config import DataConfig
+from ..config import ConfigError, DataConfig
 from . import jpeg_region
 from .color import affine_pixels
 from .jpeg_header import JpegHeaderError, read_frame
@@ -73,7 +73,7 @@ def keep_freed_memory(large: bool = False) -> None:
     Called in each loader worker (and by `bench loader` before timing the decode limit). No-op off glibc.
 
     `large`: serve blocks above glibc's 32 MB ceiling for the mmap threshold from the heap too (no mmap at
-    all). Set by DeviceTransform on a CPU device, for the process that runs it: its float output for 64 images of
+    all). Set by keep_batch_memory in the processes that run DeviceTransform on a CPU device for every batch: its float output for 64 images of
     224^2 is 38.5 MB, fresh pages on every batch otherwise; measured on the 2-core sandbox, 17.7 -> 5.2 ms per
     batch for the tf_cnn transform. CPU training itself neither gained nor lost (ResNet-20/50 compute img/s)."""
     try:
@@ -87,6 +87,15 @@ def keep_freed_memory(large: bool = False) -> None:
     libc.mallopt(m_trim_threshold, 256 << 20)  # bytes of free heap kept before trimming
     if large:
         libc.mallopt(m_mmap_max, 0)  # no block is mmapped: large ones come from the heap and stay for reuse
+
+
+def keep_batch_memory(device) -> None:
+    """For a process that runs DeviceTransform on the CPU batch after batch (training, bench loader / train; not
+    evaluate, predict or a user's script): ``keep_freed_memory(large=True)``, process-wide. Its float output (38.5
+    MB at 64 x 224^2) is above glibc's mmap ceiling, so fresh pages on every batch otherwise: the tf_cnn transform
+    took 17.7 ms per batch without, 5.2 ms with (2-core sandbox, see keep_freed_memory)."""
+    if torch.device(device).type == "cpu":
+        keep_freed_memory(large=True)
 
 
 class DecodeError(RuntimeError):
@@ -478,6 +487,18 @@ class EvalGeometry:
         return center_crop_resize(img, self.resize, self.size, self.interpolation)
 
 
+def _mean_std_fix(cfg: DataConfig, channels: int) -> str:
+    """What to set when data.mean/std do not have one value per channel: their averages, repeated (ImageNet's
+    RGB defaults on grayscale data: one value each)."""
+    def one(values):
+        avg = round(sum(values) / len(values), 3) if values else 0.5
+        return "[" + ",".join([str(avg)] * channels) + "]"
+
+    return (f"config keys 'data.mean' and 'data.std' have {len(cfg.mean)} and {len(cfg.std)} value(s), but the "
+            f"images have {channels} channel(s): give one per channel, e.g. --set data.mean={one(cfg.mean)} "
+            f"--set data.std={one(cfg.std)} (or the same in the recipe's data: section)")
+
+
 class DeviceTransform:
     """uint8 NHWC batch on the device (+ the per-sample colour parameters the workers drew) -> normalized
     float NCHW in channels_last memory format. The same tensor ops on CPU and CUDA."""
@@ -485,13 +506,9 @@ class DeviceTransform:
     def __init__(self, cfg: DataConfig, channels: int, device: torch.device, channels_last: bool = True):
         from .color import ColorAugment
 
-        if torch.device(device).type == "cpu":
-            # The float batch this returns (38.5 MB at 64 x 224^2) is above glibc's mmap ceiling: reuse heap
-            # memory instead of faulting in fresh pages on every batch (keep_freed_memory; process-wide, idempotent).
-            keep_freed_memory(large=True)
         if cfg.normalize == "meanstd":
-            if len(cfg.mean) != channels:
-                raise ValueError(f"data.mean has {len(cfg.mean)} values, the images have {channels} channel(s)")
+            if len(cfg.mean) != channels or len(cfg.std) != channels:
+                raise ConfigError(_mean_std_fix(cfg, channels))
             mean, std = cfg.mean, cfg.std
         elif cfg.normalize in ("none", "scale"):
             mean, std = [0.0] * channels, [1.0] * channels

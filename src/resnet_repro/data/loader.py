@@ -20,7 +20,21 @@ import torch
 import torch.utils.data
 
 from .augment import COLOR_STREAM, DecodeError, decode, sample_rng
-from .records import RecordReader
+from .records import RecordError, RecordReader
+
+
+class UnreadableSample(RecordError):
+    """A damaged sample whose replacement is damaged too (BatchDataset.with_replacement): the message names
+    both."""
+
+    def __init__(self, message: str):
+        # Raised in a loader worker, it reaches the training process rebuilt by torch from the worker's formatted
+        # traceback ("Caught UnreadableSample in DataLoader worker process 0.\nOriginal Traceback ..."); its last
+        # line holds the message, which is all the user is shown.
+        lines = message.rstrip().splitlines()
+        if len(lines) > 1 and lines[0].startswith("Caught "):
+            message = lines[-1].split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -82,14 +96,22 @@ class BatchDataset(torch.utils.data.Dataset):
         """``(sample(i, epoch), 0)``; for a sample damaged after prepare (DecodeError): a warning naming it and
         ``(sample(j, epoch), 1)`` for a deterministic other sample j, the 1 counting towards the batch's bad
         samples. Val too: the per-epoch val pass logs the count (val_bad_samples); `evaluate` refuses instead.
-        data/gpu_decode.py reads its samples through this as well, so both paths pick the same replacement."""
+        data/gpu_decode.py reads its samples through this as well, so both paths pick the same replacement.
+        A replacement that is damaged too stops the run (UnreadableSample, naming both): the data set needs
+        repair, and a second draw would only hide how much of it is damaged."""
         try:
             return sample(i, epoch), 0
         except DecodeError:
             print(f"warning: {self.reader.root} {self.reader.where(i)}: cannot decode; using a replacement "
                   "sample", file=sys.stderr)
             j = int(sample_rng(self.seed, epoch, i).integers(len(self.reader)))
+        try:
             return sample(j, epoch), 1
+        except DecodeError:
+            raise UnreadableSample(
+                f"{self.reader.root} {self.reader.where(i)}: cannot decode, nor its replacement "
+                f"{self.reader.where(j)}: run `resnet-repro verify {self.reader.root}` to list every damaged "
+                "sample, then prepare the data set again") from None
 
     def _sample(self, i: int, epoch: int):
         return self.load(i, epoch), int(self.reader.labels[i]), self.color_params(i, epoch)
@@ -148,6 +170,15 @@ def make_loader(dataset: BatchDataset, jobs: list[Job], workers: int, pin_memory
         prefetch_factor=prefetch if workers else None, persistent_workers=False)
 
 
+def close_workers(it) -> None:
+    """Stop a DataLoader iterator's worker processes now. Left to the garbage collector, an iterator that an
+    error's traceback keeps alive outlives the interpreter's exit handlers, which SIGTERM the workers (ignored:
+    worker_init) and wait for them forever: the error printed, the process never ends."""
+    shutdown = getattr(it, "_shutdown_workers", None)  # torch's own clean-up, what its __del__ calls
+    if shutdown is not None:
+        shutdown()
+
+
 class DevicePrefetcher:
     """Copies the next batch to the device (non-blocking, from pinned memory, on a side stream on CUDA)
     while the current one trains, and applies the device-side transform there."""
@@ -176,6 +207,12 @@ class DevicePrefetcher:
 
     def __iter__(self):
         it = iter(self.loader)
+        try:
+            yield from self._batches(it)
+        finally:
+            close_workers(it)
+
+    def _batches(self, it):
         nxt = None
         try:
             nxt = self._to_device(next(it))

@@ -66,12 +66,16 @@ def _begin(out: Path, force: bool, resumable: bool = False, identity: dict | Non
     if out.exists() and any(out.iterdir()) and not (out / records.MANIFEST).is_file():
         raise PrepareError(f"{out}: exists, is not empty and holds no manifest.json; choose an empty or new --out")
     staging = out.with_name(out.name + ".partial")
-    if resumable:
-        _work(staging).mkdir(parents=True, exist_ok=True)
-        return staging
-    if staging.exists():
-        shutil.rmtree(staging)  # left by an interrupted run: ours to discard
-    staging.mkdir(parents=True)
+    try:
+        if resumable:
+            _work(staging).mkdir(parents=True, exist_ok=True)
+            return staging
+        if staging.exists():
+            shutil.rmtree(staging)  # left by an interrupted run: ours to discard
+        staging.mkdir(parents=True)
+    except OSError as e:  # e.g. a read-only parent folder, whose lock file was left over and is writable
+        raise PrepareError(f"cannot create {staging} ({e.strerror}), where --out {out} is built: "
+                           f"{out.parent} must be a writable folder; choose another --out") from None
     return staging
 
 

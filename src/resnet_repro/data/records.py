@@ -2,7 +2,8 @@
 
 Layout of a prepared data set folder::
 
-    manifest.json            written last: its presence means every shard it lists is complete
+    manifest.json            written last: its presence means every shard it lists is complete; it carries each
+                             shard's and index's SHA-256 and its own (manifest_sha256, over its canonical JSON)
     train-00000.tar          WebDataset layout: <key>.<ext> (image bytes) then <key>.cls (label, ASCII)
     train-00000.idx          offset index: numpy .npz with key, offset, size, label per sample
     ...
@@ -17,6 +18,8 @@ import errno
 import hashlib
 import json
 import os
+import re
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,11 @@ import numpy as np
 from .. import atomic
 
 MANIFEST = "manifest.json"
-FORMAT = "resnet-repro-records/1"
+# 2: the manifest carries its own SHA-256 (manifest_sha256). A manifest of an older format is read with one
+# warning until `resnet-repro verify --upgrade` has checked its data and rewritten it in this one.
+FORMAT = "resnet-repro-records/2"
+OLDER_FORMATS = ("resnet-repro-records/1",)
+_WARNED: set[str] = set()  # manifests already warned about in this process
 
 
 class RecordError(RuntimeError):
@@ -161,8 +168,17 @@ def shuffled_shards(n: int, num_shards: int, seed: int) -> list[np.ndarray]:
     return [a for a in np.array_split(perm, min(num_shards, max(n, 1))) if len(a)]
 
 
+def manifest_sha256(manifest: dict) -> str:
+    """SHA-256 of the manifest's canonical JSON (sorted keys, no spaces), its own ``manifest_sha256`` left out."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_manifest(out: Path, manifest: dict) -> None:
+    """Write ``manifest`` (in this FORMAT) with its own SHA-256, so that an edit or damage is caught on load."""
     out = Path(out)
+    manifest["format"] = FORMAT
+    manifest["manifest_sha256"] = manifest_sha256(manifest)
     try:
         atomic.write_text(out / MANIFEST, json.dumps(manifest, indent=1))
     except OSError as e:
@@ -177,19 +193,57 @@ def load_manifest(root: Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise RecordError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") not in (FORMAT, *OLDER_FORMATS):
         got = manifest.get("format") if isinstance(manifest, dict) else None
         raise RecordError(f"{path}: format {got!r}, expected {FORMAT!r}")
     if not isinstance(manifest.get("classes"), list) or not isinstance(manifest.get("splits"), dict):
         raise RecordError(f"{path}: no class list or no splits (damaged?); prepare the data set again")
     for name, split in manifest["splits"].items():
-        for entry in split.get("shards", []) if isinstance(split, dict) else [None]:
-            # Plain file names in this folder only: a hand-edited manifest must not send a reader elsewhere.
-            if not (isinstance(entry, dict) and _plain(entry.get("name"), ".tar") and _plain(entry.get("index"), ".idx")
-                    and all(isinstance(entry.get(k), int) for k in ("count", "bytes"))):
-                raise RecordError(f"{path}: split {name!r} has a malformed shard entry {entry!r} (damaged?); "
-                                  "prepare the data set again")
+        _check_split(path, name, split)
+    _check_own_hash(path, manifest)
     return manifest
+
+
+def _check_own_hash(path: Path, manifest: dict) -> None:
+    """This format's manifest must carry its SHA-256 and match it; an older one is read, with one warning."""
+    if manifest["format"] != FORMAT:
+        if str(path) not in _WARNED:
+            _WARNED.add(str(path))
+            print(f"warning: {path} was written by an older version ({manifest['format']}); run `resnet-repro verify "
+                  f"--upgrade {path.parent}` to check its data and record the manifest's own SHA-256",
+                  file=sys.stderr)
+        return
+    if not isinstance(manifest.get("manifest_sha256"), str):
+        raise RecordError(f"{path}: no 'manifest_sha256', which {FORMAT} always writes (damaged or edited after "
+                          "prepare); prepare the data set again")
+    if manifest["manifest_sha256"] != manifest_sha256(manifest):
+        raise RecordError(f"{path}: its content does not match its manifest_sha256 (edited or damaged after "
+                          "prepare); prepare the data set again")
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_split(path: Path, name: str, split) -> None:
+    """Every field a reader and verify use, present and of its type: a missing one is this line, not a KeyError."""
+    if isinstance(split, dict) and not isinstance(split.get("shards"), list):
+        raise RecordError(f"{path}: split {name!r} has no 'shards' list (damaged or edited after prepare); "
+                          "prepare the data set again")
+    if not (isinstance(split, dict) and isinstance(split.get("count"), int)):
+        raise RecordError(f"{path}: split {name!r} has no 'count' (damaged or edited after prepare); prepare the "
+                          "data set again")
+    for entry in split["shards"]:
+        # Plain file names in this folder only: a hand-edited manifest must not send a reader elsewhere.
+        if not (isinstance(entry, dict) and _plain(entry.get("name"), ".tar") and _plain(entry.get("index"), ".idx")
+                and all(isinstance(entry.get(k), int) for k in ("count", "bytes"))):
+            raise RecordError(f"{path}: split {name!r} has a malformed shard entry {entry!r} (damaged?); "
+                              "prepare the data set again")
+        # Every version of prepare wrote both hashes: one missing is damage, and a reader must never skip the
+        # index check (shifted labels) nor verify the shard's bytes.
+        for field in ("sha256", "index_sha256"):
+            if not (isinstance(entry.get(field), str) and _SHA256.fullmatch(entry[field])):
+                raise RecordError(f"{path}: split {name!r} shard {entry['name']}: no '{field}' (a SHA-256 in hex); "
+                                  "the manifest was damaged or edited after prepare: prepare the data set again")
 
 
 def _plain(name, suffix: str) -> bool:
@@ -277,7 +331,7 @@ class RecordReader:
             idx_path = self.root / entry["index"]
             # The whole index is hashed (small: ~30 bytes a sample), so a rewritten one, say with shifted labels,
             # cannot pass; the shards themselves are only size-checked here, their bytes are verify's job.
-            if "index_sha256" in entry and _sha256_or_none(idx_path) != entry["index_sha256"]:
+            if _sha256_or_none(idx_path) != entry["index_sha256"]:
                 state = "missing or unreadable" if not idx_path.is_file() else "SHA-256 differs from the manifest's"
                 raise RecordError(f"index {idx_path}: {state} (changed or damaged after prepare); "
                                   f"{_redo(self.root)}")

@@ -91,6 +91,17 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
+def upgrade(root: str | Path) -> str:
+    """Rewrite ``root``'s manifest in this version's format (records.write_manifest adds its own SHA-256). Only
+    after verify() found no problem: the shards' and indexes' hashes it checked are what the new hash covers."""
+    manifest = records.load_manifest(Path(root))
+    if manifest["format"] == records.FORMAT:
+        return f"manifest already in {records.FORMAT}"
+    old = manifest["format"]
+    records.write_manifest(Path(root), manifest)
+    return f"manifest upgraded from {old} to {records.FORMAT}"
+
+
 def verify(root: str | Path, workers: int = 0, decode: bool = True, progress: bool = True) -> tuple[list[str], int]:
     """Returns (problems, number of samples checked)."""
     root = Path(root)

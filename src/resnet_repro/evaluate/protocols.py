@@ -30,7 +30,8 @@ import torch.utils.data
 
 from .. import dist
 from ..data.augment import DecodeError, EvalGeometry, center_crop_resize, decode, resize_to
-from ..data.loader import Job, eval_batch_indices, make_loader
+from ..data.loader import Job, close_workers, eval_batch_indices, make_loader
+from ..stopping import on_every_rank
 from .val_pass import topk_correct
 
 PROTOCOLS = ("single", "flip", "10crop", "multiscale")
@@ -225,6 +226,19 @@ class ViewDataset(torch.utils.data.Dataset):
         return groups, torch.from_numpy(self.reader.labels[indices].astype(np.int64))
 
 
+def _decoded(loader):
+    """The loader's batches; a sample no decoder reads (ViewDataset's message) raised as DecodeError here, in the
+    main process. Its workers are stopped when the loop ends, however it ends (close_workers)."""
+    it = iter(loader)
+    try:
+        for groups, labels in it:
+            if groups is None:
+                raise DecodeError(labels)
+            yield groups, labels
+    finally:
+        close_workers(it)
+
+
 @torch.no_grad()
 def evaluate_protocols(model: torch.nn.Module, reader, protocols: list[Protocol], transform, device: torch.device,
                        batch_size: int = 256, workers: int = 2, autocast=contextlib.nullcontext,
@@ -245,9 +259,7 @@ def evaluate_protocols(model: torch.nn.Module, reader, protocols: list[Protocol]
     model.eval()
     # Per protocol: [top-1 correct, top-5 correct, samples, summed -log p(target)], float64 for exact counts.
     sums = torch.zeros(len(protocols), 4, dtype=torch.float64, device=device)
-    for groups, labels in loader:
-        if groups is None:
-            raise DecodeError(labels)
+    for groups, labels in on_every_rank(_decoded(loader), device):
         labels = labels.to(device, non_blocking=True)
         probs = score_groups(model, groups, len(labels), protocols, transform, device, autocast, batch_size)
         for p_id, p in enumerate(probs):

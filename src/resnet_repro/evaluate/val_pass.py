@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .. import dist
 from ..data.augment import DeviceTransform
+from ..stopping import on_every_rank
 
 
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list[torch.Tensor]:
@@ -41,7 +42,7 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=con
     # exact after all_reduce.
     sums = torch.zeros(6, dtype=torch.float64, device=device)
     bad = 0
-    for batch in batches:
+    for batch in on_every_rank(batches, device):  # a rank that cannot load its batch stops them all
         x, y = batch[0], batch[1]
         bad += int(batch[2]) if len(batch) > 2 else 0
         with autocast():
