@@ -92,7 +92,6 @@ def _prepare_images(args) -> int:
         source = discover_imagenet(args.src)
         default = {"train": 1024, "val": 128}  # the reference recipe's shard counts
     else:
-        check_out_and_src(Path(args.out), Path(args.src))
         source = discover_folder(args.src, args.val_fraction, args.seed)
         # About ImageNet's 1,250 images per shard, at least one shard per split.
         default = {k: max(1, round(len(v) / 1250)) for k, v in source.splits.items()}
