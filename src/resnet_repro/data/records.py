@@ -305,6 +305,31 @@ def select_splits(manifest: dict, split: str | list[str] | tuple[str, ...], wher
     return "+".join(names), [entry for name in names for entry in splits[name]["shards"]]
 
 
+def checked_index(where, source, entry: dict, num_classes: int, redo: str) -> tuple:
+    """A shard's index arrays read from `source` (its path, or a file object of its bytes), checked against the
+    shard's manifest entry: the sample count, every label a class, every sample inside the shard. A failure is a
+    RecordError naming `where` and ending with `redo` (what the user does about it)."""
+    try:
+        arrays = load_index(source)
+        if len(arrays[0]) != entry["count"]:
+            raise RecordError(f"index {where} has {len(arrays[0])} samples, manifest says {entry['count']}")
+        check_index(where, arrays, entry["bytes"], num_classes)
+    except RecordError as e:
+        raise RecordError(f"{e}; {redo}") from None
+    return arrays
+
+
+def stack_indexes(per_shard: list[tuple]) -> tuple:
+    """(keys, offsets, sizes, labels, shard ids) of a reader: the shards' index arrays end to end, each sample
+    tagged with the position of its shard in `per_shard`."""
+    empty = (np.array([], dtype=str), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if not per_shard:
+        return (*empty, np.zeros(0, np.int32))
+    columns = [np.concatenate(col) for col in zip(*per_shard)]
+    ids = np.concatenate([np.full(len(a[0]), sid, dtype=np.int32) for sid, a in enumerate(per_shard)])
+    return (*columns, ids)
+
+
 class RecordReader:
     """Random access to one split of a prepared data set: ``reader[i] -> (key, bytes, label)``.
 
@@ -320,8 +345,8 @@ class RecordReader:
         self.root = Path(root)
         self.manifest = load_manifest(self.root)
         self.split, self.shards = select_splits(self.manifest, split, self.root / MANIFEST)
-        keys, offsets, sizes, labels, shard_ids = [], [], [], [], []
-        for sid, entry in enumerate(self.shards):
+        per_shard = []
+        for entry in self.shards:
             shard = self.root / entry["name"]
             if not shard.is_file():
                 raise RecordError(f"shard {shard} listed in the manifest is missing")
@@ -335,21 +360,9 @@ class RecordReader:
                 state = "missing or unreadable" if not idx_path.is_file() else "SHA-256 differs from the manifest's"
                 raise RecordError(f"index {idx_path}: {state} (changed or damaged after prepare); "
                                   f"{_redo(self.root)}")
-            try:
-                arrays = load_index(idx_path)
-                if len(arrays[0]) != entry["count"]:
-                    raise RecordError(f"index {idx_path} has {len(arrays[0])} samples, manifest says {entry['count']}")
-                check_index(idx_path, arrays, entry["bytes"], len(self.manifest["classes"]))
-            except RecordError as e:
-                raise RecordError(f"{e}; {_redo(self.root)}") from None
-            for lst, arr in zip((keys, offsets, sizes, labels), arrays):
-                lst.append(arr)
-            shard_ids.append(np.full(len(arrays[0]), sid, dtype=np.int32))
-        self.keys = np.concatenate(keys) if keys else np.array([], dtype=str)
-        self.offsets = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
-        self.sizes = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
-        self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-        self.shard_ids = np.concatenate(shard_ids) if shard_ids else np.zeros(0, np.int32)
+            per_shard.append(checked_index(idx_path, idx_path, entry, len(self.manifest["classes"]),
+                                           _redo(self.root)))
+        self.keys, self.offsets, self.sizes, self.labels, self.shard_ids = stack_indexes(per_shard)
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
 

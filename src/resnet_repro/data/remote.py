@@ -28,7 +28,6 @@ import re
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 from . import records
 from .records import MANIFEST, RecordError, RecordReader
@@ -127,15 +126,8 @@ class RemoteRecordReader(RecordReader):
         if self.cache:
             self.cache.mkdir(parents=True, exist_ok=True)
         sizes = _sizes(fs, self.base, [e["name"] for e in self.shards])
-        parts = [], [], [], [], []
-        for sid, entry in enumerate(self.shards):
-            arrays = self._index(fs, entry, sizes.get(entry["name"]))
-            for lst, arr in zip(parts, (*arrays, np.full(len(arrays[0]), sid, dtype=np.int32))):
-                lst.append(arr)
-        empty = (np.array([], dtype=str), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
-                 np.zeros(0, np.int32))
-        self.keys, self.offsets, self.sizes, self.labels, self.shard_ids = (
-            np.concatenate(p) if p else e for p, e in zip(parts, empty))
+        self.keys, self.offsets, self.sizes, self.labels, self.shard_ids = records.stack_indexes(
+            [self._index(fs, entry, sizes.get(entry["name"])) for entry in self.shards])
         self._fs, self._fds, self._pid = fs, {}, os.getpid()
 
     def _index(self, fs, entry: dict, size: int | None):
@@ -160,14 +152,7 @@ class RemoteRecordReader(RecordReader):
                                   f"prepare); {redo}")
             if cached is not None:
                 _write_atomic(cached, data)
-        try:
-            arrays = records.load_index(_Named(data, idx_url))
-            if len(arrays[0]) != entry["count"]:
-                raise RecordError(f"index {idx_url} has {len(arrays[0])} samples, manifest says {entry['count']}")
-            records.check_index(idx_url, arrays, entry["bytes"], len(self.manifest["classes"]))
-        except RecordError as e:
-            raise RecordError(f"{e}; {redo}") from None
-        return arrays
+        return records.checked_index(idx_url, _Named(data, idx_url), entry, len(self.manifest["classes"]), redo)
 
     def _fs_here(self):
         if self._fs is None or self._pid != os.getpid():  # a forked loader worker makes its own connections
