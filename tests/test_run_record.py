@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,13 @@ def crash_after_epoch_1(out: Path) -> None:
     (out / "metrics.jsonl").write_text(lines[0])
 
 
+def crashed_copy(run: Path, out: Path) -> Path:
+    """A copy of the finished `run` at `out`, as a crash in its epoch 2 would have left it (the shared run stays)."""
+    shutil.copytree(run, out)
+    crash_after_epoch_1(out)
+    return out
+
+
 def events(out: Path) -> list[dict]:
     return [rec for rec in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "event" in rec]
 
@@ -90,11 +98,7 @@ def test_config_yaml_and_checkpoints_record_the_resolved_choices_and_the_hardwar
 
 def test_a_resume_where_bf16_is_not_native_is_refused_then_overridden_and_recorded(bf16_run, recipe, tmp_path, cli,
                                                                                   monkeypatch):
-    import shutil
-
-    out = tmp_path / "run"
-    shutil.copytree(bf16_run, out)
-    crash_after_epoch_1(out)
+    out = crashed_copy(bf16_run, tmp_path / "run")
     monkeypatch.setenv(runtime.FAKE_ENV, AVX2)
     before = snapshot(out)
     code, _, err = cli("train", "--config", recipe, "--out", out, "--resume", "auto")
@@ -158,11 +162,7 @@ def test_a_changed_recipe_value_is_refused_unless_allowed_and_then_takes_effect(
 
 def test_a_bf16_run_resumed_in_fp16_starts_a_loss_scale_instead_of_failing(bf16_run, recipe, tmp_path, cli,
                                                                            monkeypatch):
-    import shutil
-
-    out = tmp_path / "run"
-    shutil.copytree(bf16_run, out)
-    crash_after_epoch_1(out)
+    out = crashed_copy(bf16_run, tmp_path / "run")
     monkeypatch.setenv(runtime.FAKE_ENV, SPR)
     code, _, err = cli("train", "--config", recipe, "--out", out, "--resume", "auto", "--set", "train.precision=fp16")
     assert code == 0, err  # the disabled scaler saved {}: no 'does not fit'
