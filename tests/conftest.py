@@ -155,3 +155,19 @@ def tiny_run_recipe(data: Path, epochs: int, log_interval: int, checkpoint_every
     # The path last: it may hold any word, a placeholder's too.
     return (_TINY_RUN.replace("EPOCHS", str(epochs)).replace("LOG_INTERVAL", str(log_interval))
             .replace("EVERY_STEPS", str(checkpoint_every_steps)).replace("DATA", str(data)))
+
+
+def kill_after_shards(monkeypatch, n: int):
+    """Make a prepare die (KeyboardInterrupt, as a kill) while closing its shard n+1: n shards complete, one
+    half-written; the resume tests then check that a second run finishes with the clean run's bytes. Returns the
+    real ShardWriter.close, for the tests to put back or wrap."""
+    real_close, closed = records.ShardWriter.close, []
+
+    def dying_close(self):
+        if len(closed) == n:
+            raise KeyboardInterrupt("simulated kill")
+        closed.append(self.path)
+        return real_close(self)
+
+    monkeypatch.setattr(records.ShardWriter, "close", dying_close)
+    return real_close

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import kill_after_shards
 from resnet_repro.data import imagenet, imagenet_archives, records
 from resnet_repro.data.imagenet_archives import discover_archives
 from resnet_repro.data.prepare import prepare_images
@@ -88,15 +89,7 @@ def test_archives_give_the_shards_of_the_extracted_folders(tmp_path, monkeypatch
 def test_archives_prepare_killed_midway_resumes_to_identical_shards(tmp_path, monkeypatch):
     paths = make_archives(tmp_path)
     clean = shard_files(from_archives(paths, tmp_path / "clean"))
-    real_close, calls = records.ShardWriter.close, []
-
-    def dying_close(self):
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated kill")
-        calls.append(self.path)
-        return real_close(self)
-
-    monkeypatch.setattr(records.ShardWriter, "close", dying_close)
+    real_close = kill_after_shards(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         from_archives(paths, tmp_path / "out")
     monkeypatch.setattr(records.ShardWriter, "close", real_close)

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import kill_after_shards
 from resnet_repro.data import imagenet, prepare, records
 from resnet_repro.data.imagenet import SourceError
 from resnet_repro.data.prepare import Encoding, PrepareError, prepare_images, read_header
@@ -306,15 +307,7 @@ def test_killed_prepare_resumes_to_identical_shards(tmp_path, monkeypatch):
                   {"n01440764_cmyk": cmyk_jpeg(7)} if _has("PIL") else None)
     clean = shard_hashes(run_prepare(tmp_path / "src", tmp_path / "clean"))
     # A run that dies while finishing its fourth shard (three complete, one half-written) ...
-    real_close, calls = records.ShardWriter.close, []
-
-    def dying_close(self):
-        if len(calls) == 3:
-            raise KeyboardInterrupt("simulated kill")
-        calls.append(self.path)
-        return real_close(self)
-
-    monkeypatch.setattr(records.ShardWriter, "close", dying_close)
+    real_close = kill_after_shards(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         run_prepare(tmp_path / "src", tmp_path / "out")
     monkeypatch.setattr(records.ShardWriter, "close", real_close)
