@@ -6,8 +6,8 @@ evaluation.json from ``resnet-repro evaluate --out RUN_DIR/evaluation.json`` whe
 * curves.png: top-1 error and loss per epoch, train and val, with the learning rate on a second axis, and
   training throughput (img/s) with the share of time spent waiting for data;
 * report.md: the run's figures in a table next to published ones for the same model and data set (the
-  ResNet paper, the reference recipe, fb.resnet.torch, torchvision ...: published.py; docs/REFERENCE.md lists the sources),
-  with the test protocol and epochs of each.
+  ResNet paper, the reference recipe, fb.resnet.torch, torchvision ...: published.py; docs/REFERENCE.md lists
+  the sources), with the test protocol and epochs of each.
 """
 from __future__ import annotations
 
