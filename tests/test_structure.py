@@ -251,4 +251,4 @@ def test_the_hardware_check_finds_a_reader(tmp_path):
                              "resnet_repro.runtime", "resnet_repro.data.cores_plan", "cores"}) == [
         "resnet_repro.data.cores", "resnet_repro.data.loading.cores", "resnet_repro.runtime"]
     (tmp_path / "made_up_config.py").write_text("import resnet_repro.config\nimport resnet_repro.runtime\n")
-    assert hardware_readers(modules_after("import made_up_config", tmp_path)) == ["resnet_repro.runtime"]
+    assert "resnet_repro.runtime" in hardware_readers(modules_after("import made_up_config", tmp_path))
