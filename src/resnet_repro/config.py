@@ -7,6 +7,7 @@ Reading recipes, ``--set`` overrides and saved configs, and writing the resolved
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import dataclass, field
@@ -253,8 +254,10 @@ class Config:
         return dataclasses.asdict(self)
 
 
+@functools.cache  # get_type_hints evaluates every annotation again on each call: called per key, it was most of a load
 def field_types(cls) -> dict[str, typing.Any]:
-    """The fields of a config dataclass (a section, or Config itself) with their declared types."""
+    """The fields of a config dataclass (a section, or Config itself) with their declared types: one dict per
+    class, shared by every caller (read it, never change it)."""
     hints = typing.get_type_hints(cls, include_extras=True)  # extras: Annotated[str, OneOf(...)] keeps its choices
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
