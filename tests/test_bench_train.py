@@ -15,7 +15,7 @@ from conftest import REPO
 from resnet_repro.bench import train as bt
 from resnet_repro import runtime
 from resnet_repro import train as train_mod
-from resnet_repro.config import load_config
+from resnet_repro.recipe import load_config
 
 KEYS = {"compute_images_per_s", "end_to_end_images_per_s", "data_wait_fraction", "peak_memory_mb",
         "compute_tflops", "train_flops_per_image", "end_to_end_over_compute"}

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from resnet_repro.config import Config, ConfigError, config_from_dict, load_config, save_config
+from resnet_repro.config import Config, ConfigError
+from resnet_repro.recipe import config_from_dict, load_config, save_config
 
 RECIPES = sorted((REPO / "configs").rglob("*.yaml"))
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_repro.config import ConfigError, config_from_dict, load_config
+from resnet_repro.config import ConfigError
+from resnet_repro.recipe import config_from_dict, load_config
 from resnet_repro.data.cores import CorePlan, parse_workers, pin_trainer, plan_cores, unpin_trainer
 from resnet_repro.data.loader import Job, make_loader
 

@@ -129,7 +129,7 @@ def test_an_error_in_the_consumer_stops_the_thread_too():
 
 
 def test_a_real_loader_with_worker_processes_shuts_down(texture_data):
-    from resnet_repro.config import load_config
+    from resnet_repro.recipe import load_config
     from resnet_repro.data.augment import TrainGeometry
     from resnet_repro.data.loader import BatchDataset, Job, make_loader, train_batch_indices
     from resnet_repro.data.records import RecordReader

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from resnet_repro import checkpoint
-from resnet_repro.config import load_config
+from resnet_repro.recipe import load_config
 from resnet_repro.ema import EMA
 from resnet_repro.models.resnet import build_model
 

@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_repro.config import DataConfig, load_config
+from resnet_repro.config import DataConfig
+from resnet_repro.recipe import load_config
 from resnet_repro.data.augment import EvalGeometry, TrainGeometry, tf_cnn_box
 from resnet_repro.data.color import ColorAugment
 

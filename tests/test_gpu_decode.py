@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_repro.config import load_config
+from resnet_repro.recipe import load_config
 from resnet_repro.data import augment, records
 from resnet_repro.data.augment import DecodeError, TrainGeometry, sample_rng
 from resnet_repro.data.gpu_decode import EncodedBatch, EncodedBatchDataset, GpuDecoder, crop_params

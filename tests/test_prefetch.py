@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_repro.config import load_config
+from resnet_repro.recipe import load_config
 from resnet_repro.data.augment import DeviceTransform, TrainGeometry
 from resnet_repro.data.loader import BatchDataset, DevicePrefetcher, Job, make_loader, train_batch_indices
 from resnet_repro.data.records import RecordReader

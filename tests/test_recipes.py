@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, write_image_dataset
-from resnet_repro.config import load_config
+from resnet_repro.recipe import load_config
 from resnet_repro.data import records
 from resnet_repro.schedule import lr_factor, schedule_position, train_image_size
 

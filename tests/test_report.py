@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from resnet_repro.config import Config
-from resnet_repro.report import PUBLISHED, ReportError, load_run, published_for, report_markdown, write_report
+from resnet_repro.published import PUBLISHED, published_for
+from resnet_repro.report import ReportError, load_run, report_markdown, write_report
 
 
 def make_run(root, model="resnet50", dataset="imagenet", epochs=12, finished=True, val_size=224, val_resize=256):

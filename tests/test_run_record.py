@@ -190,7 +190,7 @@ def test_evaluate_uses_the_recorded_precision_unless_told(fake, recorded, recipe
 def test_a_rank_that_cannot_honour_rank_0s_choice_stops_every_rank_naming_itself(monkeypatch):
     """Rank 1 of two on an AVX2 host, rank 0 (faked by the collectives) chose bf16 on its native-bf16 CPU."""
     from resnet_repro import train as train_module
-    from resnet_repro.config import load_config
+    from resnet_repro.recipe import load_config
 
     cfg = load_config(None, ["train.device=cpu", "train.precision=auto"])
     rank0 = {"values": {"train.device": "cpu", "train.precision": "bf16", "train.channels_last": "false",

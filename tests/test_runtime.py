@@ -1,4 +1,4 @@
-"""Run-time choices from faked hardware (runtime.py), recipe profiles (config.py), the ranks' meeting and stop
+"""Run-time choices from faked hardware (runtime.py), recipe profiles (recipe.py), the ranks' meeting and stop
 requests (train.py)."""
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ def test_profile_is_chosen_from_the_hardware_and_recorded(tmp_path):
     assert (cfg.train.profile, cfg.train.epochs) == ("cpu_bf16", 7)
     # The resolved config names the profile and holds its values: saved as config.yaml, it loads the same anywhere.
     saved = tmp_path / "config.yaml"
-    from resnet_repro.config import save_config
+    from resnet_repro.recipe import save_config
 
     save_config(runtime.load_recipe(recipe, hardware=AVX2), saved)
     again = runtime.load_recipe(saved, hardware=SPR)

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from resnet_repro.config import ConfigError, DataConfig, ScheduleConfig, load_config
+from resnet_repro.config import ConfigError, DataConfig, ScheduleConfig
+from resnet_repro.recipe import load_config
 from resnet_repro.schedule import lr_factor, schedule_position, train_image_size
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import REPO, assert_one_clear_line, idx_bytes, write_fashion_mnist_src, write_gz, write_image_dataset
 from resnet_repro import train as train_module
-from resnet_repro.config import ConfigError, load_config
+from resnet_repro.config import ConfigError
+from resnet_repro.recipe import load_config
 from resnet_repro.data import holdout, records
 from resnet_repro.data.prepare import prepare_fashion_mnist
 from resnet_repro.data.records import RecordReader

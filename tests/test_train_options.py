@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from resnet_repro.config import load_config
+from resnet_repro.recipe import load_config
 from resnet_repro.data.augment import TrainGeometry
 from resnet_repro.data.loader import BatchDataset, Job, make_loader
 from resnet_repro.data.records import RecordReader

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from conftest import REPO
 from resnet_repro import checkpoint
 from resnet_repro.cli import main
-from resnet_repro.config import DataConfig, load_config
+from resnet_repro.config import DataConfig
+from resnet_repro.recipe import load_config
 from resnet_repro.data.augment import DeviceTransform, EvalGeometry
 from resnet_repro.data.loader import BatchDataset, Job, eval_batch_indices, make_loader
 from resnet_repro.data.records import RecordReader

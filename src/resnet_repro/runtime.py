@@ -213,7 +213,7 @@ def choose_channels_last(setting: str, kind: str) -> Choice:
 
 
 def profile_for(kind: str, hw: Hardware) -> Choice:
-    """The recipe profile for this machine class (a recipe's `profiles:` section; see config.py): 'cuda', 'cpu_bf16'
+    """The recipe profile for this machine class (a recipe's `profiles:` section; see recipe.py): 'cuda', 'cpu_bf16'
     (native bf16), or 'cpu'. From the hardware only, so a pinned precision never changes the training budget."""
     if kind == "cuda":
         return Choice("cuda", "a CUDA GPU")
@@ -258,9 +258,9 @@ HARDWARE_KEYS = ("train.device", "train.precision", "train.channels_last", "trai
 
 def load_recipe(path, overrides: list[str] | None = None, hardware: Hardware | None = None,
                 recorded_profile: str | None = None):
-    """config.load_config with the recipe profile chosen here, where the hardware is read: a resumed run's
+    """recipe.load_config with the recipe profile chosen here, where the hardware is read: a resumed run's
     `recorded_profile` (the record wins over the machine), else the one for this machine's class (profile_for)."""
-    from .config import load_config
+    from .recipe import load_config
 
     def choose(cfg) -> str:
         if recorded_profile not in (None, "", "auto"):

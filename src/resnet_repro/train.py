@@ -36,7 +36,8 @@ import torch
 import torch.nn as nn
 
 from . import __version__, checkpoint, dist, folder_lock, run_folder, runtime
-from .config import Config, ConfigError, DataConfig, config_from_dict, save_config
+from .config import Config, ConfigError, DataConfig
+from .recipe import config_from_dict, save_config
 from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry, keep_batch_memory
 from .data.cores import CorePlan, available_cpus, pin_trainer, plan_cores, unpin_trainer
 from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices

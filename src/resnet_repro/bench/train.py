@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..config import Config, choices, load_config
+from ..config import Config, choices
+from ..recipe import load_config
 from ..runtime import load_recipe
 from .measure import Spread, lower_median
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint
-from ..config import Config, config_from_dict
+from ..config import Config
+from ..recipe import config_from_dict
 from ..data.records import RecordError
 from ..data.remote import load_manifest
 from ..models.resnet import build_model
