@@ -1,25 +1,23 @@
-"""Importers for raw data sets: each yields what the record writer needs (key, image bytes, label).
+"""Fashion-MNIST: the four official gzip'd IDX files -> record shards (train, val held out of it, test).
 
-Fashion-MNIST comes as four gzip'd IDX files. They are looked for in ``--src``, then in Debian's
-``dataset-fashion-mnist`` package, then downloaded from the official mirror into a cache. Every file is
-checked against the SHA-256 of its *decompressed* content, which is the same for the official ``.gz`` files
-and Debian's recompressed ones.
+The files are looked for in ``--src``, then in Debian's ``dataset-fashion-mnist`` package, then downloaded
+from the official mirror into a cache. Every file is checked against the SHA-256 of its *decompressed* content,
+which is the same for the official ``.gz`` files and Debian's recompressed ones.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
-import os
-import shutil
 import struct
 import sys
-import urllib.request
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from .. import atomic
+from ... import atomic
+from ..shards import records
+from ..shards.staging import PrepareError, _begin, _identity, encode_png
+from . import holdout
+from .download import SourceError, default_cache, download, gz_content_sha256, read_gz
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -32,24 +30,6 @@ FASHION_MNIST_FILES = {
     "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
     "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
-
-
-class SourceError(RuntimeError):
-    """A raw input file that is missing, truncated or malformed; the message names the file."""
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get("RESNET_REPRO_CACHE", Path.home() / ".cache" / "resnet-repro"))
-
-
-def read_gz(path: Path) -> bytes:
-    try:
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise SourceError(f"{path}: file not found") from None
-    except (OSError, EOFError, zlib.error) as e:
-        raise SourceError(f"{path}: not a complete gzip file ({e})") from None
 
 
 def parse_idx(raw: bytes, path: Path, expect_dims: int) -> np.ndarray:
@@ -72,29 +52,6 @@ def _verified(path: Path, sha256: str) -> bool:
         return gz_content_sha256(path) == sha256
     except SourceError:
         return False
-
-
-def gz_content_sha256(path: Path) -> str:
-    """SHA-256 of a .gz file's decompressed content: what the Fashion-MNIST checksums name."""
-    return hashlib.sha256(read_gz(path)).hexdigest()
-
-
-def download(url: str, dest: Path, sha256: str, digest=gz_content_sha256, timeout: float = 60) -> Path:
-    """Download ``url`` to ``dest`` via a temp file, renamed only once ``digest(file)`` equals ``sha256``; nothing
-    is kept otherwise. ``digest``: SHA-256 of the decompressed content (default) or of the file itself."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # A unique temp name: two prepare runs may fill the same cache at once (atomic.replacing).
-        with atomic.replacing(dest, unique=True) as tmp:
-            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                shutil.copyfileobj(resp, out, 1 << 20)
-            got = digest(tmp)
-            if got != sha256:
-                raise SourceError(f"{url}: downloaded data has SHA-256 {got}, expected {sha256} "
-                                  "(incomplete or altered download; nothing was kept)")
-    except OSError as e:
-        raise SourceError(f"{url}: download failed ({e})") from None
-    return dest
 
 
 def locate_fashion_mnist(src: Path | None, base_url: str = FASHION_MNIST_URL,
@@ -129,3 +86,81 @@ def verify_content(path: Path, sha256: str) -> None:
     if got != sha256:
         raise SourceError(f"{path}: decompressed content has SHA-256 {got}, expected {sha256} "
                           "(not the official Fashion-MNIST file)")
+
+
+FASHION_MNIST_VAL = 1 / 12  # of the training images, by default: 5,000 of the official 60,000 (500 per class)
+
+
+def prepare_fashion_mnist(out: Path, src: Path | None = None, seed: int = 0, train_shards: int = 16,
+                          val_shards: int = 4, force: bool = False, base_url: str = FASHION_MNIST_URL,
+                          val_size: int | None = None) -> Path:
+    """Fashion-MNIST -> shards, three splits (holdout.py): "train" = the official training images less "val",
+    "val" = `val_size` of them (default a twelfth: 5,000 of 60,000) held out, stratified by class, by `seed`;
+    "test" = the official 10,000-image test set (the one every published Fashion-MNIST figure is measured on;
+    training scores it once, at the end). Images are stored losslessly (PNG)."""
+    out = Path(out)
+    files = locate_fashion_mnist(src, base_url=base_url)
+    # Validate every input before writing anything.
+    data = {
+        "train": load_idx_pair(files["train-images-idx3-ubyte.gz"], files["train-labels-idx1-ubyte.gz"]),
+        "test": load_idx_pair(files["t10k-images-idx3-ubyte.gz"], files["t10k-labels-idx1-ubyte.gz"]),
+    }
+    label_files = {"train": "train-labels-idx1-ubyte.gz", "test": "t10k-labels-idx1-ubyte.gz"}
+    n_classes = len(FASHION_MNIST_CLASSES)
+    for split, (images, labels) in data.items():
+        if labels.size and labels.max() >= n_classes:
+            i = int(np.argmax(labels >= n_classes))
+            raise PrepareError(f"{files[label_files[split]]}: label {labels[i]} at index {i}, but Fashion-MNIST "
+                               "has 10 classes (0-9); the file is damaged or not Fashion-MNIST's")
+    images, labels = data["train"]
+    size = round(len(labels) * FASHION_MNIST_VAL) if val_size is None else val_size
+    try:
+        held_idx, held = holdout.holdout(labels, n_classes, seed, size=size)
+    except holdout.HoldoutError as e:
+        raise PrepareError(f"{files['train-labels-idx1-ubyte.gz']}: --val-size: {e}") from None
+    held.update({"from": "the official training images (train-images-idx3-ubyte)",
+                 "index_order": "the official training file's order (key train_NNNNN = index NNNNN)"})
+    official = all(_verified(p, FASHION_MNIST_FILES[n]) for n, p in files.items())
+    names = ("train", "val", "test") if size else ("train", "test")  # a split with no images is left out
+    staging = _begin(out, force, identity=_identity({
+        "dataset": "fashion-mnist", "source": {name: str(p) for name, p in files.items()},
+        "source_is_official": official, "holdout": held,
+        "splits": {name: {"shuffle_seed": seed + k} for k, name in enumerate(names)}}))
+    if staging is None:
+        return out
+    in_val = np.zeros(len(labels), bool)
+    in_val[held_idx] = True
+
+    def samples(prefix: str, imgs: np.ndarray, labs: np.ndarray, index: np.ndarray) -> list[records.Sample]:
+        return [records.Sample(f"{prefix}_{i:05d}", encode_png(imgs[i]), "png", int(labs[i])) for i in index]
+
+    everything = np.arange(len(labels))
+    split_samples = {"train": samples("train", images, labels, everything[~in_val]),
+                     "val": samples("train", images, labels, everything[in_val]),
+                     "test": samples("test", *data["test"], np.arange(len(data["test"][1])))}
+    splits = {}
+    for k, name in enumerate(names):
+        splits[name] = records.write_split(staging, name, split_samples[name],
+                                           train_shards if name == "train" else val_shards, seed + k)
+    h, w = images.shape[1:]
+    manifest = {
+        "format": records.FORMAT,
+        "dataset": "fashion-mnist",
+        "classes": [str(i) for i in range(10)],
+        "class_names": FASHION_MNIST_CLASSES,
+        "image": {"height": int(h), "width": int(w), "channels": 1},
+        "encoding": {"ext": "png", "lossless": True, "note": "IDX uint8 pixels stored as 8-bit grayscale PNG"},
+        "source": {name: str(p) for name, p in files.items()},
+        "source_is_official": official,
+        "evaluation_split": "test",
+        "selection_split": "val" if size else None,
+        "holdout": held,
+        "splits": splits,
+        "notes": {"train": f"{len(labels) - size} of the {len(labels)} official training images",
+                  "val": f"the other {size}, held out (stratified by class, seed {seed}; see holdout): recipe "
+                         "choices and per-epoch evaluations use this split",
+                  "test": "the official 10,000-image Fashion-MNIST test set; training scores it once, at the end"},
+    }
+    records.write_manifest(staging, manifest)
+    atomic.replace_folder(staging, out)
+    return out
