@@ -1,7 +1,7 @@
 """Image headers read without decoding: format and pixel size, and a JPEG's frame header (SOFn): components,
 precision, colour model. Every image header in the package is parsed here, by one walk per format.
 
-Callers: prepare (shards/convert.py: ``read_header`` and ``oddity``), which needs the colour model and precision
+Callers: prepare (shards/prepare.py: ``read_header`` and ``oddity``), which needs the colour model and precision
 to decide whether a source file can be stored as it is and the size to refuse decompression bombs; predict.py
 (``read_header``: the same guard); and the loaders (``image_size``: augment/geometry.py, loading/gpu_decode.py),
 which need only the size to draw a crop box before decoding.
