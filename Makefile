@@ -17,7 +17,7 @@ FMNIST_SYS := /usr/share/datasets/fashion-mnist
 
 .PHONY: train test data clean-venv
 
-$(STAMP): pyproject.toml setup.py src/resnet_repro/data/_jpeg_region.c
+$(STAMP): pyproject.toml setup.py src/resnet_repro/data/decode/_jpeg_region.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[test,report]"

@@ -197,14 +197,14 @@ class Bench:
                   "batches x 38.5 MB is ~2 GB)", flush=True)
 
     def native_helper(self) -> str:
-        """Region decoding needs data/_jpeg_region.c built for this machine: build it with gcc if it is missing
+        """Region decoding needs data/decode/_jpeg_region.c built for this machine: build it with gcc if it is missing
         (the working tree arrives without build outputs). The dry run only reports."""
-        check = [sys.executable, "-c", "from resnet_repro.data import jpeg_region as j; "
+        check = [sys.executable, "-c", "from resnet_repro.data.decode import jpeg_region as j; "
                  "print('available' if j.available() else 'unavailable: ' + j.unavailable_reason())"]
         state = subprocess.run(check, capture_output=True, text=True, env=self.env).stdout.strip()
         if state == "available" or self.dry:
             return state
-        src = REPO / "src" / "resnet_repro" / "data" / "_jpeg_region.c"
+        src = REPO / "src" / "resnet_repro" / "data" / "decode" / "_jpeg_region.c"
         cc = shutil.which("gcc") or shutil.which("cc")
         if cc is None:
             return f"not built (no C compiler): crops decode whole images with OpenCV; {state}"
@@ -219,7 +219,7 @@ class Bench:
     def data(self) -> Path | None:
         """The JPEG shards, made by bench/make_jpeg_shards.py in its own process (on every core; this process has
         CUDA and torch's threads up, which forked image makers would inherit)."""
-        from resnet_repro.data.records import RecordReader
+        from resnet_repro.data.shards.reader import RecordReader
 
         root = self.work / ("jpegs-dry" if self.dry else "jpegs")
         n, (w, h) = self.s["images"], self.s["jpeg_wh"]

@@ -2,14 +2,14 @@
 
     python bench/make_jpeg_shards.py --out /tmp/jpeg_shards --train 2048 --val 256 --classes 100 --workers 8
 
-Then: resnet-repro bench loader --data /tmp/jpeg_shards --workers 1,2. See resnet_repro.data.synthetic.
+Then: resnet-repro bench loader --data /tmp/jpeg_shards --workers 1,2. See resnet_repro.data.sources.synthetic.
 """
 from __future__ import annotations
 
 import argparse
 import os
 
-from resnet_repro.data.synthetic import make_jpeg_shards
+from resnet_repro.data.sources.synthetic import make_jpeg_shards
 
 
 def main() -> None:

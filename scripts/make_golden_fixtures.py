@@ -26,7 +26,7 @@ It writes tests/golden/ (about 1.3 MB; TensorFlow 2.21.0 wrote the committed fil
   outputs rounded to uint8. The input is stored as PNG bytes (lossless).
 
 The photos: matplotlib's sample photo grace_hopper.jpg (shipped with matplotlib, or --photo PATH), plus two
-photo-like images from resnet_repro.data.synthetic (deterministic, numpy + OpenCV). No downloads.
+photo-like images from resnet_repro.data.sources.synthetic (deterministic, numpy + OpenCV). No downloads.
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def distort_color(tf, img, p, yiq: bool):
 
 
 def make_color(tf, photo: np.ndarray) -> dict:
-    from resnet_repro.data.synthetic import photo_like_image
+    from resnet_repro.data.sources.synthetic import photo_like_image
 
     h, w = photo.shape[:2]
     face = photo[h // 10:h // 10 + 96, w // 2 - 64:w // 2 + 48]  # face and uniform, greys and skin

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from resnet_repro.data import records
+from resnet_repro.data.shards import records
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST_RECIPE = REPO / "configs" / "fashion_mnist" / "resnet20.yaml"

@@ -1,4 +1,4 @@
-"""ImageNet train geometry (data/augment.py): header sizes, the three crop samplers, DCT-reduced decoding,
+"""ImageNet train geometry (data/augment/geometry.py): header sizes, the three crop samplers, DCT-reduced decoding,
 determinism per (seed, epoch, index), colour parameters in the batch, and bad JPEGs at train time."""
 from __future__ import annotations
 
@@ -11,12 +11,16 @@ import numpy as np
 import pytest
 
 from resnet_repro.config import DataConfig
-from resnet_repro.data import augment, jpeg_region, records
-from resnet_repro.data.augment import (DecodeError, EvalGeometry, TrainGeometry, decode, decode_box, image_size,
-                                       inception_box, paper_box, sample_rng, tf_cnn_box)
-from resnet_repro.data.loader import BatchDataset, Job
-from resnet_repro.data.records import RecordReader
-from resnet_repro.data.synthetic import encode_jpeg, photo_like_image
+from resnet_repro.data.augment.boxes import inception_box, paper_box, tf_cnn_box
+from resnet_repro.data.augment.geometry import EvalGeometry, TrainGeometry
+from resnet_repro.data.augment.rng import sample_rng
+from resnet_repro.data.decode import cpu, jpeg_region
+from resnet_repro.data.decode.cpu import DecodeError, decode, decode_box
+from resnet_repro.data.decode.header import image_size
+from resnet_repro.data.loading.loader import BatchDataset, Job
+from resnet_repro.data.shards import records
+from resnet_repro.data.shards.reader import RecordReader
+from resnet_repro.data.sources.synthetic import encode_jpeg, photo_like_image
 
 
 def jpeg(w: int, h: int, seed: int = 0, **kw) -> bytes:
@@ -123,8 +127,8 @@ def test_dct_reduced_decode_is_close_to_full_decode_and_resize(monkeypatch, regi
         pytest.skip(jpeg_region.unavailable_reason())
     data = jpeg(1600, 1200, seed=2)
     used = []
-    real, real_region = augment._imdecode, jpeg_region.decode_region
-    monkeypatch.setattr(augment, "_imdecode", lambda d, c, f=1: used.append(f) or real(d, c, f))
+    real, real_region = cpu._imdecode, jpeg_region.decode_region
+    monkeypatch.setattr(cpu, "_imdecode", lambda d, c, f=1: used.append(f) or real(d, c, f))
     monkeypatch.setattr(jpeg_region, "decode_region", lambda d, c, f, *a: used.append(f) or real_region(d, c, f, *a))
     full = decode(data, 3)
     for box, factor in [((100, 150, 1000, 1000), 4), ((0, 0, 1200, 1600), 4), ((300, 200, 500, 700), 2),
@@ -250,15 +254,15 @@ def test_batches_carry_colour_params_and_replace_bad_jpegs_deterministically(jpe
 HEAP_PROBE = """
 import sys
 import numpy as np
-from resnet_repro.data.augment import keep_freed_memory
+from resnet_repro.data.loading.memory import keep_freed_memory
 if sys.argv[1] == "transform":  # building a CPU device transform alone (evaluate, predict, a user's script)
     import torch
     from resnet_repro.config import DataConfig
-    from resnet_repro.data.augment import DeviceTransform
+    from resnet_repro.data.augment.device import DeviceTransform
     DeviceTransform(DataConfig(), 3, torch.device("cpu"))
 elif sys.argv[1] == "batches":  # a process that transforms every batch on the CPU (train, bench)
     import torch
-    from resnet_repro.data.augment import keep_batch_memory
+    from resnet_repro.data.loading.memory import keep_batch_memory
     keep_batch_memory(torch.device("cpu"))
 elif sys.argv[1] != "default":
     keep_freed_memory(large=sys.argv[1] == "large")

@@ -1,4 +1,4 @@
-"""`resnet-repro bench loader` and the photo-like JPEG shards it runs on (data/synthetic.py).
+"""`resnet-repro bench loader` and the photo-like JPEG shards it runs on (data/sources/synthetic.py).
 
 No timing is asserted (speed is what the command prints); these check that the command runs the real pipeline,
 reports every figure it promises, and that the bench data are deterministic and ImageNet-shaped."""
@@ -9,9 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from resnet_repro.data.augment import decode, image_size
-from resnet_repro.data.records import RecordReader, sha256_file
-from resnet_repro.data.synthetic import make_jpeg_shards
+from resnet_repro.data.decode.cpu import decode
+from resnet_repro.data.decode.header import image_size
+from resnet_repro.data.shards.reader import RecordReader
+from resnet_repro.data.shards.records import sha256_file
+from resnet_repro.data.sources.synthetic import make_jpeg_shards
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def test_bench_loader_json_reports_every_figure(shards, cli):
     assert isinstance(r["rss_growth_mb_per_worker"], float) and isinstance(r["rss_growth_from_first_batch_mb"], float)
     assert r["workers"] == 1 and r["timed_images"] == 12
     assert r["crop"] == "tf_cnn" and r["color"] == "tf_cnn"
-    from resnet_repro.data import jpeg_region
+    from resnet_repro.data.decode import jpeg_region
 
     assert r["region_decode"] is jpeg_region.available()  # says which decoder the figures are for
     assert r["per_worker_vs_decode_limit"] == pytest.approx(r["images_per_s_per_worker"] / r["decode_limit_per_s"])
@@ -82,10 +84,10 @@ def test_bench_loader_text_scaling_and_torchvision_comparison(shards, cli):
 
 def test_bench_loader_runs_past_one_epoch_and_resolves_auto(shards, cli):
     """40 images make 5 batches of 8; 4 untimed + 8 timed batches take three epochs. auto: the count training
-    would use here (data/cores.py)."""
+    would use here (data/loading/cores.py)."""
     import os
 
-    from resnet_repro.data.cores import plan_cores
+    from resnet_repro.data.loading.cores import plan_cores
 
     code, out, err = cli("bench", "loader", "--data", shards, "--workers", "1,auto", "--batch-size", "8",
                          "--batches", "8", "--set", "data.image_size=32", "--device", "cpu", "--json")

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_repro.data import cifar
-from resnet_repro.data.augment import decode
-from resnet_repro.data.holdout import holdout
-from resnet_repro.data.records import RecordReader
-from resnet_repro.data.sources import SourceError
+from resnet_repro.data.decode.cpu import decode
+from resnet_repro.data.shards.reader import RecordReader
+from resnet_repro.data.sources import cifar
+from resnet_repro.data.sources.download import SourceError
+from resnet_repro.data.sources.holdout import holdout
 
 NAMES10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

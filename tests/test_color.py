@@ -1,4 +1,4 @@
-"""Device-side colour augmentation (data/color.py) against per-pixel numpy references of the published ops.
+"""Device-side colour augmentation (data/augment/color.py) against per-pixel numpy references of the published ops.
 
 fb.resnet.torch's jitter + lighting and tf_cnn's brightness/contrast are linear, so the folded 3x4 matrix must
 match them to float precision. tf_cnn's default saturation and hue run in YIQ (random_hsv_in_yiq); these tests
@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from resnet_repro.config import DataConfig
-from resnet_repro.data import color
-from resnet_repro.data.augment import DeviceTransform
-from resnet_repro.data.color import ColorAugment
-from resnet_repro.data.synthetic import photo_like_image
+from resnet_repro.data.augment import color
+from resnet_repro.data.augment.color import ColorAugment
+from resnet_repro.data.augment.device import DeviceTransform
+from resnet_repro.data.sources.synthetic import photo_like_image
 
 LUMA = np.array(color.LUMA)
 

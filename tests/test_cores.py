@@ -1,4 +1,4 @@
-"""The core plan and worker-count rule (data/cores.py) on made-up core sets; `data.workers` as a count or "auto";
+"""The core plan and worker-count rule (loading/cores.py) on made-up core sets; `data.workers` as a count or "auto";
 and the plan applied: loader workers and the training thread end up on the cores the plan gives them."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 
 from resnet_repro.config import ConfigError
 from resnet_repro.recipe import config_from_dict, load_config
-from resnet_repro.data.cores import CorePlan, parse_workers, pin_trainer, plan_cores, unpin_trainer
-from resnet_repro.data.loader import Job, make_loader
+from resnet_repro.data.loading.cores import CorePlan, parse_workers, pin_trainer, plan_cores, unpin_trainer
+from resnet_repro.data.loading.loader import Job, make_loader
 
 
 def test_auto_on_a_gpu_machine_keeps_two_cores_for_the_trainer():

@@ -16,8 +16,9 @@ import pytest
 
 from conftest import FASHION_MNIST_RECIPE as RECIPE
 from conftest import REPO, assert_one_clear_line, write_fashion_mnist_src, write_image_dataset
-from resnet_repro.data import records
-from resnet_repro.data.records import RecordError, RecordReader
+from resnet_repro.data.shards import records
+from resnet_repro.data.shards.reader import RecordReader
+from resnet_repro.data.shards.records import RecordError
 
 
 @pytest.fixture

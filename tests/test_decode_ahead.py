@@ -1,4 +1,4 @@
-"""DecodeAhead (data/gpu_decode.py): the overlap logic of GPU decoding, on the CPU, with a stand-in for the decode
+"""DecodeAhead (loading/gpu_decode.py): the overlap logic of GPU decoding, on the CPU, with a stand-in for the decode
 and stand-ins for the CUDA stream and event: order, running ahead (bounded), errors from the thread, shutdown,
 and the hand-over protocol (work on the side stream, event after it, the consumer waits on it and marks the
 tensors). Pixels of the real decode path are tested in test_gpu_decode.py."""
@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from resnet_repro.data.augment import DecodeError
-from resnet_repro.data.gpu_decode import DecodeAhead, NoStreams
+from resnet_repro.data.decode.cpu import DecodeError
+from resnet_repro.data.loading.gpu_decode import DecodeAhead, NoStreams
 
 WAIT_S = 20.0  # the longest a test waits for the background thread before calling it broken (never a timing)
 
@@ -130,9 +130,9 @@ def test_an_error_in_the_consumer_stops_the_thread_too():
 
 def test_a_real_loader_with_worker_processes_shuts_down(texture_data):
     from resnet_repro.recipe import load_config
-    from resnet_repro.data.augment import TrainGeometry
-    from resnet_repro.data.loader import BatchDataset, Job, make_loader, train_batch_indices
-    from resnet_repro.data.records import RecordReader
+    from resnet_repro.data.augment.geometry import TrainGeometry
+    from resnet_repro.data.loading.loader import BatchDataset, Job, make_loader, train_batch_indices
+    from resnet_repro.data.shards.reader import RecordReader
 
     reader = RecordReader(texture_data, "train")
     ds = BatchDataset(reader, TrainGeometry(load_config().data, 16), 1, seed=0, train=True)
@@ -211,7 +211,7 @@ def test_the_event_hand_over_on_cuda_orders_the_gpu_work_without_a_host_sync():
     """Each batch is finished on the side stream only after a GPU-side delay; the default stream reads it right after
     the hand-over. Without the event wait it would read the batch before it was written; with it, every batch is
     whole, and the consumer never synchronizes with the device (sync debug mode turns a sync into an error)."""
-    from resnet_repro.data.gpu_decode import CudaStreams
+    from resnet_repro.data.loading.gpu_decode import CudaStreams
 
     dev = torch.device("cuda")
 

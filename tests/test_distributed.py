@@ -274,7 +274,7 @@ def test_a_restarted_group_never_dials_the_dead_attempts_addresses(tmp_path):
 PROBE = """\
 import sys, torch
 from resnet_repro import dist
-from resnet_repro.data.loader import eval_batch_indices, train_batch_indices
+from resnet_repro.data.loading.loader import eval_batch_indices, train_batch_indices
 from resnet_repro.evaluate import evaluate
 from resnet_repro.models.resnet import build_model
 from resnet_repro.precise_bn import update_bn_stats

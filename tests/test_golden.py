@@ -27,8 +27,9 @@ import torch
 
 from resnet_repro.config import DataConfig
 from resnet_repro.recipe import load_config
-from resnet_repro.data.augment import EvalGeometry, TrainGeometry, tf_cnn_box
-from resnet_repro.data.color import ColorAugment
+from resnet_repro.data.augment.boxes import tf_cnn_box
+from resnet_repro.data.augment.color import ColorAugment
+from resnet_repro.data.augment.geometry import EvalGeometry, TrainGeometry
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ def test_tf_cnn_crop_matches_tensorflows_sample_distorted_bounding_box(tf_boxes,
 def test_tf_cnn_box_test_can_tell_a_different_sampler(tf_boxes):
     """The comparison above has the power to see a plausible mistake: the Inception crop's log-uniform aspect
     and 8 % minimum area instead of TF's."""
-    from resnet_repro.data.augment import inception_box
+    from resnet_repro.data.augment.boxes import inception_box
 
     h, w = 375, 500
     ref = tf_boxes[f"boxes_{h}x{w}"]

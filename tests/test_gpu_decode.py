@@ -1,4 +1,4 @@
-"""GPU JPEG decoding (data/gpu_decode.py): the crops the workers draw match the CPU path's, sample for sample and
+"""GPU JPEG decoding (loading/gpu_decode.py): the crops the workers draw match the CPU path's, sample for sample and
 in distribution; the GPU-side crop/resize/flip, checked on the CPU with OpenCV standing in for nvJPEG; errors;
 and, where CUDA and torchvision are present, nvJPEG against the CPU decoder."""
 from __future__ import annotations
@@ -12,11 +12,13 @@ import pytest
 import torch
 
 from resnet_repro.recipe import load_config
-from resnet_repro.data import augment, records
-from resnet_repro.data.augment import DecodeError, TrainGeometry, sample_rng
-from resnet_repro.data.gpu_decode import EncodedBatch, EncodedBatchDataset, GpuDecoder, crop_params
-from resnet_repro.data.loader import BatchDataset, Job
-from resnet_repro.data.records import RecordReader
+from resnet_repro.data.augment.geometry import TrainGeometry
+from resnet_repro.data.augment.rng import sample_rng
+from resnet_repro.data.decode.cpu import DecodeError, decode_box
+from resnet_repro.data.loading.gpu_decode import EncodedBatch, EncodedBatchDataset, GpuDecoder, crop_params
+from resnet_repro.data.loading.loader import BatchDataset, Job
+from resnet_repro.data.shards import records
+from resnet_repro.data.shards.reader import RecordReader
 
 SIZE = 32  # output side of the test crops, pixels
 
@@ -73,8 +75,8 @@ def cv2_decoders():
 def test_boxes_and_flips_are_the_cpu_paths_sample_for_sample(crop, jpeg_data, monkeypatch):
     """Spy on the box the CPU path decodes and compare with what the GPU path's workers ship."""
     seen = []
-    real = augment.decode_box
-    monkeypatch.setattr(augment, "decode_box", lambda data, ch, box, full_hw, out_hw, *a:
+    real = decode_box
+    monkeypatch.setattr("resnet_repro.data.augment.geometry.decode_box", lambda data, ch, box, full_hw, out_hw, *a:
                         seen.append((box, full_hw)) or real(data, ch, box, full_hw, out_hw, *a))
     reader = RecordReader(jpeg_data, "train")
     geo = geometry(crop)
@@ -223,8 +225,8 @@ def test_missing_torchvision_is_a_clear_error(monkeypatch):
 
 def test_decoding_ahead_gives_the_synchronous_paths_batches(jpeg_data):
     """decode_ahead (background thread; on CUDA a side stream) against the decoder called in the consumer."""
-    from resnet_repro.data.gpu_decode import decode_ahead
-    from resnet_repro.data.loader import DevicePrefetcher, make_loader
+    from resnet_repro.data.loading.gpu_decode import decode_ahead
+    from resnet_repro.data.loading.loader import DevicePrefetcher, make_loader
 
     reader = RecordReader(jpeg_data, "train")
     ds = EncodedBatchDataset(reader, geometry("inception", color="jitter"), seed=2)
@@ -296,8 +298,8 @@ def test_training_with_gpu_decode_needs_cuda(texture_data, tmp_path):
 @cuda
 def test_decoding_ahead_on_a_side_stream_matches_the_synchronous_path_on_cuda(jpeg_data):
     """The hand-over by event: batches read on the default stream right after the hand-over are complete."""
-    from resnet_repro.data.gpu_decode import decode_ahead
-    from resnet_repro.data.loader import DevicePrefetcher, make_loader
+    from resnet_repro.data.loading.gpu_decode import decode_ahead
+    from resnet_repro.data.loading.loader import DevicePrefetcher, make_loader
 
     reader = RecordReader(jpeg_data, "train")
     ds = EncodedBatchDataset(reader, geometry("inception"), seed=4)

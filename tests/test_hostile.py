@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_clear_line, png, texture_images, tiny_run_recipe
-from resnet_repro.data import records
+from resnet_repro.data.shards import records
 
 DAMAGED = b"\x89PNG\r\n\x1a\n damaged"  # a PNG signature, then bytes no decoder reads
 
@@ -240,7 +240,7 @@ def test_no_mmap_off_outside_training(monkeypatch, tmp_path, cli, texture_data):
     import torch
 
     from resnet_repro.config import DataConfig
-    from resnet_repro.data.augment import DeviceTransform
+    from resnet_repro.data.augment.device import DeviceTransform
     from resnet_repro.evaluate import eval_transform
 
     calls = []

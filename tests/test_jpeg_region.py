@@ -1,4 +1,4 @@
-"""Region-of-interest JPEG decoding (data/jpeg_region.py + _jpeg_region.c): the rows and columns it returns are
+"""Region-of-interest JPEG decoding (data/decode/jpeg_region.py + _jpeg_region.c): the rows and columns it returns are
 the pixels of a whole decode, at every DCT scale and chroma layout; train crops come out bit-identical with and
 without it; CMYK falls back; broken data is a DecodeError."""
 from __future__ import annotations
@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 
 from resnet_repro.config import DataConfig
-from resnet_repro.data import augment, jpeg_region
-from resnet_repro.data.augment import DecodeError, TrainGeometry, decode_box, image_size, sample_rng
-from resnet_repro.data.synthetic import photo_like_image
+from resnet_repro.data.augment.geometry import TrainGeometry
+from resnet_repro.data.augment.rng import sample_rng
+from resnet_repro.data.decode import cpu, jpeg_region
+from resnet_repro.data.decode.cpu import DecodeError, decode_box
+from resnet_repro.data.decode.header import image_size
+from resnet_repro.data.sources.synthetic import photo_like_image
 
 needs_helper = pytest.mark.skipif(not jpeg_region.available(), reason=jpeg_region.unavailable_reason())
 
@@ -93,7 +96,7 @@ def test_train_crops_are_bit_identical_with_and_without_region_decoding(crop):
 def test_region_decoding_is_used_for_jpeg_crops(monkeypatch):
     """Guards the fast path itself: a JPEG crop goes through the region decoder, not the whole-image one."""
     calls = []
-    monkeypatch.setattr(augment, "_imdecode", lambda *a: calls.append("whole"))
+    monkeypatch.setattr(cpu, "_imdecode", lambda *a: calls.append("whole"))
     data = encode(photo_like_image(np.random.default_rng(1), 300, 200))
     out = decode_box(data, 3, (10, 20, 150, 180), (200, 300), (64, 64))
     assert out.shape == (64, 64, 3) and calls == []

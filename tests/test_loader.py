@@ -7,10 +7,13 @@ import torch
 
 from conftest import write_image_dataset
 from resnet_repro.config import DataConfig
-from resnet_repro.data.augment import DeviceTransform, EvalGeometry, TrainGeometry, decode, sample_rng
-from resnet_repro.data.loader import (BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader,
+from resnet_repro.data.augment.device import DeviceTransform
+from resnet_repro.data.augment.geometry import EvalGeometry, TrainGeometry
+from resnet_repro.data.augment.rng import sample_rng
+from resnet_repro.data.decode.cpu import decode
+from resnet_repro.data.loading.loader import (BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader,
                                       train_batch_indices)
-from resnet_repro.data.records import RecordReader
+from resnet_repro.data.shards.reader import RecordReader
 
 N, SIZE, BATCH = 53, 8, 8  # 53 = 6 full batches of 8 and a remainder of 5
 

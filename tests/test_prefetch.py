@@ -1,4 +1,4 @@
-"""DevicePrefetcher (data/loader.py): batches arrive in job order with the right content whatever the number of
+"""DevicePrefetcher (data/loading/loader.py): batches arrive in job order with the right content whatever the number of
 workers, the next batch is fetched before the current one is handed out, and nothing is lost at the end."""
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from resnet_repro.recipe import load_config
-from resnet_repro.data.augment import DeviceTransform, TrainGeometry
-from resnet_repro.data.loader import BatchDataset, DevicePrefetcher, Job, make_loader, train_batch_indices
-from resnet_repro.data.records import RecordReader
+from resnet_repro.data.augment.device import DeviceTransform
+from resnet_repro.data.augment.geometry import TrainGeometry
+from resnet_repro.data.loading.loader import BatchDataset, DevicePrefetcher, Job, make_loader, train_batch_indices
+from resnet_repro.data.shards.reader import RecordReader
 
 
 def dataset(root) -> tuple[BatchDataset, list[Job], DeviceTransform]:

@@ -1,4 +1,4 @@
-"""`prepare imagenet --train-tar/--val-tar/--devkit`: the official archives read in place (data/imagenet_archives.py).
+"""`prepare imagenet --train-tar/--val-tar/--devkit`: official archives read in place (sources/imagenet_archives.py).
 
 Each test makes a tiny ImageNet tree (test_prepare_imagenet.make_imagenet: devkit layout, with a CMYK JPEG and a
 PNG named .JPEG among the images), packs it as the official archives are packed (an outer train tar of per-class
@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from conftest import kill_after_shards
-from resnet_repro.data import imagenet, imagenet_archives, records
-from resnet_repro.data.imagenet_archives import discover_archives
-from resnet_repro.data.prepare import prepare_images
-from resnet_repro.data.sources import SourceError
+from resnet_repro.data.shards import records
+from resnet_repro.data.shards.prepare import prepare_images
+from resnet_repro.data.sources import imagenet, imagenet_archives
+from resnet_repro.data.sources.download import SourceError
+from resnet_repro.data.sources.imagenet_archives import discover_archives
 from test_prepare_imagenet import SHARDS, WNIDS, cmyk_jpeg, make_imagenet, png_bytes
 
 pytest.importorskip("scipy.io", reason="the devkit's meta.mat is written and read with scipy")

@@ -21,9 +21,14 @@ import numpy as np
 import pytest
 
 from conftest import kill_after_shards
-from resnet_repro.data import imagenet, prepare, records
-from resnet_repro.data.imagenet import SourceError
-from resnet_repro.data.prepare import Encoding, PrepareError, prepare_images, read_header
+from resnet_repro.data.decode.header import BadImage, read_header
+from resnet_repro.data.shards import prepare, records
+from resnet_repro.data.shards.prepare import Encoding, prepare_images
+from resnet_repro.data.shards.reader import RecordReader
+from resnet_repro.data.shards.staging import PrepareError
+from resnet_repro.data.sources import imagenet
+from resnet_repro.data.sources.download import SourceError
+from resnet_repro.data.sources.folder import discover_folder
 
 WNIDS = ["n01440764", "n02102040", "n01530575"]  # deliberately not in sorted order
 SORTED = sorted(WNIDS)
@@ -134,7 +139,7 @@ def test_val_layouts_give_sorted_wnid_labels(tmp_path, layout):
     assert manifest["classes"] == SORTED
     if layout != "folders":  # names from LOC_synset_mapping.txt / meta.mat, in class-index order
         assert manifest["class_names"] == [f"name of {w}, alias" for w in SORTED]
-    train, val_reader = records.RecordReader(out, "train"), records.RecordReader(out, "val")
+    train, val_reader = RecordReader(out, "train"), RecordReader(out, "val")
     assert len(train) == TRAIN_PER_CLASS * 3 and len(val_reader) == VAL_PER_CLASS * 3
     assert manifest["splits"]["train"]["counts_per_class"] == [TRAIN_PER_CLASS] * 3
     assert len(manifest["splits"]["train"]["shards"]) == SHARDS["train"]
@@ -212,7 +217,7 @@ def test_oddities_stored_as_rgb_jpeg_and_listed(tmp_path):
     odd = {o["key"]: o["kind"] for o in manifest["oddities"]["files"]}
     assert odd == {"n01440764_cmyk": "cmyk_jpeg", "n02102040_2933": "png_not_jpeg", "n01530575_gray": "gray_jpeg"}
     assert manifest["oddities"]["counts"] == {"cmyk_jpeg": 1, "png_not_jpeg": 1, "gray_jpeg": 1}
-    reader = records.RecordReader(out, "train")
+    reader = RecordReader(out, "train")
     assert len(reader) == 3 * TRAIN_PER_CLASS + 3
     for i in range(len(reader)):
         key, data, label = reader[i]
@@ -230,7 +235,7 @@ def test_the_scaled_down_check_rejects_exactly_the_files_a_full_decode_rejects()
     """Kept JPEGs are checked with a 1/8-scale decode (prepare.convert_image). Damage of every kind — cut at
     many points (inside the headers and the scan), bytes overwritten in the entropy-coded data, markers
     broken — must fail that check exactly when OpenCV's full decode fails."""
-    from resnet_repro.data.synthetic import photo_like_image
+    from resnet_repro.data.sources.synthetic import photo_like_image
 
     rng = np.random.default_rng(0)
     img = photo_like_image(rng, 160, 120)
@@ -249,7 +254,7 @@ def test_the_scaled_down_check_rejects_exactly_the_files_a_full_decode_rejects()
         try:
             prepare.convert_image(data, Encoding())
             check_ok = True
-        except prepare.BadImage:
+        except BadImage:
             check_ok = False
         assert check_ok == full_ok, f"variant {i}: full decode {'passes' if full_ok else 'fails'}, check disagrees"
         outcomes.add(full_ok)
@@ -273,7 +278,7 @@ def test_bad_files_stop_prepare_with_every_name_unless_skip_bad(tmp_path):
     assert manifest["skip_bad"] is True
     assert sorted(b["key"] for b in manifest["skipped_bad_files"]) == sorted(extra)
     assert manifest["splits"]["train"]["count"] == 3 * TRAIN_PER_CLASS
-    assert "n01440764_truncated" not in set(records.RecordReader(out, "train").keys)
+    assert "n01440764_truncated" not in set(RecordReader(out, "train").keys)
 
 
 def test_header_dimensions_and_bomb_refused_before_decoding():
@@ -282,9 +287,9 @@ def test_header_dimensions_and_bomb_refused_before_decoding():
     assert read_header(png_bytes(1)).fmt == "png"
     ok, bmp = cv2.imencode(".bmp", _pixels(1))
     assert (read_header(bmp.tobytes()).fmt, read_header(bmp.tobytes()).height) == ("bmp", 32)
-    with pytest.raises(prepare.BadImage, match="decompression bombs"):
+    with pytest.raises(BadImage, match="decompression bombs"):
         prepare.convert_image(bomb_png(), Encoding())
-    with pytest.raises(prepare.BadImage, match="0 MP limit"):  # the limit is a parameter
+    with pytest.raises(BadImage, match="0 MP limit"):  # the limit is a parameter
         prepare.convert_image(jpeg(1), Encoding(max_pixels=1000))
 
 
@@ -294,7 +299,7 @@ def test_max_side_and_quality_reencode_and_are_recorded(tmp_path):
     manifest = records.load_manifest(out)
     assert manifest["encoding"]["mode"] == "reencode"
     assert (manifest["encoding"]["max_side"], manifest["encoding"]["quality"]) == (20, 80)
-    reader = records.RecordReader(out, "val")
+    reader = RecordReader(out, "val")
     for i in range(len(reader)):
         h = read_header(reader[i][1])
         assert (h.width, h.height) == (20, 16)
@@ -327,7 +332,8 @@ def test_parallel_workers_and_real_kill_give_identical_shards(tmp_path):
     make_imagenet(tmp_path / "src", "folders")
     serial = shard_hashes(run_prepare(tmp_path / "src", tmp_path / "serial", seed=3))
     # Two worker processes, in a separate interpreter (without the CLI's torch import: cheap on a busy machine).
-    script = ("import sys; from pathlib import Path; from resnet_repro.data import imagenet, prepare; "
+    script = ("import sys; from pathlib import Path; from resnet_repro.data.shards import prepare; "
+              "from resnet_repro.data.sources import imagenet; "
               "prepare.prepare_images(imagenet.discover_imagenet(sys.argv[1]), Path(sys.argv[2]), "
               "{'train': 4, 'val': 2}, seed=3, workers=2, progress=False)")
     cmd = [sys.executable, "-c", script, str(tmp_path / "src"), str(tmp_path / "par")]
@@ -395,8 +401,8 @@ def _make_folder(root: Path, classes=("dog", "cat", "ant"), per_class=10) -> Non
 
 def test_folder_val_fraction_is_per_class_and_seeded(tmp_path, cli):
     _make_folder(tmp_path / "src")
-    a = imagenet.discover_folder(tmp_path / "src", val_fraction=0.2, seed=1)
-    b = imagenet.discover_folder(tmp_path / "src", val_fraction=0.2, seed=1)
+    a = discover_folder(tmp_path / "src", val_fraction=0.2, seed=1)
+    b = discover_folder(tmp_path / "src", val_fraction=0.2, seed=1)
     assert a.classes == ["ant", "cat", "dog"]
     assert [it.key for it in a.splits["val"]] == [it.key for it in b.splits["val"]]
     assert np.bincount([it.label for it in a.splits["val"]]).tolist() == [2, 2, 2]
@@ -411,7 +417,7 @@ def test_folder_val_fraction_is_per_class_and_seeded(tmp_path, cli):
     # The shared hold-out (holdout.py), recorded: seed, per-class counts, and which images (sorted file order).
     held = manifest["holdout"]
     assert held["split"] == "val" and held["seed"] == 1 and held["counts_per_class"] == [2, 2, 2]
-    every = imagenet.discover_folder(tmp_path / "src", val_fraction=0.0).splits["train"]
+    every = discover_folder(tmp_path / "src", val_fraction=0.0).splits["train"]
     assert [every[i].key for i in held["indices"]] == [it.key for it in a.splits["val"]]
     assert manifest["evaluation_split"] is None and manifest["selection_split"] == "val"
 
@@ -419,12 +425,12 @@ def test_folder_val_fraction_is_per_class_and_seeded(tmp_path, cli):
 def test_folder_with_train_and_val_subfolders(tmp_path):
     _make_folder(tmp_path / "src" / "train")
     _make_folder(tmp_path / "src" / "val", classes=("cat", "dog"), per_class=3)
-    src = imagenet.discover_folder(tmp_path / "src")
+    src = discover_folder(tmp_path / "src")
     assert src.classes == ["ant", "cat", "dog"]
     assert sorted({it.label for it in src.splits["val"]}) == [1, 2] and len(src.splits["val"]) == 6
     (tmp_path / "src" / "val" / "bird").mkdir()
     with pytest.raises(SourceError, match="bird"):
-        imagenet.discover_folder(tmp_path / "src")
+        discover_folder(tmp_path / "src")
 
 
 def test_hand_written_tar_is_byte_for_byte_what_tarfile_writes(tmp_path):

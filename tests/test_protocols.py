@@ -9,10 +9,11 @@ import torch
 import torch.nn as nn
 
 from resnet_repro.config import DataConfig
-from resnet_repro.data import records
-from resnet_repro.data.augment import DeviceTransform, EvalGeometry
-from resnet_repro.data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader
-from resnet_repro.data.prepare import encode_png
+from resnet_repro.data.augment.device import DeviceTransform
+from resnet_repro.data.augment.geometry import EvalGeometry
+from resnet_repro.data.loading.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader
+from resnet_repro.data.shards import records
+from resnet_repro.data.shards.staging import encode_png
 from resnet_repro.evaluate import (PAPER_SCALES, Protocol, evaluate, evaluate_protocols, five_crops, format_table,
                                    make_protocol, score_images)
 from resnet_repro.models.resnet import build_model
@@ -167,8 +168,8 @@ def test_protocol_sizes_follow_the_run_and_the_paper():
 
 def test_protocols_use_the_runs_eval_filter():
     """`evaluate --protocol single` must reproduce the per-epoch val pass, so it resizes with data.val_interpolation."""
-    from resnet_repro.data.augment import EvalGeometry
-    from resnet_repro.data.synthetic import photo_like_image
+    from resnet_repro.data.augment.geometry import EvalGeometry
+    from resnet_repro.data.sources.synthetic import photo_like_image
 
     img = photo_like_image(np.random.default_rng(0), 300, 260)
     outs = {}

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, write_image_dataset
 from resnet_repro.recipe import load_config
-from resnet_repro.data import records
+from resnet_repro.data.shards import records
 from resnet_repro.schedule import lr_factor, schedule_position, train_image_size
 
 RECIPES = sorted(p.relative_to(REPO / "configs").as_posix() for p in (REPO / "configs").glob("*/*.yaml"))

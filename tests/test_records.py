@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_repro.data import records
-from resnet_repro.data.records import RecordError, RecordReader, Sample
+from resnet_repro.data.shards import records
+from resnet_repro.data.shards.reader import RecordReader
+from resnet_repro.data.shards.records import RecordError, Sample
 
 
 def make_samples(n: int = 37, seed: int = 0) -> list[Sample]:

@@ -1,4 +1,4 @@
-"""Shards read from a URL (data/remote.py): file:// and an S3 server the tests start on 127.0.0.1 (moto).
+"""Shards read from a URL (data/shards/remote.py): file:// and an S3 server the tests start on 127.0.0.1 (moto).
 
 The optional packages (fsspec; s3fs and moto[server] for S3) are in the `test` extra; without them these tests
 skip, saying which package is missing. Nothing here leaves 127.0.0.1.
@@ -20,15 +20,16 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from resnet_repro.data import records, remote
-from resnet_repro.data.records import RecordError, RecordReader
+from resnet_repro.data.shards import records, remote
+from resnet_repro.data.shards.reader import RecordReader
+from resnet_repro.data.shards.records import RecordError
 
 RECIPE = REPO / "configs" / "fashion_mnist" / "resnet20.yaml"
 
 
 def test_the_local_path_imports_neither_fsspec_nor_s3fs(texture_data):
     script = ("import sys; from resnet_repro import train; from resnet_repro.evaluate import command; "
-              "from resnet_repro.data import remote; r = remote.open_reader(sys.argv[1], 'train'); r[0]; "
+              "from resnet_repro.data.shards import remote; r = remote.open_reader(sys.argv[1], 'train'); r[0]; "
               "assert type(r).__name__ == 'RecordReader', type(r); "
               "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fsspec', 's3fs', 'botocore')))")
     done = subprocess.run([sys.executable, "-c", script, str(texture_data)], capture_output=True, text=True,

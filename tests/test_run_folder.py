@@ -21,7 +21,7 @@ from conftest import (REPO, TIMING, png, texture_images, tiny_run_recipe, write_
                       write_image_dataset)
 from conftest import assert_one_clear_line as one_line
 from resnet_repro import checkpoint, folder_lock
-from resnet_repro.data import records
+from resnet_repro.data.shards import records
 
 
 def snapshot(folder: Path) -> dict:

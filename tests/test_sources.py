@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 
 from conftest import idx_bytes, write_fashion_mnist_src, write_gz
-from resnet_repro.data import records, sources
-from resnet_repro.data.augment import decode
-from resnet_repro.data.prepare import PrepareError, prepare_fashion_mnist
-from resnet_repro.data.records import RecordReader
-from resnet_repro.data.sources import SourceError
+from resnet_repro.data.decode.cpu import decode
+from resnet_repro.data.shards import records
+from resnet_repro.data.shards.reader import RecordReader
+from resnet_repro.data.shards.staging import PrepareError
+from resnet_repro.data.sources import download, fashion_mnist
+from resnet_repro.data.sources.download import SourceError
+from resnet_repro.data.sources.fashion_mnist import prepare_fashion_mnist
 
 IMAGES, LABELS = "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"
 T_IMAGES, T_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
@@ -44,15 +46,15 @@ def read_split(out: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]
 def test_parse_idx_round_trip_and_errors(tmp_path):
     arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     p = tmp_path / "x.idx"
-    np.testing.assert_array_equal(sources.parse_idx(idx_bytes(arr), p, 3), arr)
+    np.testing.assert_array_equal(fashion_mnist.parse_idx(idx_bytes(arr), p, 3), arr)
     with pytest.raises(SourceError, match="x.idx.*wrong magic"):
-        sources.parse_idx(idx_bytes(arr), p, 1)
+        fashion_mnist.parse_idx(idx_bytes(arr), p, 1)
     with pytest.raises(SourceError, match="x.idx.*wrong magic"):
-        sources.parse_idx(b"", p, 3)
+        fashion_mnist.parse_idx(b"", p, 3)
     with pytest.raises(SourceError, match="x.idx"):
-        sources.parse_idx(idx_bytes(arr)[:-1], p, 3)  # payload one byte short
+        fashion_mnist.parse_idx(idx_bytes(arr)[:-1], p, 3)  # payload one byte short
     with pytest.raises(SourceError, match="x.idx.*header"):
-        sources.parse_idx(idx_bytes(arr)[:9], p, 3)
+        fashion_mnist.parse_idx(idx_bytes(arr)[:9], p, 3)
 
 
 # --- prepare from --src --------------------------------------------------------------------------------------
@@ -216,7 +218,7 @@ def server(tmp_path, monkeypatch):
 @pytest.fixture
 def no_system_copy(tmp_path, monkeypatch):
     """No Debian package and an empty cache under tmp_path, so the download path is taken."""
-    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
     monkeypatch.setenv("RESNET_REPRO_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache" / "fashion-mnist"
 
@@ -225,17 +227,17 @@ def test_download_verifies_and_caches(server, no_system_copy, tmp_path):
     base_url, www, requests = server
     made = write_fashion_mnist_src(www)
     files = {name: sha for name, (_, sha) in made.items()}
-    found = sources.locate_fashion_mnist(None, base_url=base_url, files=files)
+    found = fashion_mnist.locate_fashion_mnist(None, base_url=base_url, files=files)
     assert found == {name: no_system_copy / name for name in files}
     for name in files:
         assert found[name].read_bytes() == (www / name).read_bytes()
     assert sorted(requests) == sorted(f"/{n}" for n in files)
     assert sorted(p.name for p in no_system_copy.iterdir()) == sorted(files)  # no temp files left
     # A second call uses the verified cache; a damaged cached file is fetched again.
-    sources.locate_fashion_mnist(None, base_url=base_url, files=files)
+    fashion_mnist.locate_fashion_mnist(None, base_url=base_url, files=files)
     assert len(requests) == 4
     (no_system_copy / LABELS).write_bytes(b"garbage")
-    sources.locate_fashion_mnist(None, base_url=base_url, files=files)
+    fashion_mnist.locate_fashion_mnist(None, base_url=base_url, files=files)
     assert requests[4:] == [f"/{LABELS}"]
     assert (no_system_copy / LABELS).read_bytes() == (www / LABELS).read_bytes()
 
@@ -246,7 +248,7 @@ def test_download_checksum_mismatch_is_an_error_and_leaves_no_file(server, no_sy
     files = {name: sha for name, (_, sha) in made.items()}
     files[IMAGES] = hashlib.sha256(b"something else").hexdigest()
     with pytest.raises(SourceError, match=f"{IMAGES}.*SHA-256"):
-        sources.locate_fashion_mnist(None, base_url=base_url, files=files)
+        fashion_mnist.locate_fashion_mnist(None, base_url=base_url, files=files)
     assert not (no_system_copy / IMAGES).exists()
     assert not [p for p in no_system_copy.iterdir() if p.name.startswith(IMAGES)]  # no .part either
 
@@ -255,7 +257,7 @@ def test_download_of_a_missing_file_names_the_url(server, tmp_path):
     base_url, _, _ = server
     dest = tmp_path / "cache" / "nothing.gz"
     with pytest.raises(SourceError, match="nothing.gz.*download failed"):
-        sources.download(base_url + "nothing.gz", dest, "0" * 64, timeout=5)
+        download.download(base_url + "nothing.gz", dest, "0" * 64, timeout=5)
     assert not list(dest.parent.iterdir())
 
 
@@ -263,7 +265,7 @@ def test_prepare_downloads_when_there_is_no_src_and_no_system_copy(server, no_sy
     base_url, www, requests = server
     made = write_fashion_mnist_src(www, n_train=8, n_test=4)
     for name, (_, sha) in made.items():
-        monkeypatch.setitem(sources.FASHION_MNIST_FILES, name, sha)  # our files play the official ones
+        monkeypatch.setitem(fashion_mnist.FASHION_MNIST_FILES, name, sha)  # our files play the official ones
     out = prepare_fashion_mnist(tmp_path / "fm", base_url=base_url, val_size=0)  # every training image in train
     manifest = records.load_manifest(out)
     assert manifest["source_is_official"] is True
@@ -278,10 +280,10 @@ def test_prepare_downloads_when_there_is_no_src_and_no_system_copy(server, no_sy
 def test_system_copy_is_used_before_any_download(tmp_path, monkeypatch):
     system = tmp_path / "usr-share-datasets-fashion-mnist"
     made = write_fashion_mnist_src(system)
-    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", system)
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST", system)
     monkeypatch.setenv("RESNET_REPRO_CACHE", str(tmp_path / "cache"))
     # An unreachable base URL: any download attempt would fail the test.
-    found = sources.locate_fashion_mnist(None, base_url="http://127.0.0.1:9/",
+    found = fashion_mnist.locate_fashion_mnist(None, base_url="http://127.0.0.1:9/",
                                          files={n: sha for n, (_, sha) in made.items()})
     assert found == {name: system / name for name in made}
     assert not (tmp_path / "cache").exists()

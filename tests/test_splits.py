@@ -1,4 +1,4 @@
-"""Three splits where a data set ships two: the held-out val split (data/holdout.py) as prepare writes it, the
+"""Three splits where a data set ships two: the held-out val split (data/sources/holdout.py) as prepare writes it, the
 test split scored once when training ends (never before), results.json's val and test, and `evaluate --split`.
 
 Data: hand-written IDX files (conftest.write_fashion_mnist_src with balanced labels) and small texture data sets
@@ -15,9 +15,10 @@ from conftest import REPO, assert_one_clear_line, idx_bytes, write_fashion_mnist
 from resnet_repro import train as train_module
 from resnet_repro.config import ConfigError
 from resnet_repro.recipe import load_config
-from resnet_repro.data import holdout, records
-from resnet_repro.data.prepare import prepare_fashion_mnist
-from resnet_repro.data.records import RecordReader
+from resnet_repro.data.shards import records
+from resnet_repro.data.shards.reader import RecordReader
+from resnet_repro.data.sources import holdout
+from resnet_repro.data.sources.fashion_mnist import prepare_fashion_mnist
 
 RECIPE = REPO / "configs" / "fashion_mnist" / "resnet20.yaml"
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from resnet_repro.recipe import load_config
-from resnet_repro.data.augment import TrainGeometry
-from resnet_repro.data.loader import BatchDataset, Job, make_loader
-from resnet_repro.data.records import RecordReader
+from resnet_repro.data.augment.geometry import TrainGeometry
+from resnet_repro.data.loading.loader import BatchDataset, Job, make_loader
+from resnet_repro.data.shards.reader import RecordReader
 
 
 def _cfg(data, *extra):

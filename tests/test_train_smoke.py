@@ -18,9 +18,10 @@ from resnet_repro import checkpoint
 from resnet_repro.cli import main
 from resnet_repro.config import DataConfig
 from resnet_repro.recipe import load_config
-from resnet_repro.data.augment import DeviceTransform, EvalGeometry
-from resnet_repro.data.loader import BatchDataset, Job, eval_batch_indices, make_loader
-from resnet_repro.data.records import RecordReader
+from resnet_repro.data.augment.device import DeviceTransform
+from resnet_repro.data.augment.geometry import EvalGeometry
+from resnet_repro.data.loading.loader import BatchDataset, Job, eval_batch_indices, make_loader
+from resnet_repro.data.shards.reader import RecordReader
 from resnet_repro.evaluate import evaluate
 from resnet_repro.models.resnet import build_model
 

@@ -40,7 +40,7 @@ def _cmd_prepare(args) -> int:
     from .folder_lock import hold_output
 
     if args.dataset in ("imagenet", "folder") and args.src:
-        from .data.prepare import check_out_and_src
+        from .data.shards.staging import check_out_and_src
 
         # Before the lock, which makes --out's parent and its lock file: inside a flat --src (class folders
         # directly in it) a folder made there would be read as a class by the next prepare.
@@ -51,7 +51,7 @@ def _cmd_prepare(args) -> int:
 
 
 def _prepare(args) -> int:
-    from .data.prepare import prepare_fashion_mnist
+    from .data.sources.fashion_mnist import prepare_fashion_mnist
 
     if args.dataset == "fashion-mnist":
         out = prepare_fashion_mnist(Path(args.out), Path(args.src) if args.src else None, seed=args.seed,
@@ -59,7 +59,7 @@ def _prepare(args) -> int:
         print(f"prepared {out}")
         return 0
     if args.dataset in ("cifar10", "cifar100"):
-        from .data.cifar import VAL_SIZE, prepare_cifar
+        from .data.sources.cifar import VAL_SIZE, prepare_cifar
 
         val_size = VAL_SIZE if args.val_size is None else args.val_size
         out = prepare_cifar(args.dataset, Path(args.out), Path(args.src) if args.src else None, seed=args.seed,
@@ -72,8 +72,9 @@ def _prepare(args) -> int:
 
 
 def _prepare_images(args) -> int:
-    from .data.imagenet import discover_folder, discover_imagenet
-    from .data.prepare import Encoding, prepare_images
+    from .data.shards.prepare import Encoding, prepare_images
+    from .data.sources.folder import discover_folder
+    from .data.sources.imagenet import discover_imagenet
 
     archives = [a for a in (args.train_tar, args.val_tar, args.devkit) if a]
     if archives and (args.dataset != "imagenet" or args.src or len(archives) != 3):
@@ -84,7 +85,7 @@ def _prepare_images(args) -> int:
         raise UserError(f"prepare {args.dataset} needs --src (the folder holding the images)"
                         + (" or --train-tar, --val-tar and --devkit" if args.dataset == "imagenet" else ""))
     if archives:
-        from .data.imagenet_archives import discover_archives
+        from .data.sources.imagenet_archives import discover_archives
 
         source = discover_archives(args.train_tar, args.val_tar, args.devkit, args.workers or os.cpu_count() or 1)
         default = {"train": 1024, "val": 128}
@@ -104,8 +105,8 @@ def _prepare_images(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from .data.remote import is_url
-    from .data.verify import verify
+    from .data.shards.remote import is_url
+    from .data.shards.verify import verify
 
     if is_url(args.data):  # it hashes every byte: where the data set was prepared, not over the network
         raise UserError(f"verify {args.data}: verify checks a local folder; run it where the data set was prepared "
@@ -120,7 +121,7 @@ def _cmd_verify(args) -> int:
         return 1
     print(f"{args.data}: OK ({total} samples)")
     if args.upgrade:
-        from .data.verify import upgrade
+        from .data.shards.verify import upgrade
 
         print(f"{args.data}: {upgrade(args.data)}")
     return 0
@@ -238,7 +239,7 @@ def _write_json(path: str, obj) -> None:
 
 
 def _cmd_evaluate(args) -> int:
-    from .data.augment import DecodeError
+    from .data.decode.cpu import DecodeError
     from .evaluate import EvalOptions, evaluate_trained, format_table
 
     if args.out:  # before the evaluation, which can take hours, not after it
@@ -350,7 +351,7 @@ def _cmd_bench_train(args) -> int:
 
 def _cmd_bench_loader(args) -> int:
     from .bench.loader import LoaderOptions, bench_loader
-    from .data.cores import parse_workers
+    from .data.loading.cores import parse_workers
 
     try:
         workers = [parse_workers(w) for w in str(args.workers).split(",")]
@@ -634,9 +635,9 @@ def _add_bench_prepare(bench) -> None:
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
-    from .data.prepare import PrepareError
-    from .data.records import RecordError
-    from .data.sources import SourceError
+    from .data.shards.records import RecordError
+    from .data.shards.staging import PrepareError
+    from .data.sources.download import SourceError
     from .export import ExportError
     from .folder_lock import LockError
     from .runtime import DeviceError

@@ -53,7 +53,7 @@ def _versions() -> dict:
 def report(cfg: Config | None, recipe: str | None, hw: runtime.Hardware | None = None) -> dict:
     """Facts and choices as one JSON-able dict (`env --json` prints it as it is); the machine alone without a
     recipe (`cfg` None)."""
-    from .data import jpeg_region
+    from .data.decode import jpeg_region
 
     hw = hw or runtime.detect()
     region = jpeg_region.available()
@@ -69,7 +69,7 @@ def report(cfg: Config | None, recipe: str | None, hw: runtime.Hardware | None =
 
 
 def _choices(cfg: Config, recipe: str, hw: runtime.Hardware) -> dict:
-    from .data.augment import whole_image_reason
+    from .data.augment.geometry import whole_image_reason
 
     kind = runtime.device_type(cfg.train.device, hw)
     precision = runtime.choose_precision(cfg.train.precision, kind, hw)

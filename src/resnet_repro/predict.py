@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.augment import DecodeError, decode
-from .data.prepare import BadImage, read_header
+from .data.decode.cpu import DecodeError, decode
+from .data.decode.header import BadImage, read_header
 from .evaluate import Trained, eval_transform, make_protocol, score_images
 from .models.resnet import SPECS
 from .runtime import autocast_for, choose_channels_last, pick_device

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data.cores import available_cpus
+from .data.loading.cores import available_cpus
 
 # oneDNN's ISA names in increasing order (ONEDNN_MAX_CPU_ISA caps the convolutions' kernels at one of them).
 # bf16 arithmetic in hardware starts at AVX512_CORE_BF16.

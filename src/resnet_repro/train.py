@@ -38,11 +38,15 @@ import torch.nn as nn
 from . import __version__, checkpoint, dist, folder_lock, run_folder, runtime
 from .config import Config, ConfigError, DataConfig
 from .recipe import config_from_dict, save_config
-from .data.augment import DeviceTransform, EvalGeometry, TrainGeometry, keep_batch_memory
-from .data.cores import CorePlan, available_cpus, pin_trainer, plan_cores, unpin_trainer
-from .data.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
-from .data.records import RecordError, RecordReader
-from .data.remote import open_reader
+from .data.augment.device import DeviceTransform
+from .data.augment.geometry import EvalGeometry, TrainGeometry
+from .data.loading.cores import CorePlan, available_cpus, pin_trainer, plan_cores, unpin_trainer
+from .data.loading.loader import (BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader,
+                                  train_batch_indices)
+from .data.loading.memory import keep_batch_memory
+from .data.shards.reader import RecordReader
+from .data.shards.records import RecordError
+from .data.shards.remote import open_reader
 from .evaluate import eval_transform, evaluate, topk_correct
 from .models.resnet import build_model
 from .ema import EMA
@@ -161,7 +165,7 @@ class Data:
     def train_batches(self, jobs: list[Job]):
         loader = make_loader(self.train_ds, jobs, self.core_plan.workers, self.device.type == "cuda", self.core_plan)
         if self.cfg.decode == "gpu":  # decoded a batch ahead on a side stream (gpu_decode.py)
-            from .data.gpu_decode import decode_ahead
+            from .data.loading.gpu_decode import decode_ahead
 
             return decode_ahead(loader, self.train_transform)
         return DevicePrefetcher(loader, self.device, self.train_transform)
@@ -435,7 +439,7 @@ def open_data(run: Run) -> Data:
     if cfg.data.decode == "gpu":
         # Workers ship JPEG bytes and the CPU path's crop boxes; the batch is decoded (nvJPEG) and resized on the
         # GPU, then takes the same DeviceTransform (data/gpu_decode.py). Val stays on the CPU path.
-        from .data.gpu_decode import EncodedBatchDataset, GpuDecoder
+        from .data.loading.gpu_decode import EncodedBatchDataset, GpuDecoder
 
         if device.type != "cuda" or channels != 3:
             raise TrainingError(f"data.decode=gpu needs a CUDA device and RGB JPEGs (device {device}, {channels} "

@@ -100,9 +100,11 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
     cores, this thread and the pin-memory thread on the trainer's), "none" leaves every process where it is."""
     import torch
 
-    from ..data.augment import DeviceTransform, TrainGeometry, keep_batch_memory
-    from ..data.cores import available_cpus, pin_trainer, plan_cores, unpin_trainer
-    from ..data.loader import BatchDataset, DevicePrefetcher, Job, make_loader, train_batch_indices
+    from ..data.augment.device import DeviceTransform
+    from ..data.augment.geometry import TrainGeometry
+    from ..data.loading.cores import available_cpus, pin_trainer, plan_cores, unpin_trainer
+    from ..data.loading.loader import BatchDataset, DevicePrefetcher, Job, make_loader, train_batch_indices
+    from ..data.loading.memory import keep_batch_memory
 
     warmup = 2 * max(workers, 1) + 2 if warmup is None else warmup
     need = warmup + batches
@@ -183,7 +185,10 @@ def transform_rate(cfg, batch_size: int, device, threads: int | None, seconds: f
     import numpy as np
     import torch
 
-    from ..data.augment import COLOR_STREAM, DeviceTransform, TrainGeometry, keep_batch_memory, sample_rng
+    from ..data.augment.device import DeviceTransform
+    from ..data.augment.geometry import TrainGeometry
+    from ..data.augment.rng import COLOR_STREAM, sample_rng
+    from ..data.loading.memory import keep_batch_memory
 
     keep_batch_memory(device)  # as training does: the same transform cost
     geometry, transform = TrainGeometry(cfg.data, 0), DeviceTransform(cfg.data, 3, device)
@@ -272,9 +277,9 @@ class LoaderOptions:
 
 def bench_loader(opts: LoaderOptions, log=print) -> dict:
     """The machine, the decode limit, then each worker count's pipeline rate and the ratios between them."""
-    from ..data.augment import whole_image_reason
-    from ..data.cores import available_cpus, plan_cores
-    from ..data.records import RecordReader
+    from ..data.augment.geometry import whole_image_reason
+    from ..data.loading.cores import available_cpus, plan_cores
+    from ..data.shards.reader import RecordReader
     from ..runtime import load_recipe, pick_device
     from . import machine
 
@@ -326,8 +331,8 @@ def _decode_limit_images(reader, opts: LoaderOptions, cfg, dev, log) -> list[byt
     import cv2
     import numpy as np
 
-    from ..data.augment import keep_freed_memory
-    from ..data.loader import train_batch_indices
+    from ..data.loading.loader import train_batch_indices
+    from ..data.loading.memory import keep_freed_memory
 
     keep_freed_memory()  # as in the loader workers: the decode limit is measured at its best
     batch_size = opts.batch_size
@@ -373,7 +378,7 @@ def _ratios(runs: list[dict], limit: float, result: dict, log) -> None:
 def _compare_torchvision(cfg, reader, opts: LoaderOptions, workers: int, result: dict, log) -> None:
     import numpy as np
 
-    from ..data.loader import train_batch_indices
+    from ..data.loading.loader import train_batch_indices
 
     try:
         transform, what = torchvision_transform(cfg.data)

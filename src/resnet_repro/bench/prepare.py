@@ -36,7 +36,7 @@ class PrepareOptions:
 def make_photo_folder(root: Path, n: int, classes: int = 10, seed: int = 0) -> Path:
     import numpy as np
 
-    from ..data import synthetic
+    from ..data.sources import synthetic
 
     rng = np.random.default_rng(seed)
     for i in range(n):
@@ -51,7 +51,8 @@ def bench_prepare(opts: PrepareOptions, log=print) -> dict:
     """Time the decode limit and a complete copy-mode prepare; log the machine and one result line."""
     import numpy as np
 
-    from ..data import imagenet, prepare
+    from ..data.shards import prepare
+    from ..data.sources import folder
     from . import machine
 
     info = machine.describe()
@@ -60,9 +61,9 @@ def bench_prepare(opts: PrepareOptions, log=print) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="prepare_bench_"))
     try:
         src = Path(opts.src) if opts.src else make_photo_folder(tmp / "src", opts.images)
-        files = imagenet.list_files(src)
+        files = folder.list_files(src)
         limit, limit_cpu = decode_limit([p.read_bytes() for p in files], rounds=opts.repeats)
-        source = imagenet.discover_folder(src, val_fraction=0.1)
+        source = folder.discover_folder(src, val_fraction=0.1)
         n = sum(len(v) for v in source.splits.values())
         # ~1,250 images per shard as `prepare folder` chooses by default (ImageNet's 1024 train shards), but at
         # least 8 per worker: ImageNet's 1,152 shards keep every worker busy to the end, and a small benchmark

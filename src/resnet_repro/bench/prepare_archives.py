@@ -45,7 +45,7 @@ def make_archives(root: Path, images: int, classes: int = 10, seed: int = 0) -> 
     import numpy as np
     from scipy.io import savemat
 
-    from ..data import synthetic
+    from ..data.sources import synthetic
 
     rng = np.random.default_rng(seed)
     wnids = [f"n{1440764 + 1000 * c:08d}" for c in range(classes)]
@@ -100,7 +100,8 @@ def _shards(folder: Path) -> dict[str, str]:
 
 
 def bench_prepare_archives(images: int, workers: int, repeats: int, log=print) -> dict:
-    from ..data import imagenet, imagenet_archives, prepare
+    from ..data.shards import prepare
+    from ..data.sources import imagenet, imagenet_archives
     from . import machine
 
     info = machine.describe()

@@ -95,7 +95,7 @@ def _bench_config(config: str | None, overrides: list[str], data: str | None) ->
         if not any(o.startswith("data.normalize") for o in overrides):
             cfg.data.normalize = "scale"  # any channel count; normalization does not change the speed
         if data:
-            from ..data.records import load_manifest
+            from ..data.shards.records import load_manifest
 
             image = load_manifest(Path(data)).get("image", {})
             if not image.get("height") or image["height"] > 64:  # ImageNet-style shards: variable-size JPEGs
@@ -121,7 +121,7 @@ def parse_e2e(spec: str) -> dict:
     """An end-to-end variant, DECODE[:WORKERS[:AFFINITY]]: "cpu", "gpu:4", "cpu:auto:none" (WORKERS: a count or
     auto; AFFINITY: plan = workers on their cores and the training thread on its own, workers = only the
     workers pinned, none = nothing pinned)."""
-    from ..data.cores import parse_workers
+    from ..data.loading.cores import parse_workers
 
     parts = spec.split(":")
     if not 1 <= len(parts) <= 3 or parts[0] not in ("cpu", "gpu"):
@@ -284,15 +284,15 @@ class _Session:
 
     def e2e_round(self, v: dict) -> dict:
         """The trainer's input path from the shards, with a fresh loader."""
-        from ..data.cores import pin_trainer, unpin_trainer
-        from ..data.loader import DevicePrefetcher, make_loader
+        from ..data.loading.cores import pin_trainer, unpin_trainer
+        from ..data.loading.loader import DevicePrefetcher, make_loader
 
         plan = v["plan"] if v["affinity"] != "none" else None
         before = pin_trainer(plan) if v["affinity"] == "plan" else None
         try:
             loader = make_loader(v["dataset"], v["jobs"], v["workers"], pin_memory=self.dev.type == "cuda", plan=plan)
             if v["decode"] == "gpu":  # the trainer's path: decoded a batch ahead on a side stream
-                from ..data.gpu_decode import decode_ahead
+                from ..data.loading.gpu_decode import decode_ahead
 
                 batches = iter(decode_ahead(loader, v["transform"]))
             else:
@@ -308,13 +308,13 @@ class _Session:
 def _data_shape(opts: TrainOptions, cfg: Config) -> tuple:
     """(reader or None, train geometry or None, channels, image size, classes): the shards' or, without data,
     the model's own input."""
-    from ..data.augment import TrainGeometry
+    from ..data.augment.geometry import TrainGeometry
     from ..models.resnet import SPECS
 
     if not opts.data:
         spec = SPECS[opts.model]
         return None, None, 3, cfg.data.image_size or spec.input_size, 1000 if spec.stem == "imagenet" else 10
-    from ..data.records import RecordReader
+    from ..data.shards.reader import RecordReader
 
     reader = RecordReader(opts.data, cfg.data.train_splits)
     geometry = TrainGeometry(cfg.data, reader.manifest["image"].get("height") or 0)
@@ -326,9 +326,10 @@ def _data_shape(opts: TrainOptions, cfg: Config) -> tuple:
 def _variants(bench: _Session, opts: TrainOptions) -> list[dict]:
     """The end-to-end variants, each with its core plan, dataset, device transform and jobs (as many epochs as
     the steps need, one loader for all)."""
-    from ..data.augment import DeviceTransform, keep_batch_memory
-    from ..data.cores import available_cpus, plan_cores
-    from ..data.loader import BatchDataset, Job, train_batch_indices
+    from ..data.augment.device import DeviceTransform
+    from ..data.loading.cores import available_cpus, plan_cores
+    from ..data.loading.loader import BatchDataset, Job, train_batch_indices
+    from ..data.loading.memory import keep_batch_memory
 
     cfg, reader = bench.cfg, bench.reader
     total = opts.warmup + opts.steps
@@ -352,7 +353,7 @@ def _variants(bench: _Session, opts: TrainOptions) -> list[dict]:
         v["plan"] = plan_cores(available_cpus(), setting if setting is not None else default_workers, bench.dev.type)
         v["workers"] = v["plan"].workers
         if v["decode"] == "gpu":
-            from ..data.gpu_decode import EncodedBatchDataset, GpuDecoder
+            from ..data.loading.gpu_decode import EncodedBatchDataset, GpuDecoder
 
             v["dataset"] = EncodedBatchDataset(reader, bench.geometry, opts.seed)
             v["transform"] = GpuDecoder(bench.dev, to_device)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import dist
-from ..data.remote import load_manifest, open_reader
+from ..data.shards.remote import load_manifest, open_reader
 from ..runtime import autocast_for, choose_channels_last, detect, device_type, pick_device, wants_gpus
 from .protocols import evaluate_protocols, make_protocol
 from .trained_model import Trained

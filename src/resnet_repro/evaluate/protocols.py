@@ -29,8 +29,9 @@ import torch
 import torch.utils.data
 
 from .. import dist
-from ..data.augment import DecodeError, EvalGeometry, center_crop_resize, decode, resize_to
-from ..data.loader import Job, close_workers, eval_batch_indices, make_loader
+from ..data.augment.geometry import EvalGeometry, center_crop_resize, resize_to
+from ..data.decode.cpu import DecodeError, decode
+from ..data.loading.loader import Job, close_workers, eval_batch_indices, make_loader
 from ..stopping import on_every_rank
 from .val_pass import topk_correct
 

@@ -19,8 +19,8 @@ import torch
 from .. import checkpoint
 from ..config import Config
 from ..recipe import config_from_dict
-from ..data.records import RecordError
-from ..data.remote import load_manifest
+from ..data.shards.records import RecordError
+from ..data.shards.remote import load_manifest
 from ..models.resnet import build_model
 from ..models.torchvision_weights import WeightsError, model_from_torchvision
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import dist
-from ..data.augment import DeviceTransform
+from ..data.augment.device import DeviceTransform
 from ..stopping import on_every_rank
 
 

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import atomic
-from . import records
+from ... import atomic
+from ..shards import records
+from ..shards.staging import PrepareError, _begin, _identity, encode_png
+from .download import SourceError, default_cache, download
 from .holdout import HoldoutError, holdout
-from .prepare import PrepareError, _begin, _identity, encode_png
-from .sources import SourceError, default_cache, download
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def read_archive(spec: CifarSpec, path: Path) -> dict:
 def prepare_cifar(dataset: str, out: Path, src: Path | None = None, seed: int = 0, val_size: int = VAL_SIZE,
                   train_shards: int = 8, eval_shards: int = 2, force: bool = False, base_url: str | None = None,
                   spec: CifarSpec | None = None) -> Path:
-    """Prepare `dataset` ("cifar10" | "cifar100") into `out` (all or nothing, see prepare.py). `spec` overrides
+    """Prepare `dataset` ("cifar10" | "cifar100") into `out` (all or nothing, see shards/staging.py). `spec` overrides
     the archive description (tests serve a small archive with its own checksum)."""
     spec = spec or SPECS.get(dataset)
     if spec is None:

@@ -33,15 +33,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import DecodeError, decode, image_size, sample_rng
+from ..augment.rng import sample_rng
+from ..decode.cpu import DecodeError, decode
+from ..decode.header import image_size
 from .loader import BatchDataset
 
 
 def crop_params(geometry, h: int, w: int, rng: np.random.Generator) -> tuple[tuple[int, int, int, int], bool]:
     """The CPU path's crop box (y, x, height, width) in whole source pixels, and its flip, drawn from `rng` in
-    the CPU path's order (augment.TrainGeometry.load: the box, then the flip)."""
+    the CPU path's order (geometry.TrainGeometry.load: the box, then the flip)."""
     cfg = geometry.cfg
-    if cfg.crop == "none":  # centre square, resized to the output side (augment.center_crop_resize)
+    if cfg.crop == "none":  # centre square, resized to the output side (geometry.center_crop_resize)
         side = min(h, w)
         y, x, bh, bw = (h - side) // 2, (w - side) // 2, side, side
     elif cfg.crop == "pad_crop":
@@ -49,7 +51,7 @@ def crop_params(geometry, h: int, w: int, rng: np.random.Generator) -> tuple[tup
                          "data.decode=cpu")
     else:
         y, x, bh, bw = geometry.crop_box(h, w, rng)
-    # Whole pixels as augment.cut_resize rounds them (the paper crop's box is fractional), at least one pixel.
+    # Whole pixels as decode.cpu.cut_resize rounds them (the paper crop's box is fractional), at least one pixel.
     y0, x0 = min(int(round(y)), h - 1), min(int(round(x)), w - 1)
     y1, x1 = max(y0 + 1, min(h, int(round(y + bh)))), max(x0 + 1, min(w, int(round(x + bw))))
     flip = bool(cfg.flip and rng.random() < 0.5)
@@ -81,7 +83,7 @@ class EncodedBatch:
 
 class EncodedBatchDataset(BatchDataset):
     """Turns a loader Job into (EncodedBatch, labels int64 [B], bad-sample count, colour params float32 [B, P]),
-    the tuple data.loader.BatchDataset gives, with the images still encoded.
+    the tuple loader.BatchDataset gives, with the images still encoded.
 
     A sample whose header cannot be read is decoded on the CPU once for its size (the CPU path's fallback too); a
     sample that cannot be read at all gets the CPU path's treatment (BatchDataset.with_replacement): a warning,

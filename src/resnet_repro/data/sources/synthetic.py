@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .. import atomic
-from . import records
+from ... import atomic
+from ..shards import records
 
 
 def _power_law_noise(rng: np.random.Generator, h: int, w: int, channels: int, exponent: float) -> np.ndarray:

@@ -1,9 +1,6 @@
-"""Conversion of raw data sets into record shards (see records.py), all or nothing.
-
-Output is built in ``<out>.partial`` and renamed to ``<out>`` only when every shard and the manifest are
-written, so an interrupted prepare never leaves a folder that looks complete. Fashion-MNIST (seconds of work)
-starts over cleanly when run again; ImageNet and class-per-folder data sets resume, reusing every finished
-shard (see the section "ImageNet and class-per-folder data sets" below).
+"""A discovered image `Source` (sources/imagenet.py, imagenet_archives.py, folder.py) -> record shards: every
+image checked by decoding it, odd ones re-encoded, the shards converted in parallel and resumable, committed all
+or nothing (shards/staging.py).
 """
 from __future__ import annotations
 
@@ -20,148 +17,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .. import atomic
-from . import holdout, records, sources
-from .imagenet import Member
-from .jpeg_header import JpegHeaderError, read_frame
-
-
-class PrepareError(RuntimeError):
-    pass
-
-
-def _identity(manifest: dict) -> dict:
-    """What makes a prepared folder the data set a prepare run asks for: which data set, read from where, split
-    and shuffled how. A content digest stands for the source where the manifest has one (the same archive, or
-    the official Fashion-MNIST files, found at another path are the same data)."""
-    source = manifest.get("source")
-    if manifest.get("dataset") == "fashion-mnist" and manifest.get("source_is_official"):
-        source = "the official Fashion-MNIST files"
-    elif isinstance(source, dict) and "sha256" in source:
-        source = {"sha256": source["sha256"]}
-    elif isinstance(source, dict) and "root" in source:
-        source = {"root": source["root"], "val": source.get("layout", {}).get("val")}
-    held = manifest.get("holdout") or {}
-    held = {k: held[k] for k in ("seed", "size", "counts_per_class") if k in held} or None
-    return {"data set": manifest.get("dataset"), "source": source, "held-out val": held,
-            "shuffle seeds": {k: v.get("shuffle_seed") for k, v in manifest.get("splits", {}).items()}}
-
-
-def _begin(out: Path, force: bool, resumable: bool = False, identity: dict | None = None) -> Path | None:
-    """Return the staging folder ``<out>.partial``, or None if ``out`` already holds this complete data set.
-
-    ``identity`` (see _identity) is what this run would write; a complete data set in ``out`` that differs is
-    an error rather than "already prepared". A staging folder left by an interrupted run is discarded, unless
-    ``resumable``: then its finished shards are reused (see prepare_images)."""
-    out = Path(out)
-    if (out / records.MANIFEST).is_file() and not force:
-        there = _identity(records.load_manifest(out))
-        if identity is not None and there != identity:
-            diff = "; ".join(f"{k} {there[k]!r} there, {identity[k]!r} asked for" for k in identity
-                             if there[k] != identity[k])
-            raise PrepareError(f"{out} already holds another data set ({diff}); choose another --out, or add "
-                               "--force to replace it")
-        print(f"{out}: already prepared (manifest.json present); use --force to rebuild", file=sys.stderr)
-        return None
-    if out.exists() and any(out.iterdir()) and not (out / records.MANIFEST).is_file():
-        raise PrepareError(f"{out}: exists, is not empty and holds no manifest.json; choose an empty or new --out")
-    staging = out.with_name(out.name + ".partial")
-    try:
-        if resumable:
-            _work(staging).mkdir(parents=True, exist_ok=True)
-            return staging
-        if staging.exists():
-            shutil.rmtree(staging)  # left by an interrupted run: ours to discard
-        staging.mkdir(parents=True)
-    except OSError as e:  # e.g. a read-only parent folder, whose lock file was left over and is writable
-        raise PrepareError(f"cannot create {staging} ({e.strerror}), where --out {out} is built: "
-                           f"{out.parent} must be a writable folder; choose another --out") from None
-    return staging
-
-
-def encode_png(img: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise PrepareError("PNG encoding failed")
-    return buf.tobytes()
-
-
-FASHION_MNIST_VAL = 1 / 12  # of the training images, by default: 5,000 of the official 60,000 (500 per class)
-
-
-def prepare_fashion_mnist(out: Path, src: Path | None = None, seed: int = 0, train_shards: int = 16,
-                          val_shards: int = 4, force: bool = False, base_url: str = sources.FASHION_MNIST_URL,
-                          val_size: int | None = None) -> Path:
-    """Fashion-MNIST -> shards, three splits (holdout.py): "train" = the official training images less "val",
-    "val" = `val_size` of them (default a twelfth: 5,000 of 60,000) held out, stratified by class, by `seed`;
-    "test" = the official 10,000-image test set (the one every published Fashion-MNIST figure is measured on;
-    training scores it once, at the end). Images are stored losslessly (PNG)."""
-    out = Path(out)
-    files = sources.locate_fashion_mnist(src, base_url=base_url)
-    # Validate every input before writing anything.
-    data = {
-        "train": sources.load_idx_pair(files["train-images-idx3-ubyte.gz"], files["train-labels-idx1-ubyte.gz"]),
-        "test": sources.load_idx_pair(files["t10k-images-idx3-ubyte.gz"], files["t10k-labels-idx1-ubyte.gz"]),
-    }
-    label_files = {"train": "train-labels-idx1-ubyte.gz", "test": "t10k-labels-idx1-ubyte.gz"}
-    n_classes = len(sources.FASHION_MNIST_CLASSES)
-    for split, (images, labels) in data.items():
-        if labels.size and labels.max() >= n_classes:
-            i = int(np.argmax(labels >= n_classes))
-            raise PrepareError(f"{files[label_files[split]]}: label {labels[i]} at index {i}, but Fashion-MNIST "
-                               "has 10 classes (0-9); the file is damaged or not Fashion-MNIST's")
-    images, labels = data["train"]
-    size = round(len(labels) * FASHION_MNIST_VAL) if val_size is None else val_size
-    try:
-        held_idx, held = holdout.holdout(labels, n_classes, seed, size=size)
-    except holdout.HoldoutError as e:
-        raise PrepareError(f"{files['train-labels-idx1-ubyte.gz']}: --val-size: {e}") from None
-    held.update({"from": "the official training images (train-images-idx3-ubyte)",
-                 "index_order": "the official training file's order (key train_NNNNN = index NNNNN)"})
-    official = all(sources._verified(p, sources.FASHION_MNIST_FILES[n]) for n, p in files.items())
-    names = ("train", "val", "test") if size else ("train", "test")  # a split with no images is left out
-    staging = _begin(out, force, identity=_identity({
-        "dataset": "fashion-mnist", "source": {name: str(p) for name, p in files.items()},
-        "source_is_official": official, "holdout": held,
-        "splits": {name: {"shuffle_seed": seed + k} for k, name in enumerate(names)}}))
-    if staging is None:
-        return out
-    in_val = np.zeros(len(labels), bool)
-    in_val[held_idx] = True
-
-    def samples(prefix: str, imgs: np.ndarray, labs: np.ndarray, index: np.ndarray) -> list[records.Sample]:
-        return [records.Sample(f"{prefix}_{i:05d}", encode_png(imgs[i]), "png", int(labs[i])) for i in index]
-
-    everything = np.arange(len(labels))
-    split_samples = {"train": samples("train", images, labels, everything[~in_val]),
-                     "val": samples("train", images, labels, everything[in_val]),
-                     "test": samples("test", *data["test"], np.arange(len(data["test"][1])))}
-    splits = {}
-    for k, name in enumerate(names):
-        splits[name] = records.write_split(staging, name, split_samples[name],
-                                           train_shards if name == "train" else val_shards, seed + k)
-    h, w = images.shape[1:]
-    manifest = {
-        "format": records.FORMAT,
-        "dataset": "fashion-mnist",
-        "classes": [str(i) for i in range(10)],
-        "class_names": sources.FASHION_MNIST_CLASSES,
-        "image": {"height": int(h), "width": int(w), "channels": 1},
-        "encoding": {"ext": "png", "lossless": True, "note": "IDX uint8 pixels stored as 8-bit grayscale PNG"},
-        "source": {name: str(p) for name, p in files.items()},
-        "source_is_official": official,
-        "evaluation_split": "test",
-        "selection_split": "val" if size else None,
-        "holdout": held,
-        "splits": splits,
-        "notes": {"train": f"{len(labels) - size} of the {len(labels)} official training images",
-                  "val": f"the other {size}, held out (stratified by class, seed {seed}; see holdout): recipe "
-                         "choices and per-epoch evaluations use this split",
-                  "test": "the official 10,000-image Fashion-MNIST test set; training scores it once, at the end"},
-    }
-    records.write_manifest(staging, manifest)
-    atomic.replace_folder(staging, out)
-    return out
+from ... import atomic
+from ..decode.header import BadImage, Header, oddity, read_header
+from ..sources.folder import Member
+from . import records
+from .staging import PrepareError, _begin, _identity, _work
 
 
 # --- ImageNet and class-per-folder data sets: parallel, resumable ------------------------------------------
@@ -181,62 +41,11 @@ RESIZE_QUALITY = 90  # default JPEG quality with --max-side (FFCV's ImageNet wri
 CONVERTER = 1  # bump when convert_image changes its output, so that old staged shards are not reused
 
 
-class BadImage(ValueError):
-    """A source file that cannot be used as an image (undecodable, unsupported, or refused); says why."""
-
-
 @dataclass(frozen=True)
 class Encoding:
     max_side: int = 0  # pixels; longer sides are shrunk to this and re-encoded (0 = keep every size)
     quality: int = 0  # JPEG quality for re-encoded images; 0 = RESIZE_QUALITY / ODDITY_QUALITY; >0 re-encodes all
     max_pixels: int = MAX_PIXELS
-
-
-@dataclass
-class Header:
-    fmt: str  # jpeg | png | bmp | webp
-    width: int
-    height: int
-    components: int = 3  # JPEG: colour components in the frame
-    colour: str = "ycbcr"  # JPEG: ycbcr | gray | rgb | cmyk | ycck
-    precision: int = 8  # JPEG: bits per sample
-
-
-def read_header(data: bytes) -> Header:
-    """Format and pixel size from the first bytes of an image, without decoding it."""
-    if data[:3] == b"\xff\xd8\xff":
-        try:
-            f = read_frame(data)  # the colour model and precision too: oddity() needs them
-        except JpegHeaderError as e:
-            raise BadImage(str(e)) from None
-        return Header("jpeg", f.width, f.height, f.components, f.colour, f.precision)
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
-        return Header("png", int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"))
-    if data[:2] == b"BM" and len(data) >= 26:
-        w, h = int.from_bytes(data[18:22], "little", signed=True), int.from_bytes(data[22:26], "little", signed=True)
-        return Header("bmp", abs(w), abs(h))
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
-        chunk = data[12:16]
-        if chunk == b"VP8 ":
-            return Header("webp", int.from_bytes(data[26:28], "little") & 0x3FFF,
-                          int.from_bytes(data[28:30], "little") & 0x3FFF)
-        if chunk == b"VP8L":
-            b = data[21:25]
-            return Header("webp", 1 + (b[0] | (b[1] & 0x3F) << 8), 1 + (b[1] >> 6 | b[2] << 2 | (b[3] & 0x0F) << 10))
-        if chunk == b"VP8X":
-            return Header("webp", 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little"))
-    raise BadImage(f"not a JPEG, PNG, BMP or WebP file (starts with {data[:8].hex() or 'nothing: empty file'})")
-
-
-def oddity(h: Header) -> str | None:
-    """Why a file cannot be stored as it is (None for an ordinary 8-bit YCbCr/JFIF JPEG)."""
-    if h.fmt != "jpeg":
-        return f"{h.fmt}_not_jpeg"
-    if h.colour != "ycbcr":
-        return f"{h.colour}_jpeg".replace("-", "_")
-    if h.precision != 8:
-        return f"{h.precision}bit_jpeg"
-    return None
 
 
 def _undecodable(hdr: Header) -> BadImage:
@@ -288,10 +97,6 @@ class ShardJob:
     enc: Encoding
     num_classes: int
     skip_bad: bool = False
-
-
-def _work(staging: Path) -> Path:
-    return Path(staging) / ".work"
 
 
 def _report_path(job: ShardJob) -> Path:
@@ -457,20 +262,10 @@ def _images_identity(source, seed: int) -> dict:
                       "splits": {split: {"shuffle_seed": seed + s} for s, split in enumerate(source.splits)}})
 
 
-def check_out_and_src(out: Path, src: Path) -> None:
-    """``--out`` (and its ``.partial`` staging folder) must not lie inside ``--src``, nor ``--src`` inside
-    ``--out``: the shards would be read as a class by the next prepare, and --force would delete the source."""
-    out, src = Path(out).resolve(), Path(src).resolve()  # (the staging folder is out's sibling: covered too)
-    if out == src or src in out.parents:
-        raise PrepareError(f"--out {out} is inside --src {src}; choose an --out outside the source folder")
-    if out in src.parents:
-        raise PrepareError(f"--src {src} is inside --out {out} (--force would delete it); choose another --out")
-
-
 def prepare_images(source, out: Path, shards: dict[str, int], seed: int = 0, workers: int = 0,
                    enc: Encoding = Encoding(), skip_bad: bool = False, force: bool = False,
                    progress: bool = True) -> Path:
-    """A discovered ImageNet / folder source (see imagenet.py) -> shards + manifest in ``out``; resumable.
+    """A discovered ImageNet / folder source (see sources/) -> shards + manifest in ``out``; resumable.
 
     ``shards`` gives the number of shards per split; ``workers`` processes convert shards in parallel
     (0 = one per CPU core)."""
@@ -514,7 +309,7 @@ def prepare_images(source, out: Path, shards: dict[str, int], seed: int = 0, wor
         "dataset": source.dataset,
         "classes": source.classes,
         "class_names": source.class_names,
-        # Variable-size images: height/width 0 say "no single stored size" (as data/synthetic.py).
+        # Variable-size images: height/width 0 say "no single stored size" (as sources/synthetic.py).
         "image": {"height": 0, "width": 0, "channels": 3},
         "encoding": {
             "ext": "jpg", "lossless": False,

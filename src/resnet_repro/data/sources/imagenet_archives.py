@@ -4,10 +4,10 @@
     ILSVRC2012_img_val.tar        flat: ILSVRC2012_val_<n>.JPEG
     ILSVRC2012_devkit_t12.tar.gz  ILSVRC2012_devkit_t12/data/{meta.mat, ILSVRC2012_validation_ground_truth.txt}
 
-The result is the same `Source` (imagenet.py) as the extracted folders give, with every image an
-`imagenet.Member`: a byte range of an archive that prepare.py reads in place (open, seek, read). Classes, keys,
-labels and order are those of the folder path (sorted wnids; files in sorted path order; val labelled through
-the ground truth and meta.mat), so the same seed gives shards with the same SHA-256 either way.
+The result is the same `Source` (folder.py) as the extracted folders give, with every image a
+`folder.Member`: a byte range of an archive that shards/prepare.py reads in place (open, seek, read). Classes,
+keys, labels and order are those of the folder path (sorted wnids; files in sorted path order; val labelled
+through the ground truth and meta.mat), so the same seed gives shards with the same SHA-256 either way.
 
 Indexing reads tar headers only: the outer train tar's 1,000 headers, seeking past each inner tar, then, in
 worker processes when there are many, the headers inside each inner tar through a file object bounded to its
@@ -23,9 +23,10 @@ import re
 import tarfile
 from pathlib import Path
 
-from .imagenet import (GROUND_TRUTH, IMAGE_SUFFIXES, META_MAT, Item, Member, Source, _check_key_lengths,
-                       _check_unique, _flat_val, _imagenet_key, devkit_val_labels, read_ground_truth, read_meta_mat)
-from .sources import SourceError
+from .download import SourceError
+from .folder import Item, Member, Source, _check_key_lengths, _check_unique
+from .imagenet import (GROUND_TRUTH, IMAGE_SUFFIXES, META_MAT, _flat_val, _imagenet_key, devkit_val_labels,
+                       read_ground_truth, read_meta_mat)
 
 WNID_TAR = re.compile(r"(n\d{8})\.tar")
 INNER_PER_PROCESS = 16  # inner tars below which indexing stays in this process: a worker's start costs more
@@ -84,7 +85,7 @@ def walk_tar(f, size: int, where: str) -> list[tarfile.TarInfo]:
 
 
 def _visible(name: str) -> bool:
-    return not any(part.startswith(".") for part in name.split("/") if part)  # as imagenet.list_files
+    return not any(part.startswith(".") for part in name.split("/") if part)  # as folder.list_files
 
 
 def index_inner(task: tuple[str, str, int, int]) -> list[tuple[str, int, int]]:

@@ -5,7 +5,7 @@ Sample order is a pure function of (seed, epoch): one permutation per epoch, cut
 an N-process run with per-rank batch G/N therefore see the same samples in each step; the remainder that
 does not fill a global batch is dropped, so every rank runs the same number of steps.
 
-Each worker process builds a whole uint8 batch (decode + geometry per sample, see augment.py); batches come
+Each worker process builds a whole uint8 batch (decode + geometry per sample, see augment/); batches come
 back in order whatever the number of workers.
 """
 from __future__ import annotations
@@ -19,8 +19,10 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from .augment import COLOR_STREAM, DecodeError, decode, sample_rng
-from .records import RecordError, RecordReader
+from ..augment.rng import COLOR_STREAM, sample_rng
+from ..decode.cpu import DecodeError, decode
+from ..shards.reader import RecordReader
+from ..shards.records import RecordError
 
 
 class UnreadableSample(RecordError):
@@ -71,7 +73,7 @@ class BatchDataset(torch.utils.data.Dataset):
     """Turns a Job into (images uint8 [B,H,W,C], labels int64 [B], bad-sample count, colour params float32 [B,P]).
 
     The colour parameters are drawn here from each sample's own colour stream (P = 0 without colour
-    augmentation, and always for val); the device applies them (augment.DeviceTransform, data/color.py)."""
+    augmentation, and always for val); the device applies them (augment/device.py, augment/color.py)."""
 
     def __init__(self, reader: RecordReader, geometry, channels: int, seed: int, train: bool):
         self.reader, self.geometry, self.channels = reader, geometry, channels
@@ -84,7 +86,7 @@ class BatchDataset(torch.utils.data.Dataset):
     def load(self, i: int, epoch: int) -> np.ndarray:
         key, data, _ = self.reader[i]
         rng = sample_rng(self.seed, epoch, i) if self.train else None
-        if hasattr(self.geometry, "load"):  # decodes only what its crop needs (augment.decode_box)
+        if hasattr(self.geometry, "load"):  # decodes only what its crop needs (decode.cpu.decode_box)
             return self.geometry.load(data, self.channels, rng)
         return self.geometry(decode(data, self.channels), rng)
 
@@ -96,7 +98,7 @@ class BatchDataset(torch.utils.data.Dataset):
         """``(sample(i, epoch), 0)``; for a sample damaged after prepare (DecodeError): a warning naming it and
         ``(sample(j, epoch), 1)`` for a deterministic other sample j, the 1 counting towards the batch's bad
         samples. Val too: the per-epoch val pass logs the count (val_bad_samples); `evaluate` refuses instead.
-        data/gpu_decode.py reads its samples through this as well, so both paths pick the same replacement.
+        loading/gpu_decode.py reads its samples through this as well, so both paths pick the same replacement.
         A replacement that is damaged too stops the run (UnreadableSample, naming both): the data set needs
         repair, and a second draw would only hide how much of it is damaged."""
         try:
@@ -146,10 +148,10 @@ def worker_init(_, plan=None):
     since the parallelism is the workers themselves; pinned to ``plan``'s worker cores when there is a plan."""
     import cv2
 
-    from .augment import keep_freed_memory
+    from .memory import keep_freed_memory
     from .cores import pin_workers
 
-    pin_workers(plan)  # off the training process's cores (data/cores.py); nothing without a plan
+    pin_workers(plan)  # off the training process's cores (loading/cores.py); nothing without a plan
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     keep_freed_memory()
@@ -161,7 +163,7 @@ def worker_init(_, plan=None):
 
 def make_loader(dataset: BatchDataset, jobs: list[Job], workers: int, pin_memory: bool,
                 plan=None, prefetch: int = 4) -> torch.utils.data.DataLoader:
-    """`plan`: a data/cores.py CorePlan whose worker cores the workers move to (None: they stay where forked).
+    """`plan`: a loading/cores.py CorePlan whose worker cores the workers move to (None: they stay where forked).
     `prefetch`: batches each worker keeps loaded ahead. `dataset`: any Dataset that takes a Job (evaluation's
     view batches too)."""
     return torch.utils.data.DataLoader(

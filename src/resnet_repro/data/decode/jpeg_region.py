@@ -26,7 +26,7 @@ def _load():
     global _lib, _why_not
     if _lib is not None or _why_not:
         return _lib
-    spec = importlib.util.find_spec("resnet_repro.data._jpeg_region")
+    spec = importlib.util.find_spec("resnet_repro.data.decode._jpeg_region")
     if spec is None or not spec.origin:
         _why_not = ("the native helper is not built (reinstall with a C compiler and libjpeg's headers: "
                     "apt-get install libjpeg-dev; pip install -e .)")

@@ -9,7 +9,7 @@ plan keeps a few cores for the trainer's threads and gives the workers the rest,
 
 ``plan_cores`` is pure (the cores are an argument), so the rule is tested with made-up core sets and
 ``resnet-repro env`` can print the plan a run would get. Applying it: ``pin_workers`` in each worker process
-(data/loader.py's worker init), ``pin_trainer`` on the training thread before its loader starts (threads and
+(loading/loader.py's worker init), ``pin_trainer`` on the training thread before its loader starts (threads and
 processes it starts afterwards, the pin-memory thread included, inherit the set; the workers then move to
 theirs).
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# The manifest's vocabulary (records.py writes the manifest; importers fill these in):
+# The manifest's vocabulary (shards/records.py writes the manifest; importers fill these in):
 #   "holdout": {"split": "val", "from": <the source's training images>, "index_order": ..., "seed": ...,
 #               "size": ..., "counts_per_class": [...], "rule": ..., "indices": [...]}
 #   "evaluation_split": the split published figures are measured on ("test"; ImageNet: "val"; None for a

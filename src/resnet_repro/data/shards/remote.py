@@ -2,9 +2,9 @@
 
 A data set prepared as usual (records.py) and copied as it is to a bucket, say
 ``aws s3 sync SHARDS s3://bucket/shards``, is read in place: `open_reader` returns a `RemoteRecordReader` for a
-URL and a plain `records.RecordReader` for a local folder, which imports neither fsspec nor a backend.
+URL and a plain `reader.RecordReader` for a local folder, which imports neither fsspec nor a backend.
 
-Integrity, as for local shards (records.RecordReader): at start-up the manifest is read and checked by
+Integrity, as for local shards (reader.RecordReader): at start-up the manifest is read and checked by
 records.load_manifest, every shard's size (one listing, or a HEAD per shard) must be the manifest's, and every
 index is fetched whole and must match the manifest's SHA-256 before it is used; its count, offsets and labels
 are then checked as locally. The image bytes are not hashed at start-up (as locally: that is `verify`'s job,
@@ -28,9 +28,9 @@ import re
 import tempfile
 from pathlib import Path
 
-
-from . import records
-from .records import MANIFEST, RecordError, RecordReader
+from . import reader, records
+from .reader import RecordReader
+from .records import MANIFEST, RecordError
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 CHUNK = 8 << 20  # bytes per read when a shard is fetched into the cache
@@ -113,7 +113,7 @@ def _sizes(fs, base: str, names: list[str]) -> dict[str, int]:
 
 
 class RemoteRecordReader(RecordReader):
-    """records.RecordReader for shards at an fsspec URL; see the module docstring for what is checked when."""
+    """reader.RecordReader for shards at an fsspec URL; see the module docstring for what is checked when."""
 
     def __init__(self, url: str, split: str | list[str], cache_dir: str | None = None):
         self.url = url.rstrip("/")
@@ -121,17 +121,17 @@ class RemoteRecordReader(RecordReader):
         fs, self.base = _filesystem(self.url)
         self.base = self.base.rstrip("/")
         self.manifest = _load_manifest(fs, self.base, self.url)
-        self.split, self.shards = records.select_splits(self.manifest, split, f"{self.url}/{MANIFEST}")
+        self.split, self.shards = reader.select_splits(self.manifest, split, f"{self.url}/{MANIFEST}")
         self.cache = Path(cache_dir) / re.sub(r"[^A-Za-z0-9_.-]", "_", self.url) if cache_dir else None
         if self.cache:
             self.cache.mkdir(parents=True, exist_ok=True)
         sizes = _sizes(fs, self.base, [e["name"] for e in self.shards])
-        self.keys, self.offsets, self.sizes, self.labels, self.shard_ids = records.stack_indexes(
+        self.keys, self.offsets, self.sizes, self.labels, self.shard_ids = reader.stack_indexes(
             [self._index(fs, entry, sizes.get(entry["name"])) for entry in self.shards])
         self._fs, self._fds, self._pid = fs, {}, os.getpid()
 
     def _index(self, fs, entry: dict, size: int | None):
-        """The shard's index, checked as records.RecordReader checks a local one (after the shard's size)."""
+        """The shard's index, checked as reader.RecordReader checks a local one (after the shard's size)."""
         shard_url, idx_url = f"{self.url}/{entry['name']}", f"{self.url}/{entry['index']}"
         redo = "upload the data set folder again (check it first with `resnet-repro verify` where it was prepared)"
         if size is None:
@@ -152,7 +152,7 @@ class RemoteRecordReader(RecordReader):
                                   f"prepare); {redo}")
             if cached is not None:
                 _write_atomic(cached, data)
-        return records.checked_index(idx_url, _Named(data, idx_url), entry, len(self.manifest["classes"]), redo)
+        return reader.checked_index(idx_url, _Named(data, idx_url), entry, len(self.manifest["classes"]), redo)
 
     def _fs_here(self):
         if self._fs is None or self._pid != os.getpid():  # a forked loader worker makes its own connections
