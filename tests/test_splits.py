@@ -147,7 +147,7 @@ def spied_run(three_splits, tmp_path_factory):
         for item in [f"data.path={three_splits}", "data.batch_size=32", "data.eval_batch_size=24",
                      "data.workers=0", "data.mean=[0.5]", "data.std=[0.25]", "train.epochs=2",
                      "train.precision=fp32", "train.precise_bn_batches=2", "train.log_interval=4",
-                     "train.eval_every=1"]:
+                     "train.eval_every=1", "data.train_splits=[train]"]:  # a choice run: val held out
             args += ["--set", item]
         assert main(args) == 0
     finally:
