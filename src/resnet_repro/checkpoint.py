@@ -7,7 +7,7 @@ SHA-256 of the ``.pt`` and, on a second line ``run RUN_ID``, the run it belongs 
 matches. Loading uses ``weights_only=True``, so a checkpoint can hold tensors and plain containers only, and
 no pickled code ever runs.
 
-What train.py stores (one dict): ``model``, ``optimizer``, ``scaler``, ``ema`` (when enabled), ``epoch`` and
+What training/resume.py saves (one dict): ``model``, ``optimizer``, ``scaler``, ``ema`` (when enabled), ``epoch`` and
 ``step`` (the next step to run in that epoch; the LR is a pure function of them, see schedule.py),
 ``steps_per_epoch``, ``global_batch``, ``world``, ``ranks`` (one entry per rank: its RNG states and its running
 metric sums of the unfinished epoch, so a resumed epoch logs the same numbers), ``config`` (resolved),

@@ -129,7 +129,8 @@ def _cmd_verify(args) -> int:
 def _cmd_train(args) -> int:
     from .run_folder import recorded
     from .runtime import load_recipe
-    from .train import TrainingError, train
+    from .training.loop import train
+    from .training.state import TrainingError
 
     known = {f"{section}.{key}" for section, values in config.Config().to_dict().items() for key in values}
     for key in args.allow_change:

@@ -1,6 +1,6 @@
 """``resnet-repro bench train``: training throughput, the model alone and fed from record shards, in one run.
 
-Two phases share one model, optimizer, precision and the trainer's own step (train.train_step):
+Two phases share one model, optimizer, precision and the trainer's own step (training.loop.train_step):
 
 * compute: one fixed batch that is already on the device (normalized float, channels_last), so nothing but
   the model, loss and optimizer is timed: the ceiling the input pipeline has to keep up with;
@@ -137,7 +137,7 @@ def parse_e2e(spec: str) -> dict:
 
 @dataclass
 class TrainOptions:
-    """What `bench train` runs (cli.py's options); the defaults are the command's."""
+    """What `bench train` runs (commands/bench.py's options); the defaults are the command's."""
 
     model: str = "resnet50"
     data: str | None = None  # record shards: also time the end-to-end phase
@@ -220,7 +220,7 @@ class _Session:
     def __init__(self, opts: TrainOptions, cfg: Config, compile_mode: str | None):
         from .. import runtime
         from ..models.resnet import build_model, count_macs
-        from ..train import make_optimizer
+        from ..training.setup import make_optimizer
 
         self.opts, self.cfg = opts, cfg
         precision = opts.precision
@@ -261,7 +261,7 @@ class _Session:
         self.y = torch.randint(0, num_classes, (opts.batch_size,), device=dev)
 
     def run_steps(self, batches) -> dict:
-        from ..train import train_step
+        from ..training.loop import train_step
 
         opts = self.opts
         timer = StepTimer(self.dev)
