@@ -256,7 +256,7 @@ def torchvision_rate(reader, indices, workers: int, batch_size: int, batches: in
 
 @dataclass
 class LoaderOptions:
-    """What `bench loader` runs (cli.py's options)."""
+    """What `bench loader` runs (commands/bench.py's options)."""
 
     data: str  # prepared JPEG shards
     workers: list = field(default_factory=lambda: [1])  # counts, or "auto": the count training would use here

@@ -25,7 +25,7 @@ from .measure import Spread, cpu_seconds, decode_limit
 
 @dataclass
 class PrepareOptions:
-    """What `bench prepare` runs (cli.py's options)."""
+    """What `bench prepare` runs (commands/bench.py's options)."""
 
     src: str | None = None  # a class-per-folder data set; None: make photo-like JPEGs
     images: int = 500  # made without `src`
