@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .. import dist, runtime
+from .. import dist, run_folder, runtime
 from ..config import Config, ConfigError, config_from_dict
 from ..data.augment import DeviceTransform, EvalGeometry, TrainGeometry, keep_batch_memory
 from ..data.cores import available_cpus, plan_cores
