@@ -73,12 +73,12 @@ def _frozen_bn(build):
 
 
 def main() -> int:
-    import resnet_repro.train
     from resnet_repro.cli import main as cli_main
+    from resnet_repro.training import setup
 
-    torch.optim.SGD = FaultySGD  # train.make_optimizer looks the class up at call time
+    torch.optim.SGD = FaultySGD  # setup.make_optimizer looks the class up at call time
     if os.environ.get("FREEZE_BN") == "1":
-        resnet_repro.train.build_model = _frozen_bn(resnet_repro.train.build_model)
+        setup.build_model = _frozen_bn(setup.build_model)
     return cli_main(sys.argv[1:])
 
 

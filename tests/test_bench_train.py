@@ -14,7 +14,7 @@ import torch
 from conftest import REPO
 from resnet_repro.bench import train as bt
 from resnet_repro import runtime
-from resnet_repro import train as train_mod
+from resnet_repro.training import loop, setup, state
 from resnet_repro.recipe import load_config
 
 KEYS = {"compute_images_per_s", "end_to_end_images_per_s", "data_wait_fraction", "peak_memory_mb",
@@ -138,7 +138,7 @@ def count_reads(monkeypatch):
 
 
 def test_running_sums_read_nothing_until_total(count_reads):
-    sums = train_mod.RunningSums(torch.device("cpu"))
+    sums = state.RunningSums(torch.device("cpu"))
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
     y = torch.tensor([0, 1, 1])
     for _ in range(50):
@@ -150,12 +150,12 @@ def test_running_sums_read_nothing_until_total(count_reads):
 
 def test_train_step_reads_nothing_back(count_reads):
     model = torch.nn.Linear(4, 3)
-    opt = train_mod.make_optimizer(model, load_config().optim, 0.1, torch.device("cpu"))
+    opt = setup.make_optimizer(model, load_config().optim, 0.1, torch.device("cpu"))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     autocast, _ = runtime.autocast_for("fp32", torch.device("cpu"))
     for _ in range(5):
-        loss, logits = train_mod.train_step(model, torch.randn(8, 4), torch.randint(0, 3, (8,)),
-                                            torch.nn.CrossEntropyLoss(), opt, scaler, autocast)
+        loss, logits = loop.train_step(model, torch.randn(8, 4), torch.randint(0, 3, (8,)),
+                                       torch.nn.CrossEntropyLoss(), opt, scaler, autocast)
     assert count_reads["n"] == 0 and not loss.requires_grad and logits.shape == (8, 3)
 
 
@@ -168,7 +168,7 @@ def test_reads_per_epoch_do_not_grow_with_steps(texture_data, tmp_path, count_re
                                  "data.workers=0", "data.normalize=scale", "model.name=resnet20", "train.epochs=1",
                                  "train.precision=fp32", "train.precise_bn_batches=0", "train.log_interval=1000"])
         count_reads["n"] = 0
-        train_mod.train(cfg, tmp_path / f"b{batch}")
+        loop.train(cfg, tmp_path / f"b{batch}")
         counts.append(count_reads["n"])
     assert counts[0] == counts[1], counts
 
@@ -179,18 +179,18 @@ def test_no_synchronising_call_in_a_cuda_step():
     dev = torch.device("cuda")
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).to(dev)
     model(torch.randn(2, 3, 8, 8, device=dev))
-    opt = train_mod.make_optimizer(model, load_config().optim, 0.1, dev)
+    opt = setup.make_optimizer(model, load_config().optim, 0.1, dev)
     for precision in ("bf16", "fp16"):
         scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
         autocast, _ = runtime.autocast_for(precision, dev)
-        sums = train_mod.RunningSums(dev)
+        sums = state.RunningSums(dev)
         x, y = torch.randn(4, 3, 8, 8, device=dev), torch.randint(0, 5, (4,), device=dev)
-        train_mod.train_step(model, x, y, torch.nn.CrossEntropyLoss(), opt, scaler, autocast)  # warm-up
+        loop.train_step(model, x, y, torch.nn.CrossEntropyLoss(), opt, scaler, autocast)  # warm-up
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
             for _ in range(3):
-                loss, logits = train_mod.train_step(model, x, y, torch.nn.CrossEntropyLoss(), opt, scaler, autocast)
+                loss, logits = loop.train_step(model, x, y, torch.nn.CrossEntropyLoss(), opt, scaler, autocast)
                 sums.add(loss, logits, y, 0)
         finally:
             torch.cuda.set_sync_debug_mode("default")

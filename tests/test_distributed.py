@@ -195,7 +195,7 @@ def test_two_nodes_on_localhost_complete_a_run(recipe, tmp_path):
 THREADS_PROBE = """\
 import os, sys, threading, time
 from resnet_repro.recipe import load_config
-from resnet_repro.train import train
+from resnet_repro.training.loop import train
 
 def gloo_threads():
     names = []

@@ -99,7 +99,7 @@ def _cfg(data, epochs, extra=()):
 
 
 def test_training_evaluates_saves_and_resumes_the_ema(texture_data, tmp_path):
-    from resnet_repro.train import train
+    from resnet_repro.training.loop import train
 
     # Uninterrupted 2 epochs vs 1 epoch, then resumed to 2: the EMA must come out bit-identical.
     whole = train(_cfg(texture_data, 2), tmp_path / "whole")

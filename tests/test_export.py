@@ -18,7 +18,7 @@ NAMES = ["stripes", "bars", "checks", "flat"]
 
 
 def fake_run_checkpoint(path, data_path, seed=0):
-    """A final.pt as train.py writes it, for a randomly initialized ResNet-20 on 1-channel 16x16 images."""
+    """A final.pt as training/finish.py writes it, for a randomly initialized ResNet-20 on 1-channel 16x16 images."""
     torch.manual_seed(seed)
     model = build_model("resnet20", len(CLASSES), 1)
     # Non-trivial BN statistics, so that eval-mode BN matters to the comparisons.

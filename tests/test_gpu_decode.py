@@ -285,7 +285,8 @@ def test_gpu_path_matches_the_cpu_path_on_cuda(jpeg_data):
 
 
 def test_training_with_gpu_decode_needs_cuda(texture_data, tmp_path):
-    from resnet_repro.train import TrainingError, train
+    from resnet_repro.training.loop import train
+    from resnet_repro.training.state import TrainingError
 
     if torch.cuda.is_available():
         pytest.skip("the error is for machines without CUDA")

@@ -76,7 +76,7 @@ def test_recipe_trains_a_few_steps(recipe, made, tmp_path, monkeypatch):
         if load_config(REPO / "configs" / recipe).data.image_size_start:
             overrides += ["data.image_size_start=24", "data.resize_multiple=8"]
     cfg = load_config(REPO / "configs" / recipe, overrides)
-    from resnet_repro.train import train
+    from resnet_repro.training.loop import train
 
     result = train(cfg, tmp_path / "run")
     assert result["model"] == load_config(REPO / "configs" / recipe, overrides).model.name

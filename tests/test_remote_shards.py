@@ -28,7 +28,8 @@ RECIPE = REPO / "configs" / "fashion_mnist" / "resnet20.yaml"
 
 
 def test_the_local_path_imports_neither_fsspec_nor_s3fs(texture_data):
-    script = ("import sys; from resnet_repro import train; from resnet_repro.evaluate import command; "
+    script = ("import sys; from resnet_repro.training import loop; from resnet_repro.commands import evaluate; "
+              "import resnet_repro.evaluate; "
               "from resnet_repro.data.shards import remote; r = remote.open_reader(sys.argv[1], 'train'); r[0]; "
               "assert type(r).__name__ == 'RecordReader', type(r); "
               "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fsspec', 's3fs', 'botocore')))")

@@ -255,13 +255,13 @@ def test_a_bad_val_image_is_replaced_and_counted_and_evaluate_names_it(recipe, b
 
 
 def test_the_epoch_checkpoint_is_saved_before_its_evaluation(recipe, finished, tmp_path, cli, monkeypatch):
-    import resnet_repro.train as train_module
+    from resnet_repro.training import finish
 
     def broken_val_pass(*args, **kwargs):
         raise RuntimeError("val pass failed")
 
     out = tmp_path / "run"
-    monkeypatch.setattr(train_module, "evaluate", broken_val_pass)
+    monkeypatch.setattr(finish, "evaluate", broken_val_pass)  # the per-epoch val pass (_evaluate) is finish.py's
     with pytest.raises(RuntimeError, match="val pass failed"):
         train(cli, recipe, out)
     assert [p.name for p in checkpoint.list_checkpoints(out / "checkpoints")] == ["ckpt-0001-000000.pt"]
@@ -514,15 +514,15 @@ def test_torchvision_weights_never_advise_weights_only_false(data, tmp_path, cli
 
 
 def test_sigterm_during_the_final_evaluation_is_answered(recipe, tmp_path, cli, monkeypatch):
-    import resnet_repro.train as train_module
+    from resnet_repro.training import finish
 
-    real = train_module.update_bn_stats
+    real = finish.update_bn_stats
 
     def precise_bn_then_a_signal(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # preemption while the final phase runs
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "update_bn_stats", precise_bn_then_a_signal)
+    monkeypatch.setattr(finish, "update_bn_stats", precise_bn_then_a_signal)
     previous = signal.getsignal(signal.SIGTERM)
     try:
         code, out_text, err = train(cli, recipe, tmp_path / "run")

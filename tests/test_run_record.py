@@ -189,7 +189,7 @@ def test_evaluate_uses_the_recorded_precision_unless_told(fake, recorded, recipe
 
 def test_a_rank_that_cannot_honour_rank_0s_choice_stops_every_rank_naming_itself(monkeypatch):
     """Rank 1 of two on an AVX2 host, rank 0 (faked by the collectives) chose bf16 on its native-bf16 CPU."""
-    from resnet_repro import train as train_module
+    from resnet_repro.training import setup
     from resnet_repro.recipe import load_config
 
     cfg = load_config(None, ["train.device=cpu", "train.precision=auto"])
@@ -202,13 +202,13 @@ def test_a_rank_that_cannot_honour_rank_0s_choice_stops_every_rank_naming_itself
     monkeypatch.setattr(dist, "all_gather_object", lambda obj: gathered.append(obj) or ["", obj])
     hw = runtime.Hardware(cpu_model="EPYC", cpu_capability="AVX2", cores=2)
     with pytest.raises(runtime.DeviceError) as e:
-        train_module._settle_on_rank0(cfg, hw, dist.DistEnv(rank=1, world=2), None)
+        setup._settle_on_rank0(cfg, hw, dist.DistEnv(rank=1, world=2), None)
     message = str(e.value)
     assert message.startswith("rank 1 on ") and "train.precision=bf16" in message and "node-a" in message
     assert "\n" not in message
     # Its own hardware would have chosen fp32; it runs rank 0's choice instead when it can honour it.
     spr = runtime.Hardware(cpu_capability="AVX512", cpu_avx512_bf16=True, cores=2)
-    answer = train_module._settle_on_rank0(cfg, spr, dist.DistEnv(rank=1, world=2), None)
+    answer = setup._settle_on_rank0(cfg, spr, dist.DistEnv(rank=1, world=2), None)
     assert answer["values"]["train.precision"] == "bf16"
 
 

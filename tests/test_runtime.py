@@ -1,5 +1,5 @@
 """Run-time choices from faked hardware (runtime.py), recipe profiles (recipe.py), the ranks' meeting and stop
-requests (train.py)."""
+requests (stopping.py)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import torch
 
 from conftest import FASHION_MNIST_RECIPE as RECIPE
 from conftest import REPO
-from resnet_repro import runtime, train
+from resnet_repro import runtime, stopping
 from resnet_repro.config import ConfigError
 from resnet_repro.runtime import Gpu, Hardware
 
@@ -62,9 +62,9 @@ def test_cuda_precision_follows_compute_capability(cc, expected):
 
 
 def test_fp16_on_a_7x_gpu_gets_a_grad_scaler_in_training():
-    # train.py enables the GradScaler exactly when the precision is fp16; the choice on V100/T4 is fp16.
+    # training/setup.py enables the GradScaler exactly when the precision is fp16; the choice on V100/T4 is fp16.
     assert runtime.choose_precision("auto", "cuda", gpu((7, 0), "Tesla V100")).value == "fp16"
-    src = (REPO / "src" / "resnet_repro" / "train.py").read_text()
+    src = (REPO / "src" / "resnet_repro" / "training" / "setup.py").read_text()
     assert 'torch.amp.GradScaler(device.type, enabled=precision == "fp16")' in src
 
 
@@ -156,7 +156,7 @@ def test_default_recipe_profiles_are_complete():
 # --- stopping ----------------------------------------------------------------------------------------------------
 
 def test_one_process_meets_after_every_step_and_reads_the_loss_only_at_log_steps():
-    m = train.RankMeeting(1, torch.device("cpu"), log_interval=100)
+    m = stopping.RankMeeting(1, torch.device("cpu"), log_interval=100)
     loss = torch.tensor(0.5)
     assert m(1, loss, False, False, False, True) == (None, False, False)
     assert m(2, loss, True, False, False, True) == (None, True, False)
@@ -165,8 +165,8 @@ def test_one_process_meets_after_every_step_and_reads_the_loss_only_at_log_steps
 
 def test_ranks_meet_about_every_two_seconds_whatever_the_log_interval(monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr(train.time, "time", lambda: clock[0])
-    m = train.RankMeeting(2, torch.device("cpu"), log_interval=1000)  # world 2, no process group: rank 0's view
+    monkeypatch.setattr(stopping.time, "time", lambda: clock[0])
+    m = stopping.RankMeeting(2, torch.device("cpu"), log_interval=1000)  # world 2, no process group: rank 0's view
     loss = torch.tensor(1.0)
     met = []
     for step in range(1, 30):
@@ -182,7 +182,7 @@ def test_ranks_meet_about_every_two_seconds_whatever_the_log_interval(monkeypatc
 def test_a_second_ctrl_c_interrupts_at_once_and_restore_gives_the_signals_back():
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     try:
-        stop = train.StopRequest()
+        stop = stopping.StopRequest()
         os.kill(os.getpid(), signal.SIGINT)
         assert stop and stop.signum == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, assert_one_clear_line, idx_bytes, write_fashion_mnist_src, write_gz, write_image_dataset
-from resnet_repro import train as train_module
+from resnet_repro.training import finish, setup
 from resnet_repro.config import ConfigError
 from resnet_repro.recipe import load_config
 from resnet_repro.data.shards import records
@@ -133,7 +133,7 @@ def spied_run(three_splits, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run") / "r"
     opened = []
-    real = train_module.open_reader  # every split train reads goes through it (a folder or a URL)
+    real = setup.open_reader  # every split training reads goes through it (a folder or a URL)
 
     def spy(root, split, cache_dir=None):
         logged = (out / "metrics.jsonl").read_text().count("\n") if (out / "metrics.jsonl").is_file() else 0
@@ -141,7 +141,8 @@ def spied_run(three_splits, tmp_path_factory):
         return real(root, split, cache_dir)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(train_module, "open_reader", spy)
+    for module in (setup, finish):  # train and val when the run opens its data; test at its end
+        mp.setattr(module, "open_reader", spy)
     try:
         args = ["train", "--config", str(RECIPE), "--out", str(out)]
         for item in [f"data.path={three_splits}", "data.batch_size=32", "data.eval_batch_size=24",

@@ -35,20 +35,20 @@ def test_job_size_reaches_the_worker(texture_data, workers):
 
 
 def test_training_follows_the_resize_ramp(texture_data, tmp_path, monkeypatch):
-    import resnet_repro.train as train_mod
+    from resnet_repro.training import loop, setup
 
     seen = []
-    real_build = train_mod.build_model
+    real_build = setup.build_model
 
     def build_and_watch(*args, **kwargs):
         model = real_build(*args, **kwargs)
         model.register_forward_pre_hook(lambda m, inp: seen.append((m.training, inp[0].shape[-1])))
         return model
 
-    monkeypatch.setattr(train_mod, "build_model", build_and_watch)
+    monkeypatch.setattr(setup, "build_model", build_and_watch)
     cfg = _cfg(texture_data, "train.epochs=4", "data.image_size=16", "data.image_size_start=8",
                "data.resize_start_epoch=1", "data.resize_end_epoch=3", "data.resize_multiple=4")
-    train_mod.train(cfg, tmp_path / "run")
+    loop.train(cfg, tmp_path / "run")
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [rec["image_size"] for rec in log] == [8, 8, 12, 16]
     train_sizes = [size for training, size in seen if training]
@@ -57,7 +57,7 @@ def test_training_follows_the_resize_ramp(texture_data, tmp_path, monkeypatch):
 
 
 def test_max_steps_ends_mid_epoch(texture_data, tmp_path):
-    from resnet_repro.train import train
+    from resnet_repro.training.loop import train
 
     result = train(_cfg(texture_data, "train.epochs=50", "train.max_steps=6", "schedule.kind=linear",
                         "schedule.unit=step"), tmp_path / "run")
@@ -67,7 +67,8 @@ def test_max_steps_ends_mid_epoch(texture_data, tmp_path):
 
 
 def test_tensorboard_missing_is_a_clear_error(texture_data, tmp_path, monkeypatch):
-    from resnet_repro.train import TrainingError, train
+    from resnet_repro.training.loop import train
+    from resnet_repro.training.state import TrainingError
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
     with pytest.raises(TrainingError, match="pip install tensorboard"):
@@ -76,7 +77,7 @@ def test_tensorboard_missing_is_a_clear_error(texture_data, tmp_path, monkeypatc
 
 def test_tensorboard_gets_what_metrics_jsonl_records(texture_data, tmp_path, monkeypatch):
     """TensorBoard (faked here: it is an optional extra) receives each epoch record's numbers, unchanged."""
-    from resnet_repro.train import train
+    from resnet_repro.training.loop import train
 
     scalars, closed = [], []
 

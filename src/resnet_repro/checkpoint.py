@@ -7,7 +7,7 @@ SHA-256 of the ``.pt`` and, on a second line ``run RUN_ID``, the run it belongs 
 matches. Loading uses ``weights_only=True``, so a checkpoint can hold tensors and plain containers only, and
 no pickled code ever runs.
 
-What train.py stores (one dict): ``model``, ``optimizer``, ``scaler``, ``ema`` (when enabled), ``epoch`` and
+What training/resume.py saves (one dict): ``model``, ``optimizer``, ``scaler``, ``ema`` (when enabled), ``epoch`` and
 ``step`` (the next step to run in that epoch; the LR is a pure function of them, see schedule.py),
 ``steps_per_epoch``, ``global_batch``, ``world``, ``ranks`` (one entry per rank: its RNG states and its running
 metric sums of the unfinished epoch, so a resumed epoch logs the same numbers), ``config`` (resolved),
@@ -150,7 +150,7 @@ def load_latest(ckpt_dir: Path, map_location="cpu", run_id: str | None = None) -
 def rng_state() -> dict:
     """This process's random number generator states, in types ``weights_only`` loading accepts.
 
-    The pipeline draws its augmentation from (seed, epoch, index) alone (data/augment.py), so these matter only
+    The pipeline draws its augmentation from (seed, epoch, index) alone (data/augment/), so these matter only
     to code that uses the global generators (dropout-like layers, a future augmentation); saved all the same, so
     that resuming never depends on that being true.
     """

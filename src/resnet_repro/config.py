@@ -69,7 +69,7 @@ def _model_names() -> list[str]:
 @dataclass
 class DataConfig:
     path: str = "data/fashion_mnist"  # folder with manifest.json and shards (resnet-repro prepare)
-    # or the URL of a copy of one (s3://, gs://, http(s)://, file://; fsspec, see data/remote.py), read in place;
+    # or the URL of a copy of one (s3://, gs://, http(s)://, file://; fsspec, see data/shards/remote.py), read in place;
     # cache_dir: a local folder where such shards are kept, each fetched whole on first use ("" = none)
     cache_dir: str = ""
     # Splits trained on, read as one: ["train"]; a final run may add the val split (["train", "val"]) once its
@@ -80,15 +80,16 @@ class DataConfig:
     val_split: str = "val"
     batch_size: int = 64  # per device (process); global batch = batch_size x world size
     eval_batch_size: int = 256  # per device
-    # Loader worker processes per device; 0 = load in the training process; "auto" = from the cores (data/cores.py:
-    # on a GPU, this process's cores minus 2 for the training and pin-memory threads). The log states the plan.
+    # Loader worker processes per device; 0 = load in the training process; "auto" = from the cores
+    # (data/loading/cores.py: on a GPU, this process's cores minus 2 for the training and pin-memory threads).
+    # The log states the plan.
     workers: int | Literal["auto"] = 4
     # Where training JPEGs are decoded. "cpu": loader workers decode, crop and resize (OpenCV). "gpu": workers only
     # read bytes and draw each sample's crop; the trainer decodes the batch with nvJPEG and resizes on the GPU
-    # (needs CUDA and torchvision; see data/gpu_decode.py). Val images are always decoded on the CPU.
+    # (needs CUDA and torchvision; see data/loading/gpu_decode.py). Val images are always decoded on the CPU.
     decode: Literal["cpu", "gpu"] = "cpu"
     # Train geometry. "pad_crop": pad by `pad` pixels then random crop back (the paper's CIFAR recipe);
-    # "none": resize + centre crop. ImageNet crops (data/augment.py), each resized to `image_size` (default 224):
+    # "none": resize + centre crop. ImageNet crops (data/augment/), each resized to `image_size` (default 224):
     # "inception": area U[0.08, 1], aspect log-U[3/4, 4/3], 10 tries, then the central crop clamped to the aspect
     # range: torchvision's RandomResizedCrop (fb.resnet.torch's RandomSizedCrop differs: aspect uniform in
     # [3/4, 4/3] with w and h swapped half the time, bicubic, and shorter side 224 + centre crop as fallback);
@@ -99,9 +100,9 @@ class DataConfig:
     # Decode JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg-turbo) when the train crop shrinks by >= 2x
     # anyway; off = always decode at full size (slower on large images, pixels differ by a few levels).
     dct_reduce: bool = True
-    # Decode only the train crop's rows and columns (libjpeg-turbo, through the native helper data/_jpeg_region.c,
-    # built at install when a C compiler and libjpeg's headers are there). The pixels are the same as a whole
-    # decode followed by the cut; off, or without the helper, the whole image is decoded (OpenCV).
+    # Decode only the train crop's rows and columns (libjpeg-turbo, through the native helper
+    # data/decode/_jpeg_region.c, built at install when a C compiler and libjpeg's headers are there). The pixels
+    # are the same as a whole decode followed by the cut; off, or without the helper, the whole image is decoded (OpenCV).
     region_decode: bool = True
     pad: int = 4  # pixels, pad_crop only
     image_size: int = 0  # train crop side in pixels; 0 = the stored image size (small-image data sets)
@@ -120,10 +121,10 @@ class DataConfig:
     # Filter of that resize (and of evaluate's protocols): "bilinear" (OpenCV INTER_LINEAR, half-pixel centres:
     # Caffe's and tf_cnn_benchmarks' eval on TF >= 1.14; the seed recipe), "tf1_bilinear" (TF 1.x's
     # resize_images, no half-pixel offset: tf_cnn_benchmarks' eval under TF 1.12), or "area" (INTER_AREA when
-    # shrinking, bilinear when enlarging; FFCV). See augment.resize_to. The default stays "area" so that runs
+    # shrinking, bilinear when enlarging; FFCV). See augment.geometry.resize_to. The default stays "area" so that runs
     # saved before this key existed evaluate as they did.
     val_interpolation: Literal["area", "bilinear", "tf1_bilinear"] = "area"
-    # Device-side colour distortion (data/color.py): "tf_cnn" = tf_cnn_benchmarks' distort_color as it runs by
+    # Device-side colour distortion (data/augment/color.py): "tf_cnn" = tf_cnn_benchmarks' distort_color as it runs by
     # default (distort_color_in_yiq=True; the seed recipe): brightness +-32/255, saturation [0.5, 1.5] and hue
     # +-0.2*pi radians in YIQ, contrast [0.5, 1.5], one of two orders per sample, clip [0, 1]; linear, so one 3x4
     # matrix per image. "tf_cnn_hsv" = its distort_color_in_yiq=False path: saturation and hue by TensorFlow's HSV
@@ -308,7 +309,8 @@ def validate(cfg: Config, origins: dict[str, str] | None = None) -> None:
                     finite = "" if math.isfinite(v) else "finite and "
                     fail(key, f"{v!r}{f' (in {value!r})' if isinstance(value, list) else ''} is not allowed; "
                               f"it must be {finite}{allowed}")
-    workers = cfg.data.workers  # a count or "auto" (data/cores.py): an int | Literal, which the loop passes over
+    # a count or "auto" (data/loading/cores.py): an int | Literal, which the loop passes over
+    workers = cfg.data.workers
     if workers != "auto" and (isinstance(workers, str) or workers < 0):
         fail("data.workers", f"{workers!r} is not a count >= 0 or auto")
     splits = cfg.data.train_splits

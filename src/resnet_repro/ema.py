@@ -9,7 +9,7 @@ BatchNorm buffers are *averaged* with the same decay, not copied. The live model
 describe activations under the live weights (a ~10-batch moving average at momentum 0.1), which are not
 the averaged weights; averaging the statistics along with the weights keeps them paired with the averaged
 network to first order, which is what timm's ModelEmaV2 and torchvision's ExponentialMovingAverage
-(use_buffers=True) do. Neither choice is exact, so at the end of training train.py recomputes the EMA
+(use_buffers=True) do. Neither choice is exact, so at the end of training training/finish.py recomputes the EMA
 model's BN statistics with precise BN under its own weights, which is. Integer buffers
 (``num_batches_tracked``) are copied.
 """

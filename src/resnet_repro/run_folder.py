@@ -2,8 +2,8 @@
 
 Rank 0 locks the folder (folder_lock.py) and reads which run it holds (``run.json``); ``--resume auto`` picks that
 run's newest whole checkpoint (checkpoint.py) and every rank loads the same file; metrics.jsonl is trimmed to the
-checkpoint so that a resumed run logs each epoch once. train.py's `start_or_resume` puts these together. Every
-function here that ranks call together gives every rank the same answer, or the same error.
+checkpoint so that a resumed run logs each epoch once. training/resume.py's `start_or_resume` puts these
+together. Every function here that ranks call together gives every rank the same answer, or the same error.
 """
 from __future__ import annotations
 

@@ -307,7 +307,7 @@ def settle(asked: dict, recorded: dict | None, hw: Hardware, workers_auto: Calla
     `hw`. `recorded`: the run's own (a resume): a key the config leaves at auto, or pins to the same value, keeps
     its recorded value, never chosen again; one this machine cannot honour raises DeviceError naming the key and
     the --set that overrides it; a different pinned value is an override (recorded by the caller).
-    `workers_auto(device type)`: the loader worker count "auto" gives here (data/cores.py)."""
+    `workers_auto(device type)`: the loader worker count "auto" gives here (data/loading/cores.py)."""
     recorded = {k: v for k, v in (recorded or {}).items() if k in HARDWARE_KEYS and v not in ("auto", None)}
     where = ""
     if chosen_on:
@@ -365,5 +365,5 @@ def _choose(key: str, want, kind: str, hw: Hardware, workers_auto, gpu: int, war
             return machine.value, machine.reason
         return want, "pinned by the config"
     if want == "auto":
-        return workers_auto(kind), f"auto: from the {hw.cores} usable core(s) (data/cores.py)"
+        return workers_auto(kind), f"auto: from the {hw.cores} usable core(s) (data/loading/cores.py)"
     return want, "pinned by the config"

@@ -1,9 +1,9 @@
 """Stopping a run cleanly: stop requests by signal, and the ranks' meeting at which they agree on when.
 
 A preempted or interrupted run checkpoints at the next step and exits 0, so the same command with
-``--resume auto`` continues it (train.py acts on the decisions; checkpoint.py writes the file). With several
-ranks, every decision (stop, checkpoint now, and the loss to log) is taken at a meeting they all reach at the
-same step.
+``--resume auto`` continues it (training/loop.py acts on the decisions; checkpoint.py writes the file). With
+several ranks, every decision (stop, checkpoint now, and the loss to log) is taken at a meeting they all reach at
+the same step.
 """
 from __future__ import annotations
 

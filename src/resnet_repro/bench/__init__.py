@@ -6,7 +6,7 @@
 * measure.py: the one decode-limit measure and the spread over timed rounds every bench reports;
 * machine.py: the machine every bench prints first and stores with its figures.
 
-Argument parsing lives in cli.py. The prepared launchers that drive these commands from outside the package
+Argument parsing lives in commands/bench.py. The prepared launchers that drive these commands from outside the package
 (``bench/gpu.sh`` for a lent GPU, ``bench/stop_latency.py``) and the recorded results stay in the repository's
 root ``bench/`` folder.
 

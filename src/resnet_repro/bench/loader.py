@@ -1,9 +1,9 @@
 """``resnet-repro bench loader``: images/s of the training input pipeline against the JPEG decode limit.
 
 What is timed is the real input path of ``resnet-repro train``: loader worker processes (read from the
-shards, header, crop box, DCT-reduced decode, resize, flip, colour parameters; data/augment.py) -> the
+shards, header, crop box, DCT-reduced decode, resize, flip, colour parameters; data/augment/) -> the
 DataLoader's transfer -> DevicePrefetcher -> the device-side colour distortion and normalization
-(data/color.py). The yardstick, measured in the same run on the same files, is the decode limit (measure.py):
+(data/augment/color.py). The yardstick, measured in the same run on the same files, is the decode limit (measure.py):
 bare ``cv2.imdecode`` of the full image on one core, nothing else. Per worker the pipeline should reach >= 0.85 x
 that limit (issue 3), i.e. everything we add costs at most 15 % over decoding, and N workers on N idle cores
 should give >= 0.9 N x one worker. Both ratios are printed, after the machine (machine.py).
@@ -96,7 +96,7 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
     """Run the train input pipeline (workers -> device transform) for warmup + `batches` batches, over as many
     epochs of the data as that takes (later epochs read the same files again, as training does).
 
-    affinity: "plan" lays the cores out as training does (data/cores.py: on a GPU machine the workers on their
+    affinity: "plan" lays the cores out as training does (data/loading/cores.py: on a GPU machine the workers on their
     cores, this thread and the pin-memory thread on the trainer's), "none" leaves every process where it is."""
     import torch
 
@@ -147,7 +147,7 @@ def pipeline_rate(cfg, reader, workers: int, batch_size: int, batches: int, devi
     for k, (pid, sec, peak, rss) in enumerate(stats):
         per_pid.setdefault(pid, []).append((sec, peak, rss, k >= warmup))
     # RSS growth over the timed batches: a worker's first batches grow its heap to the working set of one
-    # batch (glibc keeps freed memory, augment.keep_freed_memory), a plateau; what must stay flat is after.
+    # batch (glibc keeps freed memory, loading.memory.keep_freed_memory), a plateau; what must stay flat is after.
     timed_rss = [[v[2] for v in vals if v[3]] for vals in per_pid.values()]
     # Worker compute rate: images over the time the workers spent building the timed batches (no transfer).
     compute = sum(len(j.indices) for j in jobs[warmup:]) / max(sum(s[1] for s in timed), 1e-9) * max(workers, 1)
@@ -261,7 +261,7 @@ def torchvision_rate(reader, indices, workers: int, batch_size: int, batches: in
 
 @dataclass
 class LoaderOptions:
-    """What `bench loader` runs (cli.py's options)."""
+    """What `bench loader` runs (commands/bench.py's options)."""
 
     data: str  # prepared JPEG shards
     workers: list = field(default_factory=lambda: [1])  # counts, or "auto": the count training would use here

@@ -2,8 +2,8 @@
 
 A throughput figure without its machine cannot be compared (airbench records its hardware with each result).
 What decides our figures: the CPU model and its ISA class (runtime.py: whether bf16 runs natively), the cores this
-process may use (data/cores.py: its affinity mask, which a container or taskset narrows below the machine's count),
-and the GPUs torch sees, with their compute capability.
+process may use (data/loading/cores.py: its affinity mask, which a container or taskset narrows below the
+machine's count), and the GPUs torch sees, with their compute capability.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ limit.
 
     resnet-repro bench prepare [--src FOLDER] [--images 500] [--workers 1] [--repeats 3] [--json]
 
-Without ``--src`` it first writes ``--images`` photo-like ~500x375 q90 JPEGs (data/synthetic.py) into 10
+Without ``--src`` it first writes ``--images`` photo-like ~500x375 q90 JPEGs (data/sources/synthetic.py) into 10
 class folders under a temporary directory. It then times, ``--repeats`` rounds each, (1) the decode limit
 (measure.py: bare ``cv2.imdecode`` of every file, in memory, on one core); (2) a complete ``prepare`` of the
 folder (read, header check, full decode to validate, tar + index written and fsynced, SHA-256) with ``--workers``
@@ -25,7 +25,7 @@ from .measure import Spread, cpu_seconds, decode_limit
 
 @dataclass
 class PrepareOptions:
-    """What `bench prepare` runs (cli.py's options)."""
+    """What `bench prepare` runs (commands/bench.py's options)."""
 
     src: str | None = None  # a class-per-folder data set; None: make photo-like JPEGs
     images: int = 500  # made without `src`

@@ -1,12 +1,12 @@
 """``resnet-repro bench train``: training throughput, the model alone and fed from record shards, in one run.
 
-Two phases share one model, optimizer, precision and the trainer's own step (train.train_step):
+Two phases share one model, optimizer, precision and the trainer's own step (training.loop.train_step):
 
 * compute: one fixed batch that is already on the device (normalized float, channels_last), so nothing but
   the model, loss and optimizer is timed: the ceiling the input pipeline has to keep up with;
 * end to end (with ``--data``): the real input path of ``resnet-repro train``: loader worker processes ->
   pinned memory -> DevicePrefetcher (side-stream copy) -> device transform, or GPU JPEG decode
-  (``--decode gpu``, data/gpu_decode.py).
+  (``--decode gpu``, data/loading/gpu_decode.py).
 
 Timing is honest in the airbench / NVIDIA DeepLearningExamples sense: warm-up steps (cuDNN autotuning,
 torch.compile, loader start-up) are excluded, and each timed step is bracketed by marks on the device's own
@@ -114,7 +114,7 @@ def _bench_config(config: str | None, overrides: list[str], data: str | None) ->
 # matmul templates) while compiling, with CUDA graphs; "max-autotune-no-cudagraphs" the same without them.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
-AFFINITIES = ("plan", "workers", "none")  # data/cores.py applied in full, to the workers only, or not at all
+AFFINITIES = ("plan", "workers", "none")  # data/loading/cores.py applied in full, to the workers only, or not at all
 
 
 def parse_e2e(spec: str) -> dict:
@@ -138,7 +138,7 @@ def parse_e2e(spec: str) -> dict:
 
 @dataclass
 class TrainOptions:
-    """What `bench train` runs (cli.py's options); the defaults are the command's."""
+    """What `bench train` runs (commands/bench.py's options); the defaults are the command's."""
 
     model: str = "resnet50"
     data: str | None = None  # record shards: also time the end-to-end phase
@@ -221,7 +221,7 @@ class _Session:
     def __init__(self, opts: TrainOptions, cfg: Config, compile_mode: str | None):
         from .. import runtime
         from ..models.resnet import build_model, count_macs
-        from ..train import make_optimizer
+        from ..training.setup import make_optimizer
 
         self.opts, self.cfg = opts, cfg
         precision = opts.precision
@@ -262,7 +262,7 @@ class _Session:
         self.y = torch.randint(0, num_classes, (opts.batch_size,), device=dev)
 
     def run_steps(self, batches) -> dict:
-        from ..train import train_step
+        from ..training.loop import train_step
 
         opts = self.opts
         timer = StepTimer(self.dev)

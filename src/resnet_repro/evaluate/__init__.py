@@ -5,17 +5,18 @@
 * ``protocols``      the papers' test protocols (single, flip, 10crop, multiscale), scored in one pass.
 * ``trained_model``  a trained model to evaluate, predict with or export: a run's checkpoint (trained or EMA
                      weights) or a torchvision state_dict.
-* ``command``        ``resnet-repro evaluate``: a trained model on a prepared split, on one process or many.
+
+``resnet-repro evaluate`` itself (its arguments, and a trained model scored on one process or many) is
+commands/evaluate.py.
 
 The names below are re-exported so that callers import from ``resnet_repro.evaluate`` whatever the module.
 """
-from .command import EvalOptions, evaluate_trained
 from .protocols import (PAPER_SCALES, PROTOCOLS, Protocol, ViewDataset, evaluate_protocols, five_crops,
                         format_table, group_views, make_protocol, resize_shorter, score_groups, score_images)
 from .trained_model import Trained, load_trained, read_state_dict, trained_from_torchvision
 from .val_pass import eval_transform, evaluate, topk_correct
 
-__all__ = ["PAPER_SCALES", "PROTOCOLS", "EvalOptions", "Protocol", "Trained", "ViewDataset", "eval_transform",
-           "evaluate", "evaluate_protocols", "evaluate_trained", "five_crops", "format_table", "group_views",
+__all__ = ["PAPER_SCALES", "PROTOCOLS", "Protocol", "Trained", "ViewDataset", "eval_transform",
+           "evaluate", "evaluate_protocols", "five_crops", "format_table", "group_views",
            "load_trained", "make_protocol", "read_state_dict", "resize_shorter", "score_groups", "score_images",
            "topk_correct", "trained_from_torchvision"]

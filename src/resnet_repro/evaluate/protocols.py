@@ -46,7 +46,7 @@ PAPER_SCALES = (224, 256, 384, 480, 640)
 def resize_shorter(img: np.ndarray, side: int, interpolation: str = "area") -> np.ndarray:
     """Aspect-preserving resize so that the shorter side is `side` pixels (0 or equal: unchanged).
 
-    Same filter as augment.center_crop_resize (data.val_interpolation, augment.resize_to)."""
+    Same filter as augment.geometry.center_crop_resize (data.val_interpolation, augment.geometry.resize_to)."""
     h, w = img.shape[:2]
     if not side or min(h, w) == side:
         return img
@@ -104,7 +104,7 @@ class Protocol:
 
     def views(self, img: np.ndarray) -> list[np.ndarray]:
         if self.name in ("single", "flip"):
-            # The geometry of the per-epoch val pass (augment.EvalGeometry), so that `single` with the run's
+            # The geometry of the per-epoch val pass (augment.geometry.EvalGeometry), so that `single` with the run's
             # own sizes reproduces the figure in its training log.
             return [center_crop_resize(img, self.resize, self.crop, self.interpolation)]
         if self.name == "10crop":
@@ -117,7 +117,7 @@ class Protocol:
 
 def make_protocol(name: str, data_cfg, stored_size: int | None, resize: int | None = None, crop: int | None = None,
                   scales: tuple[int, ...] | None = None, pad: int | None = None) -> Protocol:
-    """A protocol sized like the run's own per-epoch val pass (augment.EvalGeometry: data.val_resize /
+    """A protocol sized like the run's own per-epoch val pass (augment.geometry.EvalGeometry: data.val_resize /
     data.val_size, else the stored size, else 256 -> 224), unless `resize` / `crop` override it.
 
     Multi-scale defaults to the paper's scales for nets tested on 224 crops, else to those scales times
@@ -167,7 +167,7 @@ def score_groups(model: torch.nn.Module, groups, n_images: int, protocols: list[
 
     A forward pass takes at most `max_views` views (mirrors included) of the protocol's crop size, and
     proportionally fewer of larger ones (multi-scale), so that memory stays bounded; `transform` maps uint8
-    NHWC to the model's normalized NCHW input (augment.DeviceTransform)."""
+    NHWC to the model's normalized NCHW input (augment.device.DeviceTransform)."""
     sums: list[torch.Tensor | None] = [None] * len(protocols)
     for p_id, views, owners in groups:
         protocol = protocols[p_id]
@@ -202,7 +202,7 @@ def score_images(model: torch.nn.Module, images: list[np.ndarray], protocols: li
 
 
 class ViewDataset(torch.utils.data.Dataset):
-    """Loader-worker side of ``evaluate_protocols``: a Job (data/loader.py) of sample indices -> (view groups,
+    """Loader-worker side of ``evaluate_protocols``: a Job (data/loading/loader.py) of sample indices -> (view groups,
     labels)."""
 
     def __init__(self, reader, channels: int, protocols: list[Protocol]):

@@ -30,7 +30,7 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list
 def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=contextlib.nullcontext,
              mirror: bool = False) -> dict:
     """Run `model` over `batches` of (x, y[, bad samples replaced, ...]) on the device; return error rates in
-    percent and counts ("bad": undecodable samples the loader replaced, see data/loader.py).
+    percent and counts ("bad": undecodable samples the loader replaced, see data/loading/loader.py).
 
     mirror: score each image as the mean softmax of it and its mirror image (the `flip` protocol of
     protocols.py, train.eval_protocol: flip); the single view's own errors, computed on the way, are returned

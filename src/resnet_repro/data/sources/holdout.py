@@ -2,7 +2,7 @@
 
 A data set that ships two splits (training images and an official test set) becomes three: ``train``, ``val``
 (held out of the official training images) and ``test`` (the official test set, untouched). Recipe choices are
-made on ``val``; ``test`` is scored once, when a run ends (train.py), so that the figure a run reports was not
+made on ``val``; ``test`` is scored once, when a run ends (training/finish.py), so that the figure a run reports was not
 used to choose the recipe. ImageNet keeps its two (its ``val`` is ILSVRC-2012 val, the published protocol).
 
 The hold-out is stratified by class and fixed by a seed: class c gives ``sizes[c]`` images, chosen by

@@ -1,0 +1,38 @@
+"""`resnet-repro model NAME`: parameters, multiply-adds and output shape of a model."""
+from __future__ import annotations
+
+import json
+
+from ..errors import UserError
+
+
+def add(sub) -> None:
+    m = sub.add_parser("model", help="print parameters, multiply-adds and output shape of a model")
+    m.add_argument("name")
+    m.add_argument("--input-size", type=int, default=0, help="default: 224 for ImageNet nets, 32 for CIFAR nets")
+    m.add_argument("--in-channels", type=int, default=3)
+    m.add_argument("--num-classes", type=int, default=0)
+    m.add_argument("--stride-in-3x3", action="store_true", help="ResNet v1.5 bottleneck")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..models.resnet import SPECS, build_model, count_macs
+
+    spec = SPECS.get(args.name)
+    if spec is None:
+        raise UserError(f"unknown model {args.name!r}; known: {', '.join(SPECS)}")
+    classes = args.num_classes or (1000 if spec.stem == "imagenet" else 10)
+    size = args.input_size or spec.input_size
+    model = build_model(args.name, classes, args.in_channels, stride_in_3x3=args.stride_in_3x3)
+    params = sum(p.numel() for p in model.parameters())
+    macs, shape = count_macs(model, size, args.in_channels)
+    info = {"model": args.name, "parameters": params, "macs": macs, "input": [1, args.in_channels, size, size],
+            "output": list(shape)}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"{args.name}: {params:,} parameters ({params / 1e6:.2f} M); {macs / 1e9:.3f} G multiply-adds at "
+              f"{args.in_channels}x{size}x{size}; output shape {tuple(shape)}")
+    return 0

@@ -1,0 +1,207 @@
+"""Where a run starts, and what lets it start again: the run folder claimed (run_folder.py), a checkpoint put back
+into the learner on a resume (`start_or_resume`), and the checkpoints themselves (`save`, called by every rank at
+the same step; checkpoint.py writes the file)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .. import __version__, checkpoint, dist, folder_lock, run_folder, runtime
+from ..recipe import save_config
+from ..ema import EMA
+from .state import EpochTally, Run, RunState, TrainingError
+
+
+# --- Run folder and resume -----------------------------------------------------------------------------------
+
+def start_or_resume(run: Run, resume: str | None, held: contextlib.ExitStack, force: bool = False) -> RunState:
+    """Claim the run folder and, with `resume`, put the newest (or the given) checkpoint back into the learner.
+    One writer per folder, and one run: rank 0 locks the folder (held until train() returns) and reads which run
+    it holds; nothing in it changes until the resume checks have passed."""
+    out, env = run.out, run.env
+    folder = run_folder.claim(out, resume, env, held, force)  # force: take over a lock from another host
+    state = RunState(folder["run_id"])
+    if resume:
+        found = run_folder.find_checkpoint(resume, run.ckpt_dir, env, folder["run_id"])
+        results_held = [f for f in folder["held"] if f in run_folder.RUN_FILES]  # torn checkpoints alone hold nothing
+        if found is None and results_held:
+            raise folder_lock.LockError(
+                f"--resume auto: {run.ckpt_dir} holds no whole checkpoint of this run, but {out} holds "
+                f"{', '.join(results_held)}: nothing to continue from. Remove those files to start over, or "
+                "choose another --out")
+        if found is None:
+            run.log(f"--resume auto: no checkpoint in {run.ckpt_dir}; starting from scratch")
+        else:
+            state = _restore(run, folder, *found)
+    # The resume checks passed: only now does the folder take this run's identity and config.
+    state.run_id = state.run_id or folder["new_id"]
+    if env.is_main:
+        if folder["run_id"] != state.run_id:
+            checkpoint.write_atomic(out / "run.json", (json.dumps({"run_id": state.run_id}) + "\n").encode())
+        save_config(run.cfg, out / "config.yaml", chosen_on=run.chosen_on)
+        if run.overrides or run.changes:
+            # At the step it takes effect, in the run's record (report and the resume logic skip "event" lines).
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"event": "resume", "at_epoch": state.start_epoch, "at_step": state.start_step,
+                                    "overrides": run.overrides, "allowed_changes": run.changes,
+                                    "hardware": run.facts}) + "\n")
+    return state
+
+
+def _restore(run: Run, folder: dict, path: Path, saved: dict) -> RunState:
+    """The position checkpoint `path` holds, with weights, optimizer, RNG and an unfinished epoch's numbers put
+    back; trims metrics.jsonl to it."""
+    env, data, out = run.env, run.data, run.out
+    run_id = folder["run_id"]
+    if run_id is not None and saved.get("run_id") not in (None, run_id) and folder["held"]:
+        raise checkpoint.CheckpointError(
+            f"{path} belongs to run {saved['run_id']}, but {out} holds run {run_id} "
+            f"({', '.join(folder['held'])}); resume it into its own folder or a new --out")
+    state = RunState(run_id or saved.get("run_id"), saved["epoch"], saved["step"])
+    saved_batch = saved.get("global_batch", data.global_batch)
+    if state.start_step and saved_batch != data.global_batch:
+        raise TrainingError(f"{path} was saved mid-epoch (step {state.start_step}) at global batch {saved_batch}; "
+                            f"this run's global batch is {data.global_batch} = {run.cfg.data.batch_size} x "
+                            f"{env.world}. Resume with the same global batch, or from an epoch-end checkpoint "
+                            "(ckpt-EEEE-000000.pt)")
+    _load_learner(run, path, saved)
+    ranks = saved.get("ranks") or [{"rng": r} for r in saved["rng"]]  # "rng": before per-rank sums
+    same_world = len(ranks) == env.world
+    mine = ranks[env.rank] if same_world else ranks[0]
+    checkpoint.set_rng_state(mine["rng"])
+    if state.start_step and same_world:
+        state.epoch_state = mine
+    elif state.start_step:
+        # Same global batch, another world size: the batches are the same (data/loading/loader.py), so the sums
+        # carry over whole; rank 0 takes them all, the others start at zero (the epoch total adds ranks).
+        state.epoch_state = run_folder.merge_epoch_states(ranks) if env.is_main else None
+    if env.is_main:
+        run_folder.trim_metrics(out / "metrics.jsonl", state.start_epoch)
+    logged = dist.broadcast_object(run_folder.logged_epochs(out / "metrics.jsonl") if env.is_main else None)
+    if state.start_step == 0 and saved.get("epoch_record") and logged < state.start_epoch:
+        state.pending_record = dict(saved["epoch_record"])
+    run.log(f"resumed from {path} at epoch {state.start_epoch} step {state.start_step} (saved by {len(ranks)} "
+            "process(es))")
+    return state
+
+
+def _load_learner(run: Run, path: Path, saved: dict) -> None:
+    """Weights, optimizer, loss scaler and EMA from checkpoint `path`. A recipe value that differs from the run's
+    is refused, one line listing the keys, unless --allow-change names each; an allowed one takes effect from here
+    (the optimizer's hyperparameters included, which the saved param groups would otherwise bring back)."""
+    learner = run.learner
+    changed = _changes(run, saved.get("config", {}))
+    refused = [k for k in changed if k not in run.allow_change]
+    if refused:
+        listed = "; ".join(f"{k}: {changed[k]['saved']!r} -> {changed[k]['now']!r}" for k in refused)
+        raise checkpoint.CheckpointError(
+            f"{path} was saved with another config ({listed}); resume with the run's own config "
+            f"({run.out / 'config.yaml'}, left unchanged), or pass " + " ".join(f"--allow-change {k}" for k in refused)
+            + " to change it from here on (recorded in metrics.jsonl), or start the new config in another --out")
+    fresh = [{k: g[k] for k in ("momentum", "dampening", "nesterov", "weight_decay") if k in g}
+             for g in learner.optimizer.param_groups]
+    try:
+        learner.model.load_state_dict(saved["model"])
+        learner.optimizer.load_state_dict(saved["optimizer"])
+        # A disabled GradScaler (fp32, bf16) saves {}: a run that now scales (fp16 after a precision override)
+        # starts its loss scale afresh, and one that no longer scales has nothing to load.
+        if saved.get("scaler") and learner.scaler.is_enabled():
+            learner.scaler.load_state_dict(saved["scaler"])
+        if learner.ema is not None and "ema" in saved:
+            learner.ema.load_state_dict(saved["ema"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        listed = "; ".join(f"{k}: {v['saved']!r} -> {v['now']!r}" for k, v in changed.items())
+        raise checkpoint.CheckpointError(
+            f"{path} does not fit this config's model or optimizer ({first}); it was saved with "
+            f"{listed or 'the same config'}. Resume with the config it was saved with "
+            f"({run.out / 'config.yaml'}, left unchanged), or start the new config in another --out") from None
+    for group, now in zip(learner.optimizer.param_groups, fresh):
+        group.update(now)  # the config's momentum, nesterov and weight decay, not the checkpoint's
+    for key, v in changed.items():
+        run.log(f"allowed change (--allow-change {key}): {v['saved']!r} -> {v['now']!r}, in effect from this step")
+    run.changes = changed
+    if learner.ema is not None and "ema" not in saved:
+        learner.ema = EMA(learner.model, run.cfg.train.ema, run.cfg.train.ema_warmup)
+        run.log(f"warning: {path} holds no EMA state; the EMA restarts from the resumed weights")
+
+
+def _changes(run: Run, saved_config: dict) -> dict:
+    """key -> {saved, now} for each config value this resume changes, leaving out the hardware-made choices
+    (start_processes settles those) and the keys that change how a run is watched, not what it trains."""
+    out = {}
+    for section, values in saved_config.items():
+        now = run.cfg.to_dict().get(section, {})
+        for key, old in values.items():
+            name = f"{section}.{key}"
+            if key in now and now[key] != old and name not in runtime.HARDWARE_KEYS and name not in run_folder.FREE_ON_RESUME:
+                out[name] = {"saved": old, "now": now[key]}
+    return out
+
+
+def _finished_results(run: Run, state: RunState) -> dict | None:
+    """A finished run (`make train` again, or --resume auto after the end) has nothing to train: its results.json,
+    kept as it is rather than redoing precise BN and overwriting it with this call's timings."""
+    data = run.data
+    if state.start_epoch * data.steps_per_epoch + state.start_step < data.total_steps:
+        return None
+    done = dist.broadcast_object(json.loads((run.out / "results.json").read_text())
+                                 if run.env.is_main and (run.out / "results.json").is_file() else None)
+    if done is not None:
+        split = done.get("headline", {}).get("split", "val")
+        run.log(f"{run.out}: already trained for {data.epochs} epochs; results.json kept (top-1 error "
+                f"{done['top1_err']:.2f}% on {split}, single centre view)" if "headline" in done else
+                f"{run.out}: already trained for {data.epochs} epochs; results.json kept (top-1 error "
+                f"{done['top1_err']:.2f}%)")
+    return done
+
+
+# --- Checkpoints ---------------------------------------------------------------------------------------------
+
+def save(run: Run, state: RunState, epoch: int, step: int, tally: EpochTally | None = None, seconds: float = 0.0,
+         record: dict | None = None) -> None:
+    """Checkpoint (epoch, step): the next step to run. Collective: every rank calls it at the same step.
+    `tally`, `seconds`: an unfinished epoch's numbers so far; `record`: the finished epoch's training numbers,
+    for a resume to evaluate and log it if need be."""
+    learner, data, env = run.learner, run.data, run.env
+    # A diverged state must never become the newest checkpoint: every rank checks its weights and loss sums.
+    finite = torch.stack([p.detach().isfinite().all() for p in learner.model.parameters()]).all()
+    if tally is not None:
+        finite = finite & tally.sums.sums.isfinite().all()
+    if dist.all_reduce_sum((~finite).float().view(1)).item():
+        raise TrainingError(f"non-finite weights or loss at epoch {epoch} step {step}; nothing saved, the newest "
+                            f"good checkpoint is {_newest(run.ckpt_dir)} (lower the LR or check the data, then "
+                            "--resume auto)")
+    ranks = dist.all_gather_object({"rng": checkpoint.rng_state(), "seconds": seconds,
+                                    "wait": tally.wait if tally is not None else 0.0,
+                                    "sums": tally.sums.state_dict() if tally is not None else None})
+    if env.is_main:
+        saved = {**_model_file(run, epoch, step), "optimizer": learner.optimizer.state_dict(),
+                 "scaler": learner.scaler.state_dict(), "run_id": state.run_id, "steps_per_epoch": data.steps_per_epoch,
+                 "global_batch": data.global_batch, "world": env.world, "lr": learner.lr, "ranks": ranks,
+                 "hardware": run.facts}
+        if learner.ema is not None:
+            saved["ema"] = learner.ema.state_dict()
+        if record is not None:
+            saved["epoch_record"] = record
+        checkpoint.save(run.ckpt_dir, saved, epoch, step, keep=run.cfg.train.keep_checkpoints)
+    dist.barrier()
+    state.last_ckpt_time = time.time()
+
+
+def _model_file(run: Run, epoch: int, step: int) -> dict:
+    """What every checkpoint and final.pt hold: the weights, at (epoch, step), with what `evaluate`, `predict` and
+    a resume need to rebuild the model."""
+    manifest = run.data.manifest
+    return {"model": run.learner.model.state_dict(), "epoch": epoch, "step": step, "config": run.cfg.to_dict(),
+            "chosen_on": run.chosen_on, "version": __version__, "classes": manifest["classes"],
+            "class_names": manifest.get("class_names", manifest["classes"]), "in_channels": run.data.channels}
+
+
+def _newest(ckpt_dir: Path) -> str:
+    found = checkpoint.list_checkpoints(ckpt_dir)
+    return str(found[-1]) if found else f"(none yet in {ckpt_dir})"
