@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
-    from .data.prepare import PrepareError
-    from .data.records import RecordError
-    from .data.sources import SourceError
+    from .data.shards.staging import PrepareError
+    from .data.shards.records import RecordError
+    from .data.sources.download import SourceError
     from .export import ExportError
     from .folder_lock import LockError
     from .runtime import DeviceError
