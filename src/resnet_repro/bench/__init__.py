@@ -7,8 +7,8 @@
 * machine.py: the machine every bench prints first and stores with its figures.
 
 Argument parsing lives in cli.py. The prepared launchers that drive these commands from outside the package
-(``bench/gpu.sh`` for a lent GPU, ``bench/stop_latency.py``) and the recorded results stay in the repository's
-root ``bench/`` folder.
+(``tools/gpu.sh`` for a lent GPU, ``tools/stop_latency.py``) and the recorded results (``tools/results/``) live in
+the repository's root ``tools/`` folder.
 
 Nothing is imported here: building the CLI parser must stay cheap, and each command imports its module.
 """
