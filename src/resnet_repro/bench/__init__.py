@@ -3,7 +3,8 @@
 * loader.py: ``bench loader``: the training input pipeline's img/s against the one-core JPEG decode limit;
 * train.py: ``bench train``: training img/s, the model alone and fed from record shards;
 * prepare.py: ``bench prepare``: copy-mode ``prepare folder`` img/s against the same decode limit;
-* measure.py: the one decode-limit measure and the spread over timed rounds every bench reports;
+* measure.py: the one decode-limit measure and the spread over timed rounds every bench reports, and bench
+  train's step timer on the device's clock;
 * machine.py: the machine every bench prints first and stores with its figures.
 
 Argument parsing lives in cli.py. The prepared launchers that drive these commands from outside the package
