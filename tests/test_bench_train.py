@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from resnet_repro.bench import measure
 from resnet_repro.bench import train as bt
 from resnet_repro import runtime
 from resnet_repro.training import loop, setup, state
@@ -24,8 +25,8 @@ KEYS = {"compute_images_per_s", "end_to_end_images_per_s", "data_wait_fraction",
 def test_step_timer_rate_and_wait_from_marks(monkeypatch):
     """Steps at [0, 1], [1.5, 2.5], [3, 4] seconds: 3 steps in 4 s, 1 s of it between steps."""
     clock = iter([0.0, 1.0, 1.5, 2.5, 3.0, 4.0])
-    monkeypatch.setattr(bt.time, "perf_counter", lambda: next(clock))
-    timer = bt.StepTimer(torch.device("cpu"))
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(clock))
+    timer = measure.StepTimer(torch.device("cpu"))
     for _ in range(6):
         timer.mark()
     r = timer.result(batch_size=8)

@@ -24,9 +24,9 @@ ALLOWED = {
     "--standalone": "torchrun", "--nproc-per-node": "torchrun", "--nnodes": "torchrun", "--rdzv-backend": "torchrun",
     "--rdzv-endpoint": "torchrun", "--rdzv-id": "torchrun", "--max-restarts": "torchrun",
     "--nodes": "sbatch", "--shm-size": "docker run",
-    "--dry-run": "bench/gpu.sh", "--delays": "bench/stop_latency.py", "--photo": "scripts/make_golden_fixtures.py",
-    "--train": "bench/make_jpeg_shards.py", "--val": "bench/make_jpeg_shards.py",
-    "--classes": "bench/make_jpeg_shards.py",
+    "--dry-run": "tools/gpu.sh", "--delays": "tools/stop_latency.py", "--photo": "tools/make_golden_fixtures.py",
+    "--train": "tools/make_jpeg_shards.py", "--val": "tools/make_jpeg_shards.py",
+    "--classes": "tools/make_jpeg_shards.py",
 }
 # `section.name` words that are file names, not config keys (train.py, model.safetensors, ...).
 FILE_SUFFIXES = {"py", "yaml", "sh", "json", "jsonl", "md", "pt", "lock", "safetensors", "png", "txt"}

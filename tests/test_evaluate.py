@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from resnet_repro.evaluate import evaluate, topk_correct
+from resnet_repro.evaluate.val_pass import logits_with_mirror
 
 # 7 classes. Row 0 ranks the classes 4, 1, 6, 5, 2, 0, 3 (best first).
 ROW = [0.1, 0.5, 0.2, 0.0, 0.9, 0.3, 0.4]
@@ -73,3 +74,19 @@ def test_mirror_scores_the_mean_softmax_of_the_image_and_its_mirror():
     # The views really disagree here, so the two figures are different numbers: the test cannot pass by
     # scoring one view twice.
     assert got["top1_err"] != single["top1_err"]
+
+
+def test_the_mirror_is_one_width_flip_in_the_same_forward_pass():
+    """The one mirror function of the val pass and the protocols: [views, their mirrors] through the model once."""
+    seen = []
+
+    def model(x):
+        seen.append(x.clone())
+        return x.flatten(1).double()  # a float64 "logit" per pixel: the result comes back as float32
+
+    x = torch.arange(12.0).view(2, 1, 2, 3)
+    got = logits_with_mirror(model, x, mirror=True)
+    assert len(seen) == 1 and torch.equal(seen[0], torch.cat([x, x.flip(3)]))
+    assert torch.equal(seen[0][2:, 0, 0], torch.tensor([[2.0, 1.0, 0.0], [8.0, 7.0, 6.0]]))  # rows reversed
+    assert got.dtype == torch.float32 and torch.equal(got, torch.cat([x, x.flip(3)]).flatten(1))
+    assert torch.equal(logits_with_mirror(model, x, mirror=False), x.flatten(1)) and len(seen) == 2

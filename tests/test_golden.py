@@ -1,6 +1,6 @@
 """The seed recipe's augmentation held against the reference implementations' own outputs.
 
-tests/golden/*.npz were written by TensorFlow (scripts/make_golden_fixtures.py, in a separate environment; the
+tests/golden/*.npz were written by TensorFlow (tools/make_golden_fixtures.py, in a separate environment; the
 TensorFlow version is stored in each file). CI has no TensorFlow: these tests compare the project's ops with
 those stored outputs.
 
@@ -12,7 +12,7 @@ those stored outputs.
   data.color=tf_cnn (YIQ) and tf_cnn_hsv: mean absolute difference within MAD_BOUND levels of 255 for the
   matched path. The YIQ path's reference is not a run of TensorFlow's op: tf.contrib.image.random_hsv_in_yiq
   left TensorFlow with contrib (TF 2.0), so the script rebuilds it in TensorFlow ops from the TF 1.12 kernel's
-  matrices and maths (scripts/make_golden_fixtures.py): that check holds our arithmetic against the kernel's
+  matrices and maths (tools/make_golden_fixtures.py): that check holds our arithmetic against the kernel's
   definition. The HSV path and the single ops are TensorFlow's own ops.
 * Eval: tf_cnn_benchmarks' aspect-preserving bilinear resize + central crop, against EvalGeometry.
 """

@@ -1,4 +1,4 @@
-"""bench/gpu.sh, the prepared GPU run: its CPU dry run end to end (the JSON lines it writes, the table it prints,
+"""tools/gpu.sh, the prepared GPU run: its CPU dry run end to end (the JSON lines it writes, the table it prints,
 GPU phases skipped with their reason), the time budget, and the target verdicts from made-up rows."""
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ import pytest
 from conftest import REPO
 
 
-def gpu_bench():
-    spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "bench" / "gpu_bench.py")
+def tool(name: str, monkeypatch):
+    """tools/NAME.py as a module. Registered under its name, as when tools/gpu_bench.py runs as a script and
+    imports gpu_bench_table from its own folder."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
     spec.loader.exec_module(module)
     return module
 
@@ -26,7 +29,7 @@ def dry_run(tmp_path, *extra, out=None):
     env.pop("OUT", None)
     if out is not None:
         env["OUT"] = str(out)
-    p = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), "--dry-run", "--results", str(tmp_path / "results"),
+    p = subprocess.run(["bash", str(REPO / "tools" / "gpu.sh"), "--dry-run", "--results", str(tmp_path / "results"),
                         "--work", str(tmp_path / "work"), *extra], capture_output=True, text=True, env=env,
                        timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -81,8 +84,9 @@ def test_phases_past_the_budget_are_rows_that_say_so_and_out_gets_a_copy(tmp_pat
     assert "| run |" in out  # the table prints whatever ran
 
 
-def test_target_verdicts_from_rows():
-    gb = gpu_bench()
+def test_target_verdicts_from_rows(monkeypatch):
+    gbt = tool("gpu_bench_table", monkeypatch)
+    gb = tool("gpu_bench", monkeypatch)
     row = lambda kind, **f: {"kind": kind, "run": "r", "device_name": "H", "date": "d", **f}  # noqa: E731
     rows = [row("compute", compile_mode=None, images_per_s=4000.0),
             row("compute", compile_mode="default", images_per_s=5900.0),
@@ -96,12 +100,12 @@ def test_target_verdicts_from_rows():
             row("loader", workers=1, images_per_s=1300.0, vs_n_times_one=1.0, per_worker_vs_decode_limit=1.0),
             row("loader", workers=8, images_per_s=9900.0, vs_n_times_one=0.952, per_worker_vs_decode_limit=0.95),
             row("loader", workers=14, images_per_s=15000.0, vs_n_times_one=0.824, per_worker_vs_decode_limit=0.82)]
-    lines = gb.targets(rows)
+    lines = gbt.targets(rows)
     assert "target compiled compute >= 6,000 img/s (best: max-autotune): MET (6,100, goal 6,000)" in lines
     assert "target end to end, GPU decode >= 0.95 x compiled compute: NOT MET (0.847, goal 0.950)" in lines
     assert "target end to end, CPU decode >= 0.95 x eager compute: MET (0.975, goal 0.950)" in lines
     assert any(line.startswith("layout, CPU decode, eager: pinned (core plan) wins") for line in lines)
     assert "target loader N workers >= 0.9 N x one (worst N): NOT MET (0.824, goal 0.900)" in lines
     assert "target loader per worker >= 0.85 x decode limit (worst N): NOT MET (0.820, goal 0.850)" in lines
-    text = gb.table(rows, dict(gb.FULL), dry=False)
+    text = gbt.table(rows, dict(gb.FULL), dry=False)
     assert text.count("\n| r ") == len(rows) and "peak GPU MB" in text

@@ -105,6 +105,19 @@ def test_the_models_import_only_torch_and_the_standard_library():
         assert tops <= allowed, (path.name, tops - allowed)
 
 
+def test_nothing_edits_the_import_path():
+    """The package, its tests and tools/ import the installed package: no file puts a folder on sys.path (by hand
+    or pytest's syspath_prepend) and no launcher sets PYTHONPATH."""
+    edits = []
+    for path in sorted(p for d in ("src", "tests", "tools") for p in (REPO / d).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
+                    and node.value.id == "sys") or (isinstance(node, ast.Attribute) and node.attr == "syspath_prepend"):
+                edits.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    edits += [str(p.relative_to(REPO)) for p in sorted(REPO.glob("tools/*.sh")) if "PYTHONPATH" in p.read_text()]
+    assert edits == [], edits
+
+
 def function_lengths():
     """(module path, qualified name, lines) of every function in src/, nested ones included."""
     out = []

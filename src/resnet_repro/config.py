@@ -130,7 +130,7 @@ class DataConfig:
     # matrix per image. "tf_cnn_hsv" = its distort_color_in_yiq=False path: saturation and hue by TensorFlow's HSV
     # ops (hue +-0.2 of a turn), per pixel. "jitter" = fb.resnet.torch's ColorJitter 0.4/0.4/0.4 in random order
     # (exact). "none" = off. tests/test_golden.py holds both tf_cnn modes against stored TensorFlow outputs (for
-    # the YIQ mode a rebuild, in TensorFlow ops, of the removed contrib kernel: scripts/make_golden_fixtures.py).
+    # the YIQ mode a rebuild, in TensorFlow ops, of the removed contrib kernel: tools/make_golden_fixtures.py).
     color: Literal["none", "tf_cnn", "tf_cnn_hsv", "jitter"] = "none"
     lighting: float = 0.0  # PCA lighting noise alphastd (AlexNet / fb.resnet.torch: 0.1); 0 = off
     # Pixel normalization on the device: "scale" (x/255 -> [0,1], the reference recipe's "no mean

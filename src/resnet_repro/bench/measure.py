@@ -1,4 +1,5 @@
-"""What every bench measures the same way: the one-core JPEG decode limit, and the spread over timed rounds.
+"""What the benches measure with: the one-core JPEG decode limit, the spread over timed rounds, and the step
+timer on the device's clock (``bench train``).
 
 Decode limit: bare ``cv2.imdecode`` of the full image on one core, the encoded files already in memory, nothing
 else. It is the ceiling per worker of the training input pipeline (``bench loader``: everything the pipeline adds
@@ -86,3 +87,40 @@ def decode_limit(blobs: list[bytes], rounds: int = 1, seconds: float = 0.0) -> t
         wall.append(n / (time.perf_counter() - t0))
         cpu.append(n / max(cpu_seconds() - c0, 1e-9))
     return Spread.of(wall), Spread.of(cpu)
+
+
+class StepTimer:
+    """Start and end marks of each timed step on the device's clock (`bench train`; its module docstring says what
+    the figures mean): CUDA events recorded in stream order on a GPU, perf_counter on a CPU."""
+
+    def __init__(self, device):  # a torch.device
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            import torch  # only here: the benches that time no training step load no torch for this module
+
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def result(self, batch_size: int) -> dict:
+        """Images/s over the span of all marked steps and the fraction of it spent between steps."""
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            t = [self.marks[0].elapsed_time(e) / 1000.0 for e in self.marks]  # ms -> s, from the first mark
+        else:
+            t = [m - self.marks[0] for m in self.marks]
+        starts, ends = t[0::2], t[1::2]
+        span = ends[-1] - starts[0]
+        gaps = sum(max(0.0, s - e) for s, e in zip(starts[1:], ends[:-1]))
+        steps = len(ends)
+        each = [e - s for s, e in zip(starts, ends)]
+        return {"images_per_s": steps * batch_size / span, "step_ms": 1000.0 * span / steps,
+                "wait_fraction": gaps / span, "seconds": span, "steps": steps,
+                "step_ms_min": 1000.0 * min(each), "step_ms_max": 1000.0 * max(each)}

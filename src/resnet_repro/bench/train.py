@@ -36,41 +36,9 @@ import torch.nn as nn
 from ..config import Config, choices
 from ..recipe import load_config
 from ..runtime import load_recipe
-from .measure import Spread, lower_median
+from .measure import Spread, StepTimer, lower_median
 
 TRAIN_FLOPS_PER_MAC = 3 * 2  # forward + backward (input and weight gradients) = 3 forwards; 2 FLOPs per MAC
-
-
-class StepTimer:
-    """Start and end marks of each timed step on the device's clock (see the module docstring)."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.marks: list = []
-
-    def mark(self) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def result(self, batch_size: int) -> dict:
-        """Images/s over the span of all marked steps and the fraction of it spent between steps."""
-        if self.cuda:
-            torch.cuda.synchronize()
-            t = [self.marks[0].elapsed_time(e) / 1000.0 for e in self.marks]  # ms -> s, from the first mark
-        else:
-            t = [m - self.marks[0] for m in self.marks]
-        starts, ends = t[0::2], t[1::2]
-        span = ends[-1] - starts[0]
-        gaps = sum(max(0.0, s - e) for s, e in zip(starts[1:], ends[:-1]))
-        steps = len(ends)
-        each = [e - s for s, e in zip(starts, ends)]
-        return {"images_per_s": steps * batch_size / span, "step_ms": 1000.0 * span / steps,
-                "wait_fraction": gaps / span, "seconds": span, "steps": steps,
-                "step_ms_min": 1000.0 * min(each), "step_ms_max": 1000.0 * max(each)}
 
 
 def _peak_memory_mb(device: torch.device) -> float:

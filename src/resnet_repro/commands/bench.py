@@ -56,7 +56,7 @@ def _add_loader(bench) -> None:
         "loader", help="train input pipeline img/s (incl. device-side colour ops) against the one-core JPEG "
                        "decode limit; per-worker rate, scaling, worker RSS")
     p.add_argument("--data", required=True, metavar="SHARDS", help="prepared JPEG data set (e.g. ImageNet, or "
-                                                                 "python bench/make_jpeg_shards.py)")
+                                                                 "python tools/make_jpeg_shards.py)")
     p.add_argument("--split", default="train")
     p.add_argument("--workers", default="1", help="worker processes; a comma-separated list (1,2,4,auto) runs each "
                                                   "and reports the scaling against 1; auto: as training would")

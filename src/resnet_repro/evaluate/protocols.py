@@ -33,7 +33,7 @@ from ..data.augment.geometry import EvalGeometry, center_crop_resize, resize_to
 from ..data.decode.cpu import DecodeError, decode
 from ..data.loading.loader import Job, close_workers, eval_batch_indices, make_loader
 from ..stopping import on_every_rank
-from .val_pass import topk_correct
+from .val_pass import logits_with_mirror, topk_correct
 
 PROTOCOLS = ("single", "flip", "10crop", "multiscale")
 # Shorter-side lengths in pixels of the paper's multi-scale test (He et al. 2015, s3.4, after VGG / OverFeat),
@@ -177,12 +177,9 @@ def score_groups(model: torch.nn.Module, groups, n_images: int, protocols: list[
         for start in range(0, len(views), step):
             x = transform(views[start:start + step].to(device, non_blocking=True))
             own = owners[start:start + step].to(device, non_blocking=True)
+            probs = logits_with_mirror(model, x, protocol.mirror, autocast).softmax(dim=1)
             if protocol.mirror:
-                x = torch.cat([x, x.flip(3)])  # mirror along the width axis of NCHW
-                own = torch.cat([own, own])
-            with autocast():
-                logits = model(x)
-            probs = logits.float().softmax(dim=1)
+                own = torch.cat([own, own])  # the mirrors follow their views
             if sums[p_id] is None:
                 sums[p_id] = torch.zeros(n_images, probs.shape[1], dtype=torch.float32, device=device)
             sums[p_id].index_add_(0, own, probs)

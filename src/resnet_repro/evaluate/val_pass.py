@@ -26,6 +26,15 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list
     return [hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
 
 
+def logits_with_mirror(model: torch.nn.Module, x: torch.Tensor, mirror: bool, autocast=contextlib.nullcontext):
+    """The model's float logits for the batch `x` (NCHW) followed, with `mirror`, by those of its mirror images
+    (flipped along the width axis) from the same forward pass: the one place a view is mirrored, for this pass and
+    for every mirrored protocol (protocols.score_groups)."""
+    with autocast():
+        logits = model(torch.cat([x, x.flip(3)]) if mirror else x)  # flip(3): the width axis of NCHW
+    return logits.float()
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=contextlib.nullcontext,
              mirror: bool = False) -> dict:
@@ -45,9 +54,7 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=con
     for batch in on_every_rank(batches, device):  # a rank that cannot load its batch stops them all
         x, y = batch[0], batch[1]
         bad += int(batch[2]) if len(batch) > 2 else 0
-        with autocast():
-            logits = model(torch.cat([x, x.flip(3)]) if mirror else x)  # flip(3): the width axis of NCHW
-        logits = logits.float()
+        logits = logits_with_mirror(model, x, mirror, autocast)
         s1, s5 = c1, c5 = topk_correct(logits[:len(y)], y)  # the single view (all of it without mirror)
         if mirror:
             # log of the mean probability: its top-k are the averaged views' and its NLL their loss

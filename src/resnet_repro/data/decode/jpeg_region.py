@@ -3,7 +3,7 @@
 The native helper is compiled at install time when a C compiler and libjpeg's headers are there (Debian/Ubuntu:
 ``libjpeg-dev``; Fedora: ``libjpeg-turbo-devel``; conda: ``libjpeg-turbo``) and loaded with ctypes. Without it
 ``available()`` is False and the crops decode the whole image with OpenCV instead: the same pixels, slower
-(measured: 1.37 x the full decode's rate for tf_cnn crops of ~500x375 photos; bench/results/README.md).
+(measured: 1.37 x the full decode's rate for tf_cnn crops of ~500x375 photos; tools/results/README.md).
 
 Pixels are identical to a full decode followed by the cut, at every DCT scale: the region is widened by
 ``MARGIN`` columns each side before decoding, because chroma upsampling at the region's edge would otherwise

@@ -2,7 +2,8 @@
 reference here, not a dependency of the project. Run it in a separate environment:
 
     python3 -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu numpy opencv-python-headless matplotlib
-    /tmp/tfvenv/bin/python scripts/make_golden_fixtures.py [--photo PATH]
+    /tmp/tfvenv/bin/pip install --no-deps -e .    # the package, for its photo-like images (no torch needed)
+    /tmp/tfvenv/bin/python tools/make_golden_fixtures.py [--photo PATH]
 
 It writes tests/golden/ (about 1.3 MB; TensorFlow 2.21.0 wrote the committed files):
 
@@ -173,7 +174,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--photo", help="an RGB photo at least 300 x 400 pixels (default: matplotlib's grace_hopper.jpg)")
     args = ap.parse_args()
-    sys.path.insert(0, str(REPO / "src"))
     import tensorflow as tf
 
     photo = find_photo(args.photo)

@@ -1,14 +1,14 @@
-"""The prepared GPU run of issue 15 (started by bench/gpu.sh): ResNet-50 v1 compute, end to end with CPU and GPU
+"""The prepared GPU run of issue 15 (started by tools/gpu.sh): ResNet-50 v1 compute, end to end with CPU and GPU
 JPEG decoding, torch.compile modes, loader scaling and the CUDA-only tests, in about 8 minutes on one H100 with
 16 cores, data making included. It prints one table and writes one JSON object per row to
-bench/results/DATE-TIME-DEVICE.jsonl (and a copy to $OUT when that is set); every row names the device.
+tools/results/DATE-TIME-DEVICE.jsonl (and a copy to $OUT when that is set); every row names the device.
 
 Phases, in order of what the issue needs most; one starts only if its expected time fits the budget, and each
 runs as its own process under a time limit, so a crash or a hang costs one row, never the table:
 
  1. machine: CPU and its class, cores, GPUs (resnet_repro.bench.machine), versions, /dev/shm; the native
     region-decode helper built with gcc if it is not there
- 2. data: photo-like ~500x375 q90 JPEG shards (data/synthetic.py, every core)
+ 2. data: photo-like ~500x375 q90 JPEG shards (data/sources/synthetic.py, every core)
  3. eager bf16: compute, then end to end with CPU decode (workers from the core plan, pinned and not pinned:
     which layout wins) and GPU decode (4 workers, decode-ahead on a side stream)
  4. compiled bf16 (torch.compile default mode): the same
@@ -18,6 +18,9 @@ runs as its own process under a time limit, so a crash or a hang costs one row, 
 
 --dry-run: the same logic on a CPU in about a minute (tiny data and model, a second or two per phase); the GPU
 phases become rows that say why they were skipped. The test suite runs it (tests/test_gpu_bench.py).
+
+It imports the installed package (tools/gpu.sh installs this tree where it is not) and, run as a script, its
+table from gpu_bench_table.py next to it.
 """
 from __future__ import annotations
 
@@ -34,10 +37,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+from resnet_repro.bench import machine  # the machine facts every bench prints
 
-from resnet_repro.bench import machine  # noqa: E402 - the machine facts every bench prints
+from gpu_bench_table import table  # next to this file: Python puts a script's own folder first on its path
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Sizes: the full run's (an H100 with 16 cores) and the dry run's. Expected seconds per phase are the
 # 2026-11-26 H100 run's where it had them (eager phase ~30 s, a default compile ~60 s), plus a margin.
@@ -55,7 +59,7 @@ COMPILE_MODES = ("reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU; GPU phases skipped (stated)")
-    p.add_argument("--results", default=str(REPO / "bench" / "results"), help="folder for the JSON lines file")
+    p.add_argument("--results", default=str(REPO / "tools" / "results"), help="folder for the JSON lines file")
     p.add_argument("--work", default="/tmp/resnet_repro_gpu_bench", help="scratch folder (data, raw outputs)")
     p.add_argument("--budget-s", type=float, help="no phase starts that would end after this (default 420; "
                                                   "the dry run 600)")
@@ -85,8 +89,6 @@ class Bench:
         out = os.environ.get("OUT")
         self.copy = Path(out) / self.path.name if out and Path(out).is_dir() else None
         self.logs = Path(out) / "gpu-bench-logs" if self.copy else work
-        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [str(REPO / "src")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
         self.work.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
 
@@ -146,7 +148,7 @@ class Bench:
         limit = self.clip(limit)
         out_path, err_path = self.logs / f"{name}.out", self.logs / f"{name}.err"
         with open(out_path, "w") as out, open(err_path, "w") as err:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=self.env, cwd=REPO, start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO, start_new_session=True)
             try:
                 rc = proc.wait(timeout=limit)
             except subprocess.TimeoutExpired:
@@ -197,11 +199,12 @@ class Bench:
                   "batches x 38.5 MB is ~2 GB)", flush=True)
 
     def native_helper(self) -> str:
-        """Region decoding needs data/decode/_jpeg_region.c built for this machine: build it with gcc if it is missing
-        (the working tree arrives without build outputs). The dry run only reports."""
+        """Region decoding needs data/decode/_jpeg_region.c built for this machine: build it with gcc if it is
+        missing (the working tree arrives without build outputs; gpu.sh has this tree installed, so the package
+        imports from src/). The dry run only reports."""
         check = [sys.executable, "-c", "from resnet_repro.data.decode import jpeg_region as j; "
                  "print('available' if j.available() else 'unavailable: ' + j.unavailable_reason())"]
-        state = subprocess.run(check, capture_output=True, text=True, env=self.env).stdout.strip()
+        state = subprocess.run(check, capture_output=True, text=True).stdout.strip()
         if state == "available" or self.dry:
             return state
         src = REPO / "src" / "resnet_repro" / "data" / "decode" / "_jpeg_region.c"
@@ -213,11 +216,11 @@ class Bench:
         if b.returncode != 0:
             err = (b.stderr.strip().splitlines() or ["?"])[0][:200]
             return f"not built ({err}): crops decode whole images with OpenCV"
-        state = subprocess.run(check, capture_output=True, text=True, env=self.env).stdout.strip()
+        state = subprocess.run(check, capture_output=True, text=True).stdout.strip()
         return f"built with {Path(cc).name}: {state}"
 
     def data(self) -> Path | None:
-        """The JPEG shards, made by bench/make_jpeg_shards.py in its own process (on every core; this process has
+        """The JPEG shards, made by tools/make_jpeg_shards.py in its own process (on every core; this process has
         CUDA and torch's threads up, which forked image makers would inherit)."""
         from resnet_repro.data.shards.reader import RecordReader
 
@@ -233,7 +236,7 @@ class Bench:
 
         if not made():
             shutil.rmtree(root, ignore_errors=True)
-            cmd = [sys.executable, str(REPO / "bench" / "make_jpeg_shards.py"), "--out", str(root), "--train", str(n),
+            cmd = [sys.executable, str(REPO / "tools" / "make_jpeg_shards.py"), "--out", str(root), "--train", str(n),
                    "--val", "0", "--classes", "10" if self.dry else "1000", "--size", f"{w}x{h}",
                    "--workers", str(self.facts["usable_cores"])]
             print(f"== data: {' '.join(cmd[1:])}", flush=True)
@@ -354,84 +357,6 @@ class Bench:
                  tflops=result["compute_tflops"], peak_memory_mb=result["peak_memory_mb"],
                  model=result["model"], batch_size=result["batch_size"], image_size=result["image_size"],
                  torch=result["torch"], wall_s=result["wall_s"])
-
-
-def table(rows: list[dict], s: dict, dry: bool) -> str:
-    """The Markdown table and the issue's targets, from the rows."""
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    out = [f"\n{s['model']} v1, batch {s['batch']}, {s['size']}x{s['size']}, channels_last; "
-           f"{rows[0]['device_name'] if rows else '?'}; {rows[0]['date'] if rows else ''}"
-           + ("  (DRY RUN: sizes mean nothing)" if dry else ""), "",
-           f"| run | img/s | x compute | data wait | peak {'host RSS' if dry else 'GPU'} MB | notes |",
-           "|---|---:|---:|---:|---:|---|"]
-    for r in rows:
-        if r["kind"] in ("machine", "data", "tests"):
-            continue
-        note = r.get("skipped") or r.get("error") or ""
-        if r["kind"] == "compute":
-            note = note or (f"compile {r.get('compile_mode') or 'off (eager)'}, {fmt(r.get('tflops'), '.1f')} TFLOP/s"
-                            f"{spread([r.get('step_ms_min'), r.get('step_ms_max')], '; steps ', ' ms', '.1f')}")
-            out.append(f"| {r['run']} compute | {fmt(r.get('images_per_s'), ',.0f')} | | | "
-                       f"{fmt(r.get('peak_memory_mb'), ',.0f')} | {note} |")
-        elif r["kind"] == "end_to_end":
-            wait = r.get("data_wait_fraction")
-            out.append(f"| {r['run']} | {fmt(r.get('images_per_s'), ',.0f')} | {fmt(r.get('over_compute'), '.3f')} | "
-                       f"{fmt(None if wait is None else 100 * wait, '.1f')}{'' if wait is None else ' %'} | | "
-                       f"{note or r.get('core_plan', '')} |")
-        elif r["kind"] == "loader":
-            note = note or (f"{fmt(r.get('per_worker_vs_decode_limit'), '.2f')} x the one-core decode limit "
-                            f"({fmt(r.get('decode_limit_per_s'), ',.0f')} img/s) per worker; "
-                            f"{fmt(r.get('vs_n_times_one'), '.2f')} x N x one worker; {r.get('core_plan', '')}"
-                            + spread(r.get("images_per_s_windows"), "; windows ", " img/s"))
-            out.append(f"| {r['run']} (no trainer) | {fmt(r.get('images_per_s'), ',.0f')} | | | | {note} |")
-    tests = [r for r in rows if r["kind"] == "tests"]
-    for r in tests:
-        out.append(f"\nCUDA-only tests: {r.get('summary') or r.get('skipped') or r.get('error')}")
-    out += [""] + targets(rows)
-    return "\n".join(out)
-
-
-def targets(rows: list[dict]) -> list[str]:
-    """Issue 15's targets, each MET / NOT MET with its figure, or why it could not be judged."""
-    ok = lambda r: r.get("images_per_s") is not None  # noqa: E731
-    comp = {r.get("compile_mode"): r for r in rows if r["kind"] == "compute" and ok(r)}
-    e2e = [r for r in rows if r["kind"] == "end_to_end" and ok(r)]
-    loader = [r for r in rows if r["kind"] == "loader" and ok(r)]
-    out = []
-
-    def judge(what, value, goal, fmt=".3f"):
-        if value is None:
-            out.append(f"target {what}: not measured")
-        else:
-            out.append(f"target {what}: {'MET' if value >= goal else 'NOT MET'} ({value:{fmt}}, goal {goal:{fmt}})")
-
-    best = max((r for r in comp.values() if r.get("compile_mode")), key=lambda r: r["images_per_s"], default=None)
-    judge("compiled compute >= 6,000 img/s" + (f" (best: {best['compile_mode']})" if best else ""),
-          best and best["images_per_s"], 6000, ",.0f")
-    gpu = [r for r in e2e if r.get("decode") == "gpu" and r.get("compile_mode")]
-    judge("end to end, GPU decode >= 0.95 x compiled compute", max((r["over_compute"] for r in gpu), default=None),
-          0.95)
-    cpu = [r for r in e2e if r.get("decode") == "cpu" and not r.get("compile_mode")]
-    judge("end to end, CPU decode >= 0.95 x eager compute", max((r["over_compute"] for r in cpu), default=None), 0.95)
-    for mode in (None, "default"):
-        pair = {r["affinity"]: r for r in e2e if r.get("decode") == "cpu" and r.get("compile_mode") == mode}
-        if "plan" in pair and "none" in pair:
-            win = "pinned (core plan)" if pair["plan"]["images_per_s"] >= pair["none"]["images_per_s"] else "unpinned"
-            out.append(f"layout, CPU decode, {'eager' if mode is None else 'compiled'}: {win} wins "
-                       f"({pair['plan']['images_per_s']:,.0f} pinned vs {pair['none']['images_per_s']:,.0f} unpinned "
-                       "img/s)")
-    scaling = [r for r in loader if r["workers"] > 1 and r.get("vs_n_times_one") is not None]
-    judge("loader N workers >= 0.9 N x one (worst N)", min((r["vs_n_times_one"] for r in scaling), default=None), 0.9)
-    judge("loader per worker >= 0.85 x decode limit (worst N)",
-          min((r["per_worker_vs_decode_limit"] for r in loader), default=None), 0.85)
-    return out
-
-
-def spread(values, before: str, after: str, f: str = ",.0f") -> str:
-    """The min-max of a row's per-step or per-window figures for a table note; "" when the row has none."""
-    if not values or None in values:
-        return ""
-    return f"{before}{min(values):{f}}-{max(values):{f}}{after}"
 
 
 if __name__ == "__main__":

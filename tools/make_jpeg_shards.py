@@ -1,6 +1,6 @@
 """Make an ImageNet-style prepared data set of photo-like JPEGs (numpy + OpenCV only, no downloads).
 
-    python bench/make_jpeg_shards.py --out /tmp/jpeg_shards --train 2048 --val 256 --classes 100 --workers 8
+    python tools/make_jpeg_shards.py --out /tmp/jpeg_shards --train 2048 --val 256 --classes 100 --workers 8
 
 Then: resnet-repro bench loader --data /tmp/jpeg_shards --workers 1,2. See resnet_repro.data.sources.synthetic.
 """

@@ -1,6 +1,6 @@
 """How long a training run takes to stop after SIGTERM (or SIGINT): signal -> checkpoint written -> process gone.
 
-    python bench/stop_latency.py --config configs/fashion_mnist/resnet20.yaml --delays 20,47,90 [--signal INT]
+    python tools/stop_latency.py --config configs/fashion_mnist/resnet20.yaml --delays 20,47,90 [--signal INT]
 
 Each round starts `resnet-repro train` into a fresh run folder, sends the signal `delay` seconds after the
 process started (so it lands at an arbitrary point of an epoch, mid-step, during the loader's start-up or an
