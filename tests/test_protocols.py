@@ -13,6 +13,7 @@ from resnet_repro.data.augment.device import DeviceTransform
 from resnet_repro.data.augment.geometry import EvalGeometry
 from resnet_repro.data.loading.loader import BatchDataset, DevicePrefetcher, Job, eval_batch_indices, make_loader
 from resnet_repro.data.shards import records
+from resnet_repro.data.shards.reader import RecordReader
 from resnet_repro.data.shards.staging import encode_png
 from resnet_repro.evaluate import (PAPER_SCALES, Protocol, evaluate, evaluate_protocols, five_crops, format_table,
                                    make_protocol, score_images)
@@ -203,7 +204,7 @@ def make_records(root, n=24, wrong_every=4):
     split = records.write_split(root, "val", samples, 3, 0)
     records.write_manifest(root, {"format": records.FORMAT, "dataset": "made", "classes": [str(c) for c in range(5)],
                                   "image": {"height": 12, "width": 12, "channels": 1}, "splits": {"val": split}})
-    return records.RecordReader(root, "val")
+    return RecordReader(root, "val")
 
 
 @pytest.mark.parametrize("workers", [0, 1])
