@@ -20,6 +20,7 @@ import numpy as np
 from ... import atomic
 from ..decode.header import BadImage, Header, oddity, read_header
 from ..sources.folder import Member
+from ..sources.holdout import split_fields
 from . import records
 from .staging import PrepareError, _begin, _identity, _work
 
@@ -325,10 +326,8 @@ def prepare_images(source, out: Path, shards: dict[str, int], seed: int = 0, wor
         "source": {"root": str(Path(source.root).resolve()), "layout": source.layout},
         # ImageNet: ILSVRC-2012 val is the published evaluation split (its test labels are not public), and no
         # split is held out for recipe choices, as in the published protocol. A folder: no published protocol.
-        "evaluation_split": "val" if source.dataset == "imagenet" else None,
-        "selection_split": "val" if "val" in splits else None,
-        "holdout": source.holdout,
-        "splits": splits,
+        **split_fields("val" if source.dataset == "imagenet" else None, "val" if "val" in splits else None,
+                       source.holdout, splits),
         **({"notes": {"val": "ILSVRC-2012 val, the published evaluation split (every published ImageNet figure is "
                              "measured on it); no split is held out for recipe choices, as in the published "
                              "protocol"}} if source.dataset == "imagenet" else {}),

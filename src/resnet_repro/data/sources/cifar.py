@@ -34,7 +34,7 @@ from ... import atomic
 from ..shards import records
 from ..shards.staging import PrepareError, _begin, _identity, encode_png
 from .download import SourceError, default_cache, download
-from .holdout import HoldoutError, holdout
+from .holdout import HoldoutError, holdout, split_fields
 
 
 @dataclass(frozen=True)
@@ -228,10 +228,7 @@ def prepare_cifar(dataset: str, out: Path, src: Path | None = None, seed: int = 
         "encoding": {"ext": "png", "lossless": True, "note": "the archive's uint8 RGB pixels as 8-bit RGB PNG"},
         "source": {"archive": str(path), "sha256": digest},
         "source_is_official": official,
-        "evaluation_split": "test",
-        "selection_split": "val" if val_size else None,
-        "holdout": held,
-        "splits": splits,
+        **split_fields("test", "val" if val_size else None, held, splits),
         "notes": {"train": f"{len(labels) - val_size} of the {len(labels)} training images (the paper's 45k/5k split)",
                   "val": f"the other {val_size} training images, held out (stratified by class; see holdout): "
                          "recipe choices and per-epoch evaluations use this split",

@@ -152,10 +152,7 @@ def prepare_fashion_mnist(out: Path, src: Path | None = None, seed: int = 0, tra
         "encoding": {"ext": "png", "lossless": True, "note": "IDX uint8 pixels stored as 8-bit grayscale PNG"},
         "source": {name: str(p) for name, p in files.items()},
         "source_is_official": official,
-        "evaluation_split": "test",
-        "selection_split": "val" if size else None,
-        "holdout": held,
-        "splits": splits,
+        **holdout.split_fields("test", "val" if size else None, held, splits),
         "notes": {"train": f"{len(labels) - size} of the {len(labels)} official training images",
                   "val": f"the other {size}, held out (stratified by class, seed {seed}; see holdout): recipe "
                          "choices and per-epoch evaluations use this split",

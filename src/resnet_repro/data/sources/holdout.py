@@ -24,6 +24,11 @@ import numpy as np
 SPLIT = "val"
 
 
+def split_fields(evaluation: str | None, selection: str | None, held: dict | None, splits: dict) -> dict:
+    """The manifest's split vocabulary (above), written the same way by every importer."""
+    return {"evaluation_split": evaluation, "selection_split": selection, "holdout": held, "splits": splits}
+
+
 class HoldoutError(ValueError):
     pass
 
