@@ -102,7 +102,8 @@ class DataConfig:
     dct_reduce: bool = True
     # Decode only the train crop's rows and columns (libjpeg-turbo, through the native helper
     # data/decode/_jpeg_region.c, built at install when a C compiler and libjpeg's headers are there). The pixels
-    # are the same as a whole decode followed by the cut; off, or without the helper, the whole image is decoded (OpenCV).
+    # are the same as a whole decode followed by the cut; off, or without the helper, the whole image is decoded
+    # (OpenCV).
     region_decode: bool = True
     pad: int = 4  # pixels, pad_crop only
     image_size: int = 0  # train crop side in pixels; 0 = the stored image size (small-image data sets)
