@@ -84,13 +84,13 @@ def test_config_yaml_and_checkpoints_record_the_resolved_choices_and_the_hardwar
     saved = yaml.safe_load((bf16_run / "config.yaml").read_text())
     train, data = saved["train"], saved["data"]
     assert (train["device"], train["precision"], train["channels_last"], train["profile"]) == \
-        ("cpu", "bf16", "false", "cpu_bf16")
+        ("cpu", "bf16", "true", "cpu_bf16")
     assert isinstance(data["workers"], int) and data["workers"] >= 1  # auto resolved to a count
     assert saved["chosen_on"]["cpu_model"] == "faked Xeon (AVX-512 BF16)"
     assert "native bf16" in saved["chosen_on"]["cpu_class"] and saved["chosen_on"]["gpus"] == []
     for path in checkpoint.list_checkpoints(bf16_run / "checkpoints") + [bf16_run / "final.pt"]:
         ck = checkpoint.load(path)
-        assert ck["config"]["train"]["precision"] == "bf16" and ck["config"]["train"]["channels_last"] == "false"
+        assert ck["config"]["train"]["precision"] == "bf16" and ck["config"]["train"]["channels_last"] == "true"
         assert ck["chosen_on"]["cpu_model"] == "faked Xeon (AVX-512 BF16)"
     ck = checkpoint.load(checkpoint.list_checkpoints(bf16_run / "checkpoints")[-1])
     assert ck["hardware"]["cpu_capability"] == "AVX512"
@@ -115,6 +115,7 @@ def test_a_resume_where_bf16_is_not_native_is_refused_then_overridden_and_record
     saved = yaml.safe_load((out / "config.yaml").read_text())
     # The recorded profile won over this machine's (cpu: 3 epochs), and the other choices stayed as recorded.
     assert (saved["train"]["profile"], saved["train"]["epochs"], saved["train"]["precision"]) == ("cpu_bf16", 2, "fp32")
+    assert saved["train"]["channels_last"] == "true"  # recorded with bf16; a pinned precision does not re-choose it
     assert json.loads((out / "results.json").read_text())["epochs"] == 2
     assert saved["chosen_on"]["cpu_model"] == "faked EPYC (AVX2)"  # an override: the facts of the machine it ran on
     assert "auto" not in [saved["train"][k] for k in ("device", "precision", "channels_last", "profile")] + \
@@ -193,7 +194,7 @@ def test_a_rank_that_cannot_honour_rank_0s_choice_stops_every_rank_naming_itself
     from resnet_repro.recipe import load_config
 
     cfg = load_config(None, ["train.device=cpu", "train.precision=auto"])
-    rank0 = {"values": {"train.device": "cpu", "train.precision": "bf16", "train.channels_last": "false",
+    rank0 = {"values": {"train.device": "cpu", "train.precision": "bf16", "train.channels_last": "true",
                         "train.profile": "cpu_bf16", "data.workers": 1},
              "reasons": {}, "overrides": {}, "warnings": [], "config": cfg.to_dict(), "host": "node-a",
              "chosen_on": {}}

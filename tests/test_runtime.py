@@ -80,9 +80,22 @@ def test_cuda_without_a_gpu_is_an_error_naming_the_key():
     assert runtime.device_type("auto", gpu((8, 0))) == "cuda"
 
 
-def test_channels_last_auto_is_nchw_on_cpu_and_nhwc_on_gpu():
-    assert runtime.choose_channels_last("auto", "cpu").value is False
-    assert runtime.choose_channels_last("auto", "cuda").value is True
+@pytest.mark.parametrize("precision, hw, expected", [
+    ("auto", runtime.Hardware(cpu_capability="AVX512", cpu_avx512_bf16=True, cores=2), ("bf16", "true")),
+    ("fp32", runtime.Hardware(cpu_capability="AVX512", cpu_avx512_bf16=True, cores=2), ("fp32", "false")),
+    ("auto", runtime.Hardware(cpu_capability="AVX2", cores=2), ("fp32", "false"))])
+def test_settle_chooses_the_memory_format_from_the_settled_precision(precision, hw, expected):
+    asked = {"train.device": "cpu", "train.precision": precision, "train.channels_last": "auto",
+             "train.profile": "auto", "data.workers": 1}
+    s = runtime.settle(asked, None, hw, lambda kind: 1)
+    assert (s.values["train.precision"], s.values["train.channels_last"]) == expected
+
+
+def test_channels_last_auto_is_nhwc_on_gpu_and_for_cpu_bf16_and_nchw_for_cpu_fp32():
+    assert runtime.choose_channels_last("auto", "cpu", "fp32").value is False
+    assert runtime.choose_channels_last("auto", "cpu", "bf16").value is True
+    assert runtime.choose_channels_last("auto", "cuda", "fp32").value is True
+    assert runtime.choose_channels_last("false", "cpu", "bf16").value is False
     assert runtime.choose_channels_last("true", "cpu").value is True
     assert runtime.choose_channels_last("false", "cuda").value is False
 
@@ -212,6 +225,7 @@ def test_env_command_prints_facts_and_choices(fake, precision, profile):
     assert choice["precision"]["value"] == precision and choice["precision"]["reason"]
     assert choice["profile"]["value"] == profile
     assert {"loader_workers", "decoder", "channels_last"} <= set(choice)
+    assert choice["channels_last"]["value"] is (precision == "bf16")  # NHWC for bf16 on a CPU, NCHW for fp32
     # The default recipe's 28x28 PNGs are cropped after a whole decode: no region decode, whatever the helper.
     assert "whole-image decode (data.crop=pad_crop" in choice["decoder"]["reason"]
     text = subprocess.run([sys.executable, "-m", "resnet_repro", "env", "--config", RECIPE], capture_output=True,

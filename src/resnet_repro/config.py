@@ -208,7 +208,7 @@ class TrainConfig:
     # fp32 | bf16 | fp16. The first log line says what was chosen and why.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False  # torch.compile the training forward/backward (ResNet-50: ~1-2 min once, then faster steps)
-    channels_last: Literal["auto", "true", "false"] = "auto"  # auto = NHWC on GPUs, NCHW on CPUs (measured faster there, runtime.py); true | false
+    channels_last: Literal["auto", "true", "false"] = "auto"  # auto: NHWC on GPUs and bf16 CPUs, else NCHW (runtime.py)
     # Which of the recipe's `profiles:` (machine-dependent parts, e.g. the epoch budget) applies: auto = from the
     # hardware (runtime.profile_for: cuda, cpu_bf16 or cpu); config.yaml records the one chosen. Pin it to run
     # another machine class's recipe.

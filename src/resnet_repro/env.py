@@ -73,7 +73,7 @@ def _choices(cfg: Config, recipe: str, hw: runtime.Hardware) -> dict:
 
     kind = runtime.device_type(cfg.train.device, hw)
     precision = runtime.choose_precision(cfg.train.precision, kind, hw)
-    channels_last = runtime.choose_channels_last(cfg.train.channels_last, kind)
+    channels_last = runtime.choose_channels_last(cfg.train.channels_last, kind, precision.value)
     profile = runtime.profile_for(kind, hw)
     whole = whole_image_reason(cfg.data)
     decoder = {"value": cfg.data.decode,

@@ -63,7 +63,7 @@ def predict(trained: Trained, paths: list[str | Path], topk: int = 5, protocol: 
     d = trained.cfg.data
     crop = d.val_size or trained.image_size or SPECS[trained.cfg.model.name].input_size
     p = make_protocol(protocol, d, trained.image_size, resize=d.val_resize or crop, crop=crop)
-    channels_last = choose_channels_last(trained.cfg.train.channels_last, device.type).value  # as training chose
+    channels_last = choose_channels_last(trained.cfg.train.channels_last, device.type, chosen).value  # as trained
     model = trained.model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     (probs,) = score_images(model, images, [p], eval_transform(d, trained.in_channels, device, channels_last), device,
                             autocast)

@@ -201,15 +201,20 @@ def choose_precision(requested: str, kind: str, hw: Hardware, gpu: int = 0) -> C
     return Choice(requested, f"pinned by the config on a CPU ({cls})", warning)
 
 
-def choose_channels_last(setting: str, kind: str) -> Choice:
-    """NHWC on GPUs (tensor cores want it); NCHW on CPUs, where oneDNN's NCHW kernels ran ResNet-20 fp32 faster
-    (2-core AMD EPYC, AVX2: 473 vs 395 img/s at batch 128, 28x28; `resnet-repro bench train` with and without
-    --no-channels-last)."""
+def choose_channels_last(setting: str, kind: str, precision: str = "fp32") -> Choice:
+    """The memory format for a device of type `kind` computing in `precision` (resolved, never auto). NHWC on GPUs
+    (tensor cores want it) and on CPUs computing in bf16, where oneDNN's AMX / AVX-512 BF16 kernels ran ResNet-20
+    faster in NHWC (AVX-512 BF16 + AMX Xeon, 2 cores, batch 128: 1,730 vs 1,453 img/s at 28x28, 2,473 vs 1,857 at
+    24, 4,640 vs 3,815 at 16). NCHW for fp32 on CPUs, where oneDNN's NCHW kernels ran ResNet-20 faster on the AVX2
+    class (2-core AMD EPYC: 473 vs 395 img/s at 28x28). All from `resnet-repro bench train --model resnet20
+    --batch-size 128 --synthetic` with --channels-last / --no-channels-last."""
     if setting in ("true", "false"):
         return Choice(setting == "true", "pinned by the config")
     if kind == "cuda":
         return Choice(True, "auto: channels_last on a GPU")
-    return Choice(False, "auto: NCHW on a CPU (oneDNN's NCHW kernels measured faster for these nets)")
+    if kind == "cpu" and precision == "bf16":
+        return Choice(True, "auto: channels_last for bf16 on a CPU (oneDNN's bf16 kernels measured faster in NHWC)")
+    return Choice(False, f"auto: NCHW for {precision} on a CPU (oneDNN's NCHW kernels measured faster for these nets)")
 
 
 def profile_for(kind: str, hw: Hardware) -> Choice:
@@ -329,7 +334,8 @@ def settle(asked: dict, recorded: dict | None, hw: Hardware, workers_auto: Calla
         else:
             if key in recorded:
                 s.overrides[key] = {"recorded": recorded[key], "now": want}
-            s.values[key], s.reasons[key] = _choose(key, want, kind, hw, workers_auto, gpu, s.warnings)
+            precision = s.values.get("train.precision", "fp32")  # settled before the memory format
+            s.values[key], s.reasons[key] = _choose(key, want, kind, hw, workers_auto, gpu, s.warnings, precision)
             if key in recorded:
                 s.reasons[key] = f"overrides the recorded {recorded[key]}: {s.reasons[key]}"
         if key == "train.device":
@@ -343,8 +349,10 @@ def _instead(key: str, kind: str, hw: Hardware, gpu: int) -> str:
     return choose_precision("auto", kind, hw, gpu).value
 
 
-def _choose(key: str, want, kind: str, hw: Hardware, workers_auto, gpu: int, warnings: list) -> tuple[object, str]:
-    """(value, reason) of one hardware-made choice that no record decides."""
+def _choose(key: str, want, kind: str, hw: Hardware, workers_auto, gpu: int, warnings: list,
+            precision: str = "fp32") -> tuple[object, str]:
+    """(value, reason) of one hardware-made choice that no record decides (`precision`: the run's, settled before
+    the memory format that depends on it)."""
     if key == "train.device":
         kind = device_type(want, hw)  # raises for a CUDA device this machine lacks
         if want != "auto":
@@ -356,7 +364,7 @@ def _choose(key: str, want, kind: str, hw: Hardware, workers_auto, gpu: int, war
             warnings.append(c.warning)
         return c.value, c.reason
     if key == "train.channels_last":
-        c = choose_channels_last(want, kind)
+        c = choose_channels_last(want, kind, str(precision))
         return ("true" if c.value else "false"), c.reason
     if key == "train.profile":
         # auto is left only by a recipe without profiles: the name then records the machine class only

@@ -205,7 +205,8 @@ class _Session:
             runtime.choose_precision(precision, dev.type, self.hw, dev.index or 0).value, dev)
         self.channels_last = opts.channels_last
         if self.channels_last is None:
-            self.channels_last = runtime.choose_channels_last(cfg.train.channels_last, dev.type).value
+            self.channels_last = runtime.choose_channels_last(cfg.train.channels_last, dev.type,
+                                                                self.precision).value
         self.reader, self.geometry, self.channels, self.size, num_classes = _data_shape(opts, cfg)
 
         torch.manual_seed(opts.seed)

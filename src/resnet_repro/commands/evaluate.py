@@ -157,11 +157,11 @@ def _evaluate_on_ranks(trained: Trained, opts: EvalOptions, device: torch.device
                  for name in opts.protocols]
     # The run's own precision and memory format as it recorded them (a run from before they were recorded says
     # auto: resolved for this device as training resolves them, runtime.py), unless the options say otherwise.
+    autocast, precision = autocast_for(opts.precision or trained.cfg.train.precision, device)
     channels_last = opts.channels_last
     if channels_last is None:
-        channels_last = choose_channels_last(trained.cfg.train.channels_last, device.type).value
+        channels_last = choose_channels_last(trained.cfg.train.channels_last, device.type, precision).value
     model = trained.model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    autocast, precision = autocast_for(opts.precision or trained.cfg.train.precision, device)
     results = evaluate_protocols(model, reader, protocols, eval_transform(trained.cfg.data, channels, device,
                                                                           channels_last),
                                  device, opts.batch_size, opts.workers, autocast, env.rank, env.world)
