@@ -2,7 +2,6 @@
 determinism per (seed, epoch, index), colour parameters in the batch, and bad JPEGs at train time."""
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 

@@ -2,7 +2,6 @@
 and every data-side failure is one line naming the file, with nothing left that looks complete."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import resource

@@ -1,7 +1,6 @@
 """Precise BN: running statistics become the exact average of per-batch statistics, computed here by hand."""
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn as nn
 

@@ -2,7 +2,6 @@
 workers, the next batch is fetched before the current one is handed out, and nothing is lost at the end."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

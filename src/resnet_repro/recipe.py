@@ -8,7 +8,6 @@ here reads the machine.
 """
 from __future__ import annotations
 
-import json
 import types
 import typing
 from pathlib import Path
@@ -225,5 +224,3 @@ def save_config(cfg: Config, path: Path, chosen_on: dict | None = None) -> None:
     atomic.write_text(path, yaml.safe_dump(d, sort_keys=False), fsync=False)
 
 
-def dumps(cfg: Config) -> str:
-    return json.dumps(cfg.to_dict(), sort_keys=True)

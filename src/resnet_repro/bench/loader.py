@@ -34,8 +34,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .measure import Spread, decode_limit
+
+if TYPE_CHECKING:  # imported where it runs: `bench --help` loads no torch
+    import torch
 
 # tf_cnn_benchmarks' own augmentation (its bounding-box crop and colour; the seed recipe has since taken the paper's
 # crop, issue 12): what `bench loader` runs unless --config / --set say else; kept so figures stay comparable.

@@ -69,7 +69,7 @@ def decode_region(data: bytes, channels: int, factor: int, y0: int, x0: int, y1:
     fn = _load()
     if fn is None:
         raise RuntimeError(f"region decoding is unavailable: {_why_not}")
-    dh, dw = -(-full_hw[0] // factor), -(-full_hw[1] // factor)
+    dw = -(-full_hw[1] // factor)  # the scaled image's width, which bounds the column margin
     rx0, rx1 = max(0, x0 - MARGIN), min(dw, x1 + MARGIN)
     h = y1 - y0
     # jpeg_crop_scanline widens the columns to whole iMCUs (at most 2 x 16 pixels at full scale) on the left.

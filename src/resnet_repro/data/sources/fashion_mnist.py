@@ -6,7 +6,6 @@ which is the same for the official ``.gz`` files and Debian's recompressed ones.
 """
 from __future__ import annotations
 
-import hashlib
 import struct
 import sys
 from pathlib import Path
@@ -79,13 +78,6 @@ def load_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.
     if len(images) != len(labels):
         raise SourceError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
     return images, labels
-
-
-def verify_content(path: Path, sha256: str) -> None:
-    got = hashlib.sha256(read_gz(path)).hexdigest()
-    if got != sha256:
-        raise SourceError(f"{path}: decompressed content has SHA-256 {got}, expected {sha256} "
-                          "(not the official Fashion-MNIST file)")
 
 
 FASHION_MNIST_VAL = 1 / 12  # of the training images, by default: 5,000 of the official 60,000 (500 per class)
