@@ -222,5 +222,3 @@ def save_config(cfg: Config, path: Path, chosen_on: dict | None = None) -> None:
     if chosen_on is not None:
         d["chosen_on"] = chosen_on
     atomic.write_text(path, yaml.safe_dump(d, sort_keys=False), fsync=False)
-
-

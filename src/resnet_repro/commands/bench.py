@@ -43,7 +43,8 @@ def _add_train(bench) -> None:
                                                            "(steadier on a shared machine)")
     cl = bt.add_mutually_exclusive_group()
     cl.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
-                    help="default: the config's train.channels_last (auto: NHWC on GPUs and for bf16 on CPUs, NCHW for fp32 on CPUs)")
+                    help="default: the config's train.channels_last (auto: NHWC on GPUs and for bf16 on CPUs, "
+                    "NCHW for fp32 on CPUs)")
     cl.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     bt.add_argument("--config", help="recipe whose data section (crop, normalize, ...) the end-to-end phase uses")
     bt.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
