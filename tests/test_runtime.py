@@ -96,8 +96,8 @@ def test_channels_last_auto_is_nhwc_on_gpu_and_for_cpu_bf16_and_nchw_for_cpu_fp3
     assert runtime.choose_channels_last("auto", "cpu", "bf16").value is True
     assert runtime.choose_channels_last("auto", "cuda", "fp32").value is True
     assert runtime.choose_channels_last("false", "cpu", "bf16").value is False
-    assert runtime.choose_channels_last("true", "cpu").value is True
-    assert runtime.choose_channels_last("false", "cuda").value is False
+    assert runtime.choose_channels_last("true", "cpu", "fp32").value is True
+    assert runtime.choose_channels_last("false", "cuda", "bf16").value is False
 
 
 @pytest.mark.hardware

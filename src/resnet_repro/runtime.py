@@ -201,7 +201,7 @@ def choose_precision(requested: str, kind: str, hw: Hardware, gpu: int = 0) -> C
     return Choice(requested, f"pinned by the config on a CPU ({cls})", warning)
 
 
-def choose_channels_last(setting: str, kind: str, precision: str = "fp32") -> Choice:
+def choose_channels_last(setting: str, kind: str, precision: str) -> Choice:
     """The memory format for a device of type `kind` computing in `precision` (resolved, never auto). NHWC on GPUs
     (tensor cores want it) and on CPUs computing in bf16, where oneDNN's AMX / AVX-512 BF16 kernels ran ResNet-20
     faster in NHWC (AVX-512 BF16 + AMX Xeon, 2 cores, batch 128: 1,730 vs 1,453 img/s at 28x28, 2,473 vs 1,857 at
@@ -350,7 +350,7 @@ def _instead(key: str, kind: str, hw: Hardware, gpu: int) -> str:
 
 
 def _choose(key: str, want, kind: str, hw: Hardware, workers_auto, gpu: int, warnings: list,
-            precision: str = "fp32") -> tuple[object, str]:
+            precision: str) -> tuple[object, str]:
     """(value, reason) of one hardware-made choice that no record decides (`precision`: the run's, settled before
     the memory format that depends on it)."""
     if key == "train.device":
