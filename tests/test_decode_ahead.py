@@ -206,6 +206,24 @@ def test_depth_must_be_positive():
         DecodeAhead(Source(1), double, NoStreams(), depth=0)
 
 
+def test_cuda_streams_name_the_device_index_the_producer_thread_sets(monkeypatch):
+    """A plain "cuda" is the caller's current device, with its index: torch.cuda.set_device in the producer thread
+    refuses a device without one (torch 2.11 on an H200, 2026-12-04: the decode-ahead thread died at its first
+    batch). CUDA itself is stood in for, so this runs on any machine."""
+    from resnet_repro.data.loading import gpu_decode
+
+    made = []
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: made.append(device) or "side stream")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    set_to = []
+    monkeypatch.setattr(torch.cuda, "set_device", set_to.append)
+    for given, index in (("cuda", 3), (torch.device("cuda"), 3), ("cuda:1", 1), (torch.device("cuda", 0), 0)):
+        streams = gpu_decode.CudaStreams(given)
+        streams.thread_setup()
+        assert streams.device == torch.device("cuda", index) and made[-1] == streams.device
+        assert set_to[-1] == torch.device("cuda", index) and set_to[-1].index == index
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_event_hand_over_on_cuda_orders_the_gpu_work_without_a_host_sync():
     """Each batch is finished on the side stream only after a GPU-side delay; the default stream reads it right after

@@ -267,10 +267,13 @@ def test_nvjpeg_decode_matches_the_cpu_decoder(jpeg_data):
     for chunk, g in zip(chunks, gpu):
         c = decode_jpeg(chunk, mode=ImageReadMode.RGB)
         assert g.shape == c.shape and g.device.type == "cuda"
-        # nvJPEG and libjpeg-turbo are not bit-exact (IDCT, chroma upsampling): torchvision's own CUDA decode test
-        # allows a mean absolute difference under 2 levels. (Our first, stricter bound - mean < 1 and max <= 16 -
-        # failed on an H100 with torchvision 0.26, 2026-11-26.)
-        assert (g.cpu().float() - c.float()).abs().mean() < 2
+        # nvJPEG and libjpeg-turbo are not bit-exact (IDCT, chroma upsampling), and not only at the edges. Measured
+        # on an H200 with torchvision 0.26 (2026-12-04): these 24 images differ by 1.35-2.57 levels on average per
+        # image (the largest pixel difference 16), 200 more made the same way by 1.10-3.24 (largest 20); so a
+        # mean under 4 and no pixel over 32 apart. (torchvision's own test allows a mean under 2 on its photos;
+        # that bound failed here on one image at 2.51. Photo-like 500x375 q90 JPEGs differ more: 0.91-5.27.)
+        d = (g.cpu().float() - c.float()).abs()
+        assert d.mean() < 4 and d.max() <= 32
 
 
 @cuda

@@ -198,7 +198,10 @@ class CudaStreams:
     """The stream and event operations DecodeAhead needs, on CUDA. Tests pass stand-ins with the same methods."""
 
     def __init__(self, device: torch.device):
-        self.device = torch.device(device)
+        device = torch.device(device)
+        # A plain "cuda" means the current device; set_device in the producer thread needs its index (torch 2.11
+        # refuses a device without one), and the current device is per thread, so it is read here, on the caller's.
+        self.device = device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
         self.side = torch.cuda.Stream(self.device)
 
     def thread_setup(self) -> None:
