@@ -109,3 +109,26 @@ def test_target_verdicts_from_rows(monkeypatch):
     assert "target loader per worker >= 0.85 x decode limit (worst N): NOT MET (0.820, goal 0.850)" in lines
     text = gbt.table(rows, dict(gb.FULL), dry=False)
     assert text.count("\n| r ") == len(rows) and "peak GPU MB" in text
+
+
+def test_a_layout_wins_only_beyond_the_spread_of_its_rounds(monkeypatch):
+    """On the H200 (2026-12-04) one round each put whichever layout ran first 10-16 % behind, so a verdict needs
+    rounds, and it names a winner only where the two layouts' rounds do not overlap."""
+    gbt = tool("gpu_bench_table", monkeypatch)
+
+    def e2e(affinity, rounds):
+        return {"kind": "end_to_end", "run": affinity, "compile_mode": None, "decode": "cpu", "affinity": affinity,
+                "images_per_s": sorted(rounds)[len(rounds) // 2], "over_compute": 0.99, "images_per_s_rounds": rounds}
+
+    overlap = gbt.targets([e2e("plan", [4700.0, 4836.0, 4850.0]), e2e("none", [4318.0, 4832.0, 4770.0])])
+    (line,) = [ln for ln in overlap if ln.startswith("layout, CPU decode, eager:")]
+    assert "neither wins" in line and "4,836 pinned vs 4,770 unpinned" in line and "4,318-4,832 unpinned" in line
+    apart = gbt.targets([e2e("plan", [4300.0, 4350.0, 4400.0]), e2e("none", [4800.0, 4875.0, 4900.0])])
+    (line,) = [ln for ln in apart if ln.startswith("layout, CPU decode, eager:")]
+    assert line.startswith("layout, CPU decode, eager: unpinned wins (4,350 pinned vs 4,875 unpinned img/s, medians")
+    # The H200's own rounds: every pinned round at or above every unpinned one.
+    h200 = gbt.targets([e2e("plan", [4836.0, 4836.0, 4836.0]), e2e("none", [4318.0, 4832.0, 4770.0])])
+    assert any(ln.startswith("layout, CPU decode, eager: pinned (core plan) wins (4,836 pinned vs 4,770")
+               for ln in h200)
+    one = gbt.targets([e2e("plan", [4349.0]), e2e("none", [4875.0])])
+    assert any(ln.endswith("unpinned wins (4,349 pinned vs 4,875 unpinned img/s, one round each)") for ln in one)

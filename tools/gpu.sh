@@ -2,10 +2,13 @@
 # The one prepared GPU run (issue 15): ResNet-50 v1 compute eager and compiled, end to end with CPU decoding (core
 # plan pinned and not) and GPU decoding (decode-ahead, 4 workers), torch.compile modes, loader scaling, the
 # CUDA-only tests; one table printed last, one JSON line per row in tools/results/DATE-TIME-DEVICE.jsonl (copied to
-# $OUT when set). About 8 minutes on one H100 with 16 cores, data making included. From the repository root:
+# $OUT when set, with the phase logs as one gpu-bench-logs.tar.gz). About 8-9 minutes on one H100 or H200 with 16
+# cores, data making included: no phase starts that would end after 480 s, and each is stopped by 540 s (7.3 min on
+# the H200 on 2026-12-04 with the earlier 380 s budget). From the repository root:
 #
 #     set -o pipefail; PYTHONUNBUFFERED=1 bash tools/gpu.sh 2>&1 | tee $OUT/gpu.log
 #
+# On a machine lent for 15 minutes, that is one run (start ~35 s) and little else: --budget-s N shortens it.
 # It uses the machine's own python3 (torch, torchvision, OpenCV, numpy) and the installed package: where
 # resnet_repro does not import, this tree is installed first (pip install -e, no dependencies, no build isolation:
 # no network), which also builds the native region-decode helper if gcc and libjpeg's headers are there (else

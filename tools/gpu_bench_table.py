@@ -64,15 +64,26 @@ def targets(rows: list[dict]) -> list[str]:
     for mode in (None, "default"):
         pair = {r["affinity"]: r for r in e2e if r.get("decode") == "cpu" and r.get("compile_mode") == mode}
         if "plan" in pair and "none" in pair:
-            win = "pinned (core plan)" if pair["plan"]["images_per_s"] >= pair["none"]["images_per_s"] else "unpinned"
-            out.append(f"layout, CPU decode, {'eager' if mode is None else 'compiled'}: {win} wins "
-                       f"({pair['plan']['images_per_s']:,.0f} pinned vs {pair['none']['images_per_s']:,.0f} unpinned "
-                       "img/s)")
+            out.append(f"layout, CPU decode, {'eager' if mode is None else 'compiled'}: "
+                       + layout(pair["plan"], pair["none"]))
     scaling = [r for r in loader if r["workers"] > 1 and r.get("vs_n_times_one") is not None]
     judge("loader N workers >= 0.9 N x one (worst N)", min((r["vs_n_times_one"] for r in scaling), default=None), 0.9)
     judge("loader per worker >= 0.85 x decode limit (worst N)",
           min((r["per_worker_vs_decode_limit"] for r in loader), default=None), 0.85)
     return out
+
+
+def layout(plan: dict, none: dict) -> str:
+    """Which core layout won, from the median rounds; where both ran several rounds and their ranges overlap, the
+    difference is within the run's own spread and neither is called the winner."""
+    figures = f"{plan['images_per_s']:,.0f} pinned vs {none['images_per_s']:,.0f} unpinned img/s"
+    p, n = plan.get("images_per_s_rounds") or [], none.get("images_per_s_rounds") or []
+    if len(p) > 1 and len(n) > 1 and min(p) <= max(n) and min(n) <= max(p):
+        return (f"neither wins beyond the rounds' spread ({figures}, medians; rounds {min(p):,.0f}-{max(p):,.0f} "
+                f"pinned, {min(n):,.0f}-{max(n):,.0f} unpinned)")
+    win = "pinned (core plan)" if plan["images_per_s"] >= none["images_per_s"] else "unpinned"
+    rounds = f", medians of {len(p)} rounds" if len(p) > 1 else ", one round each" if len(p) == 1 else ""
+    return f"{win} wins ({figures}{rounds})"
 
 
 def spread(values, before: str, after: str, f: str = ",.0f") -> str:
