@@ -305,7 +305,9 @@ class Bench:
                  "tests/test_decode_ahead.py"]
         print("== cuda-tests: " + " ".join(files), flush=True)
         t = time.monotonic()
-        rc, out, err = self.process("cuda-tests", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        # No -q: pyproject's addopts has one, and a second (-qq) drops the "N failed, M passed" line the row reads
+        # (both H200 runs of 2026-12-04 summarised as "exit 1").
+        rc, out, err = self.process("cuda-tests", [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                                                    "-rfEs", *files, "-k", "cuda or nvjpeg"], self.s["limit"]["tests"])
         text = out + err
         lines = [ln for ln in text.splitlines() if ln.strip()]
