@@ -5,7 +5,9 @@ Why: on a GPU machine the training process is mostly a kernel launcher plus the 
 puts a worker beside the training thread now and then, the GPU's next kernels are queued late and the step
 stretches (issue 15: 0.86 x compute end to end with 14 CPU-decode workers on 16 cores, 0.7 % data wait). So the
 plan keeps a few cores for the trainer's threads and gives the workers the rest, both by
-``os.sched_setaffinity``; the worker count follows from the cores.
+``os.sched_setaffinity``; the worker count follows from the cores. Measured on an H200 with 16 cores (2026-12-04,
+ResNet-50 eager bf16, 14 CPU-decode workers, three alternating rounds): pinned 0.995 x compute, every round at or
+above the unpinned layout's (0.982 x median, one round 0.89 x).
 
 ``plan_cores`` is pure (the cores are an argument), so the rule is tested with made-up core sets and
 ``resnet-repro env`` can print the plan a run would get. Applying it: ``pin_workers`` in each worker process
