@@ -44,6 +44,34 @@ def test_synthetic_compute_phase_on_cpu():
     assert r["compute_tflops"] == pytest.approx(r["compute_images_per_s"] * r["train_flops_per_image"] / 1e12)
 
 
+def test_a_recipe_sets_what_the_command_line_leaves_open(cli, tmp_path):
+    """With --config, the model, the batch (of the machine profile, pinned here so the test is the same on every
+    CPU) and the input of the recipe's prepared data (grey-scale here) are what `train` would run; flags still win;
+    without a recipe, ResNet-50 at batch 256 and 3 channels, the ImageNet reference."""
+    from conftest import write_image_dataset
+
+    grey = tmp_path / "grey"
+    write_image_dataset(grey, {"train": 8}, size=12, num_classes=4)
+    recipe = str(REPO / "configs" / "fashion_mnist" / "resnet20.yaml")
+    base = ("bench", "train", "--synthetic", "--device", "cpu", "--precision", "fp32", "--steps", "1", "--warmup", "0",
+            "--json", "--config", recipe, "--set", f"data.path={grey}")
+    code, out, err = cli(*base, "--set", "train.profile=cpu")
+    assert code == 0, err
+    r = json.loads(out)
+    assert (r["model"], r["batch_size"], r["in_channels"], r["image_size"]) == ("resnet20", 64, 1, 28)
+    code, out, err = cli(*base, "--set", "train.profile=cpu_bf16", "--batch-size", "8")
+    assert code == 0, err
+    assert (json.loads(out)["model"], json.loads(out)["batch_size"]) == ("resnet20", 8)
+    opts = bt._with_recipe_sizes(bt.TrainOptions(), load_config(None, []))
+    assert (opts.model, opts.batch_size) == ("resnet50", 256)
+    opts = bt._with_recipe_sizes(bt.TrainOptions(overrides=["model.name=resnet20", " data.batch_size =32"]),
+                                 load_config(None, ["model.name=resnet20", "data.batch_size=32"]))
+    assert (opts.model, opts.batch_size) == ("resnet20", 32)
+    r = bt.bench_train(bt.TrainOptions("resnet20", batch_size=2, steps=1, warmup=0, device="cpu",
+                                       overrides=["model.in_channels=1", "model.num_classes=4"]), log=lambda *a: None)
+    assert r["in_channels"] == 1
+
+
 def test_real_and_synthetic_in_one_run_via_the_cli(texture_data, cli):
     code, out, err = cli("bench", "train", "--model", "resnet20", "--data", texture_data, "--batch-size", "16",
                          "--steps", "2", "--warmup", "1", "--workers", "1", "--rounds", "2", "--json")

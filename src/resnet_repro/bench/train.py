@@ -27,7 +27,7 @@ import functools
 import math
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -108,9 +108,9 @@ def parse_e2e(spec: str) -> dict:
 class TrainOptions:
     """What `bench train` runs (commands/bench.py's options); the defaults are the command's."""
 
-    model: str = "resnet50"
+    model: str | None = None  # None: the config's model.name (a recipe's, or --set model.name), else resnet50
     data: str | None = None  # record shards: also time the end-to-end phase
-    batch_size: int = 256
+    batch_size: int | None = None  # None: the recipe's data.batch_size with `config` (its profile's), else 256
     steps: int = 50  # timed, per phase and round
     warmup: int = 10  # untimed, before each phase
     compile: bool | str = False  # False, True (torch.compile's default mode) or a mode of COMPILE_MODES
@@ -119,7 +119,7 @@ class TrainOptions:
     workers: int | str | None = None  # None: the recipe's data.workers with `config`, else auto
     device: str = "auto"
     channels_last: bool | None = None  # None: as `train` would choose (runtime.py)
-    config: str | None = None  # recipe whose data section the end-to-end phase uses
+    config: str | None = None  # recipe (with this machine's profile) whose model, batch and data settings apply
     overrides: list[str] = field(default_factory=list)
     seed: int = 0
     rounds: int = 1  # the phases alternate this many times; each phase reports its median round
@@ -149,12 +149,14 @@ def bench_train(opts: TrainOptions, log=print) -> dict:
     alike; the min-max over the rounds is printed and stored with it."""
     from . import machine
 
-    compile_mode = opts.compile_mode()
     cfg = _bench_config(opts.config, list(opts.overrides or []), opts.data)
+    opts = _with_recipe_sizes(opts, cfg)
+    compile_mode = opts.compile_mode()
     if opts.decode is not None:
         cfg.data.decode = opts.decode
     bench = _Session(opts, cfg, compile_mode)
     out = {"model": opts.model, "rounds": opts.rounds, "batch_size": opts.batch_size, "image_size": bench.size,
+           "in_channels": bench.channels,
            "precision": bench.precision, "compile": compile_mode is not None, "compile_mode": compile_mode,
            "channels_last": bench.channels_last, "device": str(bench.dev), "device_name": _device_name(bench.dev),
            "torch": torch.__version__, "steps": opts.steps, "warmup": opts.warmup,
@@ -174,6 +176,15 @@ def bench_train(opts: TrainOptions, log=print) -> dict:
     out["peak_memory_mb"] = _peak_memory_mb(bench.dev)
     log(f"  peak memory {out['peak_memory_mb']:,.0f} MB ({'device' if bench.dev.type == 'cuda' else 'host RSS'})")
     return out
+
+
+def _with_recipe_sizes(opts: TrainOptions, cfg: Config) -> TrainOptions:
+    """The model and batch the command line left open: the recipe's with --config (as `train` would run it on
+    this machine, profile included) or --set, else ResNet-50 at 256, the ImageNet reference."""
+    batch_set = opts.config or any(o.split("=", 1)[0].strip() == "data.batch_size" for o in opts.overrides or [])
+    return replace(opts, model=cfg.model.name if opts.model is None else opts.model,
+                   batch_size=opts.batch_size if opts.batch_size is not None
+                   else cfg.data.batch_size if batch_set else 256)
 
 
 def _timed(rounds: list[dict], run) -> None:
@@ -281,8 +292,21 @@ def _data_shape(opts: TrainOptions, cfg: Config) -> tuple:
     from ..models.resnet import SPECS
 
     if not opts.data:
+        # The input `train` would build: the config's model.in_channels / num_classes, else (with a recipe) its
+        # data set's manifest where that is prepared (Fashion-MNIST: 1 channel, 10 classes), else the model's own.
         spec = SPECS[opts.model]
-        return None, None, 3, cfg.data.image_size or spec.input_size, 1000 if spec.stem == "imagenet" else 10
+        channels, classes = cfg.model.in_channels, cfg.model.num_classes
+        if opts.config and not (channels and classes):
+            from ..data.shards.records import RecordError, load_manifest
+
+            try:
+                manifest = load_manifest(Path(cfg.data.path))
+            except RecordError:
+                manifest = {}
+            channels = channels or manifest.get("image", {}).get("channels")
+            classes = classes or len(manifest.get("classes", []))
+        return (None, None, channels or 3, cfg.data.image_size or spec.input_size,
+                classes or (1000 if spec.stem == "imagenet" else 10))
     from ..data.shards.reader import RecordReader
 
     reader = RecordReader(opts.data, cfg.data.train_splits)

@@ -19,11 +19,12 @@ def add(sub) -> None:
 def _add_train(bench) -> None:
     bt = bench.add_parser("train", help="training img/s: compute alone (synthetic batch on the device) and end to end "
                                         "from record shards, data-wait fraction, peak memory, model FLOP/s")
-    bt.add_argument("--model", default="resnet50")
+    bt.add_argument("--model", help="a net of models/resnet.py (default: the --config recipe's, else resnet50)")
     src = bt.add_mutually_exclusive_group()
     src.add_argument("--synthetic", action="store_true", help="compute phase only (the default without --data)")
     src.add_argument("--data", metavar="SHARDS", help="prepared data folder: also time the end-to-end input path")
-    bt.add_argument("--batch-size", type=int, default=256, help="per device")
+    bt.add_argument("--batch-size", type=int, help="per device (default: the --config recipe's for this machine, "
+                                                   "else 256)")
     bt.add_argument("--steps", type=int, default=50, help="timed steps per phase")
     bt.add_argument("--warmup", type=int, default=10, help="untimed steps before each phase")
     bt.add_argument("--compile", action="store_true", help="torch.compile the model (compiles during warm-up)")
@@ -46,7 +47,8 @@ def _add_train(bench) -> None:
                     help="default: the config's train.channels_last (auto: NHWC on GPUs and for bf16 on CPUs, "
                     "NCHW for fp32 on CPUs)")
     cl.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    bt.add_argument("--config", help="recipe whose data section (crop, normalize, ...) the end-to-end phase uses")
+    bt.add_argument("--config", help="recipe whose model, batch (this machine's profile), precision, workers and "
+                                     "data section (crop, normalize, ...) apply where the options leave them open")
     bt.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     bt.add_argument("--json", action="store_true", help="print one JSON object instead of the text lines")
     bt.set_defaults(func=_run_train)
