@@ -60,7 +60,7 @@ def test_the_dry_run_writes_a_dated_row_per_measurement_with_the_device_in_each(
     compiled = [r for r in by_kind["compute"] if r.get("compile_mode")]
     assert {r["compile_mode"] for r in compiled} == {"default", "reduce-overhead", "max-autotune",
                                                      "max-autotune-no-cudagraphs"}
-    for r in [gpu, *compiled, *by_kind["tests"]]:
+    for r in [gpu, *compiled, *by_kind["tests"], *by_kind["gpu_decode"]]:
         assert "needs CUDA" in r["skipped"] and "images_per_s" not in r
 
     loader = by_kind["loader"]
@@ -97,6 +97,8 @@ def test_target_verdicts_from_rows(monkeypatch):
                 over_compute=0.875),
             row("end_to_end", compile_mode="default", decode="gpu", affinity="plan", images_per_s=5000.0,
                 over_compute=0.847),
+            row("gpu_decode", phase="decode_threads", images_per_s=4000.0, batch_ms=64.0, threads=2, batch_size=256,
+                images_per_s_per_batch=[3900.0, 4100.0]),
             row("loader", workers=1, images_per_s=1300.0, vs_n_times_one=1.0, per_worker_vs_decode_limit=1.0),
             row("loader", workers=8, images_per_s=9900.0, vs_n_times_one=0.952, per_worker_vs_decode_limit=0.95),
             row("loader", workers=14, images_per_s=15000.0, vs_n_times_one=0.824, per_worker_vs_decode_limit=0.82)]
@@ -109,6 +111,7 @@ def test_target_verdicts_from_rows(monkeypatch):
     assert "target loader per worker >= 0.85 x decode limit (worst N): NOT MET (0.820, goal 0.850)" in lines
     text = gbt.table(rows, dict(gb.FULL), dry=False)
     assert text.count("\n| r ") == len(rows) and "peak GPU MB" in text
+    assert "| r (no trainer) | 4,000 | | | | 64.0 ms per batch of 256, 2 threads; batches 3,900-4,100 img/s |" in text
 
 
 def test_a_layout_wins_only_beyond_the_spread_of_its_rounds(monkeypatch):

@@ -21,6 +21,7 @@ from resnet_repro.data.shards import records
 from resnet_repro.data.shards.reader import RecordReader
 
 SIZE = 32  # output side of the test crops, pixels
+WAIT_S = 20.0  # the longest a test waits for another thread before calling it broken (never a timing)
 
 
 def smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -315,3 +316,49 @@ def test_decoding_ahead_on_a_side_stream_matches_the_synchronous_path_on_cuda(jp
             DevicePrefetcher(make_loader(ds, jobs, 0, pin_memory=True), dev, GpuDecoder(dev))]
     for (xa, ya), (xs, ys) in zip(ahead, sync):
         assert ya.device.type == "cuda" and torch.equal(ya, ys) and torch.equal(xa, xs)
+
+
+# --- bench gpu-decode: the decode-ahead thread's work, step by step ----------------------------------------------
+
+def test_bench_gpu_decode_times_each_step_of_a_decode_ahead_batch(jpeg_data):
+    """With OpenCV standing in for nvJPEG on the CPU: every phase times every image of its batches, the threads
+    phase really decodes from several threads, and the per-batch milliseconds follow from the rates."""
+    import threading
+
+    from resnet_repro.bench.gpu_decode import GpuDecodeOptions, bench_gpu_decode
+
+    decode, decode_cpu = cv2_decoders()
+    calls, main, together = [], threading.get_ident(), threading.Barrier(2, timeout=WAIT_S)
+
+    def counting(chunks, device):
+        calls.append((threading.get_ident(), len(chunks)))
+        if threading.get_ident() != main:
+            together.wait()  # both halves of a batch are decoding at the same time (else: BrokenBarrierError)
+        return decode(chunks, device)
+
+    lines = []
+    r = bench_gpu_decode(GpuDecodeOptions(str(jpeg_data), batch_size=8, batches=2, threads=2, device="cpu",
+                                          overrides=[f"data.image_size={SIZE}"]),
+                         log=lines.append, decode=counting, decode_cpu=decode_cpu)
+    phases = ("decode", "decode_threads", "crops", "batch")
+    assert tuple(r["images_per_s"]) == phases and all(r["images_per_s"][p] > 0 for p in phases)
+    assert all(len(r["images_per_s_per_batch"][p]) == 2 for p in phases)
+    for p in phases:
+        assert r["batch_ms"][p] == pytest.approx(1e3 * 8 / r["images_per_s"][p])
+    # 3 batches (one untimed) of 8 per phase; the threads phase in two halves of 4 from two threads.
+    assert sum(n for _, n in calls) == 4 * 3 * 8
+    halves = calls[3:9]
+    assert [n for _, n in halves] == [4] * 6 and len({t for t, _ in halves}) == 2
+    assert {t for t, _ in calls[:3]} == {t for t, _ in calls[9:]} == {main}
+    assert any("one decode-ahead batch of 8" in line for line in lines)
+
+
+def test_bench_gpu_decode_says_what_it_needs(jpeg_data, cli, tmp_path):
+    code, _, err = cli("bench", "gpu-decode", "--data", str(jpeg_data), "--batch-size", "100", "--device", "cpu",
+                       "--set", f"data.image_size={SIZE}")
+    assert code != 0 and "fewer than one batch of 100" in err
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        code, _, err = cli("bench", "gpu-decode", "--data", str(jpeg_data), "--batch-size", "8", "--device", "cpu")
+        assert code != 0 and "needs torchvision" in err

@@ -26,6 +26,11 @@ def table(rows: list[dict], s: dict, dry: bool) -> str:
             out.append(f"| {r['run']} | {fmt(r.get('images_per_s'), ',.0f')} | {fmt(r.get('over_compute'), '.3f')} | "
                        f"{fmt(None if wait is None else 100 * wait, '.1f')}{'' if wait is None else ' %'} | | "
                        f"{note or r.get('core_plan', '')} |")
+        elif r["kind"] == "gpu_decode":
+            note = note or (f"{fmt(r.get('batch_ms'), '.1f')} ms per batch of {r.get('batch_size')}"
+                            + (f", {r.get('threads')} threads" if r.get("phase") == "decode_threads" else "")
+                            + spread(r.get("images_per_s_per_batch"), "; batches ", " img/s"))
+            out.append(f"| {r['run']} (no trainer) | {fmt(r.get('images_per_s'), ',.0f')} | | | | {note} |")
         elif r["kind"] == "loader":
             note = note or (f"{fmt(r.get('per_worker_vs_decode_limit'), '.2f')} x the one-core decode limit "
                             f"({fmt(r.get('decode_limit_per_s'), ',.0f')} img/s) per worker; "

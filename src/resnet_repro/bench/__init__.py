@@ -2,6 +2,7 @@
 
 * loader.py: ``bench loader``: the training input pipeline's img/s against the one-core JPEG decode limit;
 * train.py: ``bench train``: training img/s, the model alone and fed from record shards;
+* gpu_decode.py: ``bench gpu-decode``: ``data.decode: gpu``'s decode-ahead work step by step, without a trainer;
 * prepare.py: ``bench prepare``: copy-mode ``prepare folder`` img/s against the same decode limit;
 * measure.py: the one decode-limit measure and the spread over timed rounds every bench reports, and bench
   train's step timer on the device's clock;

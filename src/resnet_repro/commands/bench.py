@@ -1,5 +1,5 @@
-"""`resnet-repro bench train | loader | prepare`: the throughput benchmarks of the package's bench/ (arguments here,
-the measuring there)."""
+"""`resnet-repro bench train | loader | gpu-decode | prepare`: the throughput benchmarks of the package's bench/
+(arguments here, the measuring there)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ def add(sub) -> None:
     bench = b.add_subparsers(dest="bench", required=True)
     _add_train(bench)
     _add_loader(bench)
+    _add_gpu_decode(bench)
     _add_prepare(bench)
 
 
@@ -99,6 +100,28 @@ def _bench(args, run) -> int:
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def _add_gpu_decode(bench) -> None:
+    p = bench.add_parser("gpu-decode", help="data.decode=gpu without a trainer: img/s of the batched nvJPEG call, of "
+                                            "it split over threads, with the crops, and of a whole decode-ahead batch")
+    p.add_argument("--data", required=True, metavar="SHARDS", help="prepared JPEG data set (ImageNet layout)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batches", type=int, default=10, help="timed batches (after one untimed)")
+    p.add_argument("--threads", type=int, default=2, help="threads of the decode_threads phase")
+    p.add_argument("--config", help="recipe whose data section is used (default: crop tf_cnn, color tf_cnn, 224)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the text lines")
+    p.set_defaults(func=_run_gpu_decode)
+
+
+def _run_gpu_decode(args) -> int:
+    from ..bench.gpu_decode import GpuDecodeOptions, bench_gpu_decode
+
+    opts = GpuDecodeOptions(data=args.data, batch_size=args.batch_size, batches=args.batches, threads=args.threads,
+                            config=args.config, overrides=args.set, device=args.device)
+    return _bench(args, lambda log: bench_gpu_decode(opts, log=log))
 
 
 def _run_train(args) -> int:
