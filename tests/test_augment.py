@@ -184,6 +184,41 @@ def test_train_geometry_is_a_pure_function_of_seed_epoch_index():
     assert len(others) == 6
 
 
+def test_alternating_flip_schedule_mirrors_each_sample_every_other_epoch():
+    """data.flip_schedule=alternate: a fair coin per sample in epoch 0, then the opposite each epoch; every other
+    draw of the sample (crop, erasing) is the same as under the random schedule, and flip=false still never flips."""
+    from resnet_repro.data.augment.geometry import alternating_flip
+
+    first = [alternating_flip(5, 0, i) for i in range(2000)]
+    assert 900 < sum(first) < 1100  # a fair coin per sample (seeded: the same 2000 coins every run)
+    for i in range(50):
+        assert [alternating_flip(5, e, i) for e in range(6)] == [first[i], not first[i]] * 3
+    assert [alternating_flip(6, 0, i) for i in range(2000)] != first  # the run's seed chooses the coins
+
+    img = np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)
+    geo = {s: TrainGeometry(DataConfig(crop="inception", image_size=24, random_erasing=0.5, flip_schedule=s), 0)
+           for s in ("random", "alternate")}
+    assert geo["random"].flip_of(5, 1, 0) is None
+    for epoch in range(3):
+        for i in range(20):
+            fixed = geo["alternate"].flip_of(5, epoch, i)
+            assert fixed == alternating_flip(5, epoch, i)
+            rng = sample_rng(5, epoch, i)
+            alt, after_alt = geo["alternate"](img, rng, fixed), rng.random()
+            rng = sample_rng(5, epoch, i)
+            _, after_rnd = geo["random"](img, rng), rng.random()
+            assert after_alt == after_rnd  # the same number of draws: crops and erasing line up
+            # Re-run the random schedule with the alternate one's flip forced: the same image, pixel for pixel.
+            rng = sample_rng(5, epoch, i)
+            assert np.array_equal(alt, geo["random"](img, rng, fixed))
+    plain = TrainGeometry(DataConfig(crop="none", image_size=40, flip_schedule="alternate"), 0)  # flip alone
+    for epoch in range(4):
+        fixed = plain.flip_of(5, epoch, 3)
+        assert np.array_equal(plain(img, sample_rng(5, epoch, 3), fixed), img[:, ::-1] if fixed else img)
+    off = TrainGeometry(DataConfig(crop="none", image_size=40, flip=False, flip_schedule="alternate"), 0)
+    assert off.flip_of(5, 1, 0) is None and np.array_equal(off(img, sample_rng(5, 1, 0)), img)
+
+
 def test_sample_rng_reuse_gives_fresh_philox_streams():
     for seed, epoch, index, stream in [(0, 0, 0, 0), (3, 2, 1, 0), (3, 2, 1, 1), (2**40, 7, 2**31, 1)]:
         s = (seed ^ (stream * 0x9E3779B97F4A7C15)) & 0xFFFFFFFFFFFFFFFF

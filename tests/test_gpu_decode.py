@@ -72,18 +72,22 @@ def cv2_decoders():
 
 # --- The crops: same boxes and flips as the CPU path ----------------------------------------------------------
 
-@pytest.mark.parametrize("crop", ["inception", "tf_cnn", "paper"])
-def test_boxes_and_flips_are_the_cpu_paths_sample_for_sample(crop, jpeg_data, monkeypatch):
-    """Spy on the box the CPU path decodes and compare with what the GPU path's workers ship."""
+@pytest.mark.parametrize("crop, schedule", [("inception", "random"), ("tf_cnn", "random"), ("paper", "random"),
+                                            ("inception", "alternate")])
+def test_boxes_and_flips_are_the_cpu_paths_sample_for_sample(crop, schedule, jpeg_data, monkeypatch):
+    """Spy on the box the CPU path decodes and compare with what the GPU path's workers ship (under either flip
+    schedule: an alternating one fixes the same flips on both paths)."""
     seen = []
     real = decode_box
     monkeypatch.setattr("resnet_repro.data.augment.geometry.decode_box", lambda data, ch, box, full_hw, out_hw, *a:
                         seen.append((box, full_hw)) or real(data, ch, box, full_hw, out_hw, *a))
     reader = RecordReader(jpeg_data, "train")
-    geo = geometry(crop)
+    geo = geometry(crop, flip_schedule=schedule)
     job = Job(epoch=3, step=0, indices=np.arange(len(reader)))
     cpu_images = BatchDataset(reader, geo, 3, seed=7, train=True)[job][0].numpy()
-    batch = EncodedBatchDataset(reader, geometry(crop), seed=7)[job][0]
+    batch = EncodedBatchDataset(reader, geometry(crop, flip_schedule=schedule), seed=7)[job][0]
+    if schedule == "alternate":
+        assert batch.flips == [geo.flip_of(7, 3, i) for i in range(len(reader))]
     assert len(seen) == len(reader) == len(batch)
     for (box, (h, w)), gbox in zip(seen, batch.boxes):
         y0, x0 = min(round(box[0]), h - 1), min(round(box[1]), w - 1)

@@ -16,6 +16,7 @@ from ..decode import jpeg_region
 from ..decode.cpu import cut_resize, decode, decode_box
 from ..decode.header import image_size
 from .boxes import inception_box, paper_box, tf_cnn_box
+from .rng import FLIP_STREAM, sample_rng
 
 
 IMAGENET_CROPS = ("inception", "tf_cnn", "paper")
@@ -69,17 +70,24 @@ class TrainGeometry:
             return paper_box(h, w, rng, self.size)
         raise ValueError(f"data.crop={crop!r} has no crop box")
 
-    def load(self, data: bytes, channels: int, rng: np.random.Generator) -> np.ndarray:
+    def flip_of(self, seed: int, epoch: int, index: int) -> bool | None:
+        """The flip a schedule fixes for this sample and epoch (``data.flip_schedule: alternate``), or None: the
+        sample's own random draw decides (the `flip` argument of load and __call__)."""
+        if not self.cfg.flip or self.cfg.flip_schedule == "random":
+            return None
+        return alternating_flip(seed, epoch, index)
+
+    def load(self, data: bytes, channels: int, rng: np.random.Generator, flip: bool | None = None) -> np.ndarray:
         if self.cfg.crop not in IMAGENET_CROPS:
-            return self(decode(data, channels), rng)
+            return self(decode(data, channels), rng, flip)
         hw = image_size(data)
         if hw is None:  # not a JPEG/PNG header we can read: decode fully (a broken file fails here)
-            return self(decode(data, channels), rng)
+            return self(decode(data, channels), rng, flip)
         img = decode_box(data, channels, self.crop_box(*hw, rng), hw, (self.size, self.size), self.cfg.dct_reduce,
                          self.cfg.region_decode)
-        return self._flip_erase(img, rng)
+        return self._flip_erase(img, rng, flip)
 
-    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, img: np.ndarray, rng: np.random.Generator, flip: bool | None = None) -> np.ndarray:
         cfg = self.cfg
         if cfg.crop == "pad_crop":
             # The paper's CIFAR recipe: zero-pad `pad` pixels per side, take a random crop of the original size.
@@ -105,17 +113,27 @@ class TrainGeometry:
             img = center_crop_resize(img, self.size, self.size)
         else:
             img = cut_resize(img, self.crop_box(*img.shape[:2], rng), None, (self.size, self.size))
-        return self._flip_erase(img, rng)
+        return self._flip_erase(img, rng, flip)
 
-    def _flip_erase(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _flip_erase(self, img: np.ndarray, rng: np.random.Generator, flip: bool | None = None) -> np.ndarray:
+        """Flip (the random coin, or `flip` where a schedule fixes it: the coin is drawn all the same, so the
+        erasing that follows is the same under every schedule), then erase."""
         cfg = self.cfg
-        if cfg.flip and rng.random() < 0.5:
+        coin = bool(cfg.flip and rng.random() < 0.5)
+        if coin if flip is None else flip:
             # cv2.flip writes a contiguous copy in microseconds; a negative-stride view would cost ~0.5 ms per
             # 224x224 image later, when the batch is stacked.
             img = cv2.flip(img, 1).reshape(img.shape)
         if cfg.random_erasing > 0 and rng.random() < cfg.random_erasing:
             img = random_erase(np.ascontiguousarray(img), rng)
         return img
+
+
+def alternating_flip(seed: int, epoch: int, index: int) -> bool:
+    """``data.flip_schedule: alternate``: whether sample `index` is mirrored in `epoch`. Epoch 0 takes a fair coin of
+    the sample's own (FLIP_STREAM, so no other draw moves); every later epoch the opposite of the one before."""
+    first = sample_rng(seed, 0, index, FLIP_STREAM).random() < 0.5
+    return bool(first) != bool(epoch % 2)
 
 
 def random_erase(img: np.ndarray, rng: np.random.Generator, area=(0.02, 0.4), log_ratio=(np.log(0.3), np.log(1 / 0.3))):

@@ -8,8 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 # Random streams per sample: geometry and colour draw from separate Philox keys, so switching colour
-# augmentation on or off never changes the crops a run sees.
-GEOMETRY_STREAM, COLOR_STREAM = 0, 1
+# augmentation on or off never changes the crops a run sees. FLIP_STREAM: the one coin of an alternating flip
+# schedule (geometry.alternating_flip), drawn at epoch 0 only.
+GEOMETRY_STREAM, COLOR_STREAM, FLIP_STREAM = 0, 1, 2
 
 
 _RNGS: dict[int, tuple[np.random.Philox, np.random.Generator]] = {}

@@ -86,9 +86,11 @@ class BatchDataset(torch.utils.data.Dataset):
     def load(self, i: int, epoch: int) -> np.ndarray:
         key, data, _ = self.reader[i]
         rng = sample_rng(self.seed, epoch, i) if self.train else None
+        flip_of = getattr(self.geometry, "flip_of", None) if self.train else None  # TrainGeometry's flip schedule
+        flip = (flip_of(self.seed, epoch, i),) if flip_of else ()
         if hasattr(self.geometry, "load"):  # decodes only what its crop needs (decode.cpu.decode_box)
-            return self.geometry.load(data, self.channels, rng)
-        return self.geometry(decode(data, self.channels), rng)
+            return self.geometry.load(data, self.channels, rng, *flip)
+        return self.geometry(decode(data, self.channels), rng, *flip)
 
     def color_params(self, i: int, epoch: int) -> np.ndarray:
         draw = getattr(self.geometry, "color_params", None) if self.train else None
