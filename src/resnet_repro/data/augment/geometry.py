@@ -77,6 +77,13 @@ class TrainGeometry:
             return None
         return alternating_flip(seed, epoch, index)
 
+    def draw_flip(self, rng: np.random.Generator, fixed: bool | None = None) -> bool:
+        """Whether to mirror the sample: its coin from `rng`, or `fixed` where a schedule sets it (flip_of). The coin
+        is drawn all the same while data.flip is on, so the draws after it (erasing) match under every schedule.
+        The CPU path (_flip_erase) and the GPU path's workers (loading/gpu_decode.crop_params) both ask here."""
+        coin = bool(self.cfg.flip and rng.random() < 0.5)
+        return coin if fixed is None else fixed
+
     def load(self, data: bytes, channels: int, rng: np.random.Generator, flip: bool | None = None) -> np.ndarray:
         if self.cfg.crop not in IMAGENET_CROPS:
             return self(decode(data, channels), rng, flip)
@@ -116,11 +123,9 @@ class TrainGeometry:
         return self._flip_erase(img, rng, flip)
 
     def _flip_erase(self, img: np.ndarray, rng: np.random.Generator, flip: bool | None = None) -> np.ndarray:
-        """Flip (the random coin, or `flip` where a schedule fixes it: the coin is drawn all the same, so the
-        erasing that follows is the same under every schedule), then erase."""
+        """Flip (draw_flip: the coin, or `flip` where a schedule fixes it), then erase."""
         cfg = self.cfg
-        coin = bool(cfg.flip and rng.random() < 0.5)
-        if coin if flip is None else flip:
+        if self.draw_flip(rng, flip):
             # cv2.flip writes a contiguous copy in microseconds; a negative-stride view would cost ~0.5 ms per
             # 224x224 image later, when the batch is stacked.
             img = cv2.flip(img, 1).reshape(img.shape)

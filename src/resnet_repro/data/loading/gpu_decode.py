@@ -43,7 +43,7 @@ def crop_params(geometry, h: int, w: int, rng: np.random.Generator,
                 flip: bool | None = None) -> tuple[tuple[int, int, int, int], bool]:
     """The CPU path's crop box (y, x, height, width) in whole source pixels, and its flip, drawn from `rng` in
     the CPU path's order (geometry.TrainGeometry.load: the box, then the flip coin); `flip`, where a flip
-    schedule fixes it (TrainGeometry.flip_of), overrides the coin as on the CPU path."""
+    schedule fixes it (TrainGeometry.flip_of), overrides the coin (TrainGeometry.draw_flip, as on the CPU path)."""
     cfg = geometry.cfg
     if cfg.crop == "none":  # centre square, resized to the output side (geometry.center_crop_resize)
         side = min(h, w)
@@ -56,8 +56,7 @@ def crop_params(geometry, h: int, w: int, rng: np.random.Generator,
     # Whole pixels as decode.cpu.cut_resize rounds them (the paper crop's box is fractional), at least one pixel.
     y0, x0 = min(int(round(y)), h - 1), min(int(round(x)), w - 1)
     y1, x1 = max(y0 + 1, min(h, int(round(y + bh)))), max(x0 + 1, min(w, int(round(x + bw))))
-    coin = bool(cfg.flip and rng.random() < 0.5)
-    return (y0, x0, y1 - y0, x1 - x0), coin if flip is None else flip
+    return (y0, x0, y1 - y0, x1 - x0), geometry.draw_flip(rng, flip)
 
 
 class EncodedBatch:
