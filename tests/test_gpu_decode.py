@@ -76,15 +76,17 @@ def cv2_decoders():
                                             ("inception", "alternate")])
 def test_boxes_and_flips_are_the_cpu_paths_sample_for_sample(crop, schedule, jpeg_data, monkeypatch):
     """Spy on the box the CPU path decodes and compare with what the GPU path's workers ship (under either flip
-    schedule: an alternating one fixes the same flips on both paths)."""
+    schedule: an alternating one fixes the same flips on both paths), at a side below the geometry's own, as
+    progressive resizing asks for (the paper's box depends on the side)."""
     seen = []
     real = decode_box
     monkeypatch.setattr("resnet_repro.data.augment.geometry.decode_box", lambda data, ch, box, full_hw, out_hw, *a:
                         seen.append((box, full_hw)) or real(data, ch, box, full_hw, out_hw, *a))
     reader = RecordReader(jpeg_data, "train")
     geo = geometry(crop, flip_schedule=schedule)
-    job = Job(epoch=3, step=0, indices=np.arange(len(reader)))
+    job = Job(epoch=3, step=0, indices=np.arange(len(reader)), size=SIZE - 8)
     cpu_images = BatchDataset(reader, geo, 3, seed=7, train=True)[job][0].numpy()
+    assert cpu_images.shape[1:] == (SIZE - 8, SIZE - 8, 3)
     batch = EncodedBatchDataset(reader, geometry(crop, flip_schedule=schedule), seed=7)[job][0]
     if schedule == "alternate":
         assert batch.flips == [geo.flip_of(7, 3, i) for i in range(len(reader))]

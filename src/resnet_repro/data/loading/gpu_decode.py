@@ -105,6 +105,8 @@ class EncodedBatchDataset(BatchDataset):
 
     def __getitem__(self, job):
         size = job.size or self.default_size
+        # The box depends on the side for some crops (the paper's scale augmentation): the job's, as on the CPU path.
+        self.geometry.size = size
         parts, labels, boxes, flips, keys, params, bad = [], [], [], [], [], [], 0
         for i in job.indices.tolist():
             (key, data, box, flip, label, colour), b = self.with_replacement(self._encoded, i, job.epoch)
