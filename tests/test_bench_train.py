@@ -122,9 +122,18 @@ def test_end_to_end_variants_after_one_compute_phase(texture_data, cli):
     assert r["end_to_end_images_per_s"] == rows[0]["images_per_s"] and r["workers"] == 1
 
 
+def test_an_e2e_variant_can_name_the_share_nvjpeg_decodes():
+    assert bt.parse_e2e("gpu:8:plan:0.75") == {"decode": "gpu", "workers": 8, "affinity": "plan", "share": 0.75}
+    assert bt.parse_e2e("gpu:8::0.5")["affinity"] == "plan" and bt.parse_e2e("gpu:4")["share"] is None
+    assert bt._share_text({"gpu_decode_share": 0.75}) == ", 75 % on the GPU"
+    assert bt._share_text({"gpu_decode_share": 1.0}) == bt._share_text({"gpu_decode_share": None}) == ""
+
+
 def test_bad_variants_and_worker_counts_are_user_errors(texture_data, cli):
     for args, words in ((["--e2e", "tpu"], "--e2e 'tpu'"), (["--e2e", "cpu:2:everywhere"], "affinity"),
-                        (["--e2e", "gpu:lots"], "workers"), (["--workers", "many"], "workers")):
+                        (["--e2e", "gpu:lots"], "workers"), (["--workers", "many"], "workers"),
+                        (["--e2e", "cpu:2:plan:0.5"], "gpu decoding only"), (["--e2e", "gpu:2:plan:1.5"], "(0, 1]"),
+                        (["--e2e", "gpu:2:plan:most"], "'most'"), (["--e2e", "gpu:2:plan:0.5:x"], "SHARE")):
         code, _, err = cli("bench", "train", "--model", "resnet20", "--data", texture_data, *args)
         assert code == 2 and words in err, (args, err)
 

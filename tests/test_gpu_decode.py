@@ -15,7 +15,7 @@ from resnet_repro.recipe import load_config
 from resnet_repro.data.augment.geometry import TrainGeometry
 from resnet_repro.data.augment.rng import sample_rng
 from resnet_repro.data.decode.cpu import DecodeError, decode_box
-from resnet_repro.data.loading.gpu_decode import EncodedBatch, EncodedBatchDataset, GpuDecoder, crop_params
+from resnet_repro.data.loading.gpu_decode import EncodedBatchDataset, GpuDecoder, crop_params
 from resnet_repro.data.loading.loader import BatchDataset, Job
 from resnet_repro.data.shards import records
 from resnet_repro.data.shards.reader import RecordReader
@@ -223,6 +223,47 @@ def test_an_unreadable_header_gets_the_cpu_paths_replacement(jpeg_data, tmp_path
     assert bad == 1 and "broken" not in batch.keys and "broken" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("crop", ["inception", "paper"])
+def test_a_split_batch_is_the_gpu_paths_head_then_the_cpu_paths_tail(crop, jpeg_data):
+    """data.gpu_decode_share 0.6 of 10 samples: the first 6 stay encoded with the boxes and flips a whole encoded
+    batch gives them, the last 4 are the CPU path's pixels exactly; labels and colour parameters keep the batch's
+    order, and the decoder's output is the two paths' images in that order."""
+    reader = RecordReader(jpeg_data, "train")
+    job = Job(2, 0, np.array([9, 3, 14, 0, 21, 7, 11, 5, 18, 2]), size=SIZE - 4)
+    whole, labels, bad, params = EncodedBatchDataset(reader, geometry(crop, color="jitter"), seed=3)[job]
+    split, s_labels, s_bad, s_params = EncodedBatchDataset(reader, geometry(crop, color="jitter"), 3, share=0.6)[job]
+    cpu = BatchDataset(reader, geometry(crop, color="jitter"), 3, 3, train=True)[job]
+    assert len(split) == 10 and len(split.keys) == 6 and split.decoded.shape == (4, SIZE - 4, SIZE - 4, 3)
+    assert split.keys == whole.keys[:6] and split.boxes == whole.boxes[:6] and split.flips == whole.flips[:6]
+    assert [bytes(c.numpy()) for c in split.chunks()] == [bytes(c.numpy()) for c in whole.chunks()[:6]]
+    assert torch.equal(split.decoded, cpu[0][6:])
+    assert torch.equal(s_labels, labels) and torch.equal(s_labels, cpu[1]) and s_bad == bad == 0
+    assert torch.equal(s_params, params) and torch.equal(s_params, cpu[3])
+    decode, decode_cpu = cv2_decoders()
+    dec = GpuDecoder("cpu", decode=decode, decode_cpu=decode_cpu)
+    assert torch.equal(dec(split), torch.cat([dec(whole)[:6], cpu[0][6:]]))
+
+
+def test_a_batch_the_workers_decode_whole_never_reaches_the_gpu_decoder(jpeg_data):
+    reader = RecordReader(jpeg_data, "train")
+    job = Job(0, 0, np.arange(4))
+    batch = EncodedBatchDataset(reader, geometry("inception"), 0, share=0.1)[job][0]  # 0.4 samples: none encoded
+    assert len(batch) == 4 and batch.keys == [] and batch.chunks() == []
+
+    def no_gpu(chunks, device):
+        raise AssertionError("the GPU decoder was called for a batch with nothing encoded")
+    out = GpuDecoder("cpu", decode=no_gpu, decode_cpu=no_gpu)(batch)
+    assert torch.equal(out, BatchDataset(reader, geometry("inception"), 3, 0, train=True)[job][0])
+
+
+@pytest.mark.parametrize("share", [0.0, 1.5, float("nan")])
+def test_a_share_outside_0_to_1_is_refused_naming_the_key(share, jpeg_data):
+    with pytest.raises(ValueError, match="gpu_decode_share"):
+        EncodedBatchDataset(RecordReader(jpeg_data, "train"), geometry("inception"), 0, share=share)
+    with pytest.raises(ValueError, match="gpu_decode_share"):
+        load_config(None, [f"data.gpu_decode_share={share}"])
+
+
 def test_missing_torchvision_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision -> ImportError
     monkeypatch.setitem(sys.modules, "torchvision.io", None)
@@ -230,13 +271,15 @@ def test_missing_torchvision_is_a_clear_error(monkeypatch):
         GpuDecoder("cpu")
 
 
-def test_decoding_ahead_gives_the_synchronous_paths_batches(jpeg_data):
-    """decode_ahead (background thread; on CUDA a side stream) against the decoder called in the consumer."""
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_decoding_ahead_gives_the_synchronous_paths_batches(share, jpeg_data):
+    """decode_ahead (background thread; on CUDA a side stream) against the decoder called in the consumer, with
+    whole batches encoded and with half of each decoded by the workers."""
     from resnet_repro.data.loading.gpu_decode import decode_ahead
     from resnet_repro.data.loading.loader import DevicePrefetcher, make_loader
 
     reader = RecordReader(jpeg_data, "train")
-    ds = EncodedBatchDataset(reader, geometry("inception", color="jitter"), seed=2)
+    ds = EncodedBatchDataset(reader, geometry("inception", color="jitter"), seed=2, share=share)
     jobs = [Job(1, s, np.arange(s * 6, s * 6 + 6)) for s in range(4)]
     decode, decode_cpu = cv2_decoders()
     seen = []

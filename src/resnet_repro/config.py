@@ -88,6 +88,13 @@ class DataConfig:
     # read bytes and draw each sample's crop; the trainer decodes the batch with nvJPEG and resizes on the GPU
     # (needs CUDA and torchvision; see data/loading/gpu_decode.py). Val images are always decoded on the CPU.
     decode: Literal["cpu", "gpu"] = "cpu"
+    # With decode "gpu": the share of each training batch that nvJPEG decodes; the workers decode the rest (the
+    # batch's last samples) as on the CPU path, with the same crop boxes and flips. Below 1 when the GPU side
+    # cannot keep up and the workers have time to spare (DALI's hw_decoder_load is the same idea): torchvision
+    # decodes a batch in one call behind one process-wide lock (a second decoding thread cannot help), on the
+    # GPU's hardware JPEG engines where it has them (A100 and later). `bench train --e2e gpu:8:plan:0.75`
+    # measures a share end to end; `bench gpu-decode` times the GPU side alone.
+    gpu_decode_share: float = 1.0
     # Train geometry. "pad_crop": pad by `pad` pixels then random crop back (the paper's CIFAR recipe);
     # "none": resize + centre crop. ImageNet crops (data/augment/), each resized to `image_size` (default 224):
     # "inception": area U[0.08, 1], aspect log-U[3/4, 4/3], 10 tries, then the central crop clamped to the aspect
@@ -146,7 +153,8 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
     RANGES: ClassVar[dict] = {"batch_size": COUNT, "eval_batch_size": COUNT, "resize_multiple": COUNT,
-                              "random_erasing": FRACTION, "mean": FRACTION, "std": POSITIVE}
+                              "random_erasing": FRACTION, "mean": FRACTION, "std": POSITIVE,
+                              "gpu_decode_share": Range(0, 1, lo_open=True)}
 
 
 @dataclass

@@ -7,7 +7,8 @@ batches (the workers' part, bytes and crop boxes, is done before the clock start
 
 * ``decode``: the batched nvJPEG call alone (torchvision's ``decode_jpeg`` with a list, on the device);
 * ``decode_threads``: the batch split over ``threads`` threads decoding at once: whether the call lets another
-  thread decode meanwhile (if it holds the GIL or a lock throughout, this is no faster than ``decode``);
+  thread decode meanwhile (torchvision's source holds one process-wide lock over the whole call, so this is
+  expected to be no faster than ``decode``; the phase checks it on the installed version);
 * ``crops``: decode, then each image's crop, antialiased resize and flip (``GpuDecoder.resized_crops``);
 * ``batch``: all of one decode-ahead batch: the crops plus the trainer's DeviceTransform (colour, normalize).
 
@@ -15,6 +16,9 @@ Each is images/s over ``batches`` batches after one untimed batch, the device sy
 starts and stops (so GPU work counts), with its spread over the batches. A step of the trainer takes the
 ``bench train`` compute time per batch: the decode-ahead thread keeps up only if ``batch`` is faster than that,
 while sharing the GIL and the GPU with the training thread.
+
+It times the GPU side of whole batches: a ``data.gpu_decode_share`` below 1 moves part of each batch to the
+workers, whose end-to-end effect ``bench train --e2e gpu:WORKERS:plan:SHARE`` measures.
 
 The decoders can be handed in (tests use OpenCV stand-ins on the CPU, as tests/test_gpu_decode.py does); by
 default they are torchvision's, which this command needs.
@@ -93,7 +97,7 @@ def bench_gpu_decode(opts: GpuDecodeOptions, log=print, decode=None, decode_cpu=
         params = b[3]
         return decoder(b[0], params.to(dev, non_blocking=True)) if params.numel() else decoder(b[0])
 
-    phases = {"decode": lambda b: decoder._decode(b[0]), "decode_threads": in_threads,
+    phases = {"decode": lambda b: decoder.decode_batch(b[0]), "decode_threads": in_threads,
               "crops": lambda b: decoder.resized_crops(b[0]), "batch": whole}
     rates, spreads = {}, {}
     try:

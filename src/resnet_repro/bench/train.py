@@ -86,22 +86,34 @@ AFFINITIES = ("plan", "workers", "none")  # data/loading/cores.py applied in ful
 
 
 def parse_e2e(spec: str) -> dict:
-    """An end-to-end variant, DECODE[:WORKERS[:AFFINITY]]: "cpu", "gpu:4", "cpu:auto:none" (WORKERS: a count or
-    auto; AFFINITY: plan = workers on their cores and the training thread on its own, workers = only the
-    workers pinned, none = nothing pinned)."""
+    """An end-to-end variant, DECODE[:WORKERS[:AFFINITY[:SHARE]]]: "cpu", "gpu:4", "cpu:auto:none",
+    "gpu:8:plan:0.75" (WORKERS: a count or auto; AFFINITY: plan = workers on their cores and the training thread
+    on its own, workers = only the workers pinned, none = nothing pinned; SHARE, gpu only: data.gpu_decode_share,
+    the part of each batch nvJPEG decodes, the workers the rest; default the recipe's)."""
     from ..data.loading.cores import parse_workers
 
     parts = spec.split(":")
-    if not 1 <= len(parts) <= 3 or parts[0] not in ("cpu", "gpu"):
-        raise ValueError(f"--e2e {spec!r}: expected DECODE[:WORKERS[:AFFINITY]] with DECODE cpu or gpu, e.g. gpu:4")
+    if not 1 <= len(parts) <= 4 or parts[0] not in ("cpu", "gpu"):
+        raise ValueError(f"--e2e {spec!r}: expected DECODE[:WORKERS[:AFFINITY[:SHARE]]] with DECODE cpu or gpu, "
+                         "e.g. gpu:4")
     try:
         workers = parse_workers(parts[1]) if len(parts) > 1 and parts[1] else None
     except ValueError as e:
         raise ValueError(f"--e2e {spec!r}: {e}") from None
-    affinity = parts[2] if len(parts) > 2 else "plan"
+    affinity = parts[2] if len(parts) > 2 and parts[2] else "plan"
     if affinity not in AFFINITIES:
         raise ValueError(f"--e2e {spec!r}: affinity {affinity!r} is not one of {', '.join(AFFINITIES)}")
-    return {"decode": parts[0], "workers": workers, "affinity": affinity}
+    share = None
+    if len(parts) > 3:
+        if parts[0] != "gpu":
+            raise ValueError(f"--e2e {spec!r}: SHARE (the part nvJPEG decodes) is for gpu decoding only")
+        try:
+            share = float(parts[3])
+        except ValueError:
+            share = math.nan
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"--e2e {spec!r}: share {parts[3]!r} must be a number in (0, 1]")
+    return {"decode": parts[0], "workers": workers, "affinity": affinity, "share": share}
 
 
 @dataclass
@@ -348,7 +360,9 @@ def _variants(bench: _Session, opts: TrainOptions) -> list[dict]:
         if v["decode"] == "gpu":
             from ..data.loading.gpu_decode import EncodedBatchDataset, GpuDecoder
 
-            v["dataset"] = EncodedBatchDataset(reader, bench.geometry, opts.seed)
+            if v.get("share") is None:
+                v["share"] = cfg.data.gpu_decode_share
+            v["dataset"] = EncodedBatchDataset(reader, bench.geometry, opts.seed, v["share"])
             v["transform"] = GpuDecoder(bench.dev, to_device)
         else:
             v["dataset"] = BatchDataset(reader, bench.geometry, bench.channels, opts.seed, train=True)
@@ -376,6 +390,7 @@ def _summarize(out: dict, runs: dict[str, list[dict]], variants: list[dict], cfg
         e2e_k = by_rate(f"e2e{k}")
         ratio = e2e_k["images_per_s"] / compute["images_per_s"]
         row = {"decode": v["decode"], "workers": v["workers"], "affinity": v["affinity"],
+               "gpu_decode_share": v.get("share") if v["decode"] == "gpu" else None,
                "core_plan": v["plan"].describe(), "images_per_s": e2e_k["images_per_s"], "step_ms": e2e_k["step_ms"],
                "over_compute": ratio, "data_wait_fraction": e2e_k["wait_fraction"], "wall_s": e2e_k["wall_s"],
                "images_per_s_rounds": [r["images_per_s"] for r in runs[f"e2e{k}"]],
@@ -388,9 +403,17 @@ def _summarize(out: dict, runs: dict[str, list[dict]], variants: list[dict], cfg
                        crop=cfg.data.crop, end_to_end_images_per_s_rounds=row["images_per_s_rounds"])
         log(f"  end to end  {row['images_per_s']:10,.1f} img/s  {row['step_ms']:8.1f} ms/step  "
             f"{ratio:.3f} x compute, data wait {100 * row['data_wait_fraction']:.1f} %  "
-            f"({v['decode']} decode, crop {cfg.data.crop}, affinity {v['affinity']}: {row['core_plan']}; {data})")
+            f"({v['decode']} decode{_share_text(row)}, crop {cfg.data.crop}, affinity {v['affinity']}: "
+            f"{row['core_plan']}; {data})")
     phases = [("compute", out["compute_images_per_s_rounds"], compute)] + [
-        (f"end to end ({r['decode']}, {r['affinity']})", r["images_per_s_rounds"], r) for r in out["end_to_end"]]
+        (f"end to end ({r['decode']}{_share_text(r)}, {r['affinity']})", r["images_per_s_rounds"], r)
+        for r in out["end_to_end"]]
     log("  img/s over the alternating rounds, and the median round's fastest-slowest step: " + "; ".join(
         f"{name} {Spread.of(rates).text(',.1f')}, steps {r['step_ms_min']:.1f}-{r['step_ms_max']:.1f} ms"
         for name, rates, r in phases))
+
+
+def _share_text(row: dict) -> str:
+    """", 75 % on the GPU" for a split GPU-decode row, else nothing."""
+    share = row.get("gpu_decode_share")
+    return "" if share is None or share >= 1.0 else f", {100 * share:g} % on the GPU"

@@ -37,9 +37,11 @@ def _add_train(bench) -> None:
                     help="torch.compile mode (implies --compile)")
     bt.add_argument("--workers", help="loader processes, a count or auto (default: the config's, else auto: CPU cores "
                                       "- 2 on a GPU machine; data/loading/cores.py)")
-    bt.add_argument("--e2e", action="append", default=[], metavar="DECODE[:WORKERS[:AFFINITY]]",
+    bt.add_argument("--e2e", action="append", default=[], metavar="DECODE[:WORKERS[:AFFINITY[:SHARE]]]",
                     help="an end-to-end variant, repeatable, each after the same compute phase: cpu, gpu:4, "
-                         "cpu:auto:none (AFFINITY plan | workers | none; default plan)")
+                         "cpu:auto:none, gpu:8:plan:0.75 (AFFINITY plan | workers | none, default plan; SHARE, gpu "
+                         "only: the part of each batch nvJPEG decodes, the workers the rest, default "
+                         "data.gpu_decode_share)")
     bt.add_argument("--device", default="auto")
     bt.add_argument("--rounds", type=int, default=1, help="alternate the phases this many times; report medians "
                                                            "(steadier on a shared machine)")

@@ -156,7 +156,8 @@ def open_data(run: Run) -> Data:
         if device.type != "cuda" or channels != 3:
             raise TrainingError(f"data.decode=gpu needs a CUDA device and RGB JPEGs (device {device}, {channels} "
                                 "channel(s)); use data.decode=cpu")
-        train_ds = EncodedBatchDataset(train_reader, TrainGeometry(cfg.data, stored), cfg.train.seed)
+        train_ds = EncodedBatchDataset(train_reader, TrainGeometry(cfg.data, stored), cfg.train.seed,
+                                       cfg.data.gpu_decode_share)
         train_transform = GpuDecoder(device, to_device)
     global_batch = cfg.data.batch_size * env.world
     steps_per_epoch = len(train_reader) // global_batch

@@ -12,6 +12,11 @@ index)``, given the size read from the header; so a sample gets the same box on 
 the pixel arithmetic: nvJPEG's IDCT against libjpeg-turbo's (a level or two), and bilinear resampling with
 antialiasing against OpenCV's area/linear filters. Validation images are always decoded on the CPU.
 
+Split (``data.gpu_decode_share`` below 1): the workers decode the batch's last samples themselves, the CPU path's
+pixels for them, and ship them decoded beside the rest's bytes; the GPU side decodes and crops only the head and
+appends the tail. For when the GPU side is the limit and the workers idle: torchvision decodes a batch in one call
+behind a process-wide lock, so more decoding threads cannot share its work, but the workers can.
+
 Overlap (``DecodeAhead``): torchvision's batched nvJPEG call blocks the calling thread until the batch is decoded
 (it synchronizes its own decoder stream) and the crops are a few hundred small kernel launches, so done in the
 training thread they stall the next step (2026-11-26, H100: 31 % data wait). A background thread therefore
@@ -61,18 +66,25 @@ def crop_params(geometry, h: int, w: int, rng: np.random.Generator,
 
 class EncodedBatch:
     """A batch as the loader workers leave it for the GPU: JPEG bytes back to back, and per sample the crop box
-    and flip. It travels the same path as a uint8 batch (worker -> pinned memory -> DevicePrefetcher)."""
+    and flip. It travels the same path as a uint8 batch (worker -> pinned memory -> DevicePrefetcher).
+
+    ``data``, ``offsets``, ``boxes``, ``flips`` and ``keys`` describe the encoded samples, the head of the batch;
+    ``decoded`` (uint8 [k, size, size, 3], or None) holds its last k samples, which the workers decoded
+    (data.gpu_decode_share below 1)."""
 
     def __init__(self, data: torch.Tensor, offsets: list[int], boxes: list[tuple[int, int, int, int]],
-                 flips: list[bool], keys: list[str], size: int):
+                 flips: list[bool], keys: list[str], size: int, decoded: torch.Tensor | None = None):
         self.data, self.offsets, self.boxes, self.flips, self.keys = data, offsets, boxes, flips, keys
         self.size = size  # output side in pixels (the job's: progressive resizing changes it per epoch)
+        self.decoded = decoded
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.keys) + (0 if self.decoded is None else len(self.decoded))
 
     def pin_memory(self) -> "EncodedBatch":  # called by the DataLoader's pin-memory thread
         self.data = self.data.pin_memory()
+        if self.decoded is not None:
+            self.decoded = self.decoded.pin_memory()
         return self
 
     def to(self, device, non_blocking: bool = False) -> "EncodedBatch":
@@ -88,13 +100,19 @@ class EncodedBatchDataset(BatchDataset):
 
     A sample whose header cannot be read is decoded on the CPU once for its size (the CPU path's fallback too); a
     sample that cannot be read at all gets the CPU path's treatment (BatchDataset.with_replacement): a warning,
-    a deterministic replacement sample, and a count in ``bad``."""
+    a deterministic replacement sample, and a count in ``bad``.
 
-    def __init__(self, reader, geometry, seed: int):
+    ``share`` (data.gpu_decode_share): the fraction of each batch left encoded, rounded to whole samples; the
+    rest, the batch's last samples, are decoded here as BatchDataset decodes them (EncodedBatch.decoded)."""
+
+    def __init__(self, reader, geometry, seed: int, share: float = 1.0):
         if geometry.cfg.random_erasing > 0:
             raise ValueError("data.decode=gpu does not do random erasing; set data.random_erasing=0 or "
                              "data.decode=cpu")
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"data.gpu_decode_share={share}: must be in (0, 1]")
         super().__init__(reader, geometry, 3, seed, train=True)
+        self.share = share
 
     def _encoded(self, i: int, epoch: int):
         key, data, _ = self.reader[i]
@@ -107,8 +125,10 @@ class EncodedBatchDataset(BatchDataset):
         size = job.size or self.default_size
         # The box depends on the side for some crops (the paper's scale augmentation): the job's, as on the CPU path.
         self.geometry.size = size
-        parts, labels, boxes, flips, keys, params, bad = [], [], [], [], [], [], 0
-        for i in job.indices.tolist():
+        indices = job.indices.tolist()
+        head = int(np.floor(self.share * len(indices) + 0.5))
+        parts, labels, boxes, flips, keys, params, decoded, bad = [], [], [], [], [], [], [], 0
+        for i in indices[:head]:
             (key, data, box, flip, label, colour), b = self.with_replacement(self._encoded, i, job.epoch)
             bad += b
             parts.append(data)
@@ -117,10 +137,17 @@ class EncodedBatchDataset(BatchDataset):
             flips.append(flip)
             keys.append(key)
             params.append(colour)
+        for i in indices[head:]:
+            (img, label, colour), b = self.with_replacement(self._sample, i, job.epoch)
+            bad += b
+            decoded.append(img)
+            labels.append(label)
+            params.append(colour)
         offsets = np.cumsum([0] + [len(p) for p in parts]).tolist()
-        data = torch.frombuffer(bytearray(b"".join(parts)), dtype=torch.uint8)
-        return (EncodedBatch(data, offsets, boxes, flips, keys, size), torch.tensor(labels, dtype=torch.int64), bad,
-                torch.from_numpy(np.stack(params)))
+        data = torch.frombuffer(bytearray(b"".join(parts)), dtype=torch.uint8) if parts else torch.empty(0, dtype=torch.uint8)
+        tail = torch.from_numpy(np.stack(decoded)) if decoded else None
+        return (EncodedBatch(data, offsets, boxes, flips, keys, size, tail), torch.tensor(labels, dtype=torch.int64),
+                bad, torch.from_numpy(np.stack(params)))
 
 
 def _torchvision_decoders():
@@ -155,8 +182,11 @@ class GpuDecoder:
         self.decode, self.decode_cpu = decode, decode_cpu
         self.warned = False
 
-    def _decode(self, batch: EncodedBatch) -> list[torch.Tensor]:
+    def decode_batch(self, batch: EncodedBatch) -> list[torch.Tensor]:
+        """The batch's encoded samples, decoded whole: uint8 [3, H, W] each, on the device."""
         chunks = batch.chunks()
+        if not chunks:
+            return []
         try:
             return self.decode(chunks, self.device)
         except RuntimeError as e:
@@ -178,16 +208,20 @@ class GpuDecoder:
         return images
 
     def resized_crops(self, batch: EncodedBatch) -> torch.Tensor:
-        """uint8 [B, size, size, 3] on the device (NHWC, the layout CPU workers deliver)."""
+        """uint8 [B, size, size, 3] on the device (NHWC, the layout CPU workers deliver), in the batch's order: the
+        encoded head decoded and cropped here, then the tail the workers decoded."""
         size, out = batch.size, []
-        for img, (y, x, h, w), flip in zip(self._decode(batch), batch.boxes, batch.flips):
+        for img, (y, x, h, w), flip in zip(self.decode_batch(batch), batch.boxes, batch.flips):
             crop = img[None, :, y:y + h, x:x + w].float()
             if (h, w) != (size, size):
                 # Bilinear with antialiasing (the filter widens with the shrink factor), from the full decode;
                 # the CPU path gets the same band limit from a reduced DCT decode, then bilinear or area.
                 crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             out.append(crop.flip(-1) if flip else crop)
-        return torch.cat(out).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        parts = [torch.cat(out).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)] if out else []
+        if batch.decoded is not None:
+            parts.append(batch.decoded.to(self.device, non_blocking=True))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def __call__(self, batch: EncodedBatch, params: torch.Tensor | None = None) -> torch.Tensor:
         x = self.resized_crops(batch)
