@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from resnet_repro.bench import measure
+from resnet_repro.bench import e2e, measure
 from resnet_repro.bench import train as bt
 from resnet_repro import runtime
 from resnet_repro.training import loop, setup, state
@@ -123,10 +123,10 @@ def test_end_to_end_variants_after_one_compute_phase(texture_data, cli):
 
 
 def test_an_e2e_variant_can_name_the_share_nvjpeg_decodes():
-    assert bt.parse_e2e("gpu:8:plan:0.75") == {"decode": "gpu", "workers": 8, "affinity": "plan", "share": 0.75}
-    assert bt.parse_e2e("gpu:8::0.5")["affinity"] == "plan" and bt.parse_e2e("gpu:4")["share"] is None
-    assert bt._share_text({"gpu_decode_share": 0.75}) == ", 75 % on the GPU"
-    assert bt._share_text({"gpu_decode_share": 1.0}) == bt._share_text({"gpu_decode_share": None}) == ""
+    assert e2e.parse_e2e("gpu:8:plan:0.75") == {"decode": "gpu", "workers": 8, "affinity": "plan", "share": 0.75}
+    assert e2e.parse_e2e("gpu:8::0.5")["affinity"] == "plan" and e2e.parse_e2e("gpu:4")["share"] is None
+    assert e2e.share_text({"gpu_decode_share": 0.75}) == ", 75 % on the GPU"
+    assert e2e.share_text({"gpu_decode_share": 1.0}) == e2e.share_text({"gpu_decode_share": None}) == ""
 
 
 def test_bad_variants_and_worker_counts_are_user_errors(texture_data, cli):

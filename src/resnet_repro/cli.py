@@ -1,6 +1,6 @@
 """Command line: ``resnet-repro SUBCOMMAND`` (or ``python -m resnet_repro``). See --help of each subcommand.
 
-Each subcommand's arguments and handler live in its own module of commands/ (``bench``'s three included); this
+Each subcommand's arguments and handler live in its own module of commands/ (``bench``'s four included); this
 module only builds the top-level parser from ``COMMANDS`` and turns the errors a user can fix into one ``error:``
 line and exit status 2."""
 from __future__ import annotations

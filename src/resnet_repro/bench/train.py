@@ -36,6 +36,7 @@ import torch.nn as nn
 from ..config import Config, choices
 from ..recipe import load_config
 from ..runtime import load_recipe
+from . import e2e
 from .measure import Spread, StepTimer, lower_median
 
 TRAIN_FLOPS_PER_MAC = 3 * 2  # forward + backward (input and weight gradients) = 3 forwards; 2 FLOPs per MAC
@@ -82,40 +83,6 @@ def _bench_config(config: str | None, overrides: list[str], data: str | None) ->
 # matmul templates) while compiling, with CUDA graphs; "max-autotune-no-cudagraphs" the same without them.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
-AFFINITIES = ("plan", "workers", "none")  # data/loading/cores.py applied in full, to the workers only, or not at all
-
-
-def parse_e2e(spec: str) -> dict:
-    """An end-to-end variant, DECODE[:WORKERS[:AFFINITY[:SHARE]]]: "cpu", "gpu:4", "cpu:auto:none",
-    "gpu:8:plan:0.75" (WORKERS: a count or auto; AFFINITY: plan = workers on their cores and the training thread
-    on its own, workers = only the workers pinned, none = nothing pinned; SHARE, gpu only: data.gpu_decode_share,
-    the part of each batch nvJPEG decodes, the workers the rest; default the recipe's)."""
-    from ..data.loading.cores import parse_workers
-
-    parts = spec.split(":")
-    if not 1 <= len(parts) <= 4 or parts[0] not in ("cpu", "gpu"):
-        raise ValueError(f"--e2e {spec!r}: expected DECODE[:WORKERS[:AFFINITY[:SHARE]]] with DECODE cpu or gpu, "
-                         "e.g. gpu:4")
-    try:
-        workers = parse_workers(parts[1]) if len(parts) > 1 and parts[1] else None
-    except ValueError as e:
-        raise ValueError(f"--e2e {spec!r}: {e}") from None
-    affinity = parts[2] if len(parts) > 2 and parts[2] else "plan"
-    if affinity not in AFFINITIES:
-        raise ValueError(f"--e2e {spec!r}: affinity {affinity!r} is not one of {', '.join(AFFINITIES)}")
-    share = None
-    if len(parts) > 3:
-        if parts[0] != "gpu":
-            raise ValueError(f"--e2e {spec!r}: SHARE (the part nvJPEG decodes) is for gpu decoding only")
-        try:
-            share = float(parts[3])
-        except ValueError:
-            share = math.nan
-        if not 0.0 < share <= 1.0:
-            raise ValueError(f"--e2e {spec!r}: share {parts[3]!r} must be a number in (0, 1]")
-    return {"decode": parts[0], "workers": workers, "affinity": affinity, "share": share}
-
-
 @dataclass
 class TrainOptions:
     """What `bench train` runs (commands/bench.py's options); the defaults are the command's."""
@@ -135,7 +102,7 @@ class TrainOptions:
     overrides: list[str] = field(default_factory=list)
     seed: int = 0
     rounds: int = 1  # the phases alternate this many times; each phase reports its median round
-    e2e: list[dict] | None = None  # end-to-end variants (parse_e2e); None: one, from `decode` and `workers`
+    e2e: list[dict] | None = None  # end-to-end variants (e2e.parse_e2e); None: one, from `decode` and `workers`
 
     def compile_mode(self) -> str | None:
         """Checks the options; the torch.compile mode, None for eager."""
@@ -178,7 +145,7 @@ def bench_train(opts: TrainOptions, log=print) -> dict:
         f"{f'compiled ({compile_mode})' if compile_mode else 'eager'}, "
         f"{'channels_last' if bench.channels_last else 'NCHW'}, {out['device_name']}; {opts.warmup} warm-up + "
         f"{opts.steps} timed steps")
-    variants = _variants(bench, opts) if bench.reader is not None else []
+    variants = e2e.variants(bench, opts) if bench.reader is not None else []
     runs: dict[str, list[dict]] = {"compute": [], **{f"e2e{k}": [] for k in range(len(variants))}}
     for _ in range(opts.rounds):
         _timed(runs["compute"], bench.compute_round)
@@ -328,49 +295,6 @@ def _data_shape(opts: TrainOptions, cfg: Config) -> tuple:
     return reader, geometry, reader.manifest["image"]["channels"], geometry.size, len(reader.manifest["classes"])
 
 
-def _variants(bench: _Session, opts: TrainOptions) -> list[dict]:
-    """The end-to-end variants, each with its core plan, dataset, device transform and jobs (as many epochs as
-    the steps need, one loader for all)."""
-    from ..data.augment.device import DeviceTransform
-    from ..data.loading.cores import available_cpus, plan_cores
-    from ..data.loading.loader import BatchDataset, Job, train_batch_indices
-    from ..data.loading.memory import keep_batch_memory
-
-    cfg, reader = bench.cfg, bench.reader
-    total = opts.warmup + opts.steps
-    per_epoch = len(reader) // opts.batch_size
-    jobs = []
-    for epoch in range(-(-total // per_epoch)):
-        jobs += [Job(epoch, s, idx) for s, idx in
-                 enumerate(train_batch_indices(len(reader), opts.batch_size, opts.seed, epoch))]
-    jobs = jobs[:total]
-    keep_batch_memory(bench.dev)  # as training does: the same transform cost
-    to_device = DeviceTransform(cfg.data, bench.channels, bench.dev, bench.channels_last)
-    default_workers = cfg.data.workers if opts.config else "auto"  # the recipe's worker count, else auto
-    e2e = opts.e2e
-    if e2e is None:
-        e2e = [{"decode": cfg.data.decode, "affinity": "plan",
-                "workers": opts.workers if opts.workers is not None else default_workers}]
-    variants = []
-    for v in e2e:
-        v = dict(v, jobs=jobs)
-        setting = v.get("workers")
-        v["plan"] = plan_cores(available_cpus(), setting if setting is not None else default_workers, bench.dev.type)
-        v["workers"] = v["plan"].workers
-        if v["decode"] == "gpu":
-            from ..data.loading.gpu_decode import EncodedBatchDataset, GpuDecoder
-
-            if v.get("share") is None:
-                v["share"] = cfg.data.gpu_decode_share
-            v["dataset"] = EncodedBatchDataset(reader, bench.geometry, opts.seed, v["share"])
-            v["transform"] = GpuDecoder(bench.dev, to_device)
-        else:
-            v["dataset"] = BatchDataset(reader, bench.geometry, bench.channels, opts.seed, train=True)
-            v["transform"] = to_device
-        variants.append(v)
-    return variants
-
-
 def _summarize(out: dict, runs: dict[str, list[dict]], variants: list[dict], cfg: Config, data, log) -> None:
     """Each phase's median round into `out`, its spread over the rounds alongside, and the log lines."""
     def by_rate(phase: str) -> dict:
@@ -403,17 +327,12 @@ def _summarize(out: dict, runs: dict[str, list[dict]], variants: list[dict], cfg
                        crop=cfg.data.crop, end_to_end_images_per_s_rounds=row["images_per_s_rounds"])
         log(f"  end to end  {row['images_per_s']:10,.1f} img/s  {row['step_ms']:8.1f} ms/step  "
             f"{ratio:.3f} x compute, data wait {100 * row['data_wait_fraction']:.1f} %  "
-            f"({v['decode']} decode{_share_text(row)}, crop {cfg.data.crop}, affinity {v['affinity']}: "
+            f"({v['decode']} decode{e2e.share_text(row)}, crop {cfg.data.crop}, affinity {v['affinity']}: "
             f"{row['core_plan']}; {data})")
     phases = [("compute", out["compute_images_per_s_rounds"], compute)] + [
-        (f"end to end ({r['decode']}{_share_text(r)}, {r['affinity']})", r["images_per_s_rounds"], r)
+        (f"end to end ({r['decode']}{e2e.share_text(r)}, {r['affinity']})", r["images_per_s_rounds"], r)
         for r in out["end_to_end"]]
     log("  img/s over the alternating rounds, and the median round's fastest-slowest step: " + "; ".join(
         f"{name} {Spread.of(rates).text(',.1f')}, steps {r['step_ms_min']:.1f}-{r['step_ms_max']:.1f} ms"
         for name, rates, r in phases))
 
-
-def _share_text(row: dict) -> str:
-    """", 75 % on the GPU" for a split GPU-decode row, else nothing."""
-    share = row.get("gpu_decode_share")
-    return "" if share is None or share >= 1.0 else f", {100 * share:g} % on the GPU"

@@ -127,7 +127,8 @@ def _run_gpu_decode(args) -> int:
 
 
 def _run_train(args) -> int:
-    from ..bench.train import TrainOptions, bench_train, parse_e2e
+    from ..bench.e2e import parse_e2e
+    from ..bench.train import TrainOptions, bench_train
 
     def run(log):
         opts = TrainOptions(model=args.model, data=None if args.synthetic else args.data, batch_size=args.batch_size,
