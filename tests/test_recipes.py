@@ -99,7 +99,7 @@ def test_seed_recipes_are_the_reference(depth):
     cfg = load_config(REPO / "configs" / "imagenet" / f"resnet{depth}_seed.yaml")
     assert cfg.model.name == f"resnet{depth}" and not cfg.model.stride_in_3x3
     assert cfg.data.batch_size * 4 == cfg.optim.lr_batch == 256  # 4 devices x 64 = the seed's global batch
-    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.1, 0.9, 1e-4)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.nesterov) == (0.1, 0.9, 1e-4, False)
     # Seed note 1: the paper's scale augmentation, tf_cnn_benchmarks' colour; note 7: no mean subtraction.
     assert (cfg.data.crop, cfg.data.color, cfg.data.normalize, cfg.data.flip) == ("paper", "tf_cnn", "scale", True)
     assert (cfg.data.image_size, cfg.data.lighting) == (224, 0.0)

@@ -85,7 +85,8 @@ def _add_prepare(bench) -> None:
     p.add_argument("--src", help="a class-per-folder data set to time (default: make photo-like JPEGs)")
     p.add_argument("--images", type=int, default=500, help="images to make without --src")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3, help="passes of each measurement; the best is reported")
+    p.add_argument("--repeats", type=int, default=3, help="passes of each measurement; the best is reported (with "
+                                                           "--archives: the median, and the min-max)")
     p.add_argument("--archives", action="store_true",
                    help="instead: ImageNet from the official archives in place vs extract-then-prepare, on a small "
                         "archive set it makes (--images, --workers; needs scipy)")
