@@ -173,7 +173,12 @@ def open_data(run: Run) -> Data:
     # Worker count and core layout (data/loading/cores.py): on a GPU the trainer's threads keep cores of their own.
     local_world = max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), env.local_rank + 1)  # torchrun sets it
     core_plan = plan_cores(available_cpus(), cfg.data.workers, device.type, env.local_rank, local_world)
-    run.log(f"data loading: {core_plan.describe()}")
+    decode = ""
+    if cfg.data.decode == "gpu":
+        share = cfg.data.gpu_decode_share
+        decode = "; training JPEGs decoded on the GPU (nvJPEG)" + (
+            f", {100 * share:g} % of each batch, the workers decode the rest" if share < 1 else "")
+    run.log(f"data loading: {core_plan.describe()}{decode}")
     return Data(cfg.data, cfg.train.seed, env, device, train_reader, val_reader,
                 cfg.model.num_classes or len(manifest["classes"]), train_ds, val_ds, train_transform, val_transform,
                 core_plan, global_batch, steps_per_epoch, epochs, total_steps, val_held_out, test_split)
