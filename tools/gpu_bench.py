@@ -55,7 +55,8 @@ REPO = Path(__file__).resolve().parents[1]
 # max-autotune-no-cudagraphs outlasted 169 s there (one convolution autotuned for 10 s over 21 choices), so within
 # the budget both max-autotune modes are rows saying they did not fit.
 FULL = dict(images=2560, jpeg_wh=(500, 375), model="resnet50", batch=256, size=224, steps=50, warmup=10, rounds=3,
-            gpu_workers=4, gpu_share=0.5, loader_batch=64, loader_batches=200, loader_workers="1,2,4,8,auto", budget_s=480,
+            gpu_workers=4, gpu_share=0.5, loader_batch=64, loader_batches=200, loader_workers="1,2,4,8,auto",
+            budget_s=480,
             expect={"data": 35, "eager": 115, "compiled": 180, "tests": 45, "gpu_decode": 40, "loader": 70,
                     "reduce-overhead": 70, "max-autotune-no-cudagraphs": 300, "max-autotune": 300},
             limit={"eager": 220, "compiled": 300, "tests": 120, "gpu_decode": 120, "loader": 150, "mode": 240})
@@ -296,7 +297,8 @@ class Bench:
         for e in result["end_to_end"]:
             share = e.get("gpu_decode_share")
             split = f" ({100 * share:g} % on the GPU)" if share is not None and share < 1 else ""
-            self.row("end_to_end", f"{run} {e['decode']} decode{split}, {e['workers']} workers, affinity {e['affinity']}",
+            self.row("end_to_end",
+                     f"{run} {e['decode']} decode{split}, {e['workers']} workers, affinity {e['affinity']}",
                      compile_mode=compile_mode, compute_images_per_s=result["compute_images_per_s"],
                      peak_memory_mb=result["peak_memory_mb"], **e)
         if not self.cuda:

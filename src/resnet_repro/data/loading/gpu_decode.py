@@ -144,7 +144,8 @@ class EncodedBatchDataset(BatchDataset):
             labels.append(label)
             params.append(colour)
         offsets = np.cumsum([0] + [len(p) for p in parts]).tolist()
-        data = torch.frombuffer(bytearray(b"".join(parts)), dtype=torch.uint8) if parts else torch.empty(0, dtype=torch.uint8)
+        data = (torch.frombuffer(bytearray(b"".join(parts)), dtype=torch.uint8) if parts
+                else torch.empty(0, dtype=torch.uint8))  # frombuffer refuses an empty buffer
         tail = torch.from_numpy(np.stack(decoded)) if decoded else None
         return (EncodedBatch(data, offsets, boxes, flips, keys, size, tail), torch.tensor(labels, dtype=torch.int64),
                 bad, torch.from_numpy(np.stack(params)))
