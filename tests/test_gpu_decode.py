@@ -350,13 +350,15 @@ def test_training_with_gpu_decode_needs_cuda(texture_data, tmp_path):
 
 
 @cuda
-def test_decoding_ahead_on_a_side_stream_matches_the_synchronous_path_on_cuda(jpeg_data):
-    """The hand-over by event: batches read on the default stream right after the hand-over are complete."""
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_decoding_ahead_on_a_side_stream_matches_the_synchronous_path_on_cuda(share, jpeg_data):
+    """The hand-over by event: batches read on the default stream right after the hand-over are complete (with
+    half of each batch decoded by the workers too: its pinned tail copied on the side stream)."""
     from resnet_repro.data.loading.gpu_decode import decode_ahead
     from resnet_repro.data.loading.loader import DevicePrefetcher, make_loader
 
     reader = RecordReader(jpeg_data, "train")
-    ds = EncodedBatchDataset(reader, geometry("inception"), seed=4)
+    ds = EncodedBatchDataset(reader, geometry("inception"), seed=4, share=share)
     jobs = [Job(0, s, np.arange(s * 8, s * 8 + 8)) for s in range(3)]
     dev = torch.device("cuda")
     ahead = [(x.float().sum((1, 2, 3)), y.clone()) for x, y, _ in
