@@ -124,7 +124,7 @@ def test_prepare_bench_times_a_complete_copy_mode_prepare(cli):
 def test_the_torchvision_comparison_does_the_same_colour_work(color, jitter):
     """--compare torchvision runs the ColorJitter that matches data.color: tf_cnn's distortion has a hue shift."""
     T = pytest.importorskip("torchvision.transforms")
-    from resnet_repro.bench.loader import torchvision_transform
+    from resnet_repro.bench.loader_torchvision import torchvision_transform
     from resnet_repro.config import DataConfig
 
     transform, what = torchvision_transform(DataConfig(color=color))
