@@ -70,6 +70,7 @@ def test_bench_loader_text_scaling_and_torchvision_comparison(shards, cli):
                          "--set", "data.lighting=0.1", "--device", "cpu", "--compare", "torchvision")
     assert code == 0, err
     assert "decode limit" in out and "workers 2:" in out and "x one worker" in out
+    assert "workers 2: 2 cores decoding at once give" in out and "per worker the pipeline is" in out
     assert "crop decode: " in out
     import os
 
@@ -97,6 +98,16 @@ def test_bench_loader_runs_past_one_epoch_and_resolves_auto(shards, cli):
     assert [x["workers"] for x in r["runs"]] == [1, auto]
     assert all(x["timed_images"] == 64 and x["affinity"] == "plan" and "loader worker(s)" in x["core_plan"]
                for x in r["runs"])
+
+
+def test_the_parallel_decode_limit_decodes_in_every_process_and_names_a_broken_image(shards):
+    from resnet_repro.bench.measure import parallel_decode_limit
+
+    blobs = [RecordReader(shards, "train")[i][1] for i in range(6)]
+    rates = parallel_decode_limit(blobs, 3, seconds=0.0)
+    assert len(rates.values) == 3 and all(v > 0 for v in rates.values)
+    with pytest.raises(ValueError, match="cannot be decoded"):
+        parallel_decode_limit(blobs + [b"\xff\xd8 not a jpeg"], 2, seconds=0.0)
 
 
 def test_bench_loader_errors_name_the_problem(shards, cli):

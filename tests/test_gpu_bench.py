@@ -66,6 +66,7 @@ def test_the_dry_run_writes_a_dated_row_per_measurement_with_the_device_in_each(
     loader = by_kind["loader"]
     assert [r["workers"] for r in loader] == [1, 2]
     assert all(r["images_per_s"] > 0 and r["per_worker_vs_decode_limit"] > 0 for r in loader)
+    assert loader[0]["per_worker_vs_parallel_limit"] is None and loader[1]["per_worker_vs_parallel_limit"] > 0
     assert loader[0]["vs_n_times_one"] == pytest.approx(1.0)
     assert loader[1]["vs_n_times_one"] == pytest.approx(loader[1]["images_per_s"] / (2 * loader[0]["images_per_s"]))
 
@@ -101,7 +102,8 @@ def test_target_verdicts_from_rows(monkeypatch):
                 images_per_s_per_batch=[3900.0, 4100.0]),
             row("loader", workers=1, images_per_s=1300.0, vs_n_times_one=1.0, per_worker_vs_decode_limit=1.0),
             row("loader", workers=8, images_per_s=9900.0, vs_n_times_one=0.952, per_worker_vs_decode_limit=0.95),
-            row("loader", workers=14, images_per_s=15000.0, vs_n_times_one=0.824, per_worker_vs_decode_limit=0.82)]
+            row("loader", workers=14, images_per_s=15000.0, vs_n_times_one=0.824, per_worker_vs_decode_limit=0.82,
+                per_worker_vs_parallel_limit=0.99, decode_limit_parallel_per_s=1082.0, decode_limit_per_s=1300.0)]
     lines = gbt.targets(rows)
     assert "target compiled compute >= 6,000 img/s (best: max-autotune): MET (6,100, goal 6,000)" in lines
     assert "target end to end, GPU decode >= 0.95 x compiled compute: NOT MET (0.847, goal 0.950)" in lines
@@ -112,6 +114,8 @@ def test_target_verdicts_from_rows(monkeypatch):
     text = gbt.table(rows, dict(gb.FULL), dry=False)
     assert text.count("\n| r ") == len(rows) and "peak GPU MB" in text
     assert "| r (no trainer) | 4,000 | | | | 64.0 ms per batch of 256, 2 threads; batches 3,900-4,100 img/s |" in text
+    assert "0.82 x the one-core decode limit (1,300 img/s) per worker; 0.82 x N x one worker; 0.99 x what 14 cores " \
+           "decoding at once give each (1,082 img/s); " in text
 
 
 def test_a_layout_wins_only_beyond_the_spread_of_its_rounds(monkeypatch):

@@ -369,6 +369,8 @@ class Bench:
                      core_plan=r["core_plan"], main_cpu_ms_per_image=r["main_cpu_ms_per_image"],
                      rss_growth_mb_per_worker=r["rss_growth_mb_per_worker"], timed_images=r["timed_images"],
                      images_per_s_windows=r["images_per_s_windows"],
+                     decode_limit_parallel_per_s=r.get("decode_limit_parallel_per_s"),
+                     per_worker_vs_parallel_limit=r.get("per_worker_vs_parallel_limit"),
                      batch_size=result["batch_size"], device=result["device"])
 
     def compile_modes(self) -> None:

@@ -34,7 +34,12 @@ def table(rows: list[dict], s: dict, dry: bool) -> str:
         elif r["kind"] == "loader":
             note = note or (f"{fmt(r.get('per_worker_vs_decode_limit'), '.2f')} x the one-core decode limit "
                             f"({fmt(r.get('decode_limit_per_s'), ',.0f')} img/s) per worker; "
-                            f"{fmt(r.get('vs_n_times_one'), '.2f')} x N x one worker; {r.get('core_plan', '')}"
+                            f"{fmt(r.get('vs_n_times_one'), '.2f')} x N x one worker; "
+                            + (f"{fmt(r['per_worker_vs_parallel_limit'], '.2f')} x what {r['workers']} cores "
+                               f"decoding at once give each ({fmt(r.get('decode_limit_parallel_per_s'), ',.0f')} "
+                               "img/s); "
+                               if r.get("per_worker_vs_parallel_limit") is not None else "")
+                            + f"{r.get('core_plan', '')}"
                             + spread(r.get("images_per_s_windows"), "; windows ", " img/s"))
             out.append(f"| {r['run']} (no trainer) | {fmt(r.get('images_per_s'), ',.0f')} | | | | {note} |")
     tests = [r for r in rows if r["kind"] == "tests"]

@@ -6,7 +6,10 @@ DataLoader's transfer -> DevicePrefetcher -> the device-side colour distortion a
 (data/augment/color.py). The yardstick, measured in the same run on the same files, is the decode limit (measure.py):
 bare ``cv2.imdecode`` of the full image on one core, nothing else. Per worker the pipeline should reach >= 0.85 x
 that limit (issue 3), i.e. everything we add costs at most 15 % over decoding, and N workers on N idle cores
-should give >= 0.9 N x one worker. Both ratios are printed, after the machine (machine.py).
+should give >= 0.9 N x one worker. Both ratios are printed, after the machine (machine.py). For N > 1 the same
+bare decoding also runs in N processes at once, and the per-worker rate is set against that too: where N busy
+cores each decode slower than one (all-core clocks, shared caches, memory bandwidth), that part of a shortfall is
+the machine's.
 
 Timing: the first batches (every worker's start-up, the device's first transform) are not timed; the rate is
 the timed batches' images over the time from the last untimed batch to the last timed one, with the device
@@ -33,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .measure import Spread, decode_limit
+from .measure import Spread, decode_limit, parallel_decode_limit
 
 if TYPE_CHECKING:  # imported where it runs: `bench --help` loads no torch
     import torch
@@ -255,6 +258,8 @@ def bench_loader(opts: LoaderOptions, log=print) -> dict:
     for n in workers:
         r = pipeline_rate(cfg, reader, n, opts.batch_size, opts.batches, dev, affinity=opts.affinity)
         limits.append(decode_limit(blobs, seconds=2.0)[0].median)
+        if n > 1:  # the same bare decoding on n cores at once: what n busy cores give each (measure.py)
+            r["decode_limit_parallel_per_s"] = statistics.mean(parallel_decode_limit(blobs, n).values)
         runs.append(r)
         _log_run(n, r, log)
     # With a CPU "device" the colour ops run in the main process on the cores the workers leave; say what that
@@ -318,6 +323,12 @@ def _ratios(runs: list[dict], limit: float, result: dict, log) -> None:
     for r in runs:
         log(f"workers {r['workers']}: per worker {r['per_worker_vs_decode_limit']:.2f} x the decode limit "
             f"(target >= 0.85)")
+        if "decode_limit_parallel_per_s" in r:  # how much of the shortfall the machine's busy cores explain
+            both = r["decode_limit_parallel_per_s"]
+            r["per_worker_vs_parallel_limit"] = r["images_per_s_per_worker"] / both
+            log(f"workers {r['workers']}: {r['workers']} cores decoding at once give {both:.0f} img/s each = "
+                f"{both / limit:.2f} x the one-core limit; per worker the pipeline is "
+                f"{r['per_worker_vs_parallel_limit']:.2f} x that")
     one = next((r for r in runs if r["workers"] == 1), None)
     for r in runs:
         if one is not None and r["workers"] > 1:

@@ -4,7 +4,9 @@ timer on the device's clock (``bench train``).
 Decode limit: bare ``cv2.imdecode`` of the full image on one core, the encoded files already in memory, nothing
 else. It is the ceiling per worker of the training input pipeline (``bench loader``: everything the pipeline adds
 may cost at most 15 %) and of copy-mode ``prepare`` (``bench prepare``: it must decode every image to find the
-undecodable ones), so both benches take it from here, on the very images they time.
+undecodable ones), so both benches take it from here, on the very images they time. The same decoding in N
+processes at once (``parallel_decode_limit``) says what each of N busy cores gives: all-core turbo clocks, shared
+caches and memory bandwidth can put it below the one-core figure, and that is the machine's, not the pipeline's.
 
 Spread: one round's figure does not say where the next round would land on a shared machine, so each bench
 reports the median and the min-max over its timed rounds (airbench reports mean +- std over runs). Of an even
@@ -87,6 +89,40 @@ def decode_limit(blobs: list[bytes], rounds: int = 1, seconds: float = 0.0) -> t
         wall.append(n / (time.perf_counter() - t0))
         cpu.append(n / max(cpu_seconds() - c0, 1e-9))
     return Spread.of(wall), Spread.of(cpu)
+
+
+def parallel_decode_limit(blobs: list[bytes], processes: int, seconds: float = 2.0,
+                          timeout_s: float = 300.0) -> Spread:
+    """decode_limit's bare decoding in `processes` processes started together, each for at least `seconds`:
+    images/s of each process (one value per process)."""
+    import multiprocessing as mp
+
+    # fork: the children inherit `blobs` instead of unpickling a copy each (spawn where there is no fork).
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    start, out = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_decode_in_child, args=(blobs, seconds, start, out, timeout_s), daemon=True)
+             for _ in range(processes)]
+    for p in procs:
+        p.start()
+    try:
+        rates = [out.get(timeout=timeout_s) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+    failed = [r for r in rates if isinstance(r, str)]
+    if failed:
+        raise ValueError(failed[0])
+    return Spread.of(rates)
+
+
+def _decode_in_child(blobs: list[bytes], seconds: float, start, out, timeout_s: float) -> None:
+    try:
+        start.wait(timeout_s)
+        out.put(decode_limit(blobs, seconds=seconds)[0].median)
+    except Exception as e:  # noqa: BLE001 - the parent raises it, as the one-core limit would
+        out.put(str(e))
 
 
 class StepTimer:
