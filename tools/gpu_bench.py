@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 from resnet_repro.bench import machine  # the machine facts every bench prints
+from resnet_repro.bench.e2e import share_text  # ", 50 % on the GPU" for a split GPU-decode row
 
 from gpu_bench_table import table  # next to this file: Python puts a script's own folder first on its path
 
@@ -295,10 +296,8 @@ class Bench:
             return
         self.compute_row(run, compile_mode, result)
         for e in result["end_to_end"]:
-            share = e.get("gpu_decode_share")
-            split = f" ({100 * share:g} % on the GPU)" if share is not None and share < 1 else ""
             self.row("end_to_end",
-                     f"{run} {e['decode']} decode{split}, {e['workers']} workers, affinity {e['affinity']}",
+                     f"{run} {e['decode']} decode{share_text(e)}, {e['workers']} workers, affinity {e['affinity']}",
                      compile_mode=compile_mode, compute_images_per_s=result["compute_images_per_s"],
                      peak_memory_mb=result["peak_memory_mb"], **e)
         if not self.cuda:

@@ -2,8 +2,6 @@
 device transform each one builds, and how a split GPU-decode row is named. Timing them is train.py's."""
 from __future__ import annotations
 
-import math
-
 AFFINITIES = ("plan", "workers", "none")  # data/loading/cores.py applied in full, to the workers only, or not at all
 
 
@@ -29,12 +27,15 @@ def parse_e2e(spec: str) -> dict:
     if len(parts) > 3:
         if parts[0] != "gpu":
             raise ValueError(f"--e2e {spec!r}: SHARE (the part nvJPEG decodes) is for gpu decoding only")
+        from ..config import DataConfig
+
+        bound = DataConfig.RANGES["gpu_decode_share"]  # data.gpu_decode_share's own
         try:
             share = float(parts[3])
         except ValueError:
-            share = math.nan
-        if not 0.0 < share <= 1.0:
-            raise ValueError(f"--e2e {spec!r}: share {parts[3]!r} must be a number in (0, 1]")
+            share = None
+        if share is None or share not in bound:
+            raise ValueError(f"--e2e {spec!r}: share {parts[3]!r} must be a number {bound}")
     return {"decode": parts[0], "workers": workers, "affinity": affinity, "share": share}
 
 

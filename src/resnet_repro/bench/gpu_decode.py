@@ -93,12 +93,9 @@ def bench_gpu_decode(opts: GpuDecodeOptions, log=print, decode=None, decode_cpu=
             return decoder.decode(part, dev)
         return list(pool.map(one, [p for p in parts if p]))
 
-    def whole(b):  # what decode_ahead's producer does with a loader batch
-        params = b[3]
-        return decoder(b[0], params.to(dev, non_blocking=True)) if params.numel() else decoder(b[0])
-
     phases = {"decode": lambda b: decoder.decode_batch(b[0]), "decode_threads": in_threads,
-              "crops": lambda b: decoder.resized_crops(b[0]), "batch": whole}
+              "crops": lambda b: decoder.resized_crops(b[0]),
+              "batch": lambda b: decoder(b[0], b[3])}  # what decode_ahead's producer does with a loader batch
     rates, spreads = {}, {}
     try:
         for name, run in phases.items():

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...config import DataConfig
 from ..augment.rng import sample_rng
 from ..decode.cpu import DecodeError, decode
 from ..decode.header import image_size
@@ -109,8 +110,8 @@ class EncodedBatchDataset(BatchDataset):
         if geometry.cfg.random_erasing > 0:
             raise ValueError("data.decode=gpu does not do random erasing; set data.random_erasing=0 or "
                              "data.decode=cpu")
-        if not 0.0 < share <= 1.0:
-            raise ValueError(f"data.gpu_decode_share={share}: must be in (0, 1]")
+        if share not in DataConfig.RANGES["gpu_decode_share"]:  # the config's own bound
+            raise ValueError(f"data.gpu_decode_share={share}: must be {DataConfig.RANGES['gpu_decode_share']}")
         super().__init__(reader, geometry, 3, seed, train=True)
         self.share = share
 
@@ -225,10 +226,14 @@ class GpuDecoder:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def __call__(self, batch: EncodedBatch, params: torch.Tensor | None = None) -> torch.Tensor:
+        """`params`: the batch's colour parameters as the loader gives them (on the host; empty without colour
+        augmentation, and then the transform gets the images alone)."""
         x = self.resized_crops(batch)
         if self.transform is None:
             return x
-        return self.transform(x) if params is None else self.transform(x, params)
+        if params is None or not params.numel():
+            return self.transform(x)
+        return self.transform(x, params.to(self.device, non_blocking=True))
 
 
 # --- Decode ahead: the next batch on a side stream, from a background thread --------------------------------------
@@ -370,10 +375,7 @@ def decode_ahead(loader, decoder: GpuDecoder, depth: int = 2) -> DecodeAhead:
     def produce(batch):
         encoded, y, bad = batch[:3]
         params = batch[3] if len(batch) > 3 else None
-        y = y.to(device, non_blocking=True)
-        if params is not None and params.numel():
-            return decoder(encoded, params.to(device, non_blocking=True)), y, bad
-        return decoder(encoded), y, bad
+        return decoder(encoded, params), y.to(device, non_blocking=True), bad
 
     streams = CudaStreams(device) if device.type == "cuda" else NoStreams()
     return DecodeAhead(loader, produce, streams, depth)
