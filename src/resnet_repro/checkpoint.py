@@ -14,7 +14,8 @@ metric sums of the unfinished epoch, so a resumed epoch logs the same numbers), 
 ``chosen_on`` (the hardware facts that made the config's hardware-made choices) and ``hardware`` (the facts of the
 machine that saved it), ``version``, ``run_id`` (the run folder's run.json), ``epoch_record`` (epoch-end checkpoints: the epoch's
 training numbers, so a resume can evaluate and log an epoch a crash left unlogged), and what
-``evaluate``/``predict`` need to rebuild the model (``classes``, ``in_channels``, ...).
+``evaluate``/``predict`` need to rebuild the model (``classes``, ``in_channels``, ...); ``load_model_file`` checks
+those are there, with the right types, before anything is built from them.
 """
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ def read_sidecar(path: Path) -> tuple[str, str | None] | None:
         lines = sidecar.read_text().split("\n")
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except (OSError, UnicodeDecodeError) as e:  # a folder in its place, binary garbage, no permission
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "not text"
+        raise CheckpointError(f"checkpoint {path}: its checksum file {sidecar} cannot be read ({reason}), so the "
+                              f"checkpoint cannot be checked: copy the checkpoint again together with its "
+                              f"{sidecar.name}, or delete both") from None
     run = next((ln.split(None, 1)[1].strip() for ln in lines[1:] if ln.startswith("run ")), None)
     return lines[0].strip(), run
 
@@ -99,7 +105,16 @@ def list_checkpoints(ckpt_dir: Path, run_id: str | None = None) -> list[Path]:
     found = sorted(p for p in ckpt_dir.iterdir() if _NAME.match(p.name))
     if run_id is None:
         return found
-    return [p for p in found if (side := read_sidecar(p)) is not None and side[1] in (None, run_id)]
+    return [p for p in found if (side := _sidecar_or_none(p)) is not None and side[1] in (None, run_id)]
+
+
+def _sidecar_or_none(path: Path) -> tuple[str, str | None] | None:
+    # An unreadable checksum file makes its checkpoint nobody's, as a missing one does: pruning must not delete
+    # it for this run, nor stop the run that is saving.
+    try:
+        return read_sidecar(path)
+    except CheckpointError:
+        return None
 
 
 def load(path: Path, map_location="cpu") -> dict:
@@ -131,11 +146,51 @@ def load(path: Path, map_location="cpu") -> dict:
     return state
 
 
+def _is_tensor_dict(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+# What evaluate/predict/export rebuild the model from (training/resume.py's _model_file): entry -> (whether it
+# must be there, the check, what it should be). The optional ones are absent from older or EMA-less checkpoints.
+_MODEL_FILE = {
+    "model": (True, _is_tensor_dict, "the weights, a mapping of parameter names to tensors"),
+    "config": (True, lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()),
+               "the run's config, a mapping of sections to mappings"),
+    "classes": (True, lambda v: isinstance(v, (list, tuple)) and len(v) > 0, "a non-empty list of class ids"),
+    "in_channels": (True, lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                    "the number of image channels, a whole number"),
+    "class_names": (False, lambda v: isinstance(v, (list, tuple)), "a list of class names"),
+    "model_ema": (False, _is_tensor_dict, "the EMA weights, a mapping of parameter names to tensors"),
+    "ema": (False, lambda v: isinstance(v, dict), "the EMA's state, a mapping"),
+    "image": (False, lambda v: isinstance(v, dict), "a mapping of the stored image's facts"),
+}
+
+
+def load_model_file(path: Path, map_location="cpu") -> dict:
+    """``load``, for a checkpoint used to rebuild its model (evaluate, predict, export): also raises
+    CheckpointError naming the file and the entry when one that rebuilding needs is missing or of the wrong type,
+    since a checksum only says the file is as written, not that a resnet-repro run wrote it."""
+    state = load(path, map_location)
+    for key, (required, ok, what) in _MODEL_FILE.items():
+        if key not in state:
+            if required:
+                raise CheckpointError(f"checkpoint {path}: no {key!r} entry ({what}); it is not a checkpoint of "
+                                      "a resnet-repro run, or one written by a different program")
+        elif not ok(state[key]):
+            raise CheckpointError(f"checkpoint {path}: entry {key!r} is a {type(state[key]).__name__}, not {what}; "
+                                  "the file is not a resnet-repro checkpoint as training writes it")
+    names = state.get("class_names")
+    if names is not None and len(names) != len(state["classes"]):
+        raise CheckpointError(f"checkpoint {path}: entry 'class_names' has {len(names)} names for "
+                              f"{len(state['classes'])} classes")
+    return state
+
+
 def load_latest(ckpt_dir: Path, map_location="cpu", run_id: str | None = None) -> tuple[Path, dict] | None:
     """The newest whole checkpoint (of run ``run_id`` when given), skipping torn ones and other runs' with a
     warning; None if there is none."""
     for path in reversed(list_checkpoints(ckpt_dir)):
-        side = read_sidecar(path)
+        side = _sidecar_or_none(path)  # unreadable: load below says so and it is skipped like a torn one
         if run_id is not None and side is not None and side[1] not in (None, run_id):
             print(f"warning: skipping checkpoint {path}: it belongs to run {side[1]}, not this folder's run {run_id}",
                   file=sys.stderr)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint
-from ..config import Config
+from ..config import Config, ConfigError
 from ..recipe import config_from_dict
 from ..data.shards.records import RecordError
 from ..data.shards.remote import load_manifest
@@ -43,8 +43,11 @@ def load_trained(path, weights: str = "model", data: str | None = None) -> Train
 
     `weights`: "model" (the trained weights) or "ema" (their moving average, when the run kept one).
     `data`: a prepared data folder whose manifest gives the stored image size (default: the run's own)."""
-    state = checkpoint.load(path)
-    cfg = config_from_dict(state["config"])
+    state = checkpoint.load_model_file(path)
+    try:
+        cfg = config_from_dict(state["config"])
+    except ConfigError as e:  # it names the key but not the file, which is what the user has to act on
+        raise checkpoint.CheckpointError(f"checkpoint {path}: its config does not fit this version: {e}") from None
     if weights == "model":
         tensors = state["model"]
     elif weights == "ema":
@@ -53,9 +56,13 @@ def load_trained(path, weights: str = "model", data: str | None = None) -> Train
             raise checkpoint.CheckpointError(f"checkpoint {path}: holds no EMA weights (train.ema was off)")
     else:
         raise ValueError(f"weights must be 'model' or 'ema', not {weights!r}")
-    model = build_model(cfg.model.name, len(state["classes"]), state["in_channels"],
-                        stride_in_3x3=cfg.model.stride_in_3x3, bn_eps=cfg.model.bn_eps)
-    model.load_state_dict(tensors)
+    try:
+        model = build_model(cfg.model.name, len(state["classes"]), state["in_channels"],
+                            stride_in_3x3=cfg.model.stride_in_3x3, bn_eps=cfg.model.bn_eps)
+    except ValueError as e:  # an unknown model name or a bad model.bn_eps in the saved config
+        raise checkpoint.CheckpointError(f"checkpoint {path}: its config describes no model this version can "
+                                         f"build ({e})") from None
+    _load_weights(model, tensors, path, weights, cfg.model.name)
     image_size = (state.get("image") or {}).get("height")
     if image_size is None:
         try:
@@ -64,6 +71,27 @@ def load_trained(path, weights: str = "model", data: str | None = None) -> Train
             image_size = None
     return Trained(model.eval(), cfg, list(state["classes"]), list(state.get("class_names", state["classes"])),
                    int(state["in_channels"]), image_size, str(path))
+
+
+def _load_weights(model: torch.nn.Module, tensors: dict, path, weights: str, name: str) -> None:
+    """``model.load_state_dict(tensors)``, or CheckpointError naming the file and the first keys that do not fit,
+    instead of torch's multi-line RuntimeError."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in tensors.items()
+              if k in expected and v.shape != expected[k].shape]
+    problems = [f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for what, keys in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if keys]
+    if not problems:
+        try:
+            model.load_state_dict(tensors)
+            return
+        except RuntimeError as e:  # whatever the checks above did not foresee, in one line
+            problems = [(str(e).strip().splitlines() or [type(e).__name__])[0][:300]]
+    raise checkpoint.CheckpointError(
+        f"checkpoint {path}: its {weights!r} weights do not fit the {name} ({model.fc.out_features} classes, "
+        f"in_channels {model.stem[0].in_channels}) its config describes: {'; '.join(problems)}")
 
 
 def read_state_dict(path: str | Path) -> dict:
