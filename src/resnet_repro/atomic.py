@@ -58,10 +58,19 @@ def replacing(path: Path, unique: bool = False) -> Iterator[Path]:
         tmp = temp_path(path)
     try:
         yield tmp
+        # The mode of a file made with open(): the writer's own temp file (safetensors) or mkstemp's is 0600,
+        # which would hide an export or a shared download from the user's other accounts and group.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 class AtomicFile:

@@ -115,7 +115,10 @@ def _apply(cfg: Config, section: str, key: str, value, where: str) -> None:
     types = field_types(type(sub))
     if key not in types:
         raise ConfigError(f"{where}: unknown config key '{section}.{key}'; known in {section}: {', '.join(types)}")
-    setattr(sub, key, _coerce(value, types[key], f"{section}.{key}"))
+    try:
+        setattr(sub, key, _coerce(value, types[key], f"{section}.{key}"))
+    except ConfigError as e:  # the key alone does not say whether the file, its profile or a --set gave it
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -162,7 +165,7 @@ def _read_recipe(path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = _yaml_load(path.read_text(encoding="utf-8")) or {}
+        raw = _yaml_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.end]!r}); "
                           "save it as UTF-8") from None
@@ -170,6 +173,9 @@ def _read_recipe(path) -> dict:
         raise ConfigError(f"config file {path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
+    if raw is None:  # an empty file would train every default (ResNet-50, 120 epochs): likely a failed copy
+        raise ConfigError(f"config file {path}: empty (no sections); give a recipe, e.g. configs/fashion_mnist/"
+                          "resnet20.yaml")
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: top level must be a mapping of sections")
     return raw

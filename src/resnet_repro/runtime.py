@@ -144,8 +144,13 @@ class DeviceError(RuntimeError):
 
 
 def device_type(name: str, hw: Hardware) -> str:
-    """'auto' -> 'cuda' when a GPU is there, else 'cpu'; an explicit 'cuda' without one is an error."""
-    kind = name.split(":")[0]
+    """'auto' -> 'cuda' when a GPU is there, else 'cpu'; an explicit 'cuda' without one is an error, and so is a
+    name that is none of auto, cpu, cuda, cuda:N (torch.device would raise its own error later, naming neither the
+    key nor what to give)."""
+    kind, _, index = name.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise DeviceError(f"device {name!r} (config key 'train.device', or --device): give auto, cpu, cuda or "
+                          "cuda:N")
     if kind == "auto":
         return "cuda" if hw.gpus else "cpu"
     if kind == "cuda" and not hw.gpus:

@@ -6,6 +6,7 @@ import json
 
 from .. import config
 from ..errors import UserError
+from .common import whole
 
 
 def add(sub) -> None:
@@ -24,16 +25,17 @@ def _add_train(bench) -> None:
     src = bt.add_mutually_exclusive_group()
     src.add_argument("--synthetic", action="store_true", help="compute phase only (the default without --data)")
     src.add_argument("--data", metavar="SHARDS", help="prepared data folder: also time the end-to-end input path")
-    bt.add_argument("--batch-size", type=int, help="per device (default: the --config recipe's for this machine, "
+    bt.add_argument("--batch-size", type=whole(1), help="per device (default: the --config recipe's for this machine, "
                                                    "else 256)")
-    bt.add_argument("--steps", type=int, default=50, help="timed steps per phase")
-    bt.add_argument("--warmup", type=int, default=10, help="untimed steps before each phase")
+    bt.add_argument("--steps", type=whole(1), default=50, help="timed steps per phase")
+    bt.add_argument("--warmup", type=whole(0), default=10, help="untimed steps before each phase")
     bt.add_argument("--compile", action="store_true", help="torch.compile the model (compiles during warm-up)")
     bt.add_argument("--precision", choices=config.choices("train", "precision"),
                     help="default: the config's, else auto (chosen from the hardware: `resnet-repro env` shows it)")
     bt.add_argument("--decode", choices=config.choices("data", "decode"),
                     help="JPEG decoding for --data (default: the config's)")
-    bt.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+    bt.add_argument("--compile-mode",
+                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                     help="torch.compile mode (implies --compile)")
     bt.add_argument("--workers", help="loader processes, a count or auto (default: the config's, else auto: CPU cores "
                                       "- 2 on a GPU machine; data/loading/cores.py)")
@@ -43,7 +45,7 @@ def _add_train(bench) -> None:
                          "only: the part of each batch nvJPEG decodes, the workers the rest, default "
                          "data.gpu_decode_share)")
     bt.add_argument("--device", default="auto")
-    bt.add_argument("--rounds", type=int, default=1, help="alternate the phases this many times; report medians "
+    bt.add_argument("--rounds", type=whole(1), default=1, help="alternate the phases this many times; report medians "
                                                            "(steadier on a shared machine)")
     cl = bt.add_mutually_exclusive_group()
     cl.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
@@ -69,8 +71,8 @@ def _add_loader(bench) -> None:
     p.add_argument("--affinity", choices=["plan", "none"], default="plan",
                    help="plan: cores laid out as in training (data/loading/cores.py; pins only with --device cuda); "
                         "none: no pinning")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--batches", type=int, default=30, help="timed batches per run (after 2 x workers + 2 untimed)")
+    p.add_argument("--batch-size", type=whole(1), default=64)
+    p.add_argument("--batches", type=whole(1), default=30, help="timed batches per run (after 2 x workers + 2 untimed)")
     p.add_argument("--config", help="recipe whose data section is used (default: crop tf_cnn, color tf_cnn, 224)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     p.add_argument("--device", default="auto", help="where the colour ops run: auto (cuda if available), cpu, cuda")
@@ -83,9 +85,9 @@ def _add_prepare(bench) -> None:
     p = bench.add_parser("prepare", help="copy-mode `prepare folder` img/s against the one-core JPEG decode limit "
                                          "(on photo-like JPEGs it makes, or --src)")
     p.add_argument("--src", help="a class-per-folder data set to time (default: make photo-like JPEGs)")
-    p.add_argument("--images", type=int, default=500, help="images to make without --src")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3, help="passes of each measurement; the best is reported (with "
+    p.add_argument("--images", type=whole(1), default=500, help="images to make without --src")
+    p.add_argument("--workers", type=whole(1), default=1)
+    p.add_argument("--repeats", type=whole(1), default=3, help="passes of each measurement; the best is reported (with "
                                                            "--archives: the median, and the min-max)")
     p.add_argument("--archives", action="store_true",
                    help="instead: ImageNet from the official archives in place vs extract-then-prepare, on a small "
@@ -109,9 +111,9 @@ def _add_gpu_decode(bench) -> None:
     p = bench.add_parser("gpu-decode", help="data.decode=gpu without a trainer: img/s of the batched nvJPEG call, of "
                                             "it split over threads, with the crops, and of a whole decode-ahead batch")
     p.add_argument("--data", required=True, metavar="SHARDS", help="prepared JPEG data set (ImageNet layout)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--batches", type=int, default=10, help="timed batches (after one untimed)")
-    p.add_argument("--threads", type=int, default=2, help="threads of the decode_threads phase")
+    p.add_argument("--batch-size", type=whole(1), default=256)
+    p.add_argument("--batches", type=whole(1), default=10, help="timed batches (after one untimed)")
+    p.add_argument("--threads", type=whole(1), default=2, help="threads of the decode_threads phase")
     p.add_argument("--config", help="recipe whose data section is used (default: crop tf_cnn, color tf_cnn, 224)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")

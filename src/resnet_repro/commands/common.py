@@ -1,13 +1,35 @@
-"""What several commands share: the checks made before any work (a CUDA device where there is none; an output file
-that is a folder, sits in an unwritable one or is one of the command's own inputs), writing a JSON result, and the
-trained model that --checkpoint or --torchvision-weights names."""
+"""What several commands share: the checks made before any work (a number option out of its range; a CUDA device
+where there is none; an output file that is a folder, sits in an unwritable one or is one of the command's own
+inputs), writing a JSON result, and the trained model that --checkpoint or --torchvision-weights names."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
 
 from ..errors import UserError
+
+
+def whole(lo: int, hi: int | None = None, zero: str = ""):
+    """An argparse ``type``: a whole number in [lo, hi]. Refused at parse time, argparse naming the option, because
+    what lies outside does not fail cleanly later: a negative --max-side shrank every image to 1x1, a negative crop
+    divided by zero after the model had loaded. ``zero`` says what 0 means where it is the "default" value below lo
+    (e.g. "the default"), so that the message lists it."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value == 0 and zero:
+            return value
+        if value < lo or (hi is not None and value > hi):
+            span = f"{lo} to {hi}" if hi is not None else f"{lo} or more"
+            raise argparse.ArgumentTypeError(f"{value}: give {span}" + (f" (or 0: {zero})" if zero else ""))
+        return value
+
+    parse.__name__ = "whole number"  # argparse's "invalid <name> value" for a type error it makes itself
+    return parse
 
 
 def trained_from_args(args):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from .. import config
 from ..errors import UserError
-from .common import check_device, check_output_file, inputs_of, trained_from_args, write_json
+from .common import check_device, check_output_file, inputs_of, trained_from_args, whole, write_json
 
 if TYPE_CHECKING:
     import torch
@@ -42,14 +42,15 @@ def add(sub) -> None:
                    "else val; the output says which)")
     e.add_argument("--protocol", action="append", choices=["single", "flip", "10crop", "multiscale"],
                    help="repeat for several (one pass over the data); default: single")
-    e.add_argument("--resize", type=int, help="shorter side before cropping, pixels (default: data.val_resize)")
-    e.add_argument("--crop", type=int, help="crop side, pixels (default: data.val_size or the stored size)")
-    e.add_argument("--scales", type=int, nargs="+", help="multiscale shorter sides, pixels (default: the paper's, "
+    e.add_argument("--resize", type=whole(1, zero="keep the stored size"),
+                   help="shorter side before cropping, pixels (default: data.val_resize)")
+    e.add_argument("--crop", type=whole(1), help="crop side, pixels (default: data.val_size or the stored size)")
+    e.add_argument("--scales", type=whole(1), nargs="+", help="multiscale shorter sides, pixels (default: the paper's, "
                    "times crop/224)")
-    e.add_argument("--pad", type=int, help="10crop: zero border, pixels, before cropping (default: data.pad for "
+    e.add_argument("--pad", type=whole(0), help="10crop: zero border, pixels, before cropping (default: data.pad for "
                    "nets trained with pad-crop and tested at the stored size, else 0)")
-    e.add_argument("--batch-size", type=int, default=256, help="views per forward pass")
-    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--batch-size", type=whole(1), default=256, help="views per forward pass")
+    e.add_argument("--workers", type=whole(0), default=2)
     e.add_argument("--device", default="auto")
     e.add_argument("--precision", choices=config.choices("train", "precision"),
                    help="default: the run's recorded train.precision (auto: chosen for this device)")

@@ -4,14 +4,16 @@ from __future__ import annotations
 import json
 
 from ..errors import UserError
+from .common import whole
 
 
 def add(sub) -> None:
     m = sub.add_parser("model", help="print parameters, multiply-adds and output shape of a model")
     m.add_argument("name")
-    m.add_argument("--input-size", type=int, default=0, help="default: 224 for ImageNet nets, 32 for CIFAR nets")
-    m.add_argument("--in-channels", type=int, default=3)
-    m.add_argument("--num-classes", type=int, default=0)
+    m.add_argument("--input-size", type=whole(1, zero="the default"), default=0,
+                   help="default: 224 for ImageNet nets, 32 for CIFAR nets")
+    m.add_argument("--in-channels", type=whole(1), default=3)
+    m.add_argument("--num-classes", type=whole(1, zero="the default"), default=0)
     m.add_argument("--stride-in-3x3", action="store_true", help="ResNet v1.5 bottleneck")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=run)

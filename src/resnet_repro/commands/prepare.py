@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
+from .common import whole
 
 
 def add(sub) -> None:
@@ -13,20 +14,22 @@ def add(sub) -> None:
     pr.add_argument("dataset", choices=["fashion-mnist", "cifar10", "cifar100", "imagenet", "folder"])
     pr.add_argument("--out", required=True)
     pr.add_argument("--src", help="folder with the raw files (default: the system copy or a download)")
-    pr.add_argument("--seed", type=int, default=0, help="shuffle seed and the held-out val split's seed, recorded in "
-                    "the manifest")
+    pr.add_argument("--seed", type=whole(0), default=0, help="shuffle seed and the held-out val split's seed, "
+                    "recorded in the manifest")
     pr.add_argument("--force", action="store_true", help="rebuild even if OUT already holds a manifest; take over "
                     "OUT's lock left by a process on another host")
-    pr.add_argument("--val-size", type=int, help="fashion-mnist, cifar10/cifar100: official training images held "
+    pr.add_argument("--val-size", type=whole(0), help="fashion-mnist, cifar10/cifar100: official training images held "
                     "out as split 'val', stratified by class (default 5000: fashion-mnist a twelfth of its training "
                     "images, CIFAR the paper's 45k/5k split); the official test set stays split 'test'")
     # imagenet / folder (--src: the folder with train/ and val/ or the Kaggle root; or <class>/<images>).
-    pr.add_argument("--train-shards", type=int, default=0, help="imagenet default 1024; folder: ~1250 images each")
-    pr.add_argument("--val-shards", type=int, default=0, help="imagenet default 128; folder: ~1250 images each")
-    pr.add_argument("--workers", type=int, default=0, help="converter processes (default: one per CPU core)")
-    pr.add_argument("--max-side", type=int, default=0, metavar="N",
+    default = whole(1, zero="the default")
+    pr.add_argument("--train-shards", type=default, default=0, help="imagenet default 1024; folder: ~1250 images each")
+    pr.add_argument("--val-shards", type=default, default=0, help="imagenet default 128; folder: ~1250 images each")
+    pr.add_argument("--workers", type=whole(1, zero="one per CPU core"), default=0,
+                    help="converter processes (default: one per CPU core)")
+    pr.add_argument("--max-side", type=whole(1, zero="keep sizes"), default=0, metavar="N",
                     help="shrink images whose longer side exceeds N pixels, re-encoded (default: keep sizes)")
-    pr.add_argument("--quality", type=int, default=0, metavar="Q",
+    pr.add_argument("--quality", type=whole(1, 100, zero="keep the JPEG bytes"), default=0, metavar="Q",
                     help="re-encode every image as JPEG quality Q (default: keep original JPEG bytes; 90 for "
                          "images shrunk by --max-side)")
     pr.add_argument("--skip-bad", action="store_true",

@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 
 from ..errors import UserError
+from .common import whole
 
 
 def add(sub) -> None:
     v = sub.add_parser("verify", help="re-check every shard's checksum and decode every image (exit 1 on problems)")
     v.add_argument("data", help="prepared data folder (with manifest.json)")
-    v.add_argument("--workers", type=int, default=0, help="processes (default: one per CPU core)")
+    v.add_argument("--workers", type=whole(1, zero="one per CPU core"), default=0,
+                   help="processes (default: one per CPU core)")
     v.add_argument("--no-decode", action="store_true", help="checksums and indexes only")
     v.add_argument("--upgrade", action="store_true", help="after a clean check, rewrite a manifest of an older "
                    "version in this version's format (adding the manifest's own SHA-256)")

@@ -126,6 +126,8 @@ def make_protocol(name: str, data_cfg, stored_size: int | None, resize: int | No
     positions its training crops came from; otherwise the five crops would all be the whole image."""
     val = EvalGeometry(data_cfg, stored_size or 0)
     crop = crop or val.size
+    if resize and resize < crop:  # asked for (--resize): centre_crop_resize would keep the crop and relabel it
+        raise ValueError(f"--resize {resize} is below the crop side {crop}; give a shorter side of at least {crop}")
     resize = val.resize if resize is None else resize
     if name == "multiscale" and not scales:
         scales = PAPER_SCALES if crop == 224 else tuple(round(s * crop / 224) for s in PAPER_SCALES)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ...config import DataConfig
+from ...config import ConfigError, DataConfig
 from ..decode import jpeg_region
 from ..decode.cpu import cut_resize, decode, decode_box
 from ..decode.header import image_size
@@ -213,6 +213,11 @@ class EvalGeometry:
         self.resize = cfg.val_resize or (0 if stored_size else int(round(self.size / VAL_CROP_FRACTION)))
         self.interpolation = cfg.val_interpolation
         check_interpolation(self.interpolation)  # an unknown name fails here, naming the key
+        # Refused here, at start-up, not by the first val image an epoch later.
+        if stored_size and not self.resize and self.size > stored_size:
+            raise ConfigError(f"config key 'data.val_size' is {cfg.val_size}, larger than the data's stored "
+                              f"{stored_size}x{stored_size} images, with nothing to enlarge them (data.val_resize 0); "
+                              f"set data.val_size at most {stored_size} (0: the stored size) or data.val_resize")
 
     def load(self, data: bytes, channels: int, rng=None) -> np.ndarray:
         return self(decode(data, channels))

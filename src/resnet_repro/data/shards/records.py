@@ -200,6 +200,11 @@ def load_manifest(root: Path) -> dict:
         raise RecordError(f"{path}: format {got!r}, expected {FORMAT!r}")
     if not isinstance(manifest.get("classes"), list) or not isinstance(manifest.get("splits"), dict):
         raise RecordError(f"{path}: no class list or no splits (damaged?); prepare the data set again")
+    image = manifest.get("image")  # training, evaluate and verify read its channels and stored size
+    if not (isinstance(image, dict) and all(isinstance(image.get(k), int) and image[k] >= 0
+                                            for k in ("height", "width", "channels")) and image["channels"] in (1, 3)):
+        raise RecordError(f"{path}: no valid 'image' entry (height, width, channels 1 or 3); damaged or edited after "
+                          "prepare; prepare the data set again")
     for name, split in manifest["splits"].items():
         _check_split(path, name, split)
     _check_own_hash(path, manifest)
@@ -246,6 +251,11 @@ def _check_split(path: Path, name: str, split) -> None:
             if not (isinstance(entry.get(field), str) and _SHA256.fullmatch(entry[field])):
                 raise RecordError(f"{path}: split {name!r} shard {entry['name']}: no '{field}' (a SHA-256 in hex); "
                                   "the manifest was damaged or edited after prepare: prepare the data set again")
+    # A shard entry removed from an older manifest (no own SHA-256 to catch it) would otherwise go unread.
+    listed = sum(entry["count"] for entry in split["shards"])
+    if listed != split["count"]:
+        raise RecordError(f"{path}: split {name!r} counts {split['count']} images, its shards {listed} (damaged or "
+                          "edited after prepare); prepare the data set again")
 
 
 def _plain(name, suffix: str) -> bool:

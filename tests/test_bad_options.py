@@ -1,0 +1,132 @@
+"""Numbers, names and files that cannot be used, refused before any work with a line naming the option, key or
+file: found by probing the commands with bad values (each of these once got through, or ended in a traceback)."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from conftest import assert_one_clear_line, tiny_run_recipe, write_image_dataset
+from resnet_repro import atomic
+from resnet_repro.config import ConfigError, DataConfig
+from resnet_repro.data.augment.geometry import EvalGeometry
+from resnet_repro.data.shards import records
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["prepare", "folder", "--max-side", "-1"], "--max-side"),  # was taken as "on": every image shrunk to 1x1
+    (["prepare", "folder", "--quality", "200"], "--quality"),
+    (["prepare", "folder", "--quality", "-5"], "--quality"),
+    (["prepare", "folder", "--train-shards", "-1"], "--train-shards"),  # was numpy's traceback
+    (["prepare", "folder", "--workers", "-3"], "--workers"),
+    (["prepare", "fashion-mnist", "--val-size", "-5"], "--val-size"),
+    (["prepare", "folder", "--seed", "x"], "--seed"),
+    (["evaluate", "--checkpoint", "CK", "--crop", "-3"], "--crop"),  # was a ZeroDivisionError
+    (["evaluate", "--checkpoint", "CK", "--protocol", "multiscale", "--scales", "224", "0"], "--scales"),
+    (["evaluate", "--checkpoint", "CK", "--pad", "-2"], "--pad"),  # was blamed on a shard's sample
+    (["evaluate", "--checkpoint", "CK", "--batch-size", "0"], "--batch-size"),
+    (["evaluate", "--checkpoint", "CK", "--workers", "-1"], "--workers"),
+    (["bench", "train", "--steps", "0"], "--steps"),
+    (["verify", "DATA", "--workers", "-1"], "--workers"),
+    (["model", "resnet20", "--in-channels", "0"], "--in-channels"),
+])
+def test_numbers_out_of_range_refused_by_the_parser(cli, tmp_path, argv, flag):
+    out = tmp_path / "out"
+    code, _, err = cli(*argv, *(["--out", out] if argv[0] == "prepare" else []))
+    assert code == 2, err
+    assert f"argument {flag}:" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_zero_keeps_meaning_the_default(cli, tmp_path):
+    """0 is each option's documented default (keep sizes / one process per core), not a value out of range."""
+    code, _, err = cli("prepare", "folder", "--src", tmp_path / "nope", "--out", tmp_path / "out",
+                       "--max-side", "0", "--quality", "0", "--workers", "0", "--train-shards", "0")
+    assert_one_clear_line(code, err, tmp_path / "nope")  # past the parser, refused for the missing folder
+
+
+@pytest.fixture
+def run_on_textures(tmp_path):
+    """A 1-epoch ResNet-20 run on 16x16 textures: (recipe, data)."""
+    data = write_image_dataset(tmp_path / "data", {"train": 16, "val": 8}, size=16)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(tiny_run_recipe(data, epochs=1, log_interval=1, checkpoint_every_steps=0))
+    return recipe, data
+
+
+def test_val_crop_larger_than_the_stored_images_refused_at_start(cli, tmp_path, run_on_textures):
+    recipe, _ = run_on_textures
+    out = tmp_path / "run"
+    code, _, err = cli("train", "--config", recipe, "--out", out, "--set", "data.val_size=64")
+    assert_one_clear_line(code, err, "data.val_size", "16x16")
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+    # With a resize that enlarges the images first, the crop can be cut.
+    geometry = EvalGeometry(DataConfig(val_resize=72, val_size=64), 16)
+    assert geometry.size == 64
+    with pytest.raises(ConfigError, match="data.val_size"):
+        EvalGeometry(DataConfig(val_size=64), 16)
+
+
+def test_unknown_device_named(cli, tmp_path, run_on_textures):
+    recipe, _ = run_on_textures
+    for bad in ("banana", "cpu:0", "gpu"):
+        code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run", "--set", f"train.device={bad}")
+        assert_one_clear_line(code, err, repr(bad), "train.device")
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_type_error_names_the_file_and_empty_recipe_refused(cli, tmp_path, run_on_textures):
+    recipe, _ = run_on_textures
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.read_text().replace("epochs: 1,", "epochs: ten,"))
+    code, _, err = cli("train", "--config", bad, "--out", tmp_path / "run")
+    assert_one_clear_line(code, err, bad, "train.epochs", "'ten'")
+    code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run", "--set", "train.epochs=ten")
+    assert_one_clear_line(code, err, "--set 'train.epochs=ten'")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")  # would have trained every default: ResNet-50 for 120 epochs
+    code, _, err = cli("train", "--config", empty, "--out", tmp_path / "run")
+    assert_one_clear_line(code, err, empty, "empty")
+    assert not (tmp_path / "run").exists()
+
+
+def _rewrite(data, edit):
+    manifest = json.loads((data / records.MANIFEST).read_text())
+    edit(manifest)
+    records.write_manifest(data, manifest)  # with a matching own SHA-256: only the content checks can object
+
+
+def test_manifest_without_image_entry_or_with_a_shard_left_out(tmp_path):
+    data = write_image_dataset(tmp_path / "a", {"train": 16, "test": 8}, size=8)
+    _rewrite(data, lambda m: m.pop("image"))
+    with pytest.raises(records.RecordError, match=r"manifest.json: no valid 'image'"):
+        records.load_manifest(data)
+    data = write_image_dataset(tmp_path / "b", {"train": 16, "test": 8}, size=8)
+    _rewrite(data, lambda m: m["splits"]["test"]["shards"].pop())  # one of two shards: half the test set unread
+    with pytest.raises(records.RecordError, match=r"split 'test' counts 8 images, its shards 4"):
+        records.load_manifest(data)
+
+
+def test_evaluate_resize_below_the_crop_refused(cli, tmp_path, run_on_textures):
+    recipe, _ = run_on_textures
+    out = tmp_path / "run"
+    code, _, err = cli("train", "--config", recipe, "--out", out)
+    assert code == 0, err
+    code, _, err = cli("evaluate", "--checkpoint", out / "final.pt", "--workers", "0", "--resize", "10",
+                       "--crop", "16")
+    assert_one_clear_line(code, err, "--resize 10", "16")  # was scored at 16 and labelled "shorter side 10"
+
+
+def test_replaced_files_get_the_usual_mode(tmp_path):
+    """safetensors and mkstemp write their temp files 0600: the export must not end up readable by its owner
+    only, unlike every other file of a run."""
+    for unique in (False, True):
+        target = tmp_path / f"model{int(unique)}.bin"
+        with atomic.replacing(target, unique=unique) as tmp:
+            tmp.write_bytes(b"weights")
+            os.chmod(tmp, 0o600)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
