@@ -141,3 +141,88 @@ def test_report_on_a_run_with_no_finished_epoch_says_so_in_one_line(cli, tmp_pat
     code, out, err = cli("report", run)
     assert code == 2 and "no epoch has finished yet" in err and "--resume auto" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_damaged_metrics_file_is_an_error_naming_the_file_and_line(tmp_path):
+    run = make_run(tmp_path / "r", finished=False)
+    path = run / "metrics.jsonl"
+    good = path.read_bytes().splitlines(keepends=True)
+    for line, why in ((b"\xff\xfe not text\n", "line 3: not UTF-8"),
+                      (b'{"lr": 0.1, "train_loss": 1.0}\n', 'line 3: no "epoch"'),
+                      (b'{"epoch": "3", "lr": 0.1}\n', 'line 3: "epoch": "3" is not an epoch number'),
+                      (b"[1, 2]\n", "line 3: a JSON list, not an epoch's object"),
+                      (b'{"epoch": 3, "seconds": "60"}\n', 'line 3: seconds is "60", not a number'),
+                      (good[1], "line 3: epoch 2 after epoch 2")):
+        path.write_bytes(b"".join(good[:2]) + line + b"".join(good[3:]))
+        with pytest.raises(ReportError) as e:
+            load_run(run)
+        assert str(e.value).startswith(str(path)) and why in str(e.value), (why, str(e.value))
+
+
+def test_a_resume_event_line_is_not_an_epoch_and_a_lost_epoch_line_is_counted(tmp_path):
+    run = make_run(tmp_path / "r")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    event = json.dumps({"event": "resume", "at_epoch": 4, "at_step": 0, "overrides": {}, "allowed_changes": [],
+                        "hardware": {}})
+    (run / "metrics.jsonl").write_text("\n".join(lines[:4] + [event] + lines[4:]) + "\n")
+    loaded = load_run(run)
+    assert [m["epoch"] for m in loaded.metrics] == list(range(1, 13))
+    assert "- epochs logged: 12 of 12\n" in report_markdown(loaded)
+    (run / "metrics.jsonl").write_text("\n".join(lines[:4] + lines[5:]) + "\n")  # epoch 5's line lost
+    assert "- epochs logged: 11 of 12 (no line for epoch 5)\n" in report_markdown(load_run(run))
+    (run / "metrics.jsonl").write_text("\n".join(lines[5:8] + lines[9:]) + "\n")  # 1-5 and 9 lost
+    assert "- epochs logged: 6 of 12 (no line for epochs 1-5, 9)\n" in report_markdown(load_run(run))
+
+
+def test_a_cut_off_last_line_is_dropped_with_a_warning(tmp_path, capsys):
+    run = make_run(tmp_path / "r", finished=False)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 7, "lr": 0.0')
+    capsys.readouterr()
+    assert len(load_run(run).metrics) == 6
+    err = capsys.readouterr().err
+    assert f"warning: {run / 'metrics.jsonl'} line 7: cut off" in err and "dropping it" in err
+    assert "epochs logged: 6 of 12" in report_markdown(load_run(run))
+
+
+def test_a_results_file_that_is_not_a_runs_results_is_an_error_naming_it(tmp_path):
+    run = make_run(tmp_path / "r")
+    path = run / "results.json"
+    finished = json.loads(path.read_text())
+    for content, why in (([1, 2], "a JSON list, not an object"), ("null", "a JSON null, not an object"),
+                         ({}, "no top1_err"), ({**finished, "top5_err": None}, "top5_err is null, not a number"),
+                         ({**finished, "headline": "val"}, 'headline is "val", not an object'),
+                         ({k: v for k, v in finished.items() if k != "val"}, "no val "),
+                         ({**finished, "val": {**finished["val"], "single": {"top1_err": 21.65}}},
+                          "no val.single.top5_err"),
+                         ({**finished, "val": {**finished["val"], "before_precise_bn": []}},
+                          "val.before_precise_bn is [], not an object")):
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+        with pytest.raises(ReportError) as e:
+            load_run(run)
+        assert str(e.value).startswith(f"{path}: ") and why in str(e.value), (why, str(e.value))
+    path.write_bytes(b'{"top1_err": 1\xff}')
+    with pytest.raises(ReportError, match="results.json: not UTF-8"):
+        load_run(run)
+
+
+def test_report_cli_on_damaged_files_prints_one_line(cli, tmp_path):
+    run = make_run(tmp_path / "r")
+    (run / "results.json").write_text("[]")
+    code, out, err = cli("report", run, "--quiet")
+    assert code == 2 and err.startswith(f"error: {run / 'results.json'}: ") and len(err.strip().splitlines()) == 1
+    (run / "results.json").unlink()
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(b'{"lr": 0.001}\n')
+    code, out, err = cli("report", run, "--quiet")
+    assert code == 2 and f"{run / 'metrics.jsonl'} line 13: no \"epoch\"" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_epoch_lines_with_few_figures_still_draw_and_evaluation_json_must_be_an_object(tmp_path):
+    run = make_run(tmp_path / "r", finished=False)
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "val_top1_err": 50.0}\n{"epoch": 2, "val_top1_err": 40.0}\n')
+    assert cv2.imread(write_report(run)["png"]) is not None  # no "lr" on any line: drawn without the LR axis
+    (run / "evaluation.json").write_text("[]")
+    with pytest.raises(ReportError, match="evaluation.json: a JSON list, not an object"):
+        load_run(run)

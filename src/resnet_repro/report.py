@@ -21,6 +21,7 @@ import yaml
 
 from . import atomic
 from .published import published_for, published_split
+from .report_inputs import ReportError, check_results, read_epochs, read_object
 
 
 # --- The run -------------------------------------------------------------------------------------------
@@ -43,10 +44,6 @@ class Run:
         return (self.results or {}).get("epochs") or self.config.get("train", {}).get("epochs")
 
 
-class ReportError(RuntimeError):
-    """A run folder that cannot be reported on; the message names the file."""
-
-
 def load_run(root: str | Path) -> Run:
     root = Path(root)
     path = root / "metrics.jsonl"
@@ -56,18 +53,7 @@ def load_run(root: str | Path) -> Run:
                               f"its first epoch ended, or is still in it); continue it with resnet-repro train "
                               f"--config {root / 'config.yaml'} --out {root} --resume auto, and report after an epoch")
         raise ReportError(f"{path}: not found; is {root} a run folder (resnet-repro train --out {root})?")
-    metrics = []
-    lines = path.read_text().splitlines()
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            metrics.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if n == len(lines):  # a line cut off by a killed writer: the run's record up to the line before
-                break
-            raise ReportError(f"{path} line {n}: not valid JSON ({e})") from None
-    metrics = [m for m in metrics if "event" not in m]  # a resume's overrides: a record, not an epoch
+    metrics = read_epochs(path)
     if not metrics:
         raise ReportError(f"{path}: no epochs logged yet")
     run = Run(root, metrics)
@@ -83,10 +69,9 @@ def load_run(root: str | Path) -> Run:
     for name in ("results", "evaluation"):
         f = root / f"{name}.json"
         if f.is_file():
-            try:
-                setattr(run, name, json.loads(f.read_text()))
-            except json.JSONDecodeError as e:
-                raise ReportError(f"{f}: not valid JSON ({e})") from None
+            setattr(run, name, read_object(f))
+    if run.results is not None:
+        check_results(run.results, root / "results.json")
     run.dataset = (run.results or {}).get("dataset") or _dataset_from_manifest(run)
     return run
 
@@ -132,6 +117,8 @@ def plot_curves(run: Run, path: Path) -> Path:
     def add_lr(ax):
         # The LR logged for epoch e is the LR at its last step: for a step schedule the LR of all of (e - 1, e].
         twin = ax.twinx()
+        if not lr_x:  # an epoch line without "lr" (hand-made or older): the curves still draw, without it
+            return twin
         if step_schedule:
             twin.step([lr_x[0] - 1] + lr_x, [lr_y[0]] + lr_y, where="pre", color="0.55", lw=1.3, ls="--",
                       label="learning rate (right axis)")
@@ -247,6 +234,17 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def _spans(numbers: list[int]) -> str:
+    """1, 2, 3, 7 -> "1-3, 7": a run resumed into a new folder lacks a long run of them."""
+    spans = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
@@ -331,7 +329,11 @@ def report_markdown(run: Run, png_name: str = "curves.png") -> str:
     lines = [f"# {run.model} on {run.dataset or 'unknown data'} — {run.root.name}", ""]
     seconds = sum(r.get("seconds", 0) for r in m)
     rates = [r["images_per_s"] for r in m if "images_per_s" in r]
-    facts = [f"epochs logged: {m[-1]['epoch']}" + (f" of {run.planned_epochs}" if run.planned_epochs else ""),
+    # Counted, not read off the last line: a lost line must not look like a whole record.
+    logged = [r["epoch"] for r in m]
+    missing = sorted(set(range(1, logged[-1] + 1)) - set(logged))
+    facts = [f"epochs logged: {len(logged)}" + (f" of {run.planned_epochs}" if run.planned_epochs else "")
+             + (f" (no line for epoch{'s' * (len(missing) > 1)} {_spans(missing)})" if missing else ""),
              f"training time in epochs: {_hours(seconds)}"]
     if rates:
         facts.append(f"throughput: median {sorted(rates)[len(rates) // 2]:,.0f} img/s (incl. data wait)")
