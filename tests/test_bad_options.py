@@ -61,7 +61,7 @@ def test_val_crop_larger_than_the_stored_images_refused_at_start(cli, tmp_path, 
     out = tmp_path / "run"
     code, _, err = cli("train", "--config", recipe, "--out", out, "--set", "data.val_size=64")
     assert_one_clear_line(code, err, "data.val_size", "16x16")
-    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+    assert not out.exists()  # was: an epoch trained, then a traceback, checkpoints and config.yaml left
     # With a resize that enlarges the images first, the crop can be cut.
     geometry = EvalGeometry(DataConfig(val_resize=72, val_size=64), 16)
     assert geometry.size == 64
