@@ -60,6 +60,40 @@ def test_damaged_sample_with_a_damaged_replacement_names_both(tmp_path, workers)
     assert not (out / "final.pt").exists() and not (out / "results.json").exists()
 
 
+def test_a_damaged_sample_is_never_its_own_replacement():
+    """With one damaged sample among n, its replacement is another sample in every epoch: drawn from all n, it was
+    the damaged one again once in n epochs, and the run stopped as if two samples were damaged."""
+    from types import SimpleNamespace
+
+    from resnet_repro.data.decode.cpu import DecodeError
+    from resnet_repro.data.loading.loader import BatchDataset, UnreadableSample
+
+    def sample(i, epoch):
+        if i == 0:
+            raise DecodeError("damaged")
+        return i
+
+    class Reader:  # what with_replacement reads of a RecordReader
+        root = "DATA"
+
+        def __init__(self, n):
+            self.n = n
+
+        def __len__(self):
+            return self.n
+
+        def where(self, i):
+            return f"key {i}"
+
+    for n in (2, 3):
+        ds = SimpleNamespace(seed=0, reader=Reader(n))
+        got = {BatchDataset.with_replacement(ds, sample, 0, epoch) for epoch in range(40)}
+        assert got == {(j, 1) for j in range(1, n)}  # every other sample drawn at some epoch, never sample 0
+    ds = SimpleNamespace(seed=0, reader=Reader(1))
+    with pytest.raises(UnreadableSample, match="no other sample"):
+        BatchDataset.with_replacement(ds, sample, 0, 0)
+
+
 # --- 3. a mean/std with the wrong number of values for the data's channels -----------------------------------------
 
 def test_mean_std_for_other_channels_names_the_keys_and_the_fix(tmp_path, cli, texture_data):

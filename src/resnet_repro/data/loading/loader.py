@@ -108,7 +108,14 @@ class BatchDataset(torch.utils.data.Dataset):
         except DecodeError:
             print(f"warning: {self.reader.root} {self.reader.where(i)}: cannot decode; using a replacement "
                   "sample", file=sys.stderr)
-            j = int(sample_rng(self.seed, epoch, i).integers(len(self.reader)))
+            n = len(self.reader)
+            if n < 2:
+                raise UnreadableSample(f"{self.reader.root} {self.reader.where(i)}: cannot decode, and the split has "
+                                       "no other sample to replace it: prepare the data set again") from None
+            # Any sample but i itself: drawn from all n, the damaged one replaced itself once in n draws and
+            # stopped the run as if two samples were damaged.
+            j = int(sample_rng(self.seed, epoch, i).integers(n - 1))
+            j += j >= i
         try:
             return sample(j, epoch), 1
         except DecodeError:
