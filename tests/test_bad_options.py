@@ -130,3 +130,23 @@ def test_replaced_files_get_the_usual_mode(tmp_path):
         mask = os.umask(0o022)
         os.umask(mask)
         assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("env,named", [
+    ({"WORLD_SIZE": "2", "RANK": "3"}, "RANK=3"),  # was: waits 30 minutes for peers that never come
+    ({"WORLD_SIZE": "2", "RANK": "-1"}, "RANK=-1"),
+    ({"WORLD_SIZE": "2"}, "RANK is not set"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0"),
+    ({"WORLD_SIZE": "x"}, "WORLD_SIZE='x'"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": ""}, "MASTER_ADDR is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "-2"}, "LOCAL_RANK=-2"),
+])
+def test_torchrun_variables_that_describe_no_group(cli, tmp_path, monkeypatch, run_on_textures, env, named):
+    recipe, _ = run_on_textures
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29599")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run")
+    assert_one_clear_line(code, err, named, "torchrun")
+    assert not (tmp_path / "run").exists()

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 
 @dataclass
 class DistEnv:
@@ -24,16 +26,49 @@ class DistEnv:
         return self.rank == 0
 
 
-def init(device_kind: str) -> DistEnv:
-    """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU); a no-op without torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+class LaunchError(UserError):
+    """torchrun's variables set by hand, or left over in a shell, that describe no process group."""
+
+
+_TORCHRUN = "launch with torchrun (torchrun --nproc-per-node N -m resnet_repro train ...), or unset WORLD_SIZE"
+
+
+def _env_whole(name: str, default: int | None = None) -> int:
+    text = os.environ.get(name, "")
+    if not text:
+        if default is None:
+            raise LaunchError(f"{name} is not set, but WORLD_SIZE={os.environ.get('WORLD_SIZE')}: {_TORCHRUN}")
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise LaunchError(f"{name}={text!r} is not a whole number: {_TORCHRUN}") from None
+
+
+def launch_env() -> DistEnv:
+    """This process's place in the group torchrun describes, checked: a rank outside 0..WORLD_SIZE-1 would wait
+    30 minutes (gloo's timeout) for peers that never come, and a missing MASTER_ADDR ends in torch's traceback."""
+    world = _env_whole("WORLD_SIZE", 1)
+    if world < 1:
+        raise LaunchError(f"WORLD_SIZE={world}: the number of processes is 1 or more; {_TORCHRUN}")
     if world == 1:
         return DistEnv()
-    try:
-        env = DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    except KeyError:
-        raise RuntimeError(f"WORLD_SIZE={world} but RANK is not set: launch with torchrun "
-                           "(torchrun --nproc-per-node N -m resnet_repro train ...)") from None
+    env = DistEnv(_env_whole("RANK"), world, _env_whole("LOCAL_RANK", 0))
+    if not 0 <= env.rank < world:
+        raise LaunchError(f"RANK={env.rank} with WORLD_SIZE={world}: ranks run from 0 to {world - 1}; {_TORCHRUN}")
+    if env.local_rank < 0:
+        raise LaunchError(f"LOCAL_RANK={env.local_rank}: a local rank is 0 or more; {_TORCHRUN}")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise LaunchError(f"{name} is not set, but WORLD_SIZE={world}: the processes meet there; {_TORCHRUN}")
+    return env
+
+
+def init(device_kind: str) -> DistEnv:
+    """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU); a no-op without torchrun."""
+    env = launch_env()
+    if env.world == 1:
+        return env
     if not dist.is_initialized():
         # torch._dynamo, which DDP imports on first use, keeps the default process group alive when it is
         # first imported after the group exists (torch 2.13). destroy_process_group then leaves gloo's worker
