@@ -134,6 +134,16 @@ def test_report_cli(cli, tmp_path):
     assert code == 2 and "metrics.jsonl: not found" in err
 
 
+def test_report_default_folder_checked_before_the_work(cli, tmp_path):
+    run = make_run(tmp_path / "r50")
+    (run / "report").write_text("a file where the report folder goes\n")
+    code, _, err = cli("report", run)  # was: FileExistsError's traceback after the run was read
+    assert code == 2 and f"{run / 'report'} (the default output folder; choose another with --out) is a file" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code, _, err = cli("report", run, "--out", tmp_path / "elsewhere")
+    assert code == 0, err
+
+
 def test_report_on_a_run_with_no_finished_epoch_says_so_in_one_line(cli, tmp_path):
     run = tmp_path / "stopped"
     run.mkdir()

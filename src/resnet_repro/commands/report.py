@@ -18,10 +18,14 @@ def add(sub) -> None:
 def run(args) -> int:
     from ..report import ReportError, write_report
 
-    if args.out:
-        if Path(args.out).exists() and not Path(args.out).is_dir():
-            raise UserError(f"--out {args.out} is a file; report writes a folder (curves.png, report.md)")
-        check_writable_folder(Path(args.out), f"--out {args.out}")
+    # The default folder too: a run folder on a read-only disk, or a file named `report` in it, must be one line
+    # before the work, not an OSError after it.
+    out = Path(args.out) if args.out else Path(args.run_dir) / "report"
+    what = f"--out {args.out}" if args.out else f"{out} (the default output folder; choose another with --out)"
+    if args.out or Path(args.run_dir).is_dir():  # else write_report names the missing run folder
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{what} is a file; report writes a folder (curves.png, report.md)")
+        check_writable_folder(out, what)
     try:
         paths = write_report(args.run_dir, args.out)
     except ReportError as e:
