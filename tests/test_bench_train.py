@@ -133,9 +133,15 @@ def test_bad_variants_and_worker_counts_are_user_errors(texture_data, cli):
     for args, words in ((["--e2e", "tpu"], "--e2e 'tpu'"), (["--e2e", "cpu:2:everywhere"], "affinity"),
                         (["--e2e", "gpu:lots"], "workers"), (["--workers", "many"], "workers"),
                         (["--e2e", "cpu:2:plan:0.5"], "gpu decoding only"), (["--e2e", "gpu:2:plan:1.5"], "(0, 1]"),
-                        (["--e2e", "gpu:2:plan:most"], "'most'"), (["--e2e", "gpu:2:plan:0.5:x"], "SHARE")):
+                        (["--e2e", "gpu:2:plan:most"], "'most'"), (["--e2e", "gpu:2:plan:0.5:x"], "SHARE"),
+                        (["--e2e", "cpu:99999999999"], "more than 512"),  # was: started that many processes
+                        (["--e2e", "gpu:1", "--device", "cpu"], "needs a CUDA device")):  # was torch's traceback
         code, _, err = cli("bench", "train", "--model", "resnet20", "--data", texture_data, *args)
-        assert code == 2 and words in err, (args, err)
+        assert code == 2 and words in err and "Traceback" not in err, (args, err)
+    code, _, err = cli("bench", "train", "--model", "resnet20", "--e2e", "cpu:1")  # was: exit 0, nothing timed
+    assert code == 2 and "--e2e needs --data" in err, err
+    code, _, err = cli("bench", "prepare", "--src", texture_data / "nope")  # was: FileNotFoundError's traceback
+    assert code == 2 and "folder not found" in err, err
 
 
 @pytest.mark.parametrize("mode, graphs", [("default", False), ("reduce-overhead", True), ("max-autotune", True),

@@ -59,6 +59,9 @@ POSITIVE = Range(0, lo_open=True)
 COUNT = Range(1)  # an integer that must be at least 1
 FRACTION = Range(0, 1)  # [0, 1]
 DECAY = Range(0, 1, hi_open=True)  # [0, 1)
+# Loader processes for one trainer (data.workers, bench --workers / --e2e): several times what the largest machines'
+# cores feed; a typo's extra digits would otherwise start that many processes.
+MAX_WORKERS = 512
 
 
 def _model_names() -> list[str]:
@@ -326,8 +329,8 @@ def validate(cfg: Config, origins: dict[str, str] | None = None) -> None:
                               f"it must be {finite}{allowed}")
     # a count or "auto" (data/loading/cores.py): an int | Literal, which the loop passes over
     workers = cfg.data.workers
-    if workers != "auto" and (isinstance(workers, str) or workers < 0):
-        fail("data.workers", f"{workers!r} is not a count >= 0 or auto")
+    if workers != "auto" and (isinstance(workers, str) or not 0 <= workers <= MAX_WORKERS):
+        fail("data.workers", f"{workers!r} is not a count from 0 to {MAX_WORKERS} or auto")
     splits = cfg.data.train_splits
     if not splits or len(set(splits)) != len(splits):
         fail("data.train_splits", f"{splits!r}: name each training split once, at least one")

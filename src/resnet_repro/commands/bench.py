@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from .. import config
 from ..errors import UserError
@@ -133,6 +134,9 @@ def _run_train(args) -> int:
     from ..bench.e2e import parse_e2e
     from ..bench.train import TrainOptions, bench_train
 
+    if args.e2e and not args.data:  # without data there is no end-to-end phase: the variants would go unmeasured
+        raise UserError("bench train --e2e needs --data SHARDS (a prepared data set to time end to end)")
+
     def run(log):
         opts = TrainOptions(model=args.model, data=None if args.synthetic else args.data, batch_size=args.batch_size,
                             steps=args.steps, warmup=args.warmup, compile=args.compile_mode or args.compile,
@@ -170,6 +174,8 @@ def _run_prepare(args) -> int:
         if args.src:
             raise UserError("bench prepare --archives makes its own archive set; drop --src")
         return _bench(args, lambda log: bench_prepare_archives(args.images, args.workers, args.repeats, log=log))
+    if args.src and not os.path.exists(args.src):  # a file or an empty folder: discover_folder names it
+        raise UserError(f"bench prepare --src {args.src}: folder not found")
     opts = PrepareOptions(src=args.src, images=args.images, workers=args.workers, repeats=args.repeats)
     return _bench(args, lambda log: bench_prepare(opts, log=log))
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ...config import MAX_WORKERS
+
 # Cores kept for the training process on a GPU machine: one for the training thread (kernel launches, the step's
 # Python), one for the pin-memory thread, which copies every batch into page-locked memory (38.5 MB per
 # 256 x 224 x 224 x 3 uint8 batch). Fewer when the machine has few cores, so workers always get at least one.
@@ -68,6 +70,9 @@ def parse_workers(value) -> int | str:
         n = -1
     if n < 0:
         raise ValueError(f"workers: {value!r} is not a count >= 0 or 'auto'")
+    if n > MAX_WORKERS:
+        raise ValueError(f"workers: {value!r} loader processes is more than {MAX_WORKERS}; give a count per core "
+                         "you have (or auto)")
     return n
 
 
