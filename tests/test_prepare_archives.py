@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import kill_after_shards
+from conftest import assert_one_clear_line, kill_after_shards
 from resnet_repro.data.shards import records
 from resnet_repro.data.shards.prepare import prepare_images
 from resnet_repro.data.sources import imagenet, imagenet_archives
 from resnet_repro.data.sources.download import SourceError
 from resnet_repro.data.sources.imagenet_archives import discover_archives
-from test_prepare_imagenet import SHARDS, WNIDS, cmyk_jpeg, make_imagenet, png_bytes
+from test_prepare_imagenet import SHARDS, WNIDS, cmyk_jpeg, make_imagenet, png_bytes, write_devkit
 
 pytest.importorskip("scipy.io", reason="the devkit's meta.mat is written and read with scipy")
 
@@ -160,6 +160,51 @@ def test_devkit_without_ground_truth_is_named(tmp_path):
                 arcname="ILSVRC2012_devkit_t12/data/meta.mat")
     with pytest.raises(SourceError, match="no data/ILSVRC2012_validation_ground_truth.txt inside"):
         discover_archives(paths["train"], paths["val"], paths["devkit"])
+
+
+def _repack_devkit(root: Path, paths: dict[str, Path]) -> Path:
+    """The devkit .tar.gz made again from root/src's devkit folder (after a test changed it); its data folder."""
+    data = root / "src" / "ILSVRC2012_devkit_t12" / "data"
+    with tarfile.open(paths["devkit"], "w:gz") as tar:
+        tar.add(data.parent, arcname="ILSVRC2012_devkit_t12")
+    return data
+
+
+def _prepare_archives(cli, paths: dict[str, Path], out: Path):
+    return cli("prepare", "imagenet", "--train-tar", paths["train"], "--val-tar", paths["val"], "--devkit",
+               paths["devkit"], "--out", out, "--workers", 1)
+
+
+@pytest.mark.parametrize("field", ["num_children", "ILSVRC2012_ID", "WNID"])
+def test_devkit_meta_mat_lacking_a_synsets_field_is_one_line(tmp_path, cli, field):
+    paths = make_archives(tmp_path)
+    data = tmp_path / "src" / "ILSVRC2012_devkit_t12" / "data"
+    write_devkit(data, {}, {w: "name" for w in WNIDS}, drop=field)
+    (data / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n2\n3\n1\n2\n3\n")
+    _repack_devkit(tmp_path, paths)
+    code, _, err = _prepare_archives(cli, paths, tmp_path / "out")
+    assert_one_clear_line(code, err, f"{paths['devkit']}:ILSVRC2012_devkit_t12/data/meta.mat",
+                          f"synsets lacks field {field}")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_devkit_ground_truth_that_is_not_utf8_is_named_with_its_line(tmp_path, cli):
+    paths = make_archives(tmp_path)
+    truth = tmp_path / "src" / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt"
+    truth.write_bytes(truth.read_bytes().replace(b"\n", b"\xff\n", 3).replace(b"\xff\n", b"\n", 1))  # line 2
+    _repack_devkit(tmp_path, paths)
+    code, _, err = _prepare_archives(cli, paths, tmp_path / "out")
+    assert_one_clear_line(code, err, f"{paths['devkit']}:ILSVRC2012_devkit_t12/data/{truth.name}:2: ", "UTF-8")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_text_file_as_devkit_is_one_line(tmp_path, cli):
+    paths = make_archives(tmp_path)
+    paths["devkit"] = tmp_path / "devkit.txt"
+    paths["devkit"].write_text("not an archive\n" * 50)
+    code, _, err = _prepare_archives(cli, paths, tmp_path / "out")
+    assert_one_clear_line(code, err, paths["devkit"], "download ILSVRC2012_devkit_t12.tar.gz again")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
 def test_bench_prepare_archives_times_both_methods_on_the_same_archives(cli, monkeypatch):

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import kill_after_shards
+from conftest import assert_one_clear_line, kill_after_shards
 from resnet_repro.data.decode.header import BadImage, read_header
 from resnet_repro.data.shards import prepare, records
 from resnet_repro.data.shards.prepare import Encoding, prepare_images
@@ -103,13 +103,16 @@ def make_imagenet(root: Path, val_layout: str, extra_train: dict[str, bytes] | N
     return val
 
 
-def write_devkit(data_dir: Path, val: dict[str, str], names: dict[str, str]) -> None:
+def write_devkit(data_dir: Path, val: dict[str, str], names: dict[str, str], drop: str | None = None) -> None:
     """meta.mat whose ILSVRC2012_ID order (1, 2, 3 = WNIDS as listed) is NOT the sorted-wnid order, plus a
-    non-leaf synset, and the ground truth file in those IDs."""
+    non-leaf synset, and the ground truth file in those IDs. ``drop``: a field left out of meta.mat's synsets."""
     scipy_io = pytest.importorskip("scipy.io")
-    data_dir.mkdir(parents=True)
-    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children"]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fields = [f for f in ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children"] if f != drop]
     rows = [(i + 1, w, names[w], "gloss", 0) for i, w in enumerate(WNIDS)] + [(4, "n00001740", "entity", "g", 3)]
+    if drop:
+        at = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children"].index(drop)
+        rows = [row[:at] + row[at + 1:] for row in rows]
     synsets = np.zeros((len(rows), 1), dtype=[(f, object) for f in fields])
     for r, row in enumerate(rows):
         for f, v in zip(fields, row):
@@ -202,6 +205,43 @@ def test_val_label_for_unknown_class_is_an_error(tmp_path):
     csv.write_text(csv.read_text().replace("n01440764", "n09999999"))
     with pytest.raises(SourceError, match="n09999999"):
         imagenet.discover_imagenet(tmp_path)
+
+
+@pytest.mark.parametrize("field", ["num_children", "ILSVRC2012_ID", "WNID"])
+def test_meta_mat_lacking_a_synsets_field_is_one_line(tmp_path, cli, field):
+    val = make_imagenet(tmp_path / "src", "devkit")
+    data = tmp_path / "src" / "ILSVRC2012_devkit_t12" / "data"
+    write_devkit(data, val, {w: "name" for w in WNIDS}, drop=field)
+    code, _, err = cli("prepare", "imagenet", "--src", tmp_path / "src", "--out", tmp_path / "out")
+    assert_one_clear_line(code, err, data / "meta.mat", f"synsets lacks field {field}")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.parametrize("layout, name", [("devkit", f"ILSVRC2012_devkit_t12/data/{imagenet.GROUND_TRUTH}"),
+                                          ("kaggle", "LOC_val_solution.csv"), ("kaggle", "LOC_synset_mapping.txt")])
+def test_label_file_that_is_not_utf8_is_named_with_its_line(tmp_path, cli, layout, name):
+    make_imagenet(tmp_path / "src", layout)
+    path = tmp_path / "src" / name
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = lines[2][:12] + b"\xff\xfe" + lines[2][12:]  # line 3: a byte no UTF-8 text holds
+    path.write_bytes(b"\n".join(lines))
+    code, _, err = cli("prepare", "imagenet", "--src", tmp_path / "src", "--out", tmp_path / "out")
+    assert_one_clear_line(code, err, f"{path}:3: ", "UTF-8")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.parametrize("conflict", [True, False])
+def test_repeated_image_id_in_the_kaggle_csv_names_both_lines(tmp_path, cli, conflict):
+    make_imagenet(tmp_path / "src", "kaggle")
+    csv_file = tmp_path / "src" / "LOC_val_solution.csv"
+    lines = csv_file.read_text().splitlines()
+    image_id, wnid = lines[2].split(",")[0], lines[2].split(",")[1].split()[0]  # line 3
+    other = next(w for w in WNIDS if w != wnid) if conflict else wnid
+    lines.append(f"{image_id},{other} 1 2 3 4")  # the same image again, last (the row that used to win)
+    csv_file.write_text("\n".join(lines) + "\n")
+    code, _, err = cli("prepare", "imagenet", "--src", tmp_path / "src", "--out", tmp_path / "out")
+    assert_one_clear_line(code, err, f"{csv_file}:{len(lines)}: ", image_id, "line 3")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
 # --- Oddities, bad files, bombs -------------------------------------------------------------------------------

@@ -67,10 +67,26 @@ def _imagenet_key(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", path.stem)
 
 
+def decode_text(where: Path | str, data: bytes) -> str:
+    """A label file's bytes as text; SourceError naming the file and line of the first byte that is not UTF-8.
+    (The label files are ASCII in every distribution, so such a byte means a damaged or wrong file, and a
+    locale-dependent decode would make the same file read differently on different machines.)"""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise SourceError(f"{where}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); the file is damaged or "
+                          "not the one expected: replace it with the one from the original download") from None
+
+
+def _read_text(path: Path) -> str:
+    return decode_text(path, path.read_bytes())
+
+
 def read_synset_mapping(path: Path) -> dict[str, str]:
     """Kaggle's LOC_synset_mapping.txt: ``<wnid> <names>`` per line."""
     names = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         wnid, _, words = line.strip().partition(" ")
@@ -80,22 +96,39 @@ def read_synset_mapping(path: Path) -> dict[str, str]:
     return names
 
 
+def _csv_rows(rows, path: Path):
+    """``rows`` (a csv.reader), with its own errors (a field over the size limit, say) as one line naming the line."""
+    while True:
+        try:
+            yield next(rows)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise SourceError(f"{path}:{rows.line_num}: not readable as CSV ({e}); replace it with the one from the "
+                              "original download") from None
+
+
 def read_val_csv(path: Path) -> dict[str, str]:
     """Kaggle's LOC_val_solution.csv: ``ImageId,PredictionString``; the class is the first token of the
     prediction string (the rest are bounding boxes, each prefixed with the same wnid)."""
-    labels = {}
-    with open(path, newline="") as f:
-        rows = csv.reader(f)
-        header = next(rows, None)
-        if not header or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
-            raise SourceError(f"{path}:1: expected the header 'ImageId,PredictionString', got {header}")
-        for n, row in enumerate(rows, 2):
-            if not row:
-                continue
-            tokens = row[1].split() if len(row) > 1 else []
-            if not tokens or not re.fullmatch(r"n\d{8}", tokens[0]):
-                raise SourceError(f"{path}:{n}: no wnid in the prediction string of {row[0]!r}")
-            labels[row[0].strip()] = tokens[0]
+    labels, lines = {}, {}
+    # newline="": csv sees the line ends as written, as with open(path, newline="").
+    rows = csv.reader(io.StringIO(_read_text(path), newline=""))
+    header = next(rows, None)
+    if not header or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
+        raise SourceError(f"{path}:1: expected the header 'ImageId,PredictionString', got {header}")
+    for row in _csv_rows(rows, path):
+        n = rows.line_num  # the file's line (a quoted field may span lines)
+        if not row:
+            continue
+        tokens = row[1].split() if len(row) > 1 else []
+        if not tokens or not re.fullmatch(r"n\d{8}", tokens[0]):
+            raise SourceError(f"{path}:{n}: no wnid in the prediction string of {row[0]!r}")
+        image_id = row[0].strip()
+        if image_id in lines:  # a repeat would silently relabel the image (the last row winning): refuse it
+            raise SourceError(f"{path}:{n}: ImageId {image_id} is already on line {lines[image_id]}; each val "
+                              "image must be listed once: replace the file with the one from the original download")
+        labels[image_id], lines[image_id] = tokens[0], n
     return labels
 
 
@@ -111,22 +144,37 @@ def read_meta_mat(path: Path | str, data: bytes | None = None) -> dict[int, tupl
         synsets = loadmat(io.BytesIO(data) if data is not None else str(path), squeeze_me=True)["synsets"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SourceError(f"{path}: not a devkit meta.mat with a 'synsets' struct ({e})") from None
+    again = "download ILSVRC2012_devkit_t12.tar.gz again"
+    # A struct of the wrong shape would otherwise end in numpy's ValueError ("no field of name ...") mid-loop.
+    fields = getattr(getattr(synsets, "dtype", None), "names", None)
+    if not fields:
+        raise SourceError(f"{path}: 'synsets' is not a struct array; is this ILSVRC2012_devkit_t12's meta.mat? {again}")
+    missing = [f for f in ("ILSVRC2012_ID", "WNID", "words", "num_children") if f not in fields]
+    if missing:
+        raise SourceError(f"{path}: synsets lacks field {', '.join(missing)} (has {', '.join(fields)}); "
+                          f"is this ILSVRC2012_devkit_t12's meta.mat? {again}")
     table = {}
-    for s in np.atleast_1d(synsets):
-        if int(s["num_children"]) == 0:
-            table[int(s["ILSVRC2012_ID"])] = (str(s["WNID"]), str(s["words"]))
+    for i, s in enumerate(np.atleast_1d(synsets), 1):
+        try:
+            if int(s["num_children"]) == 0:
+                table[int(s["ILSVRC2012_ID"])] = (str(s["WNID"]), str(s["words"]))
+        except (TypeError, ValueError) as e:  # e.g. an empty or text num_children
+            raise SourceError(f"{path}: synsets({i}): num_children or ILSVRC2012_ID is not an integer "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); {again}") from None
     if not table:
         raise SourceError(f"{path}: no leaf synsets (num_children == 0) in 'synsets'")
     return table
 
 
-def read_ground_truth(path: Path | str, text: str | None = None) -> list[int]:
+def read_ground_truth(path: Path | str, data: bytes | None = None) -> list[int]:
     """ILSVRC2012_validation_ground_truth.txt: line i holds the ILSVRC2012_ID of ILSVRC2012_val_<i>.JPEG.
-    ``text``: the file's contents, read from inside the devkit archive (``path`` then only names it)."""
+    ``data``: the file's bytes, read from inside the devkit archive (``path`` then only names it)."""
     ids = []
-    for n, line in enumerate((Path(path).read_text() if text is None else text).splitlines(), 1):
+    text = _read_text(Path(path)) if data is None else decode_text(path, data)
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
-            if not line.strip().isdigit():
+            # isascii: str.isdigit also accepts digits such as '²' that int() refuses.
+            if not (line.strip().isascii() and line.strip().isdigit()):
                 raise SourceError(f"{path}:{n}: expected an ILSVRC2012_ID (integer), got {line[:40]!r}")
             ids.append(int(line))
     return ids

@@ -60,6 +60,13 @@ class _Window(io.RawIOBase):
         return got
 
 
+def _first_line(e: BaseException) -> str:
+    """An exception's message cut to one line: tarfile's "could not be opened" lists every compression it
+    tried on lines of their own, and an error must stay one line."""
+    text = str(e).strip()
+    return text.splitlines()[0].rstrip(":") if text else type(e).__name__
+
+
 def walk_tar(f, size: int, where: str) -> list[tarfile.TarInfo]:
     """The members of the tar in ``f`` (``size`` bytes), from its headers alone; SourceError naming ``where`` if
     it is not a tar, is damaged, or ends early."""
@@ -76,7 +83,7 @@ def walk_tar(f, size: int, where: str) -> list[tarfile.TarInfo]:
             raise SourceError(f"{where}: truncated ({m.name} needs bytes up to {m.offset_data + m.size}, the tar "
                               f"has {size}); download it again")
     if failed is not None:
-        raise SourceError(f"{where}: not a readable tar ({failed}); download it again")
+        raise SourceError(f"{where}: not a readable tar ({_first_line(failed)}); download it again")
     f.seek(end)
     if f.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
         raise SourceError(f"{where}: damaged or truncated at byte {end} (no tar header nor end-of-archive block "
@@ -154,8 +161,8 @@ def _devkit_files(devkit: Path) -> dict[str, tuple[str, bytes]]:
     except FileNotFoundError:
         raise SourceError(f"{devkit}: file not found") from None
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise SourceError(f"{devkit}: not a readable tar.gz ({e}); download ILSVRC2012_devkit_t12.tar.gz again") \
-            from None
+        raise SourceError(f"{devkit}: not a readable tar.gz ({_first_line(e)}); download ILSVRC2012_devkit_t12.tar.gz "
+                          "again") from None
     missing = sorted(wanted - set(found))
     if missing:
         raise SourceError(f"{devkit}: no {' nor '.join('data/' + m for m in missing)} inside; is this "
@@ -168,7 +175,7 @@ def _val_items(val_tar: Path, devkit: Path, classes: list[str]) -> tuple[list[It
     meta_where, meta_bytes = files[META_MAT]
     truth_where, truth_bytes = files[GROUND_TRUTH]
     meta = read_meta_mat(meta_where, meta_bytes)
-    labels = devkit_val_labels(read_ground_truth(truth_where, truth_bytes.decode()), meta, truth_where, meta_where)
+    labels = devkit_val_labels(read_ground_truth(truth_where, truth_bytes), meta, truth_where, meta_where)
     members = {}
     ignored = []
     for m in _outer_members(val_tar):
