@@ -74,13 +74,32 @@ class _Named(io.BytesIO):
         return self.url
 
 
+def _why(e: Exception, url: str) -> str:
+    """Why a call to fsspec failed, in a few words: the class and the first line of its message, named for the
+    common cases. The backends raise their own classes (botocore's NoCredentialsError, EndpointConnectionError;
+    aiohttp's ClientResponseError), and they are optional imports, so they are told apart by name, not by type."""
+    if isinstance(e, FileNotFoundError):  # fsspec's own for a missing key, an HTTP 404 too
+        return "not found (HTTP 404)" if url.startswith(("http://", "https://")) else "not found"
+    if isinstance(getattr(e, "status", None), int):  # aiohttp.ClientResponseError: an HTTP error status
+        return f"HTTP {e.status} {getattr(e, 'message', '') or ''}".rstrip()
+    first = next(iter(str(e).strip().splitlines()), "")
+    detail = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    names = [c.__name__ for c in type(e).__mro__]
+    if "NoCredentialsError" in names:
+        return (f"no credentials ({detail}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) "
+                "for this bucket")
+    if any("Connect" in n for n in names):
+        return f"cannot connect ({detail})"
+    if any("Timeout" in n for n in names):
+        return f"timed out ({detail})"
+    return detail
+
+
 def _fetch(fs, path: str, url: str) -> bytes:
     try:
         return fs.cat_file(path)
-    except FileNotFoundError:
-        raise RecordError(f"{url}: not found") from None
-    except OSError as e:
-        raise RecordError(f"{url}: cannot be read ({e})") from None
+    except Exception as e:  # any backend's error (see _why); KeyboardInterrupt and SystemExit pass
+        raise RecordError(f"{url}: {_why(e, url)}") from None
 
 
 def _load_manifest(fs, base: str, url: str) -> dict:
@@ -95,13 +114,13 @@ def _load_manifest(fs, base: str, url: str) -> dict:
             raise RecordError(str(e).replace(tmp, url.rstrip("/"))) from None
 
 
-def _sizes(fs, base: str, names: list[str]) -> dict[str, int]:
+def _sizes(fs, base: str, url: str, names: list[str]) -> dict[str, int]:
     """Size of each named file below ``base``: one listing where the store has one, a HEAD each otherwise."""
     sizes = {}
     try:
         for info in fs.ls(base, detail=True):
             sizes[info["name"].rstrip("/").rsplit("/", 1)[-1]] = info.get("size")
-    except (OSError, NotImplementedError, ValueError):
+    except Exception:  # no listing (HTTP without an index page, a listing refused): the HEADs below say why
         pass
     for name in names:
         if sizes.get(name) is None:
@@ -109,6 +128,8 @@ def _sizes(fs, base: str, names: list[str]) -> dict[str, int]:
                 sizes[name] = fs.size(f"{base}/{name}")
             except FileNotFoundError:
                 sizes[name] = None
+            except Exception as e:
+                raise RecordError(f"{url}/{name}: {_why(e, url)}") from None
     return sizes
 
 
@@ -125,7 +146,7 @@ class RemoteRecordReader(RecordReader):
         self.cache = Path(cache_dir) / re.sub(r"[^A-Za-z0-9_.-]", "_", self.url) if cache_dir else None
         if self.cache:
             self.cache.mkdir(parents=True, exist_ok=True)
-        sizes = _sizes(fs, self.base, [e["name"] for e in self.shards])
+        sizes = _sizes(fs, self.base, self.url, [e["name"] for e in self.shards])
         self.keys, self.offsets, self.sizes, self.labels, self.shard_ids = reader.stack_indexes(
             [self._index(fs, entry, sizes.get(entry["name"])) for entry in self.shards])
         self._fs, self._fds, self._pid = fs, {}, os.getpid()
@@ -176,14 +197,21 @@ class RemoteRecordReader(RecordReader):
     def _download(self, fs, entry: dict, path: Path) -> None:
         url = f"{self.url}/{entry['name']}"
         h, tmp = hashlib.sha256(), path.with_name(path.name + ".part")
+        # Over HTTP one streamed GET (block_size=0): a whole shard is wanted, and it then works with a server that
+        # ignores Range requests too; elsewhere (s3, gs) range requests of CHUNK bytes.
+        http = {"http", "https"} & set([fs.protocol] if isinstance(fs.protocol, str) else fs.protocol)
         try:
-            with fs.open(f"{self.base}/{entry['name']}", "rb", block_size=CHUNK) as src, open(tmp, "wb") as dst:
+            with fs.open(f"{self.base}/{entry['name']}", "rb", block_size=0 if http else CHUNK) as src, \
+                    open(tmp, "wb") as dst:
                 while block := src.read(CHUNK):
                     h.update(block)
                     dst.write(block)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise RecordError(f"shard {url}: fetching it into the cache {path.parent} failed ({e})") from None
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)  # never a partial shard left in the cache, whatever stopped the fetch
+            if not isinstance(e, Exception):
+                raise  # KeyboardInterrupt, SystemExit
+            raise RecordError(f"shard {url}: fetching it into the cache {path.parent} failed ({_why(e, url)})") \
+                from None
         if h.hexdigest() != entry["sha256"]:
             tmp.unlink(missing_ok=True)
             raise RecordError(f"shard {url}: SHA-256 differs from the manifest's (changed or damaged after prepare); "
@@ -195,11 +223,17 @@ class RemoteRecordReader(RecordReader):
         if self.cache is not None:
             return super().__getitem__(i)  # pread from the cached shard
         sid, size, offset = int(self.shard_ids[i]), int(self.sizes[i]), int(self.offsets[i])
+        shard_url = f"{self.url}/{self.shards[sid]['name']}"
         try:
             data = self._fs_here().cat_file(f"{self.base}/{self.shards[sid]['name']}", start=offset,
                                                end=offset + size)
-        except OSError as e:
-            raise RecordError(f"{self.url} {self.where(i)}: cannot be read ({e})") from None
+        except Exception as e:  # any backend's error (see _why); KeyboardInterrupt and SystemExit pass
+            raise RecordError(f"{self.url} {self.where(i)}: cannot be read: {_why(e, shard_url)}") from None
+        if len(data) > size:  # more than asked for: the server answered the range request with the whole file
+            raise RecordError(f"{self.url} {self.where(i)}: the server ignored the HTTP Range request (it sent "
+                              f"{len(data)} bytes for a {size}-byte sample), so samples cannot be read one at a "
+                              "time from it; set data.cache_dir to download whole shards, which works with such a "
+                              "server")
         if len(data) != size:
             raise RecordError(f"{self.url} {self.where(i)}: read {len(data)} of {size} bytes (shard truncated?)")
         return str(self.keys[i]), data, int(self.labels[i])
