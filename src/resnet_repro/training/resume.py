@@ -4,6 +4,7 @@ the same step; checkpoint.py writes the file)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from .. import __version__, checkpoint, dist, folder_lock, run_folder, runtime
 from ..recipe import save_config
 from ..ema import EMA
-from .state import EpochTally, Run, RunState, TrainingError
+from .state import Data, EpochTally, Run, RunState, TrainingError
 
 
 # --- Run folder and resume -----------------------------------------------------------------------------------
@@ -68,6 +69,7 @@ def _restore(run: Run, folder: dict, path: Path, saved: dict) -> RunState:
                             f"this run's global batch is {data.global_batch} = {run.cfg.data.batch_size} x "
                             f"{env.world}. Resume with the same global batch, or from an epoch-end checkpoint "
                             "(ckpt-EEEE-000000.pt)")
+    _check_data(run, path, saved, state)
     _load_learner(run, path, saved)
     ranks = saved.get("ranks") or [{"rng": r} for r in saved["rng"]]  # "rng": before per-rank sums
     same_world = len(ranks) == env.world
@@ -124,10 +126,83 @@ def _load_learner(run: Run, path: Path, saved: dict) -> None:
         group.update(now)  # the config's momentum, nesterov and weight decay, not the checkpoint's
     for key, v in changed.items():
         run.log(f"allowed change (--allow-change {key}): {v['saved']!r} -> {v['now']!r}, in effect from this step")
-    run.changes = changed
+    run.changes.update(changed)  # after an allowed data change (_check_data), if any
     if learner.ema is not None and "ema" not in saved:
         learner.ema = EMA(learner.model, run.cfg.train.ema, run.cfg.train.ema_warmup)
         run.log(f"warning: {path} holds no EMA state; the EMA restarts from the resumed weights")
+
+
+# --- The data a run trains on --------------------------------------------------------------------------------
+
+def data_identity(data: Data) -> dict:
+    """What every checkpoint records of the data it was trained on, for a resume to compare with what it would
+    read: config.yaml names only a folder, and prepare may have written another data set there since. The
+    manifest's own SHA-256 (None for an older-format manifest, which has none), a hash of every shard's SHA-256
+    (what such a manifest offers instead; kept for all, so that `verify --upgrade` adding the manifest's own hash
+    is no change), and the splits training and validation read with their image counts."""
+    manifest = data.manifest
+    shards = {name: [entry["sha256"] for entry in split["shards"]] for name, split in manifest["splits"].items()}
+    return {"path": str(data.cfg.path), "manifest_sha256": manifest.get("manifest_sha256"),
+            "shards_sha256": hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest(),
+            "train": {"split": data.train_reader.split, "count": len(data.train_reader)},
+            "val": {"split": data.val_reader.split, "count": len(data.val_reader)}}
+
+
+def _data_differences(saved: dict, now: dict) -> list[str]:
+    """What differs between the data a checkpoint recorded and `now`'s, in words; [] when nothing does."""
+    found = []
+    if saved.get("manifest_sha256") and now["manifest_sha256"]:
+        if saved["manifest_sha256"] != now["manifest_sha256"]:
+            found.append(f"prepared again: manifest SHA-256 differs ({saved['manifest_sha256'][:12]}... -> "
+                         f"{now['manifest_sha256'][:12]}...)")
+    elif saved.get("shards_sha256") != now["shards_sha256"]:
+        found.append("prepared again: its shards' SHA-256 differ")
+    for role in ("train", "val"):
+        was, new = saved.get(role) or {}, now[role]
+        # Another split read (data.train_splits, data.val_split) is a config change, refused or allowed by its key.
+        if was.get("split") == new["split"] and was.get("count") != new["count"]:
+            found.append(f"{role} split {was.get('count')} -> {new['count']} images")
+    return found
+
+
+def _check_data(run: Run, path: Path, saved: dict, state: RunState) -> None:
+    """Refuse a resume onto other data than checkpoint `path` was trained on (one line naming the folder, what
+    differs and what to do), unless --allow-change data.path accepts it, which is then logged and recorded in
+    metrics.jsonl. A mid-epoch checkpoint is refused even then when the epoch's order changed (its steps, or the
+    number of images its permutation is drawn over): the steps it already took would not be this epoch's.
+    Checkpoints from before data identity resume as they did (only their steps per epoch can be compared)."""
+    data = run.data
+    now = data_identity(data)
+    differs = _data_differences(saved["data"], now) if "data" in saved else []
+    saved_steps = saved.get("steps_per_epoch", data.steps_per_epoch)
+    saved_count = saved["data"]["train"]["count"] if "data" in saved else len(data.train_reader)
+    reordered = saved_steps != data.steps_per_epoch or saved_count != len(data.train_reader)
+    if state.start_step and reordered:
+        steps = [f"{saved_steps} -> {data.steps_per_epoch} steps per epoch"] * (saved_steps != data.steps_per_epoch)
+        what = "; ".join(differs + steps)
+        raise checkpoint.CheckpointError(
+            f"{path} was saved mid-epoch (step {state.start_step}) on other data than {data.cfg.path} holds now "
+            f"({what}): the epoch's order is not the same, so its position inside the epoch means nothing here, "
+            f"with --allow-change or without. Point data.path at the data the run was trained on, or resume from "
+            f"an epoch-end checkpoint ({_epoch_end(path, state)}) with --allow-change data.path")
+    if not differs:
+        return
+    what = "; ".join(differs)
+    if "data.path" not in run.allow_change:
+        raise checkpoint.CheckpointError(
+            f"{path} was trained on other data than {data.cfg.path} holds now ({what}); point data.path at the data "
+            "the run was trained on (--set data.path=...), or pass --allow-change data.path to go on with this data "
+            "from here (recorded in metrics.jsonl)")
+    run.log(f"allowed change (--allow-change data.path): {data.cfg.path} ({what}), in effect from this step")
+    run.changes["data.path"] = {"saved": saved["data"], "now": now}
+
+
+def _epoch_end(path: Path, state: RunState) -> str:
+    """The newest epoch-end checkpoint of this run beside the refused mid-epoch one `path`, as a --resume argument:
+    --resume auto would take the refused one again."""
+    ends = [p for p in checkpoint.list_checkpoints(path.parent, state.run_id)
+            if p.name.endswith("-000000.pt") and p.name <= f"ckpt-{state.start_epoch:04d}-000000.pt"]
+    return f"--resume {ends[-1]}" if ends else f"ckpt-EEEE-000000.pt; none is left in {path.parent}"
 
 
 def _changes(run: Run, saved_config: dict) -> dict:
@@ -183,7 +258,7 @@ def save(run: Run, state: RunState, epoch: int, step: int, tally: EpochTally | N
         saved = {**_model_file(run, epoch, step), "optimizer": learner.optimizer.state_dict(),
                  "scaler": learner.scaler.state_dict(), "run_id": state.run_id, "steps_per_epoch": data.steps_per_epoch,
                  "global_batch": data.global_batch, "world": env.world, "lr": learner.lr, "ranks": ranks,
-                 "hardware": run.facts}
+                 "hardware": run.facts, "data": data_identity(data)}
         if learner.ema is not None:
             saved["ema"] = learner.ema.state_dict()
         if record is not None:
