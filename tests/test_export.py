@@ -72,7 +72,9 @@ def test_onnx_matches_pytorch_and_a_wrong_model_is_caught(trained, tmp_path):
 
 def test_onnx_without_the_package_says_what_to_install(trained, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
-    with pytest.raises(ExportError, match=r"pip install 'resnet-repro\[onnx\]'"):
+    # The project's own extra (README), not a PyPI name this project is not published under.
+    with pytest.raises(ExportError, match=r"pip install onnx onnxruntime \(or, in the project folder, pip install "
+                                          r"'\.\[onnx\]'\)"):
         export_onnx(trained.model, tmp_path / "m.onnx", 1, 16)
     assert not (tmp_path / "m.onnx").exists()
 
@@ -86,3 +88,22 @@ def test_export_cli(cli, tmp_path, texture_data):
     assert code == 2 and "holds no EMA weights" in err
     code, out, err = cli("export", tmp_path / "missing.pt", "--out", tmp_path / "m2.safetensors")
     assert code == 2 and "missing.pt" in err
+
+
+def test_an_onnx_file_that_fails_its_check_is_not_left_behind(trained, tmp_path, monkeypatch):
+    """The check runs after the file is in place: a file that failed it must not stay looking like an export."""
+    import types
+
+    from resnet_repro import export
+
+    out = tmp_path / "m.onnx"
+    monkeypatch.setattr(export, "export_onnx", lambda model, path, *a: path.write_bytes(b"graph") and path)
+    monkeypatch.setitem(sys.modules, "onnxruntime", types.ModuleType("onnxruntime"))
+
+    def differs(*args, **kwargs):
+        raise ExportError(f"{out}: onnxruntime and PyTorch differ by 1.0e+00")
+
+    monkeypatch.setattr(export, "check_onnx", differs)
+    with pytest.raises(ExportError, match="differ"):
+        export_trained(trained, "onnx", out)
+    assert not out.exists()

@@ -4,7 +4,7 @@ Both carry what a user needs to feed the model and read its answer: model name, 
 input channels and size, and the normalization (``normalize``, ``mean``, ``std`` in [0, 1] pixel units:
 input = (pixel / 255 - mean) / std, NCHW). The ONNX graph takes any batch size and image size (the nets are
 fully convolutional up to the global average pool) and is checked against PyTorch on a batch when
-onnxruntime is installed (``pip install 'resnet-repro[onnx]'``).
+onnxruntime is installed (``pip install onnx onnxruntime``, or ``pip install '.[onnx]'`` in the project folder).
 """
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def export_onnx(model: nn.Module, path: Path, in_channels: int, size: int, metad
     try:
         import onnx
     except ImportError:
-        raise ExportError("ONNX export needs the onnx package: pip install 'resnet-repro[onnx]'") from None
+        raise ExportError("ONNX export needs the onnx package: pip install onnx onnxruntime (or, in the project "
+                          "folder, pip install '.[onnx]')") from None
     path = Path(path)
     model = model.eval().cpu().to(memory_format=torch.contiguous_format)
     example = torch.zeros(1, in_channels, size, size)
@@ -110,14 +111,18 @@ def export_trained(trained, fmt: str, out: Path, check: bool = True) -> dict:
         return {"format": fmt, "out": str(out), "bytes": out.stat().st_size}
     if fmt != "onnx":
         raise ExportError(f"unknown export format {fmt!r}; use safetensors or onnx")
-    size = meta["input_size"] or 224
+    size = trained.input_size("an ONNX export")  # the example input's side (H and W stay free in the graph)
     export_onnx(trained.model, out, trained.in_channels, size, meta)
     info = {"format": fmt, "out": str(out), "bytes": out.stat().st_size, "opset": ONNX_OPSET}
     if check:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
-            info["check"] = "skipped: onnxruntime is not installed (pip install 'resnet-repro[onnx]')"
+            info["check"] = "skipped: onnxruntime is not installed (pip install onnxruntime)"
         else:
-            info["check"] = check_onnx(out, trained.model, trained.in_channels, size)
+            try:
+                info["check"] = check_onnx(out, trained.model, trained.in_channels, size)
+            except ExportError:
+                out.unlink(missing_ok=True)  # a file that failed its check must not stay looking like an export
+                raise
     return info

@@ -15,7 +15,6 @@ import torch
 from .data.decode.cpu import DecodeError, decode
 from .data.decode.header import BadImage, read_header
 from .evaluate import Trained, eval_transform, make_protocol, score_images
-from .models.resnet import SPECS
 from .runtime import autocast_for, choose_channels_last, pick_device
 
 
@@ -59,9 +58,9 @@ def predict(trained: Trained, paths: list[str | Path], topk: int = 5, protocol: 
     device = pick_device(device)
     chosen = precision or trained.cfg.train.precision
     autocast, chosen = autocast_for("fp32" if chosen == "auto" else chosen, device)
-    images = [read_image(p, trained.in_channels) for p in paths]
     d = trained.cfg.data
-    crop = d.val_size or trained.image_size or SPECS[trained.cfg.model.name].input_size
+    crop = trained.input_size("predict")
+    images = [read_image(p, trained.in_channels) for p in paths]
     p = make_protocol(protocol, d, trained.image_size, resize=d.val_resize or crop, crop=crop)
     channels_last = choose_channels_last(trained.cfg.train.channels_last, device.type, chosen).value  # as trained
     model = trained.model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -132,7 +132,8 @@ def make_protocol(name: str, data_cfg, stored_size: int | None, resize: int | No
     if name == "multiscale" and not scales:
         scales = PAPER_SCALES if crop == 224 else tuple(round(s * crop / 224) for s in PAPER_SCALES)
     if pad is None:
-        whole = not resize and stored_size and crop == stored_size
+        # Seen whole: at the stored size, or resized to exactly it (predict sizes any photo so).
+        whole = stored_size and crop == stored_size and resize in (0, crop)
         pad = data_cfg.pad if name == "10crop" and data_cfg.crop == "pad_crop" and whole else 0
     return Protocol(name, resize, crop, tuple(scales or ()), pad if name == "10crop" else 0, val.interpolation)
 

@@ -21,7 +21,7 @@ from ..config import Config, ConfigError
 from ..recipe import config_from_dict
 from ..data.shards.records import RecordError
 from ..data.shards.remote import load_manifest
-from ..models.resnet import build_model
+from ..models.resnet import SPECS, build_model
 from ..models.torchvision_weights import WeightsError, model_from_torchvision
 
 
@@ -34,8 +34,23 @@ class Trained:
     classes: list[str]
     class_names: list[str]
     in_channels: int
-    image_size: int | None  # side of the training data's stored images, when known (0-size configs use it)
+    image_size: int | None  # side of the training data's stored images (0: of many sizes); None: not known
     source: str
+
+    def input_size(self, what: str) -> int:
+        """The side `what` (predict, an ONNX export) feeds the model: data.val_size, else the stored images' side,
+        else the net's default (ImageNet data: images of many sizes). A checkpoint from before checkpoints recorded
+        the stored size, whose data folder is not found from here, is refused: the net's default would be a
+        silent guess (32 for a CIFAR net trained on 28x28 Fashion-MNIST)."""
+        d = self.cfg.data
+        if d.val_size:
+            return d.val_size
+        if self.image_size is None:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {self.source}: records no image size (saved before checkpoints did), and its data "
+                f"folder {d.path} is not found from here, so {what} cannot tell the input size; give --data with the "
+                "prepared data set, or run from the folder the run was trained in")
+        return self.image_size or SPECS[self.cfg.model.name].input_size
 
 
 def load_trained(path, weights: str = "model", data: str | None = None) -> Trained:

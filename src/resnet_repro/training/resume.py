@@ -274,7 +274,10 @@ def _model_file(run: Run, epoch: int, step: int) -> dict:
     manifest = run.data.manifest
     return {"model": run.learner.model.state_dict(), "epoch": epoch, "step": step, "config": run.cfg.to_dict(),
             "chosen_on": run.chosen_on, "version": __version__, "classes": manifest["classes"],
-            "class_names": manifest.get("class_names", manifest["classes"]), "in_channels": run.data.channels}
+            "class_names": manifest.get("class_names", manifest["classes"]), "in_channels": run.data.channels,
+            # The stored image size: predict and export size their input by it, and the run's data.path may be
+            # relative to a folder they are not run from.
+            "image": dict(manifest["image"])}
 
 
 def _newest(ckpt_dir: Path) -> str:
