@@ -150,3 +150,87 @@ def test_torchrun_variables_that_describe_no_group(cli, tmp_path, monkeypatch, r
     code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run")
     assert_one_clear_line(code, err, named, "torchrun")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def trained_run(tmp_path, run_on_textures, cli):
+    """The 1-epoch run of run_on_textures, trained: its folder."""
+    recipe, _ = run_on_textures
+    out = tmp_path / "run"
+    code, _, err = cli("train", "--config", recipe, "--out", out)
+    assert code == 0, err
+    return out
+
+
+def test_checkpoints_record_the_image_size_and_an_old_one_away_from_its_data_is_refused(cli, tmp_path, trained_run,
+                                                                                       monkeypatch):
+    """predict sized a photo by the run's data folder, found relative to wherever it ran, else silently by the
+    net's default (32 for a CIFAR net trained on 16x16 here): another folder, another answer."""
+    import cv2
+    import numpy as np
+
+    from resnet_repro import checkpoint
+
+    state = checkpoint.load(trained_run / "final.pt")
+    assert state["image"] == {"height": 16, "width": 16, "channels": 1}
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (40, 30), dtype=np.uint8))
+    data = state["config"]["data"]["path"]
+    old = tmp_path / "old.pt"  # as saved before: no image facts, trained on a relative data path
+    checkpoint.save_file(old, {**{k: v for k, v in state.items() if k != "image"},
+                               "config": {**state["config"], "data": {**state["config"]["data"], "path": "data"}}})
+    monkeypatch.chdir(tmp_path / "run")  # where no ./data is
+    code, _, err = cli("predict", "--checkpoint", old, image)
+    assert_one_clear_line(code, err, old, "records no image size", "--data")
+    code, out, err = cli("predict", "--checkpoint", old, "--data", data, image, "--json")
+    assert code == 0 and "centre crop 16" in out, err
+
+
+
+def test_predict_ten_crop_of_a_pad_crop_net_uses_the_padded_image(cli, tmp_path, trained_run):
+    """predict resizes a photo's shorter side to exactly the crop: seen whole, so its 10 crops come from the
+    zero-padded image as evaluate's do; they were five copies of the whole image, the flip result again."""
+    import cv2
+    import numpy as np
+
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), np.random.default_rng(1).integers(0, 255, (20, 20), dtype=np.uint8))
+    results = {}
+    for protocol in ("flip", "10crop"):
+        code, out, err = cli("predict", "--checkpoint", trained_run / "final.pt", image, "--protocol", protocol,
+                             "--json")
+        assert code == 0, err
+        results[protocol] = json.loads(out)[0]
+    assert "zero-padded" in results["10crop"]["protocol"]
+    assert results["10crop"]["top"] != results["flip"]["top"]
+
+
+def test_start_up_mistakes_of_train_are_config_errors(cli, tmp_path, run_on_textures):
+    """Exit 2 naming the key and the fix, as every config error; exit 3 is for a training that failed."""
+    recipe, _ = run_on_textures
+    code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run", "--set", "data.batch_size=64")
+    assert_one_clear_line(code, err, "data.batch_size", "16 training samples", "at most 16")
+    code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run", "--set", "data.decode=gpu")
+    assert_one_clear_line(code, err, "data.decode", "data.decode=cpu")  # 1-channel PNGs, on any device
+
+
+def test_verify_on_a_path_that_is_no_data_folder(cli, tmp_path, run_on_textures):
+    """A user's mistake (exit 2, one line), not a problem found in the data (exit 1)."""
+    _, data = run_on_textures
+    for path, words in ((data / "manifest.json", "is a file"), (tmp_path / "nope", "not found"),
+                        (tmp_path, "no manifest.json")):
+        code, _, err = cli("verify", path)
+        assert_one_clear_line(code, err, path, words)
+
+
+def test_model_that_does_not_fit_in_memory_and_two_weight_sources(cli, tmp_path, monkeypatch):
+    from resnet_repro.models import resnet
+
+    def too_big(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 25600000000 bytes")
+
+    monkeypatch.setattr(resnet, "build_model", too_big)
+    code, _, err = cli("model", "resnet20", "--num-classes", "100000000")
+    assert_one_clear_line(code, err, "100,000,000 classes", "does not fit in memory")
+    code, _, err = cli("evaluate", "--checkpoint", "a.pt", "--torchvision-weights", "b.pth")
+    assert_one_clear_line(code, err, "not both")

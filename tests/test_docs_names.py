@@ -26,7 +26,7 @@ ALLOWED = {
     "--nodes": "sbatch", "--shm-size": "docker run",
     "--dry-run": "tools/gpu.sh", "--delays": "tools/stop_latency.py", "--photo": "tools/make_golden_fixtures.py",
     "--train": "tools/make_jpeg_shards.py", "--val": "tools/make_jpeg_shards.py",
-    "--classes": "tools/make_jpeg_shards.py",
+    "--classes": "tools/make_jpeg_shards.py", "--index-url": "pip",
 }
 # `section.name` words that are file names, not config keys (train.py, model.safetensors, ...).
 FILE_SUFFIXES = {"py", "yaml", "sh", "json", "jsonl", "md", "pt", "lock", "safetensors", "png", "txt"}

@@ -35,6 +35,8 @@ def whole(lo: int, hi: int | None = None, zero: str = ""):
 def trained_from_args(args):
     """--checkpoint CK, or --torchvision-weights FILE --model NAME --data DIR -> evaluate.Trained."""
     if getattr(args, "torchvision_weights", None):
+        if args.checkpoint:  # one of the two would be silently ignored
+            raise UserError("give --checkpoint or --torchvision-weights, not both")
         if not args.model or not args.data:
             raise UserError("--torchvision-weights needs --model NAME (resnet18 ... resnet152) and --data DIR")
         from ..evaluate import trained_from_torchvision

@@ -27,9 +27,14 @@ def run(args) -> int:
         raise UserError(f"unknown model {args.name!r}; known: {', '.join(SPECS)}")
     classes = args.num_classes or (1000 if spec.stem == "imagenet" else 10)
     size = args.input_size or spec.input_size
-    model = build_model(args.name, classes, args.in_channels, stride_in_3x3=args.stride_in_3x3)
-    params = sum(p.numel() for p in model.parameters())
-    macs, shape = count_macs(model, size, args.in_channels)
+    try:
+        model = build_model(args.name, classes, args.in_channels, stride_in_3x3=args.stride_in_3x3)
+        params = sum(p.numel() for p in model.parameters())
+        macs, shape = count_macs(model, size, args.in_channels)  # one forward pass at the size asked for
+    except (RuntimeError, MemoryError) as e:  # an allocation a size or class count this large cannot get
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"model {args.name} with {classes:,} classes at {args.in_channels}x{size}x{size} does not "
+                        f"fit in memory here ({first}); give a smaller --input-size / --num-classes") from None
     info = {"model": args.name, "parameters": params, "macs": macs, "input": [1, args.in_channels, size, size],
             "output": list(shape)}
     if args.json:

@@ -2,6 +2,7 @@
 rewrites an older manifest after a clean check."""
 from __future__ import annotations
 
+import os
 import sys
 
 from ..errors import UserError
@@ -26,6 +27,12 @@ def run(args) -> int:
     if is_url(args.data):  # it hashes every byte: where the data set was prepared, not over the network
         raise UserError(f"verify {args.data}: verify checks a local folder; run it where the data set was prepared "
                         "(before uploading it), or on a local copy")
+    # A path that is no data folder is the user's mistake (exit 2), not a problem found in the data (exit 1).
+    if not os.path.isdir(args.data):
+        raise UserError(f"verify {args.data}: {'is a file' if os.path.exists(args.data) else 'not found'}; give a "
+                        "prepared data folder (the one holding manifest.json)")
+    if not os.path.exists(os.path.join(args.data, "manifest.json")):
+        raise UserError(f"verify {args.data}: no manifest.json; not a prepared data folder (resnet-repro prepare ...)")
     problems, total = verify(args.data, workers=args.workers, decode=not args.no_decode)
     if problems:
         print(f"{args.data}: {len(problems)} problem(s):", file=sys.stderr)

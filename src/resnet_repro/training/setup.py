@@ -23,7 +23,7 @@ from ..data.shards.remote import open_reader
 from ..ema import EMA
 from ..evaluate import eval_transform
 from ..models.resnet import build_model
-from .state import Data, Learner, Run, TrainingError
+from .state import Data, Learner, Run
 
 
 # --- Processes, device and precision (runtime.py: chosen from the hardware, with the reason logged) ---------
@@ -154,16 +154,18 @@ def open_data(run: Run) -> Data:
         from ..data.loading.gpu_decode import EncodedBatchDataset, GpuDecoder
 
         if device.type != "cuda" or channels != 3:
-            raise TrainingError(f"data.decode=gpu needs a CUDA device and RGB JPEGs (device {device}, {channels} "
-                                "channel(s)); use data.decode=cpu")
+            raise ConfigError(f"config key 'data.decode' is gpu, which needs a CUDA device and RGB JPEGs (device "
+                              f"{device}, {channels} channel(s)); use data.decode=cpu")
         train_ds = EncodedBatchDataset(train_reader, TrainGeometry(cfg.data, stored), cfg.train.seed,
                                        cfg.data.gpu_decode_share)
         train_transform = GpuDecoder(device, to_device)
     global_batch = cfg.data.batch_size * env.world
     steps_per_epoch = len(train_reader) // global_batch
     if steps_per_epoch == 0:
-        raise TrainingError(f"{cfg.data.path}: {len(train_reader)} training samples is fewer than one global "
-                            f"batch ({cfg.data.batch_size} x {env.world} processes)")
+        # A start-up mistake in the recipe (exit 2, as every config error), not a failure of training (exit 3).
+        raise ConfigError(f"config key 'data.batch_size': {cfg.data.path} has {len(train_reader)} training samples, "
+                          f"fewer than one global batch ({cfg.data.batch_size} x {env.world} processes); set "
+                          f"data.batch_size to at most {len(train_reader) // env.world}")
     # Run length: `train.max_steps` optimizer steps when set (recipes quoted in iterations), else whole epochs.
     epochs = cfg.train.epochs
     total_steps = epochs * steps_per_epoch
@@ -197,8 +199,8 @@ def build_learner(run: Run) -> Learner:
     bn_mode = f"per device ({cfg.data.batch_size} images)"
     if cfg.train.sync_bn and env.world > 1:
         if device.type != "cuda":
-            raise TrainingError("train.sync_bn: torch's SyncBatchNorm runs on GPUs only; on CPU keep per-device BN "
-                                "(train.sync_bn=false)")
+            raise ConfigError("config key 'train.sync_bn': torch's SyncBatchNorm runs on GPUs only; on CPU keep "
+                              "per-device BN (train.sync_bn=false)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state_dict keys: checkpoints interchange
         bn_mode = f"synchronized over the global batch ({global_batch} images)"
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
