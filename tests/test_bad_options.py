@@ -234,3 +234,20 @@ def test_model_that_does_not_fit_in_memory_and_two_weight_sources(cli, tmp_path,
     assert_one_clear_line(code, err, "100,000,000 classes", "does not fit in memory")
     code, _, err = cli("evaluate", "--checkpoint", "a.pt", "--torchvision-weights", "b.pth")
     assert_one_clear_line(code, err, "not both")
+
+
+def test_allow_change_without_resume_and_torchvision_weights_named(cli, tmp_path, run_on_textures):
+    recipe, data = run_on_textures
+    code, _, err = cli("train", "--config", recipe, "--out", tmp_path / "run", "--allow-change", "train.epochs")
+    assert_one_clear_line(code, err, "--allow-change", "--resume")
+    assert not (tmp_path / "run").exists()
+    import torch
+
+    from resnet_repro.models.resnet import build_model
+
+    ours = tmp_path / "resnet20.pth"  # a state_dict of our CIFAR net: not the torchvision layout
+    torch.save(build_model("resnet20", 4, 1).state_dict(), ours)
+    for path, words in ((ours, "not in the torchvision ResNet layout"), (tmp_path, "a folder")):
+        code, _, err = cli("evaluate", "--torchvision-weights", path, "--model", "resnet18", "--data", data,
+                           "--workers", "0")
+        assert_one_clear_line(code, err, path, words)

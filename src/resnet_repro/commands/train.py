@@ -32,6 +32,8 @@ def run(args) -> int:
     from ..training.state import TrainingError
 
     known = {f"{section}.{key}" for section, values in config.Config().to_dict().items() for key in values}
+    if args.allow_change and not args.resume:  # it only ever applies to a resume: given alone, it says nothing
+        raise UserError("--allow-change only applies with --resume (a changed value of a run being continued)")
     for key in args.allow_change:
         if key not in known:
             raise UserError(f"--allow-change {key}: not a config key (section.key, e.g. train.epochs)")

@@ -116,7 +116,7 @@ def read_state_dict(path: str | Path) -> dict:
     reference), and drops the "module." prefix DistributedDataParallel adds."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"{path}: file not found")
+        raise WeightsError(f"{path}: {'a folder, not a weights file' if path.is_dir() else 'file not found'}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -78,7 +78,10 @@ def model_from_torchvision(state: dict, name: str, where: str = "state_dict") ->
     if name not in IMAGENET_SPECS:
         raise WeightsError(f"{where}: torchvision weights fit the ImageNet nets only ({', '.join(IMAGENET_SPECS)}), "
                            f"not {name!r}")
-    ours = torchvision_to_ours(state)
+    try:
+        ours = torchvision_to_ours(state)
+    except WeightsError as e:  # its message lists the names; the file is what the user has to act on
+        raise WeightsError(f"{where}: {e}") from None
     if "fc.weight" not in ours or "stem.0.weight" not in ours:
         raise WeightsError(f"{where}: no conv1.weight / fc.weight; not a torchvision ResNet state_dict")
     num_classes, in_channels = ours["fc.weight"].shape[0], ours["stem.0.weight"].shape[1]
