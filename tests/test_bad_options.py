@@ -251,3 +251,12 @@ def test_allow_change_without_resume_and_torchvision_weights_named(cli, tmp_path
         code, _, err = cli("evaluate", "--torchvision-weights", path, "--model", "resnet18", "--data", data,
                            "--workers", "0")
         assert_one_clear_line(code, err, path, words)
+
+
+def test_a_schedule_the_run_never_reaches_is_warned_about_in_the_log(cli, tmp_path, run_on_textures):
+    """A shortened run of a long recipe is legitimate (a smoke test), so it trains; but the log said "peak lr"
+    for a run whose warm-up never ended, and nothing about milestones it never reached."""
+    recipe, _ = run_on_textures
+    code, out, err = cli("train", "--config", recipe, "--out", tmp_path / "run", "--set", "schedule.warmup_epochs=5")
+    assert code == 0, err
+    assert "warning: schedule.warmup_epochs 5 is not shorter than the run (1 epochs)" in out

@@ -107,3 +107,17 @@ def test_progressive_resizing_off_and_clamped():
 def test_config_rejects_bad_values(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, override)
+
+
+def test_what_a_short_run_never_reaches_is_warned_about():
+    from resnet_repro.schedule import schedule_warnings
+
+    step = ScheduleConfig(kind="step", milestones=[30, 60, 90], warmup_epochs=5)
+    assert schedule_warnings(step, 120) == []
+    warned = schedule_warnings(step, 45)  # the seed recipe shortened: its last two milestones never come
+    assert len(warned) == 1 and "[60, 90]" in warned[0] and "45 epochs" in warned[0]
+    warned = schedule_warnings(step, 2)
+    assert any("warmup_epochs 5" in w and "never reaches the peak" in w for w in warned)
+    cosine = ScheduleConfig(kind="cosine", milestones=[30], unit="step")  # milestones mean nothing to a cosine
+    assert schedule_warnings(cosine, 100) == []
+    assert "peak_epoch" in schedule_warnings(ScheduleConfig(kind="onecycle", peak_epoch=10), 8)[0]

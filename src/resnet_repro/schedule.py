@@ -55,6 +55,23 @@ def _main(cfg: ScheduleConfig, progress: float, total: float) -> float:
     raise ValueError(f"unknown schedule kind {cfg.kind!r}")
 
 
+def schedule_warnings(cfg: ScheduleConfig, total: float) -> list[str]:
+    """What of the schedule a run of length `total` (in ``cfg.unit``) never reaches: a shortened run of a long
+    recipe (a smoke test) is legitimate, so these are warnings for the log, not errors."""
+    unit = "steps" if cfg.unit == "step" else "epochs"
+    found = []
+    if cfg.warmup_epochs >= total:
+        found.append(f"schedule.warmup_epochs {cfg.warmup_epochs:g} is not shorter than the run ({total:g} {unit}): "
+                     "the LR never reaches the peak the log names")
+    late = [m for m in cfg.milestones if m >= total] if cfg.kind in ("step", "multistep") else []
+    if late:
+        found.append(f"schedule.milestones {late} lie at or past the run's end ({total:g} {unit}): the LR is never "
+                     "divided there")
+    if cfg.kind == "onecycle" and cfg.peak_epoch >= total:
+        found.append(f"schedule.peak_epoch {cfg.peak_epoch:g} is not before the run's end ({total:g} {unit})")
+    return found
+
+
 def schedule_position(cfg: ScheduleConfig, epoch: int, step: int, steps_per_epoch: int,
                       total_steps: int) -> tuple[float, float]:
     """(progress, total) in ``cfg.unit`` for optimizer step `step` of 0-based `epoch`."""

@@ -23,6 +23,7 @@ from ..data.shards.remote import open_reader
 from ..ema import EMA
 from ..evaluate import eval_transform
 from ..models.resnet import build_model
+from ..schedule import schedule_position, schedule_warnings
 from .state import Data, Learner, Run
 
 
@@ -172,6 +173,9 @@ def open_data(run: Run) -> Data:
     if cfg.train.max_steps:
         total_steps = cfg.train.max_steps
         epochs = -(-total_steps // steps_per_epoch)
+    for warning in schedule_warnings(cfg.schedule, schedule_position(cfg.schedule, 0, 0, steps_per_epoch,
+                                                                      total_steps)[1]):
+        run.log(f"warning: {warning}")
     # Worker count and core layout (data/loading/cores.py): on a GPU the trainer's threads keep cores of their own.
     local_world = max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), env.local_rank + 1)  # torchrun sets it
     core_plan = plan_cores(available_cpus(), cfg.data.workers, device.type, env.local_rank, local_world)
