@@ -260,3 +260,10 @@ def test_a_schedule_the_run_never_reaches_is_warned_about_in_the_log(cli, tmp_pa
     code, out, err = cli("train", "--config", recipe, "--out", tmp_path / "run", "--set", "schedule.warmup_epochs=5")
     assert code == 0, err
     assert "warning: schedule.warmup_epochs 5 is not shorter than the run (1 epochs)" in out
+
+
+def test_env_warns_of_a_gpu_decoder_train_would_refuse(cli, run_on_textures):
+    recipe, _ = run_on_textures  # train.device: cpu
+    code, out, err = cli("env", "--config", recipe, "--set", "data.decode=gpu")
+    assert code == 0, err
+    assert "warning: data.decode=gpu needs a CUDA device: train refuses it here" in out
