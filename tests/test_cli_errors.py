@@ -49,8 +49,20 @@ def _not_ours(path):
     checkpoint.save_file(path, {"weights": {"w": torch.zeros(3)}})  # a whole file, but no "model" entry
 
 
+def _binary_sidecar(path):
+    checkpoint.save_file(path, {"model": {"w": torch.zeros(3)}})
+    path.with_name(path.name + ".sha256").write_bytes(b"\xff\xfe\x00 not a checksum")
+
+
+def _folder_sidecar(path):
+    sidecar = checkpoint.save_file(path, {"model": {"w": torch.zeros(3)}}).with_name(path.name + ".sha256")
+    sidecar.unlink()
+    sidecar.mkdir()  # was IsADirectoryError's traceback
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on our hand-made garbage
-@pytest.mark.parametrize("damage", [_torn, _no_checksum, _garbage_with_checksum, _cut_zip_with_checksum, _not_ours])
+@pytest.mark.parametrize("damage", [_torn, _no_checksum, _garbage_with_checksum, _cut_zip_with_checksum, _not_ours,
+                                    _binary_sidecar, _folder_sidecar])
 def test_evaluate_corrupt_checkpoint(cli, tmp_path, damage):
     path = tmp_path / "final.pt"
     damage(path)
