@@ -338,14 +338,14 @@ def test_gpu_path_matches_the_cpu_path_on_cuda(jpeg_data):
 
 
 def test_training_with_gpu_decode_needs_cuda(texture_data, tmp_path):
+    from resnet_repro.config import ConfigError
     from resnet_repro.training.loop import train
-    from resnet_repro.training.state import TrainingError
 
     if torch.cuda.is_available():
         pytest.skip("the error is for machines without CUDA")
     cfg = load_config(None, [f"data.path={texture_data}", "data.decode=gpu", "data.normalize=scale",
                              "model.name=resnet20", "train.epochs=1"])
-    with pytest.raises(TrainingError, match="data.decode=cpu"):
+    with pytest.raises(ConfigError, match="data.decode=cpu"):  # a start-up config mistake: exit 2
         train(cfg, tmp_path / "run")
 
 
