@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from ..config import Range
 from ..errors import UserError
 
 
@@ -15,7 +16,9 @@ def whole(lo: int, hi: int | None = None, zero: str = ""):
     """An argparse ``type``: a whole number in [lo, hi]. Refused at parse time, argparse naming the option, because
     what lies outside does not fail cleanly later: a negative --max-side shrank every image to 1x1, a negative crop
     divided by zero after the model had loaded. ``zero`` says what 0 means where it is the "default" value below lo
-    (e.g. "the default"), so that the message lists it."""
+    (e.g. "the default"), so that the message lists it. The bound is the config's Range, worded as config errors are."""
+    bound = Range(lo, hi)
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -23,9 +26,8 @@ def whole(lo: int, hi: int | None = None, zero: str = ""):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value == 0 and zero:
             return value
-        if value < lo or (hi is not None and value > hi):
-            span = f"{lo} to {hi}" if hi is not None else f"{lo} or more"
-            raise argparse.ArgumentTypeError(f"{value}: give {span}" + (f" (or 0: {zero})" if zero else ""))
+        if value not in bound:
+            raise argparse.ArgumentTypeError(f"{value}: must be {bound}" + (f" (or 0: {zero})" if zero else ""))
         return value
 
     parse.__name__ = "whole number"  # argparse's "invalid <name> value" for a type error it makes itself
