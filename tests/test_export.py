@@ -77,6 +77,10 @@ def test_onnx_without_the_package_says_what_to_install(trained, tmp_path, monkey
                                           r"'\.\[onnx\]'\)"):
         export_onnx(trained.model, tmp_path / "m.onnx", 1, 16)
     assert not (tmp_path / "m.onnx").exists()
+    # Through the command's path: refused before --out's folder is made, so nothing is left behind.
+    with pytest.raises(ExportError, match="needs the onnx package"):
+        export_trained(trained, "onnx", tmp_path / "new" / "m.onnx")
+    assert not (tmp_path / "new").exists()
 
 
 def test_export_cli(cli, tmp_path, texture_data):
@@ -97,6 +101,7 @@ def test_an_onnx_file_that_fails_its_check_is_not_left_behind(trained, tmp_path,
     from resnet_repro import export
 
     out = tmp_path / "m.onnx"
+    monkeypatch.setattr(export, "_onnx", lambda: types.ModuleType("onnx"))
     monkeypatch.setattr(export, "export_onnx", lambda model, path, *a: path.write_bytes(b"graph") and path)
     monkeypatch.setitem(sys.modules, "onnxruntime", types.ModuleType("onnxruntime"))
 

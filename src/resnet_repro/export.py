@@ -51,13 +51,19 @@ def model_metadata(trained) -> dict:
             "layout": "NCHW float32, (pixel / 255 - mean) / std", "source": trained.source}
 
 
-def export_onnx(model: nn.Module, path: Path, in_channels: int, size: int, metadata: dict | None = None) -> Path:
-    """Write `model` as ONNX (input "images" [N, C, H, W], output "logits" [N, classes]; N, H and W free)."""
+def _onnx():
+    """The onnx package, or the error that says how to install it."""
     try:
         import onnx
     except ImportError:
         raise ExportError("ONNX export needs the onnx package: pip install onnx onnxruntime (or, in the project "
                           "folder, pip install '.[onnx]')") from None
+    return onnx
+
+
+def export_onnx(model: nn.Module, path: Path, in_channels: int, size: int, metadata: dict | None = None) -> Path:
+    """Write `model` as ONNX (input "images" [N, C, H, W], output "logits" [N, classes]; N, H and W free)."""
+    onnx = _onnx()
     path = Path(path)
     model = model.eval().cpu().to(memory_format=torch.contiguous_format)
     example = torch.zeros(1, in_channels, size, size)
@@ -104,14 +110,16 @@ def check_onnx(path: Path, model: nn.Module, in_channels: int, size: int, batch:
 def export_trained(trained, fmt: str, out: Path, check: bool = True) -> dict:
     """`resnet-repro export`: an evaluate.Trained -> `out` as safetensors or ONNX; returns what was written."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt not in ("safetensors", "onnx"):
+        raise ExportError(f"unknown export format {fmt!r}; use safetensors or onnx")
     meta = model_metadata(trained)
+    if fmt == "onnx":  # what can refuse the export does so before --out's folder is made
+        size = trained.input_size("an ONNX export")  # the example input's side (H and W stay free in the graph)
+        _onnx()
+    out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "safetensors":
         save_safetensors(trained.model, out, meta)
         return {"format": fmt, "out": str(out), "bytes": out.stat().st_size}
-    if fmt != "onnx":
-        raise ExportError(f"unknown export format {fmt!r}; use safetensors or onnx")
-    size = trained.input_size("an ONNX export")  # the example input's side (H and W stay free in the graph)
     export_onnx(trained.model, out, trained.in_channels, size, meta)
     info = {"format": fmt, "out": str(out), "bytes": out.stat().st_size, "opset": ONNX_OPSET}
     if check:
