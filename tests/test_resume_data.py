@@ -111,6 +111,9 @@ def test_an_epoch_end_checkpoint_goes_on_with_allow_change_and_records_it(base, 
     assert (lines[1]["at_epoch"], lines[1]["at_step"]) == (1, 0)
     saved = checkpoint.load(out / "checkpoints" / "ckpt-0003-000000.pt")
     assert saved["data"]["train"]["count"] == 24 and saved["steps_per_epoch"] == 3
+    # The steps taken: 2 in the first epoch on 16 images, then 3 + 3 on 24, not 3 epochs x 3.
+    assert saved["steps_done"] == 8
+    assert json.loads((out / "results.json").read_text())["steps"] == 8
 
 
 def test_a_checkpoint_from_before_data_identity_resumes_as_before(base, tmp_path, cli):

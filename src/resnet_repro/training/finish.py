@@ -68,7 +68,7 @@ def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict
                               if test is not None else {}),
                "precise_bn_batches": n_bn, "val_count": after["count"],
                **({"test_count": test["count"]} if test is not None else {}), "wall_s": time.time() - t_start,
-               "train_wall_s": train_wall, "steps": data.total_steps,
+               "train_wall_s": train_wall, "steps": state.steps_before + trained_steps,
                "images_per_s": trained_steps * data.global_batch / train_wall,
                "device": str(run.device), "precision": run.precision, "world_size": run.env.world,
                "version": __version__, "val_bad_samples": after["bad"], "eval_protocol": cfg.train.eval_protocol,

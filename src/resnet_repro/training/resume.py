@@ -63,6 +63,9 @@ def _restore(run: Run, folder: dict, path: Path, saved: dict) -> RunState:
             f"{path} belongs to run {saved['run_id']}, but {out} holds run {run_id} "
             f"({', '.join(folder['held'])}); resume it into its own folder or a new --out")
     state = RunState(run_id or saved.get("run_id"), saved["epoch"], saved["step"])
+    # "steps_done": checkpoints since 2026-12; an older one counts its epochs at the steps per epoch it was saved at.
+    state.steps_before = saved.get("steps_done", saved["epoch"] * saved.get("steps_per_epoch", data.steps_per_epoch)
+                                   + saved["step"])
     saved_batch = saved.get("global_batch", data.global_batch)
     if state.start_step and saved_batch != data.global_batch:
         raise TrainingError(f"{path} was saved mid-epoch (step {state.start_step}) at global batch {saved_batch}; "
@@ -255,10 +258,11 @@ def save(run: Run, state: RunState, epoch: int, step: int, tally: EpochTally | N
                                     "wait": tally.wait if tally is not None else 0.0,
                                     "sums": tally.sums.state_dict() if tally is not None else None})
     if env.is_main:
+        done = state.steps_before + (epoch - state.start_epoch) * data.steps_per_epoch + step - state.start_step
         saved = {**_model_file(run, epoch, step), "optimizer": learner.optimizer.state_dict(),
                  "scaler": learner.scaler.state_dict(), "run_id": state.run_id, "steps_per_epoch": data.steps_per_epoch,
-                 "global_batch": data.global_batch, "world": env.world, "lr": learner.lr, "ranks": ranks,
-                 "hardware": run.facts, "data": data_identity(data)}
+                 "steps_done": done, "global_batch": data.global_batch, "world": env.world, "lr": learner.lr,
+                 "ranks": ranks, "hardware": run.facts, "data": data_identity(data)}
         if learner.ema is not None:
             saved["ema"] = learner.ema.state_dict()
         if record is not None:

@@ -162,6 +162,9 @@ class RunState:
     run_id: str | None
     start_epoch: int = 0
     start_step: int = 0
+    # Optimizer steps the run took before (start_epoch, start_step): not start_epoch x steps per epoch when an
+    # allowed change (data, batch size) changed the steps per epoch on the way.
+    steps_before: int = 0
     epoch_state: dict | None = None  # this rank's saved metric sums and timings of an unfinished epoch
     pending_record: dict | None = None  # an epoch whose checkpoint was saved but whose evaluation and log line were not
     last_ckpt_time: float = 0.0
