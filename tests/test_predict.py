@@ -77,3 +77,38 @@ def test_predict_cli(cli, tmp_path, texture_data):
     assert sum(name in out for name in NAMES) == 4
     code, out, err = cli("predict", "--checkpoint", ck, tmp_path / "a.png", "--json", "--topk", "2")
     assert code == 0 and len(json.loads(out)[0]["top"]) == 2
+
+
+def tiff_header(w: int, h: int, order: str, big: bool) -> bytes:
+    """A TIFF whose first directory gives w x h (LONG values) and whose pixel data never comes."""
+    import struct
+
+    e = "<" if order == "II" else ">"
+    if big:  # BigTIFF: 16-byte header, 8-byte counts and values, 20-byte entries
+        head = order.encode() + struct.pack(e + "HHHQ", 43, 8, 0, 16)
+        return head + struct.pack(e + "Q", 2) + b"".join(struct.pack(e + "HHQQ", tag, 16, 1, v)
+                                                         for tag, v in ((256, w), (257, h)))
+    head = order.encode() + struct.pack(e + "HI", 42, 8)
+    return head + struct.pack(e + "H", 2) + b"".join(struct.pack(e + "HHII", tag, 4, 1, v)
+                                                     for tag, v in ((256, w), (257, h))) + b"\0" * 4
+
+
+def test_tiff_sizes_are_read_from_the_header_and_a_huge_one_is_refused(trained, tmp_path):
+    """TIFF, which predict decodes but read_header does not parse, gets the same megapixel check before decoding."""
+    from resnet_repro.data.decode.header import tiff_size
+
+    img = np.random.default_rng(0).integers(0, 256, (16, 24), dtype=np.uint8)
+    ok, buf = cv2.imencode(".tiff", img)
+    assert ok and tiff_size(buf.tobytes()) == (24, 16)  # OpenCV's own file: width, height
+    (tmp_path / "a.tiff").write_bytes(buf.tobytes())
+    assert len(predict(trained, [tmp_path / "a.tiff"])[0]["top"]) == 4
+    for order in ("II", "MM"):
+        for big in (False, True):
+            assert tiff_size(tiff_header(300, 200, order, big)) == (300, 200)
+            path = tmp_path / f"huge-{order}-{big}.tif"
+            path.write_bytes(tiff_header(9000, 8000, order, big))  # 72 MP
+            with pytest.raises(PredictError, match=f"{path.name}: the header says 9000x8000 = 72 MP, over "
+                                                   "predict's 50 MP limit"):
+                predict(trained, [path])
+    assert tiff_size(b"II*\0" + b"\xff" * 12) is None  # a directory offset past the end
+    assert tiff_size(b"not a tiff at all") is None

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .data.decode.cpu import DecodeError, decode
-from .data.decode.header import BadImage, read_header
+from .data.decode.header import BadImage, read_header, tiff_size
 from .evaluate import Trained, eval_transform, make_protocol, score_images
 from .runtime import autocast_for, choose_channels_last, pick_device
 
@@ -37,12 +37,15 @@ def read_image(path: str | Path, channels: int, max_pixels: int = MAX_PIXELS) ->
         raise PredictError(f"{path}: empty file (0 bytes), not an image")
     try:
         hdr = read_header(data)
+        size = (hdr.width, hdr.height)
     except BadImage:
-        hdr = None  # a format read_header does not parse (TIFF ...): OpenCV's own limit (2^30 pixels) applies
-    if hdr is not None and hdr.width * hdr.height > max_pixels:
-        raise PredictError(f"{path}: the header says {hdr.width}x{hdr.height} = {hdr.width * hdr.height / 1e6:,.0f} "
-                           f"MP, over predict's {max_pixels / 1e6:.0f} MP limit (decoding it would take "
-                           f"{hdr.width * hdr.height * 3 / 1e9:.1f} GB); shrink the image first")
+        # TIFF has its own reader; any other format read_header does not parse: OpenCV's limit (2^30 pixels).
+        size = tiff_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        w, h = size
+        raise PredictError(f"{path}: the header says {w}x{h} = {w * h / 1e6:,.0f} MP, over predict's "
+                           f"{max_pixels / 1e6:.0f} MP limit (decoding it would take {w * h * 3 / 1e9:.1f} GB); "
+                           "shrink the image first")
     try:
         return decode(data, channels)
     except DecodeError:

@@ -118,6 +118,34 @@ def read_header(data: bytes) -> Header:
     raise BadImage(f"not a JPEG, PNG, BMP or WebP file (starts with {data[:8].hex() or 'nothing: empty file'})")
 
 
+def tiff_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a TIFF's first image (the one OpenCV decodes) from its first directory, without decoding;
+    None when `data` is not a TIFF or its directory cannot be read. Classic TIFF and BigTIFF, either byte order.
+    Only `predict` reads TIFFs (prepare stores JPEG, PNG, BMP and WebP sources), and needs the size for its
+    decompression-bomb check."""
+    if len(data) < 16 or data[:2] not in (b"II", b"MM"):
+        return None
+    order = "little" if data[:2] == b"II" else "big"
+
+    def num(at: int, size: int) -> int:
+        return int.from_bytes(data[at:at + size], order)
+
+    big = {42: False, 43: True}.get(num(2, 2))
+    if big is None:
+        return None
+    ifd = num(8, 8) if big else num(4, 4)
+    count_size, entry_size, value_at = (8, 20, 12) if big else (2, 12, 8)
+    if ifd + count_size > len(data):
+        return None
+    found = {}
+    for i in range(min(num(ifd, count_size), (len(data) - ifd - count_size) // entry_size)):
+        at = ifd + count_size + i * entry_size
+        tag, kind = num(at, 2), num(at + 2, 2)
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3), LONG (4) or, in BigTIFF, LONG8 (16)
+            found[tag] = num(at + value_at, {3: 2, 4: 4, 16: 8}.get(kind, 4))
+    return (found[256], found[257]) if len(found) == 2 else None
+
+
 def oddity(h: Header) -> str | None:
     """Why a file cannot be stored as it is (None for an ordinary 8-bit YCbCr/JFIF JPEG)."""
     if h.fmt != "jpeg":
