@@ -53,7 +53,8 @@ def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict
     # The test split, scored once, here: after precise BN, with the recipe's protocol (and the single view).
     test = _score_test(run)
     note_stop()
-    trained_steps = data.total_steps - state.start_epoch * data.steps_per_epoch - state.start_step
+    steps = state.steps_done(data.total_steps, data.steps_per_epoch)
+    trained_steps = steps - state.steps_before  # by this call: its images per second
     val = {"split": cfg.data.val_split, "held_out": data.val_held_out, "images": after["count"],
            **_by_protocol(after), "before_precise_bn": _by_protocol(before)}
     head_split, head = (data.test_split, test) if test is not None else (cfg.data.val_split, after)
@@ -68,7 +69,7 @@ def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict
                               if test is not None else {}),
                "precise_bn_batches": n_bn, "val_count": after["count"],
                **({"test_count": test["count"]} if test is not None else {}), "wall_s": time.time() - t_start,
-               "train_wall_s": train_wall, "steps": state.steps_before + trained_steps,
+               "train_wall_s": train_wall, "steps": steps,
                "images_per_s": trained_steps * data.global_batch / train_wall,
                "device": str(run.device), "precision": run.precision, "world_size": run.env.world,
                "version": __version__, "val_bad_samples": after["bad"], "eval_protocol": cfg.train.eval_protocol,

@@ -258,7 +258,7 @@ def save(run: Run, state: RunState, epoch: int, step: int, tally: EpochTally | N
                                     "wait": tally.wait if tally is not None else 0.0,
                                     "sums": tally.sums.state_dict() if tally is not None else None})
     if env.is_main:
-        done = state.steps_before + (epoch - state.start_epoch) * data.steps_per_epoch + step - state.start_step
+        done = state.steps_done(epoch * data.steps_per_epoch + step, data.steps_per_epoch)
         saved = {**_model_file(run, epoch, step), "optimizer": learner.optimizer.state_dict(),
                  "scaler": learner.scaler.state_dict(), "run_id": state.run_id, "steps_per_epoch": data.steps_per_epoch,
                  "steps_done": done, "global_batch": data.global_batch, "world": env.world, "lr": learner.lr,

@@ -169,6 +169,11 @@ class RunState:
     pending_record: dict | None = None  # an epoch whose checkpoint was saved but whose evaluation and log line were not
     last_ckpt_time: float = 0.0
 
+    def steps_done(self, position: int, steps_per_epoch: int) -> int:
+        """Optimizer steps the run has taken when this call reaches `position` (epoch x steps_per_epoch + step,
+        in this call's steps per epoch): those before it, and this call's own."""
+        return self.steps_before + position - (self.start_epoch * steps_per_epoch + self.start_step)
+
 
 class EpochTally:
     """One epoch's numbers on this rank: the next step, loss/top-1 sums (on the device), wall time and data wait,
