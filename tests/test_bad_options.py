@@ -266,4 +266,5 @@ def test_env_warns_of_a_gpu_decoder_train_would_refuse(cli, run_on_textures):
     recipe, _ = run_on_textures  # train.device: cpu
     code, out, err = cli("env", "--config", recipe, "--set", "data.decode=gpu")
     assert code == 0, err
-    assert "warning: data.decode=gpu needs a CUDA device: train refuses it here" in out
+    assert "warning: data.decode=gpu needs a CUDA device (here: cpu); is for JPEG data sets with ImageNet " \
+           "crops, not data.crop=pad_crop: train refuses it (use data.decode=cpu)" in out

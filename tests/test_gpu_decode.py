@@ -15,7 +15,7 @@ from resnet_repro.recipe import load_config
 from resnet_repro.data.augment.geometry import TrainGeometry
 from resnet_repro.data.augment.rng import sample_rng
 from resnet_repro.data.decode.cpu import DecodeError, decode_box
-from resnet_repro.data.loading.gpu_decode import EncodedBatchDataset, GpuDecoder, crop_params
+from resnet_repro.data.loading.gpu_decode import EncodedBatchDataset, GpuDecoder, crop_params, refusals
 from resnet_repro.data.loading.loader import BatchDataset, Job
 from resnet_repro.data.shards import records
 from resnet_repro.data.shards.reader import RecordReader
@@ -155,6 +155,18 @@ def test_unsupported_options_name_the_fix(jpeg_data):
         EncodedBatchDataset(reader, geometry("inception", random_erasing=0.5), 0)
     with pytest.raises(ValueError, match="decode=cpu"):
         crop_params(TrainGeometry(load_config(None, ["data.crop=pad_crop"]).data, 28), 28, 28, sample_rng(0, 0, 0))
+
+
+def test_one_rule_says_everything_train_would_refuse():
+    """train, bench train --e2e and env share it: each reason is named, and a fit config has none."""
+    imagenet = load_config(None, ["data.crop=inception", "data.random_erasing=0"]).data
+    assert refusals(imagenet, "cuda", 3) == [] and refusals(imagenet) == []
+    assert refusals(imagenet, "cpu", 3) == ["needs a CUDA device (here: cpu)"]
+    assert refusals(imagenet, "cuda", 1) == ["needs RGB JPEGs (the data has 1 channel(s))"]
+    fmnist = load_config(None, ["data.crop=pad_crop", "data.random_erasing=0.5"]).data
+    assert refusals(fmnist, "cuda", 3) == ["is for JPEG data sets with ImageNet crops, not data.crop=pad_crop",
+                                           "does no random erasing (data.random_erasing > 0)"]
+    assert len(refusals(fmnist, "mps", 1)) == 4
 
 
 # --- The batch and the GPU-side geometry, on the CPU ---------------------------------------------------------
@@ -345,8 +357,10 @@ def test_training_with_gpu_decode_needs_cuda(texture_data, tmp_path):
         pytest.skip("the error is for machines without CUDA")
     cfg = load_config(None, [f"data.path={texture_data}", "data.decode=gpu", "data.normalize=scale",
                              "model.name=resnet20", "train.epochs=1"])
-    with pytest.raises(ConfigError, match="data.decode=cpu"):  # a start-up config mistake: exit 2
+    with pytest.raises(ConfigError, match="data.decode=cpu") as e:  # a start-up config mistake: exit 2
         train(cfg, tmp_path / "run")
+    assert "needs a CUDA device (here: cpu); needs RGB JPEGs (the data has 1 channel(s))" in str(e.value)
+    assert not list((tmp_path / "run").glob("checkpoints/*"))  # refused before any training
 
 
 @cuda

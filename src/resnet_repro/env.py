@@ -80,8 +80,12 @@ def _choices(cfg: Config, recipe: str, hw: runtime.Hardware) -> dict:
                "reason": ("GPU: nvJPEG through torchvision" if cfg.data.decode == "gpu" else
                           "CPU workers: " + (f"OpenCV whole-image decode ({whole})" if whole else
                                              "libjpeg-turbo region decode (native helper built)"))}
-    if cfg.data.decode == "gpu" and kind != "cuda":  # what train would refuse at start-up
-        decoder["warning"] = "data.decode=gpu needs a CUDA device: train refuses it here (use data.decode=cpu)"
+    if cfg.data.decode == "gpu":
+        from .data.loading.gpu_decode import refusals
+
+        why = refusals(cfg.data, kind)  # train's own rule, less the data's channel count (env reads no data)
+        if why:
+            decoder["warning"] = f"data.decode=gpu {'; '.join(why)}: train refuses it (use data.decode=cpu)"
     workers = {"value": cfg.data.workers, "reason": f"data.workers of {recipe}; {hw.cores} usable core(s)"}
     return {
         "device": {"value": kind, "reason": f"train.device={cfg.train.device}"},

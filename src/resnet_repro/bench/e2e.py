@@ -70,10 +70,11 @@ def variants(bench, opts) -> list[dict]:
         v["plan"] = plan_cores(available_cpus(), setting if setting is not None else default_workers, bench.dev.type)
         v["workers"] = v["plan"].workers
         if v["decode"] == "gpu":
-            if bench.dev.type != "cuda":  # GpuDecoder would raise torch's error from deep inside
-                raise ValueError(f"--e2e {v['decode']}:...: GPU decoding needs a CUDA device (the bench runs on "
-                                 f"{bench.dev}); use --e2e cpu:... here")
-            from ..data.loading.gpu_decode import EncodedBatchDataset, GpuDecoder
+            from ..data.loading.gpu_decode import EncodedBatchDataset, GpuDecoder, refusals
+
+            why = refusals(cfg.data, bench.dev.type, bench.channels)  # train's rule, checked before any work
+            if why:
+                raise ValueError(f"--e2e gpu:...: data.decode=gpu {'; '.join(why)}; use --e2e cpu:... here")
 
             if v.get("share") is None:
                 v["share"] = cfg.data.gpu_decode_share

@@ -152,11 +152,11 @@ def open_data(run: Run) -> Data:
     if cfg.data.decode == "gpu":
         # Workers ship JPEG bytes and the CPU path's crop boxes; the batch is decoded (nvJPEG) and resized on the
         # GPU, then takes the same DeviceTransform (data/loading/gpu_decode.py). Val stays on the CPU path.
-        from ..data.loading.gpu_decode import EncodedBatchDataset, GpuDecoder
+        from ..data.loading.gpu_decode import EncodedBatchDataset, GpuDecoder, refusals
 
-        if device.type != "cuda" or channels != 3:
-            raise ConfigError(f"config key 'data.decode' is gpu, which needs a CUDA device and RGB JPEGs (device "
-                              f"{device}, {channels} channel(s)); use data.decode=cpu")
+        why = refusals(cfg.data, device.type, channels)
+        if why:
+            raise ConfigError(f"config key 'data.decode' is gpu, which {'; '.join(why)}; use data.decode=cpu")
         train_ds = EncodedBatchDataset(train_reader, TrainGeometry(cfg.data, stored), cfg.train.seed,
                                        cfg.data.gpu_decode_share)
         train_transform = GpuDecoder(device, to_device)

@@ -45,6 +45,22 @@ from ..decode.header import image_size
 from .loader import BatchDataset
 
 
+def refusals(data: DataConfig, device_type: str | None = None, channels: int | None = None) -> list[str]:
+    """Why ``data.decode: gpu`` cannot run with this data config on this device (empty: it can). One rule for
+    train, which refuses at start-up, and for ``bench train --e2e`` and ``env``, which say the same thing. A
+    ``device_type`` or ``channels`` of None is not checked (env reads no manifest, a dataset has no device)."""
+    why = []
+    if device_type is not None and device_type != "cuda":
+        why.append(f"needs a CUDA device (here: {device_type})")
+    if channels is not None and channels != 3:
+        why.append(f"needs RGB JPEGs (the data has {channels} channel(s))")
+    if data.crop == "pad_crop":  # crop_params has no GPU version of it: a CIFAR-sized recipe decodes in no time
+        why.append("is for JPEG data sets with ImageNet crops, not data.crop=pad_crop")
+    if data.random_erasing > 0:
+        why.append("does no random erasing (data.random_erasing > 0)")
+    return why
+
+
 def crop_params(geometry, h: int, w: int, rng: np.random.Generator,
                 flip: bool | None = None) -> tuple[tuple[int, int, int, int], bool]:
     """The CPU path's crop box (y, x, height, width) in whole source pixels, and its flip, drawn from `rng` in
@@ -107,9 +123,9 @@ class EncodedBatchDataset(BatchDataset):
     rest, the batch's last samples, are decoded here as BatchDataset decodes them (EncodedBatch.decoded)."""
 
     def __init__(self, reader, geometry, seed: int, share: float = 1.0):
-        if geometry.cfg.random_erasing > 0:
-            raise ValueError("data.decode=gpu does not do random erasing; set data.random_erasing=0 or "
-                             "data.decode=cpu")
+        why = refusals(geometry.cfg)  # the data config's part of the rule, for callers that skipped it
+        if why:
+            raise ValueError(f"data.decode=gpu {'; '.join(why)}: use data.decode=cpu")
         if share not in DataConfig.RANGES["gpu_decode_share"]:  # the config's own bound
             raise ValueError(f"data.gpu_decode_share={share}: must be {DataConfig.RANGES['gpu_decode_share']}")
         super().__init__(reader, geometry, 3, seed, train=True)
