@@ -109,14 +109,35 @@ def test_manifest_without_image_entry_or_with_a_shard_left_out(tmp_path):
         records.load_manifest(data)
 
 
-def test_evaluate_resize_below_the_crop_refused(cli, tmp_path, run_on_textures):
-    recipe, _ = run_on_textures
+def test_evaluate_refuses_what_it_cannot_score_in_one_line(cli, tmp_path, run_on_textures, monkeypatch):
+    """Before any image is read: data that is not there, a resize below the crop, a crop the images cannot give."""
+    recipe, data = run_on_textures
     out = tmp_path / "run"
-    code, _, err = cli("train", "--config", recipe, "--out", out)
+    monkeypatch.chdir(tmp_path)  # trained on a data.path relative to the folder training ran in, as `make train`
+    code, _, err = cli("train", "--config", recipe, "--out", out, "--set", f"data.path={data.name}")
     assert code == 0, err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, err = cli("evaluate", "--checkpoint", out / "final.pt", "--workers", "0")
+    assert_one_clear_line(code, err, f"trained on {data.name} (relative to the folder training ran in; here: "
+                          f"{elsewhere})", "--data FOLDER")  # was "data/manifest.json: no manifest; prepare ..."
+    code, printed, err = cli("evaluate", "--checkpoint", out / "final.pt", "--workers", "0", "--data", data)
+    assert code == 0 and "single" in printed, err
+    monkeypatch.chdir(tmp_path)
     code, _, err = cli("evaluate", "--checkpoint", out / "final.pt", "--workers", "0", "--resize", "10",
                        "--crop", "16")
     assert_one_clear_line(code, err, "--resize 10", "16")  # was scored at 16 and labelled "shorter side 10"
+    # A crop larger than the stored 16x16 images: refused before the pass (was a worker's traceback at its first
+    # batch); 10crop cuts from the image zero-padded by --pad, so up to 16 + 2 x pad fits.
+    code, _, err = cli("evaluate", "--checkpoint", out / "final.pt", "--workers", "1", "--crop", "20")
+    assert_one_clear_line(code, err, "--crop 20", "16x16", "at most 16", "--resize of at least 20")
+    code, _, err = cli("evaluate", "--checkpoint", out / "final.pt", "--workers", "0", "--crop", "19",
+                       "--protocol", "10crop", "--pad", "1")
+    assert_one_clear_line(code, err, "--crop 19", "padded by 1 px", "at most 18")
+    code, printed, err = cli("evaluate", "--checkpoint", out / "final.pt", "--workers", "0", "--crop", "18",
+                             "--protocol", "10crop", "--pad", "1")
+    assert code == 0 and "10crop" in printed, err
 
 
 def test_replaced_files_get_the_usual_mode(tmp_path):

@@ -255,7 +255,19 @@ def test_evaluate_cli_table_json_and_out(cli, tmp_path, texture_data):
     code, out, err = cli("evaluate", "--checkpoint", ck, "--json", "--workers", "0")
     assert code == 0 and json.loads(out)["results"][0]["protocol"] == "single"  # the default protocol
     code, out, err = cli("evaluate", "--checkpoint", ck, "--protocol", "10crop", "--crop", "20", "--workers", "0")
-    assert code == 2 and "smaller than the crop 20" in err and "shard val-" in err
+    assert code == 2 and "--crop 20 is larger than the stored 16x16 images" in err  # before any image is read
+
+
+def test_an_image_a_protocol_cannot_cut_is_named():
+    """Where only the image can tell (a data set of mixed sizes), the error names its shard and key."""
+    from resnet_repro.evaluate import group_views
+
+    protocol = make_protocol("single", DataConfig(), 0, resize=0, crop=20)
+    images = [np.zeros((24, 24, 3), np.uint8), np.zeros((16, 30, 3), np.uint8)]
+    with pytest.raises(ValueError, match="shard val-00000.tar key b: protocol single: image 16x30 is smaller"):
+        group_views(images, [protocol], ["shard val-00000.tar key a", "shard val-00000.tar key b"])
+    ((_, views, owners),) = group_views(images[:1], [protocol], ["a"])
+    assert views.shape == (1, 20, 20, 3) and list(owners) == [0]
 
 
 def test_evaluate_cli_with_torchvision_weights(cli, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -141,11 +142,16 @@ def default_split(manifest: dict) -> str:
 def _evaluate_on_ranks(trained: Trained, opts: EvalOptions, device: torch.device, env) -> dict:
     import torch
 
-    from ..data.shards.remote import load_manifest, open_reader
+    from ..data.shards.remote import is_url, load_manifest, open_reader
     from ..evaluate import eval_transform, evaluate_protocols, make_protocol
     from ..runtime import autocast_for, choose_channels_last
 
     root = opts.data or trained.cfg.data.path
+    if opts.data is None and not is_url(root) and not (Path(root) / "manifest.json").is_file():
+        # config.yaml keeps data.path as given, often relative to the folder training ran in.
+        where = "" if Path(root).is_absolute() else f" (relative to the folder training ran in; here: {Path.cwd()})"
+        raise UserError(f"{trained.source} was trained on {root}{where}, which holds no prepared data here: "
+                        f"pass --data FOLDER")
     split = opts.split or default_split(load_manifest(root))
     reader = open_reader(root, split, trained.cfg.data.cache_dir)
     if reader.classes != trained.classes:

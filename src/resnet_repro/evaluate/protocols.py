@@ -135,6 +135,13 @@ def make_protocol(name: str, data_cfg, stored_size: int | None, resize: int | No
         # Seen whole: at the stored size, or resized to exactly it (predict sizes any photo so).
         whole = stored_size and crop == stored_size and resize in (0, crop)
         pad = data_cfg.pad if name == "10crop" and data_cfg.crop == "pad_crop" and whole else 0
+    if stored_size and not resize and name != "multiscale":
+        # Images kept at their stored size: a larger crop would stop the pass at its first batch, in a worker.
+        room = stored_size + 2 * pad if name == "10crop" else stored_size
+        if crop > room:
+            raise ValueError(f"--crop {crop} is larger than the stored {stored_size}x{stored_size} images"
+                             f"{f' padded by {pad} px' if name == '10crop' and pad else ''}; give a crop of at most "
+                             f"{room}, or --resize of at least {crop} to enlarge them first")
     return Protocol(name, resize, crop, tuple(scales or ()), pad if name == "10crop" else 0, val.interpolation)
 
 
