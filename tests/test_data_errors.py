@@ -140,6 +140,7 @@ def test_damaged_index_is_one_line_in_verify_and_train(data, tmp_path, cli, dama
     code, _, err = cli("verify", data, "--workers", "1")
     assert code == 1 and "Traceback" not in err, err
     assert f"index {idx_path}" in err  # the damaged file, named
+    assert "per-class counts" not in err  # an index not read says nothing of the split's class totals
     with pytest.raises(RecordError, match=str(idx_path)):
         RecordReader(data, "train")
     code, _, err = _train(cli, data, tmp_path / "run")

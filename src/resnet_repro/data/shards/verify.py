@@ -27,14 +27,14 @@ def _decode_ok(data: bytes, channels: int) -> bool:
     return img is not None and (img.ndim == 2 if channels == 1 else img.shape[2] == channels)
 
 
-def verify_shard(args: tuple[str, dict, int, int, bool]) -> tuple[list[str], np.ndarray]:
-    """Check one shard; returns (problems, per-class counts of its index)."""
+def verify_shard(args: tuple[str, dict, int, int, bool]) -> tuple[list[str], np.ndarray | None]:
+    """Check one shard; returns (problems, per-class counts of its index, None where it could not be read)."""
     root, entry, channels, num_classes, decode = args
     root = Path(root)
     tar_path, idx_path = root / entry["name"], root / entry["index"]
     counts = np.zeros(num_classes, np.int64)
     if not tar_path.is_file():
-        return [f"{entry['name']}: missing"], counts
+        return [f"{entry['name']}: missing"], None
     problems = []
     size = tar_path.stat().st_size
     if size != entry["bytes"]:
@@ -46,9 +46,9 @@ def verify_shard(args: tuple[str, dict, int, int, bool]) -> tuple[list[str], np.
             problems.append(f"{entry['index']}: SHA-256 does not match the manifest")
         keys, offsets, sizes, labels = records.load_index(idx_path)
     except OSError as e:
-        return problems + [f"{entry['index']}: missing or unreadable ({e})"], counts
+        return problems + [f"{entry['index']}: missing or unreadable ({e})"], None
     except records.RecordError as e:  # damaged: the rest of this shard cannot be checked against it
-        return problems + [str(e)], counts
+        return problems + [str(e)], None
     if len(keys) != entry["count"]:
         problems.append(f"{entry['index']}: {len(keys)} samples, the manifest says {entry['count']}")
     out_of_range = (labels < 0) | (labels >= num_classes)
@@ -126,10 +126,12 @@ def verify(root: str | Path, workers: int = 0, decode: bool = True, progress: bo
     for name, split in manifest["splits"].items():
         shard_counts = [r[1] for r in results[i:i + len(split["shards"])]]
         i += len(split["shards"])
-        counts = np.sum(shard_counts, axis=0) if shard_counts else np.zeros(num_classes, np.int64)
+        # A shard whose index could not be read (named above) leaves its split's class totals unknown, not wrong.
+        unread = any(c is None for c in shard_counts)
+        counts = np.sum(shard_counts, axis=0) if shard_counts and not unread else np.zeros(num_classes, np.int64)
         listed = np.zeros(num_classes, np.int64)
         listed[:len(split.get("counts_per_class", []))] = split.get("counts_per_class", [])[:num_classes]
-        if "counts_per_class" in split and not np.array_equal(counts, listed):
+        if "counts_per_class" in split and not unread and not np.array_equal(counts, listed):
             problems.append(f"{root / records.MANIFEST}: split {name!r}: per-class counts in the manifest differ "
                             f"from the shards' indexes")
         if sum(e["count"] for e in split["shards"]) != split["count"]:
