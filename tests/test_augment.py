@@ -243,6 +243,15 @@ def test_odd_images_come_out_at_the_train_size():
         geo.load(b"\xff\xd8\xff\xe0 garbage", 3, sample_rng(0, 0, 0))
 
 
+def test_an_undecodable_image_is_one_error_and_no_opencv_log_line(capfd):
+    """The caller names the file or shard and key; OpenCV's own "[ERROR] imdecode_" line, printed by every
+    worker that meets the file, said the same without the name."""
+    for data in (b"GIF89a" + bytes(20), b"\xff\xd8\xff\xe0" + bytes(100), b"BM" + bytes(60)):
+        with pytest.raises(DecodeError, match="cannot decode image"):
+            decode(data, 3)
+    assert capfd.readouterr().err == ""
+
+
 def test_eval_geometry_defaults_to_256_then_224_for_variable_size_images():
     geo = EvalGeometry(DataConfig(), 0)
     assert (geo.resize, geo.size) == (256, 224)

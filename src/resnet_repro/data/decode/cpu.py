@@ -18,6 +18,9 @@ import numpy as np
 from . import jpeg_region
 
 cv2.setNumThreads(1)  # one thread per worker process; parallelism comes from the processes
+# An image OpenCV cannot decode is reported by its caller, naming the file or the shard and key (DecodeError);
+# OpenCV's own "[ERROR] imdecode_(''): can't read header" line, once per worker, would repeat it without the name.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_FATAL)
 
 
 class DecodeError(RuntimeError):
