@@ -119,11 +119,17 @@ def test_evaluate_refuses_what_it_cannot_score_in_one_line(cli, tmp_path, run_on
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
+    # From another folder: the data is where data.path led when the run trained (was "no manifest; prepare ...").
+    code, printed, err = cli("evaluate", "--checkpoint", out / "final.pt", "--workers", "0")
+    assert code == 0 and f"on {data} split val" in printed, err
+    moved = tmp_path / "moved"
+    data.rename(moved)  # and once the data has gone from there, one line that says so and names --data
     code, _, err = cli("evaluate", "--checkpoint", out / "final.pt", "--workers", "0")
-    assert_one_clear_line(code, err, f"trained on {data.name} (relative to the folder training ran in; here: "
-                          f"{elsewhere})", "--data FOLDER")  # was "data/manifest.json: no manifest; prepare ..."
-    code, printed, err = cli("evaluate", "--checkpoint", out / "final.pt", "--workers", "0", "--data", data)
+    assert_one_clear_line(code, err, f"trained on {data}, data.path {data.name}", f"(read from {elsewhere})",
+                          "--data FOLDER")
+    code, printed, err = cli("evaluate", "--checkpoint", out / "final.pt", "--workers", "0", "--data", moved)
     assert code == 0 and "single" in printed, err
+    moved.rename(data)
     monkeypatch.chdir(tmp_path)
     code, _, err = cli("evaluate", "--checkpoint", out / "final.pt", "--workers", "0", "--resize", "10",
                        "--crop", "16")

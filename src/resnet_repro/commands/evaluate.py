@@ -148,10 +148,11 @@ def _evaluate_on_ranks(trained: Trained, opts: EvalOptions, device: torch.device
 
     root = opts.data or trained.cfg.data.path
     if opts.data is None and not is_url(root) and not (Path(root) / "manifest.json").is_file():
-        # config.yaml keeps data.path as given, often relative to the folder training ran in.
-        where = "" if Path(root).is_absolute() else f" (relative to the folder training ran in; here: {Path.cwd()})"
-        raise UserError(f"{trained.source} was trained on {root}{where}, which holds no prepared data here: "
-                        f"pass --data FOLDER")
+        # Neither where the run's data.path led when it trained (load_trained reads it from there) nor the path as
+        # given, read from here, holds the data: it was moved or deleted, or the run predates that record.
+        was = f"{trained.data_folder}, " if trained.data_folder and trained.data_folder != str(root) else ""
+        raise UserError(f"{trained.source} was trained on {was}data.path {root}, which holds no prepared data "
+                        f"now{'' if Path(root).is_absolute() else f' (read from {Path.cwd()})'}: pass --data FOLDER")
     split = opts.split or default_split(load_manifest(root))
     reader = open_reader(root, split, trained.cfg.data.cache_dir)
     if reader.classes != trained.classes:

@@ -19,8 +19,8 @@ import torch
 from .. import checkpoint
 from ..config import Config, ConfigError
 from ..recipe import config_from_dict
-from ..data.shards.records import RecordError
-from ..data.shards.remote import load_manifest
+from ..data.shards.records import MANIFEST, RecordError
+from ..data.shards.remote import is_url, load_manifest
 from ..models.resnet import SPECS, build_model
 from ..models.torchvision_weights import WeightsError, model_from_torchvision
 
@@ -36,6 +36,7 @@ class Trained:
     in_channels: int
     image_size: int | None  # side of the training data's stored images (0: of many sizes); None: not known
     source: str
+    data_folder: str | None = None  # where the run's data.path led when it trained (None: not recorded)
 
     def input_size(self, what: str) -> int:
         """The side `what` (predict, an ONNX export) feeds the model: data.val_size, else the stored images' side,
@@ -78,6 +79,12 @@ def load_trained(path, weights: str = "model", data: str | None = None) -> Train
         raise checkpoint.CheckpointError(f"checkpoint {path}: its config describes no model this version can "
                                          f"build ({e})") from None
     _load_weights(model, tensors, path, weights, cfg.model.name)
+    recorded = state.get("data_folder")
+    if data is None and isinstance(recorded, str) and recorded != cfg.data.path and not is_url(recorded) \
+            and (Path(recorded) / MANIFEST).is_file():
+        # The data the run trained on, wherever this is run from (a relative data.path is read from the folder
+        # training ran in); data.path as given where that folder has gone (data.path may move, as on resume).
+        cfg.data.path = recorded
     image_size = (state.get("image") or {}).get("height")
     if image_size is None:
         try:
@@ -85,7 +92,7 @@ def load_trained(path, weights: str = "model", data: str | None = None) -> Train
         except RecordError:
             image_size = None
     return Trained(model.eval(), cfg, list(state["classes"]), list(state.get("class_names", state["classes"])),
-                   int(state["in_channels"]), image_size, str(path))
+                   int(state["in_channels"]), image_size, str(path), recorded if isinstance(recorded, str) else None)
 
 
 def _load_weights(model: torch.nn.Module, tensors: dict, path, weights: str, name: str) -> None:

@@ -280,8 +280,16 @@ def _model_file(run: Run, epoch: int, step: int) -> dict:
             "chosen_on": run.chosen_on, "version": __version__, "classes": manifest["classes"],
             "class_names": manifest.get("class_names", manifest["classes"]), "in_channels": run.data.channels,
             # The stored image size: predict and export size their input by it, and the run's data.path may be
-            # relative to a folder they are not run from.
-            "image": dict(manifest["image"])}
+            # relative to a folder they are not run from; for the same reason, where that path led
+            # (`evaluate` reads the data from there when the path as given finds none).
+            "image": dict(manifest["image"]), "data_folder": _absolute(run.cfg.data.path)}
+
+
+def _absolute(path: str) -> str:
+    """A local data.path as an absolute path (a URL as it is)."""
+    from ..data.shards.remote import is_url
+
+    return str(path) if is_url(str(path)) else str(Path(path).resolve())
 
 
 def _newest(ckpt_dir: Path) -> str:
