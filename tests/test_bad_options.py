@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -203,8 +204,9 @@ def test_checkpoints_record_the_image_size_and_an_old_one_away_from_its_data_is_
     image = tmp_path / "photo.png"
     cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (40, 30), dtype=np.uint8))
     data = state["config"]["data"]["path"]
-    old = tmp_path / "old.pt"  # as saved before: no image facts, trained on a relative data path
-    checkpoint.save_file(old, {**{k: v for k, v in state.items() if k != "image"},
+    assert state["data_folder"] == str(Path(data).resolve())  # where data.path led: evaluate finds it from anywhere
+    old = tmp_path / "old.pt"  # as saved before: no image facts nor data folder, trained on a relative data path
+    checkpoint.save_file(old, {**{k: v for k, v in state.items() if k not in ("image", "data_folder")},
                                "config": {**state["config"], "data": {**state["config"]["data"], "path": "data"}}})
     monkeypatch.chdir(tmp_path / "run")  # where no ./data is
     code, _, err = cli("predict", "--checkpoint", old, image)

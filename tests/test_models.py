@@ -173,6 +173,45 @@ def test_channels_last_forward_matches_contiguous():
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
+def cifar_params(n: int, k: int, in_channels: int = 3, classes: int = 10) -> int:
+    """Parameters of a 6n+2 CIFAR net with every width times k, counted by hand: 3x3 convs (no bias) with their
+    BN's two vectors each, parameter-free option-A shortcuts, an FC with bias."""
+    widths = [16 * k, 32 * k, 64 * k]
+    total, prev = in_channels * widths[0] * 9 + 2 * widths[0], widths[0]
+    for c in widths:
+        for _ in range(n):
+            total += prev * c * 9 + 2 * c + c * c * 9 + 2 * c
+            prev = c
+    return total + widths[-1] * classes + classes
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_model_width_multiplies_every_width_of_a_cifar_net(k):
+    assert cifar_params(3, 1) == 269_722  # the paper's ResNet-20 (Table 6: 0.27 M), so the hand count is right
+    model = meta_model("resnet20", num_classes=10, width=k)
+    assert n_params(model) == cifar_params(3, k)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert sorted({m.out_channels for m in convs}) == [16 * k, 32 * k, 64 * k]
+    assert len([m for m in model.modules() if isinstance(m, PadShortcut)]) == 2  # the stem widens too: stage 1
+    with torch.device("meta"):
+        macs, base = count_macs(model, 32)[0], count_macs(build_model("resnet20", num_classes=10), 32)[0]
+    assert macs == pytest.approx(k * k * base, rel=0.01)  # about k^2 the multiply-adds (the FC grows as k)
+    real = build_model("resnet20", num_classes=10, in_channels=1, width=k)
+    assert real(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_model_width_is_for_cifar_nets_only(cli):
+    with pytest.raises(ValueError, match="CIFAR nets only"):
+        build_model("resnet50", width=2)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="whole factor"):
+            build_model("resnet20", width=bad)
+    code, out, _ = cli("model", "resnet20", "--width", "2", "--in-channels", "1", "--input-size", "28")
+    assert code == 0 and f"resnet20 x2 wide: {cifar_params(3, 2, in_channels=1):,} parameters" in out
+    code, _, err = cli("model", "resnet50", "--width", "2")
+    assert code == 2 and "--width 2" in err and "CIFAR" in err
+
+
 def test_unknown_model_name_is_an_error():
     assert "resnet50" in model_names() and "resnet1202" in model_names()
     with pytest.raises(ValueError, match="resnet51"):

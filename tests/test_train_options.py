@@ -66,6 +66,32 @@ def test_max_steps_ends_mid_epoch(texture_data, tmp_path):
     assert log[1]["lr"] == pytest.approx(0.1 * 64 / 256 * (1 - 5 / 6))  # the lr of step 6 of 6 (progress 5)
 
 
+def test_a_wide_net_trains_and_its_run_says_so_everywhere(texture_data, tmp_path, cli):
+    """model.width: the checkpoint rebuilds the wide net (evaluate, predict, export), results.json and the
+    safetensors metadata carry the factor, and report compares it with no published row of the paper's net."""
+    from safetensors import safe_open
+
+    from resnet_repro.config import ConfigError
+    from resnet_repro.evaluate import load_trained
+    from resnet_repro.report import load_run
+    from resnet_repro.training.loop import train
+
+    out = tmp_path / "run"
+    result = train(_cfg(texture_data, "train.epochs=1", "model.width=2"), out)
+    assert result["model"] == "resnet20" and result["width"] == 2
+    trained = load_trained(out / "final.pt")
+    assert trained.model.fc.in_features == 128 and trained.model.stem[0].out_channels == 32
+    code, printed, err = cli("evaluate", "--checkpoint", out / "final.pt", "--workers", "0")
+    assert code == 0 and "top-1" in printed, err
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["width"]) == 2
+    assert load_run(out).model == "resnet20 x2 wide"
+    with pytest.raises(ConfigError, match="model.width"):
+        _cfg(texture_data, "model.name=resnet18", "model.width=2")
+    with pytest.raises(ConfigError, match="model.width"):
+        _cfg(texture_data, "model.width=0")
+
+
 def test_tensorboard_missing_is_a_clear_error(texture_data, tmp_path, monkeypatch):
     from resnet_repro.training.loop import train
     from resnet_repro.training.state import TrainingError

@@ -70,6 +70,12 @@ def _model_names() -> list[str]:
     return list(SPECS)
 
 
+def _wide_names() -> list[str]:
+    from .models.resnet import SPECS
+
+    return [name for name, spec in SPECS.items() if spec.stem == "cifar"]
+
+
 @dataclass
 class DataConfig:
     path: str = "data/fashion_mnist"  # folder with manifest.json and shards (resnet-repro prepare)
@@ -175,8 +181,12 @@ class ModelConfig:
     # PyTorch's default. "tf_cnn": as tf_cnn_benchmarks' convnet_builder: conv tf.variance_scaling_initializer()
     # (truncated normal, fan_in, scale 1), fc truncated normal std sqrt(1 / fan_in) and zero bias. BN: 1 and 0.
     init: Literal["he", "tf_cnn"] = "he"
+    # CIFAR nets only: every width (stem and the three stages, 16 / 32 / 64 channels) times this factor, the k of
+    # Zagoruyko & Komodakis 2016's wide ResNets (WRN-n-k, which keep the stem at 16): capacity from width at the
+    # same depth, about k^2 the multiply-adds. 1 = the paper's nets.
+    width: int = 1
 
-    RANGES: ClassVar[dict] = {"bn_eps": POSITIVE}
+    RANGES: ClassVar[dict] = {"bn_eps": POSITIVE, "width": COUNT}
 
 
 @dataclass
@@ -340,6 +350,9 @@ def validate(cfg: Config, origins: dict[str, str] | None = None) -> None:
     if cfg.data.val_split == "test":
         fail("data.val_split", "'test': evaluations during training use the held-out val split; the test split is "
                                "scored once when training ends (results.json \"test\"); use val_split: val")
+    if cfg.model.width != 1 and cfg.model.name not in _wide_names():
+        fail("model.width", f"{cfg.model.width} widens the CIFAR nets ({', '.join(_wide_names())}); "
+                            f"{cfg.model.name} has no width factor: keep model.width=1")
     if len(cfg.data.mean) != len(cfg.data.std):
         raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
     if cfg.data.image_size_start:

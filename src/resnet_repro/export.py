@@ -45,7 +45,8 @@ def model_metadata(trained) -> dict:
     mean, std = {"scale": ([0.0], [1.0]), "scale_pm1": ([0.5], [0.5])}.get(d.normalize, (d.mean, d.std))
     if len(mean) == 1:
         mean, std = mean * trained.in_channels, std * trained.in_channels
-    return {"model": trained.cfg.model.name, "stride_in_3x3": trained.cfg.model.stride_in_3x3,
+    return {"model": trained.cfg.model.name, "width": trained.cfg.model.width,
+            "stride_in_3x3": trained.cfg.model.stride_in_3x3,
             "classes": trained.classes, "class_names": trained.class_names, "in_channels": trained.in_channels,
             "input_size": size, "resize_shorter_side": d.val_resize, "mean": list(mean), "std": list(std),
             "layout": "NCHW float32, (pixel / 255 - mean) / std", "source": trained.source}

@@ -37,7 +37,10 @@ class Run:
 
     @property
     def model(self) -> str:
-        return (self.results or {}).get("model") or self.config.get("model", {}).get("name", "?")
+        """The net's name; a widened CIFAR net's says so, and so matches none of the paper's published rows."""
+        name = (self.results or {}).get("model") or self.config.get("model", {}).get("name", "?")
+        width = self.config.get("model", {}).get("width", 1)
+        return f"{name} x{width} wide" if width != 1 else name
 
     @property
     def planned_epochs(self) -> int | None:

@@ -200,7 +200,8 @@ class _Session:
         self.reader, self.geometry, self.channels, self.size, num_classes = _data_shape(opts, cfg)
 
         torch.manual_seed(opts.seed)
-        model = build_model(opts.model, num_classes, self.channels, stride_in_3x3=cfg.model.stride_in_3x3)
+        model = build_model(opts.model, num_classes, self.channels, stride_in_3x3=cfg.model.stride_in_3x3,
+                            width=cfg.model.width)
         macs, _ = count_macs(model, self.size, self.channels)
         self.flops_per_image = TRAIN_FLOPS_PER_MAC * macs
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format

@@ -74,7 +74,7 @@ def load_trained(path, weights: str = "model", data: str | None = None) -> Train
         raise ValueError(f"weights must be 'model' or 'ema', not {weights!r}")
     try:
         model = build_model(cfg.model.name, len(state["classes"]), state["in_channels"],
-                            stride_in_3x3=cfg.model.stride_in_3x3, bn_eps=cfg.model.bn_eps)
+                            stride_in_3x3=cfg.model.stride_in_3x3, bn_eps=cfg.model.bn_eps, width=cfg.model.width)
     except ValueError as e:  # an unknown model name or a bad model.bn_eps in the saved config
         raise checkpoint.CheckpointError(f"checkpoint {path}: its config describes no model this version can "
                                          f"build ({e})") from None

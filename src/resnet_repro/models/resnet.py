@@ -145,12 +145,13 @@ def model_names() -> list[str]:
 
 def build_model(name: str, num_classes: int = 1000, in_channels: int = 3, zero_init_residual: bool = False,
                 stride_in_3x3: bool = False, shortcut: str | None = None, bn_eps: float = 1e-5,
-                init: str = "he") -> ResNet:
+                init: str = "he", width: int = 1) -> ResNet:
     """Build a ResNet by name ("resnet50", "resnet20", ...).
 
     ``stride_in_3x3`` only affects bottleneck nets (basic blocks always stride in their first 3x3).
     ``shortcut`` overrides the family default ("B" projection for ImageNet nets, "A" padding for CIFAR).
     ``bn_eps``: every BatchNorm's epsilon (model.bn_eps). ``init``: "he" or "tf_cnn" (model.init, config.py).
+    ``width``: CIFAR nets only, every width (stem included) times this factor (model.width).
     """
     if name not in SPECS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(SPECS)}")
@@ -159,9 +160,13 @@ def build_model(name: str, num_classes: int = 1000, in_channels: int = 3, zero_i
     if init not in INITS:
         raise ValueError(f"model.init={init!r} is not one of {', '.join(INITS)}")
     s = SPECS[name]
+    if width != 1 and (s.stem != "cifar" or not (isinstance(width, int) and width >= 1)):
+        raise ValueError(f"model.width={width!r}: a whole factor >= 1, for the CIFAR nets only ({name} is not one)"
+                         if s.stem != "cifar" else f"model.width={width!r}: must be a whole factor >= 1")
     if s.block is BasicBlock:
         stride_in_3x3 = True
-    model = ResNet(s.block, list(s.layers), list(s.widths), num_classes, in_channels, s.stem,
+    # The stem widens with the stages (WRN keeps it at 16): the first stage's shortcuts then stay identities.
+    model = ResNet(s.block, list(s.layers), [w * width for w in s.widths], num_classes, in_channels, s.stem,
                    shortcut or s.shortcut, stride_in_3x3)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):

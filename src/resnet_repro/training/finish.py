@@ -59,7 +59,8 @@ def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict
            **_by_protocol(after), "before_precise_bn": _by_protocol(before)}
     head_split, head = (data.test_split, test) if test is not None else (cfg.data.val_split, after)
     single = _by_protocol(head)["single"]
-    results = {"model": cfg.model.name, "dataset": data.manifest.get("dataset"), "epochs": data.epochs,
+    results = {"model": cfg.model.name, **({"width": cfg.model.width} if cfg.model.width != 1 else {}),
+               "dataset": data.manifest.get("dataset"), "epochs": data.epochs,
                # The headline: the single centre view on the test split (on val where the data set has no test
                # split), as the seed and the data sets' benchmarks report; other protocols are extra entries.
                "top1_err": single["top1_err"], "top5_err": single["top5_err"],
@@ -140,10 +141,10 @@ def _write_results(run: Run, results: dict) -> None:
     from ..export import save_safetensors
 
     cfg, learner, classes = run.cfg, run.learner, run.data.manifest["classes"]
-    save_safetensors(learner.model, run.out / "model.safetensors", {"model": cfg.model.name, "classes": classes})
+    net = {"model": cfg.model.name, **({"width": cfg.model.width} if cfg.model.width != 1 else {}), "classes": classes}
+    save_safetensors(learner.model, run.out / "model.safetensors", net)
     if learner.ema is not None:
-        save_safetensors(learner.ema.module, run.out / "model_ema.safetensors",
-                         {"model": cfg.model.name, "classes": classes, "ema_decay": cfg.train.ema})
+        save_safetensors(learner.ema.module, run.out / "model_ema.safetensors", {**net, "ema_decay": cfg.train.ema})
     # Final weights (after precise BN).
     checkpoint.save_file(run.out / "final.pt", {**_model_file(run, run.data.epochs, 0),
                                                 **({"model_ema": learner.ema.module.state_dict()}

@@ -199,7 +199,7 @@ def build_learner(run: Run) -> Learner:
     memory_format = torch.channels_last if run.channels_last else torch.contiguous_format
     model = build_model(cfg.model.name, data.num_classes, cfg.model.in_channels or data.channels,
                         cfg.model.zero_init_residual, cfg.model.stride_in_3x3, bn_eps=cfg.model.bn_eps,
-                        init=cfg.model.init).to(device, memory_format=memory_format)
+                        init=cfg.model.init, width=cfg.model.width).to(device, memory_format=memory_format)
     bn_mode = f"per device ({cfg.data.batch_size} images)"
     if cfg.train.sync_bn and env.world > 1:
         if device.type != "cuda":
@@ -218,7 +218,8 @@ def build_learner(run: Run) -> Learner:
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     ema = EMA(model, cfg.train.ema, cfg.train.ema_warmup) if cfg.train.ema else None
-    run.log(f"model {cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters; device {device}, "
+    name = f"{cfg.model.name} x{cfg.model.width} wide" if cfg.model.width != 1 else cfg.model.name
+    run.log(f"model {name}: {sum(p.numel() for p in model.parameters()):,} parameters; device {device}, "
             f"precision {precision}, {env.world} process(es); global batch {global_batch} = {cfg.data.batch_size} "
             f"x {env.world}; peak lr {peak_lr:g} = {cfg.optim.lr:g} x {global_batch}/{cfg.optim.lr_batch} (linear "
             f"scaling rule); BN statistics {bn_mode}")
