@@ -160,9 +160,10 @@ def build_model(name: str, num_classes: int = 1000, in_channels: int = 3, zero_i
     if init not in INITS:
         raise ValueError(f"model.init={init!r} is not one of {', '.join(INITS)}")
     s = SPECS[name]
-    if width != 1 and (s.stem != "cifar" or not (isinstance(width, int) and width >= 1)):
-        raise ValueError(f"model.width={width!r}: a whole factor >= 1, for the CIFAR nets only ({name} is not one)"
-                         if s.stem != "cifar" else f"model.width={width!r}: must be a whole factor >= 1")
+    if width != 1 and s.stem != "cifar":
+        raise ValueError(f"model.width={width!r} widens the CIFAR nets only; {name} is not one")
+    if not (isinstance(width, int) and width >= 1):
+        raise ValueError(f"model.width={width!r}: must be a whole factor >= 1")
     if s.block is BasicBlock:
         stride_in_3x3 = True
     # The stem widens with the stages (WRN keeps it at 16): the first stage's shortcuts then stay identities.
