@@ -44,6 +44,19 @@ def test_synthetic_compute_phase_on_cpu():
     assert r["compute_tflops"] == pytest.approx(r["compute_images_per_s"] * r["train_flops_per_image"] / 1e12)
 
 
+def test_a_wide_cifar_net_is_benched_as_named(cli):
+    """--model names the net the config is checked for: model.width was refused against the default ResNet-50."""
+    code, out, err = cli("bench", "train", "--model", "resnet20", "--synthetic", "--device", "cpu", "--precision",
+                         "fp32", "--set", "model.width=2", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+                         "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["model"] == "resnet20" and r["width"] == 2
+    assert 3.9 < r["train_flops_per_image"] / 6 / 41e6 < 4.0  # about 4x ResNet-20's 41 M multiply-adds
+    code, _, err = cli("bench", "train", "--model", "resnet50", "--synthetic", "--set", "model.width=2")
+    assert code == 2 and "model.width" in err and "resnet50" in err
+
+
 def test_a_recipe_sets_what_the_command_line_leaves_open(cli, tmp_path):
     """With --config, the model, the batch (of the machine profile, pinned here so the test is the same on every
     CPU) and the input of the recipe's prepared data (grey-scale here) are what `train` would run; flags still win;

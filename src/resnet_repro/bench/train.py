@@ -128,20 +128,27 @@ def bench_train(opts: TrainOptions, log=print) -> dict:
     alike; the min-max over the rounds is printed and stored with it."""
     from . import machine
 
-    cfg = _bench_config(opts.config, list(opts.overrides or []), opts.data)
+    # --model first, the --set overrides after it: the config is checked for the net the bench builds (model.width
+    # is for the CIFAR nets, and the default model.name is ResNet-50).
+    from ..models.resnet import SPECS
+
+    named = [f"model.name={opts.model}"] if opts.model in SPECS else []  # an unknown one: refused by its name below
+    cfg = _bench_config(opts.config, named + list(opts.overrides or []), opts.data)
     opts = _with_recipe_sizes(opts, cfg)
     compile_mode = opts.compile_mode()
     if opts.decode is not None:
         cfg.data.decode = opts.decode
     bench = _Session(opts, cfg, compile_mode)
-    out = {"model": opts.model, "rounds": opts.rounds, "batch_size": opts.batch_size, "image_size": bench.size,
-           "in_channels": bench.channels,
+    wide = {"width": cfg.model.width} if cfg.model.width != 1 else {}
+    out = {"model": opts.model, **wide, "rounds": opts.rounds, "batch_size": opts.batch_size,
+           "image_size": bench.size, "in_channels": bench.channels,
            "precision": bench.precision, "compile": compile_mode is not None, "compile_mode": compile_mode,
            "channels_last": bench.channels_last, "device": str(bench.dev), "device_name": _device_name(bench.dev),
            "torch": torch.__version__, "steps": opts.steps, "warmup": opts.warmup,
            "train_flops_per_image": bench.flops_per_image, "machine": machine.describe(bench.hw)}
     log(machine.line(out["machine"]))
-    log(f"bench train {opts.model}: batch {opts.batch_size} at {bench.size}x{bench.size}, {bench.precision}, "
+    name = f"{opts.model} x{cfg.model.width} wide" if wide else opts.model
+    log(f"bench train {name}: batch {opts.batch_size} at {bench.size}x{bench.size}, {bench.precision}, "
         f"{f'compiled ({compile_mode})' if compile_mode else 'eager'}, "
         f"{'channels_last' if bench.channels_last else 'NCHW'}, {out['device_name']}; {opts.warmup} warm-up + "
         f"{opts.steps} timed steps")
