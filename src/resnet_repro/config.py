@@ -70,6 +70,11 @@ def _model_names() -> list[str]:
     return list(SPECS)
 
 
+def model_label(name: str, width: int = 1) -> str:
+    """How logs, `model`, `bench` and `report` name a net: "resnet20", or "resnet20 x2 wide" with model.width 2."""
+    return f"{name} x{width} wide" if width != 1 else name
+
+
 def _wide_names() -> list[str]:
     from .models.resnet import SPECS
 

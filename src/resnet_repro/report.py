@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from . import atomic
+from .config import model_label
 from .published import published_for, published_split
 from .report_inputs import ReportError, check_results, read_epochs, read_object
 
@@ -39,8 +40,7 @@ class Run:
     def model(self) -> str:
         """The net's name; a widened CIFAR net's says so, and so matches none of the paper's published rows."""
         name = (self.results or {}).get("model") or self.config.get("model", {}).get("name", "?")
-        width = self.config.get("model", {}).get("width", 1)
-        return f"{name} x{width} wide" if width != 1 else name
+        return model_label(name, self.config.get("model", {}).get("width", 1))
 
     @property
     def planned_epochs(self) -> int | None:

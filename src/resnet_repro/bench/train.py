@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..config import Config, choices
+from ..config import Config, choices, model_label
 from ..recipe import load_config
 from ..runtime import load_recipe
 from . import e2e
@@ -147,8 +147,7 @@ def bench_train(opts: TrainOptions, log=print) -> dict:
            "torch": torch.__version__, "steps": opts.steps, "warmup": opts.warmup,
            "train_flops_per_image": bench.flops_per_image, "machine": machine.describe(bench.hw)}
     log(machine.line(out["machine"]))
-    name = f"{opts.model} x{cfg.model.width} wide" if wide else opts.model
-    log(f"bench train {name}: batch {opts.batch_size} at {bench.size}x{bench.size}, {bench.precision}, "
+    log(f"bench train {model_label(opts.model, cfg.model.width)}: batch {opts.batch_size} at {bench.size}x{bench.size}, {bench.precision}, "
         f"{f'compiled ({compile_mode})' if compile_mode else 'eager'}, "
         f"{'channels_last' if bench.channels_last else 'NCHW'}, {out['device_name']}; {opts.warmup} warm-up + "
         f"{opts.steps} timed steps")

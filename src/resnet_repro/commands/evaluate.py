@@ -142,12 +142,13 @@ def default_split(manifest: dict) -> str:
 def _evaluate_on_ranks(trained: Trained, opts: EvalOptions, device: torch.device, env) -> dict:
     import torch
 
+    from ..data.shards.records import MANIFEST
     from ..data.shards.remote import is_url, load_manifest, open_reader
     from ..evaluate import eval_transform, evaluate_protocols, make_protocol
     from ..runtime import autocast_for, choose_channels_last
 
     root = opts.data or trained.cfg.data.path
-    if opts.data is None and not is_url(root) and not (Path(root) / "manifest.json").is_file():
+    if opts.data is None and not is_url(root) and not (Path(root) / MANIFEST).is_file():
         # Neither where the run's data.path led when it trained (load_trained reads it from there) nor the path as
         # given, read from here, holds the data: it was moved or deleted, or the run predates that record.
         was = f"{trained.data_folder}, " if trained.data_folder and trained.data_folder != str(root) else ""

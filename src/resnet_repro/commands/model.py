@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from .. import config
 from ..errors import UserError
 from .common import whole
 
@@ -44,7 +45,6 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(info))
     else:
-        name = f"{args.name} x{args.width} wide" if args.width != 1 else args.name
-        print(f"{name}: {params:,} parameters ({params / 1e6:.2f} M); {macs / 1e9:.3f} G multiply-adds at "
+        print(f"{config.model_label(args.name, args.width)}: {params:,} parameters ({params / 1e6:.2f} M); {macs / 1e9:.3f} G multiply-adds at "
               f"{args.in_channels}x{size}x{size}; output shape {tuple(shape)}")
     return 0

@@ -80,8 +80,7 @@ def load_trained(path, weights: str = "model", data: str | None = None) -> Train
                                          f"build ({e})") from None
     _load_weights(model, tensors, path, weights, cfg.model.name)
     recorded = state.get("data_folder")
-    if data is None and isinstance(recorded, str) and recorded != cfg.data.path and not is_url(recorded) \
-            and (Path(recorded) / MANIFEST).is_file():
+    if data is None and isinstance(recorded, str) and not is_url(recorded) and (Path(recorded) / MANIFEST).is_file():
         # The data the run trained on, wherever this is run from (a relative data.path is read from the folder
         # training ran in); data.path as given where that folder has gone (data.path may move, as on resume).
         cfg.data.path = recorded

@@ -127,13 +127,13 @@ def verify(root: str | Path, workers: int = 0, decode: bool = True, progress: bo
         shard_counts = [r[1] for r in results[i:i + len(split["shards"])]]
         i += len(split["shards"])
         # A shard whose index could not be read (named above) leaves its split's class totals unknown, not wrong.
-        unread = any(c is None for c in shard_counts)
-        counts = np.sum(shard_counts, axis=0) if shard_counts and not unread else np.zeros(num_classes, np.int64)
-        listed = np.zeros(num_classes, np.int64)
-        listed[:len(split.get("counts_per_class", []))] = split.get("counts_per_class", [])[:num_classes]
-        if "counts_per_class" in split and not unread and not np.array_equal(counts, listed):
-            problems.append(f"{root / records.MANIFEST}: split {name!r}: per-class counts in the manifest differ "
-                            f"from the shards' indexes")
+        if "counts_per_class" in split and not any(c is None for c in shard_counts):
+            counts = np.sum(shard_counts, axis=0) if shard_counts else np.zeros(num_classes, np.int64)
+            listed = np.zeros(num_classes, np.int64)
+            listed[:len(split["counts_per_class"])] = split["counts_per_class"][:num_classes]
+            if not np.array_equal(counts, listed):
+                problems.append(f"{root / records.MANIFEST}: split {name!r}: per-class counts in the manifest differ "
+                                f"from the shards' indexes")
         if sum(e["count"] for e in split["shards"]) != split["count"]:
             problems.append(f"{root / records.MANIFEST}: split {name!r}: count {split['count']} is not the sum "
                             "of its shards' counts")
