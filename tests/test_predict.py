@@ -112,3 +112,81 @@ def test_tiff_sizes_are_read_from_the_header_and_a_huge_one_is_refused(trained, 
                 predict(trained, [path])
     assert tiff_size(b"II*\0" + b"\xff" * 12) is None  # a directory offset past the end
     assert tiff_size(b"not a tiff at all") is None
+
+
+def test_a_folder_is_the_image_files_under_it_in_order(trained, tmp_path, cli):
+    from resnet_repro.predict import image_files
+
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "photos"
+    (folder / "b" / "deeper").mkdir(parents=True)
+    (folder / ".cache").mkdir()
+    names = ["a.png", "b/c.PNG", "b/deeper/d.jpg", "e.bmp"]
+    for name in names:
+        cv2.imwrite(str(folder / name), rng.integers(0, 256, (16, 16), dtype=np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "._a.png").write_bytes(b"macOS resource fork")  # skipped: hidden
+    cv2.imwrite(str(folder / ".cache" / "x.png"), np.zeros((16, 16), np.uint8))  # skipped: under a hidden folder
+    assert image_files([folder]) == [folder / n for n in names]
+    assert image_files([folder / "notes.txt", folder / "e.bmp"]) == [folder / "notes.txt", folder / "e.bmp"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PredictError, match="empty: a folder with no image files"):
+        image_files([tmp_path / "empty"])
+
+    code, out, err = cli("predict", "--checkpoint", tmp_path / "final.pt", folder, "--json")  # the fixture's file
+    assert code == 0, err
+    got = json.loads(out)
+    assert [g["image"] for g in got] == [str(folder / n) for n in names]
+    for g, name in zip(got, names):
+        img = cv2.imread(str(folder / name), cv2.IMREAD_GRAYSCALE)
+        want = softmax_of(trained.model, img)
+        assert g["top"][0]["name"] == NAMES[int(np.argmax(want))]
+
+
+def test_images_are_read_and_scored_a_chunk_at_a_time_with_the_same_results(trained, tmp_path, monkeypatch):
+    import resnet_repro.predict as pr
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), rng.integers(0, 256, (16, 16), dtype=np.uint8))
+    whole = predict(trained, paths, topk=4)
+    sizes, score = [], pr.score_images
+    monkeypatch.setattr(pr, "score_images", lambda model, images, *a, **k: sizes.append(len(images)) or
+                        score(model, images, *a, **k))
+    monkeypatch.setattr(pr, "CHUNK_IMAGES", 2)
+    chunked = predict(trained, paths, topk=4)
+    assert sizes == [2, 2, 1]
+    assert [p["image"] for p in chunked] == [str(p) for p in paths]
+    for a, b in zip(whole, chunked):
+        assert [t["name"] for t in a["top"]] == [t["name"] for t in b["top"]]
+        np.testing.assert_allclose([t["prob"] for t in a["top"]], [t["prob"] for t in b["top"]], rtol=1e-5)
+    sizes.clear()
+    monkeypatch.setattr(pr, "CHUNK_BYTES", 16 * 16 * 3)  # three decoded 16x16 images fill a chunk
+    monkeypatch.setattr(pr, "CHUNK_IMAGES", 64)
+    predict(trained, paths)
+    assert sizes == [3, 2]
+
+
+def test_an_unreadable_file_among_many_is_named_and_the_rest_are_scored(trained, tmp_path, cli):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("a.png", "c.png"):
+        cv2.imwrite(str(folder / name), np.full((16, 16), 90, np.uint8))
+    (folder / "b.png").write_bytes(b"not an image")
+    ck = tmp_path / "final.pt"
+    code, out, err = cli("predict", "--checkpoint", ck, folder)
+    assert code == 2
+    assert [line for line in out.splitlines() if line.endswith(":")] == [f"{folder / 'a.png'}:",
+                                                                          f"{folder / 'c.png'}:"]
+    lines = err.splitlines()
+    assert lines[0] == f"not scored: {folder / 'b.png'}: not an image OpenCV can decode (JPEG, PNG, BMP, TIFF, " \
+                       "WebP ...)"
+    assert lines[1].startswith("error: 1 of 3 images not scored") and "the other 2 were scored" in lines[1]
+    assert len(lines) == 2
+    code, out, err = cli("predict", "--checkpoint", ck, folder, "--json")
+    assert code == 2
+    got = json.loads(out)
+    assert [g["image"] for g in got] == [str(folder / n) for n in ("a.png", "b.png", "c.png")]
+    assert "top" in got[0] and "top" in got[2] and got[1]["error"].startswith("not an image")
