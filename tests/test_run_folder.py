@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import (REPO, TIMING, png, texture_images, tiny_run_recipe, write_fashion_mnist_src,
                       write_image_dataset)
@@ -482,6 +483,28 @@ def test_report_on_a_damaged_config_and_on_a_run_stopped_before_its_first_epoch(
     code, _, err = cli("report", early, "--quiet")
     one_line(code, err, early / "metrics.jsonl", "stopped before its first epoch", "--resume auto")
     assert "is " + str(early) + " a run folder" not in err
+
+
+def test_report_names_the_data_set_of_an_unfinished_run_whose_data_path_leads_nowhere_from_here(finished, data,
+                                                                                            tmp_path, cli):
+    """run.json records the data set and its folder when the run starts: before results.json exists, report
+    names the data set though the run's relative data.path finds nothing from where report runs."""
+    import shutil
+
+    record = json.loads((finished / "run.json").read_text())
+    assert record["dataset"] == "synthetic-textures" and record["data_folder"] == str(data.resolve())
+    run = tmp_path / "unfinished"
+    shutil.copytree(finished, run, ignore=shutil.ignore_patterns("results.json", "final.pt*", "report"))
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"]["path"] = "data/relative_to_where_training_ran"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    code, out, err = cli("report", run)
+    assert code == 0, err
+    assert "on synthetic-textures" in (run / "report" / "report.md").read_text()
+    (run / "run.json").write_text(json.dumps({"run_id": record["run_id"]}) + "\n")  # a run from before
+    code, out, err = cli("report", run)
+    assert code == 0, err
+    assert "on unknown data" in (run / "report" / "report.md").read_text()
 
 
 def test_a_checkpoint_copied_without_its_checksum_says_what_to_do(finished, tmp_path, cli):

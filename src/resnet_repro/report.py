@@ -75,11 +75,21 @@ def load_run(root: str | Path) -> Run:
             setattr(run, name, read_object(f))
     if run.results is not None:
         check_results(run.results, root / "results.json")
-    run.dataset = (run.results or {}).get("dataset") or _dataset_from_manifest(run)
+    run.dataset = (run.results or {}).get("dataset") or _dataset_from_record(run) or _dataset_from_manifest(run)
     return run
 
 
+def _dataset_from_record(run: Run) -> str | None:
+    """run.json's data set name (runs since 2026-12-05 record it when they start)."""
+    try:
+        name = json.loads((run.root / "run.json").read_text()).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
 def _dataset_from_manifest(run: Run) -> str | None:
+    """An older run's: the manifest its data.path leads to, from here or from the run folder."""
     data = run.config.get("data", {}).get("path")
     for base in ([Path(data)] if data and Path(data).is_absolute() else [Path.cwd() / str(data), run.root / str(data)]):
         try:

@@ -42,7 +42,11 @@ def start_or_resume(run: Run, resume: str | None, held: contextlib.ExitStack, fo
     state.run_id = state.run_id or folder["new_id"]
     if env.is_main:
         if folder["run_id"] != state.run_id:
-            checkpoint.write_atomic(out / "run.json", (json.dumps({"run_id": state.run_id}) + "\n").encode())
+            # The run's id (run_folder.py), and what it trains on: `report` names the data set from here while no
+            # results.json exists yet, wherever it is run from (data.path may be relative to another folder).
+            record = {"run_id": state.run_id, "dataset": run.data.manifest.get("dataset"),
+                      "data_folder": _absolute(run.cfg.data.path)}
+            checkpoint.write_atomic(out / "run.json", (json.dumps(record) + "\n").encode())
         save_config(run.cfg, out / "config.yaml", chosen_on=run.chosen_on)
         if run.overrides or run.changes:
             # At the step it takes effect, in the run's record (report and the resume logic skip "event" lines).
