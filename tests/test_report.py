@@ -49,6 +49,8 @@ def test_imagenet_run_sits_next_to_the_published_resnet50_figures(tmp_path):
         assert any(who in line and f"| {e1} |" in line for line in md.splitlines()), who
     assert "| ILSVRC-2012 val | 10-crop | 22.90 |" in md
     assert "30.43" not in md  # ResNet-18's row belongs to another model
+    # ImageNet has no test split: its val is the headline's split, not one where choices were made.
+    assert "compared on the val split (the split the headline is scored on)" in md and "test split once" not in md
 
 
 def test_each_data_set_gets_its_own_published_rows():
@@ -94,6 +96,7 @@ def test_the_headline_is_the_single_view_on_test_and_every_other_row_says_its_sp
     assert "**headline: top-1 / top-5 error 5.14% / 0.10% on the test split (10000 images), single centre view**" in md
     published = [line for line in md.splitlines() if "zalandoresearch" in line]
     assert published and all("| official test |" in line for line in published)
+    assert "compared on the val split (choices are made there; training scored the test split once)" in md
 
 
 def test_a_results_file_from_before_the_test_split_is_labelled_as_val(tmp_path):

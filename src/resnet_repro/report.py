@@ -378,10 +378,13 @@ def report_markdown(run: Run, png_name: str = "curves.png") -> str:
         lines += ["", "The Fashion-MNIST rows are the data set's README benchmark (other models and training recipes):"
                   " context for the error level, not a like-for-like comparison."]
     if not run.evaluation:
-        lines += ["", f"More test protocols, compared on the val split (choices are made there; training scored the "
-                  f"test split once): `resnet-repro evaluate --checkpoint {run.root}/final.pt --split val --protocol "
-                  f"single --protocol flip --protocol 10crop --protocol multiscale --out {run.root}/evaluation.json`, "
-                  "then report again."]
+        # With a test split, val is where choices are made; without one (ImageNet: ILSVRC val is the published
+        # protocol), val is the headline's own split.
+        why = ("choices are made there; training scored the test split once" if "test" in (run.results or {})
+               else "the split the headline is scored on" if run.results else "the split training evaluates")
+        lines += ["", f"More test protocols, compared on the val split ({why}): `resnet-repro evaluate "
+                  f"--checkpoint {run.root}/final.pt --split val --protocol single --protocol flip --protocol 10crop "
+                  f"--protocol multiscale --out {run.root}/evaluation.json`, then report again."]
     return "\n".join(lines) + "\n"
 
 
