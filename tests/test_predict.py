@@ -132,6 +132,9 @@ def test_a_folder_is_the_image_files_under_it_in_order(trained, tmp_path, cli):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PredictError, match="empty: a folder with no image files"):
         image_files([tmp_path / "empty"])
+    (tmp_path / "empty" / "manifest.json").write_text("{}")  # a prepared data folder: evaluate scores it
+    with pytest.raises(PredictError, match="empty: a prepared data folder .* resnet-repro evaluate"):
+        image_files([tmp_path / "empty"])
 
     code, out, err = cli("predict", "--checkpoint", tmp_path / "final.pt", folder, "--json")  # the fixture's file
     assert code == 0, err

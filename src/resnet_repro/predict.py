@@ -68,6 +68,9 @@ def image_files(paths: list[str | Path]) -> list[Path]:
             continue
         found = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
                        and not any(part.startswith(".") for part in f.relative_to(path).parts))
+        if not found and (path / "manifest.json").is_file():
+            raise PredictError(f"{path}: a prepared data folder (image shards), not image files: score its splits "
+                               f"with resnet-repro evaluate --checkpoint CK --data {path} --split NAME")
         if not found:
             raise PredictError(f"{path}: a folder with no image files under it ({', '.join(IMAGE_SUFFIXES)})")
         files.extend(found)
