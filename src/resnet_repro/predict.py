@@ -140,9 +140,6 @@ def predict(trained: Trained, paths: list[str | Path], topk: int = 5, protocol: 
 def format_predictions(predictions: list[dict]) -> str:
     lines = []
     for pred in predictions:
-        if "error" in pred:
-            lines.append(f"{pred['image']}: not scored: {pred['error']}")
-            continue
         lines.append(f"{pred['image']}:")
         for rank, t in enumerate(pred["top"], start=1):
             label = t["name"] if t["name"] == t["class"] else f"{t['name']} ({t['class']})"
