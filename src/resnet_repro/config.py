@@ -75,10 +75,16 @@ def model_label(name: str, width: int = 1) -> str:
     return f"{name} x{width} wide" if width != 1 else name
 
 
-def _wide_names() -> list[str]:
-    from .models.resnet import SPECS
+def model_entry(name: str, width: int = 1) -> dict:
+    """How results.json, safetensors metadata, `model --json` and `bench` record a net: {"model"}, with "width"
+    only where it is not 1 (so a paper net's record reads as it did before model.width)."""
+    return {"model": name, **({"width": width} if width != 1 else {})}
 
-    return [name for name, spec in SPECS.items() if spec.stem == "cifar"]
+
+def _wide_names() -> list[str]:
+    from .models.resnet import wide_names  # on first validation, as _model_names
+
+    return wide_names()
 
 
 @dataclass

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..config import Config, choices, model_label
+from ..config import Config, choices, model_entry, model_label
 from ..recipe import load_config
 from ..runtime import load_recipe
 from . import e2e
@@ -139,15 +139,15 @@ def bench_train(opts: TrainOptions, log=print) -> dict:
     if opts.decode is not None:
         cfg.data.decode = opts.decode
     bench = _Session(opts, cfg, compile_mode)
-    wide = {"width": cfg.model.width} if cfg.model.width != 1 else {}
-    out = {"model": opts.model, **wide, "rounds": opts.rounds, "batch_size": opts.batch_size,
+    out = {**model_entry(opts.model, cfg.model.width), "rounds": opts.rounds, "batch_size": opts.batch_size,
            "image_size": bench.size, "in_channels": bench.channels,
            "precision": bench.precision, "compile": compile_mode is not None, "compile_mode": compile_mode,
            "channels_last": bench.channels_last, "device": str(bench.dev), "device_name": _device_name(bench.dev),
            "torch": torch.__version__, "steps": opts.steps, "warmup": opts.warmup,
            "train_flops_per_image": bench.flops_per_image, "machine": machine.describe(bench.hw)}
     log(machine.line(out["machine"]))
-    log(f"bench train {model_label(opts.model, cfg.model.width)}: batch {opts.batch_size} at {bench.size}x{bench.size}, {bench.precision}, "
+    log(f"bench train {model_label(opts.model, cfg.model.width)}: batch {opts.batch_size} at "
+        f"{bench.size}x{bench.size}, {bench.precision}, "
         f"{f'compiled ({compile_mode})' if compile_mode else 'eager'}, "
         f"{'channels_last' if bench.channels_last else 'NCHW'}, {out['device_name']}; {opts.warmup} warm-up + "
         f"{opts.steps} timed steps")

@@ -22,12 +22,12 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    from ..models.resnet import SPECS, build_model, count_macs
+    from ..models.resnet import SPECS, build_model, count_macs, wide_names
 
     spec = SPECS.get(args.name)
     if spec is None:
         raise UserError(f"unknown model {args.name!r}; known: {', '.join(SPECS)}")
-    if args.width != 1 and spec.stem != "cifar":
+    if args.width != 1 and args.name not in wide_names():
         raise UserError(f"--width {args.width}: widens the CIFAR nets only; {args.name} has no width factor")
     classes = args.num_classes or (1000 if spec.stem == "imagenet" else 10)
     size = args.input_size or spec.input_size
@@ -39,12 +39,11 @@ def run(args) -> int:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UserError(f"model {args.name} with {classes:,} classes at {args.in_channels}x{size}x{size} does not "
                         f"fit in memory here ({first}); give a smaller --input-size / --num-classes") from None
-    wide = {"width": args.width} if args.width != 1 else {}
-    info = {"model": args.name, **wide, "parameters": params, "macs": macs, "input": [1, args.in_channels, size, size],
-            "output": list(shape)}
+    info = {**config.model_entry(args.name, args.width), "parameters": params, "macs": macs,
+            "input": [1, args.in_channels, size, size], "output": list(shape)}
     if args.json:
         print(json.dumps(info))
     else:
-        print(f"{config.model_label(args.name, args.width)}: {params:,} parameters ({params / 1e6:.2f} M); {macs / 1e9:.3f} G multiply-adds at "
-              f"{args.in_channels}x{size}x{size}; output shape {tuple(shape)}")
+        print(f"{config.model_label(args.name, args.width)}: {params:,} parameters ({params / 1e6:.2f} M); "
+              f"{macs / 1e9:.3f} G multiply-adds at {args.in_channels}x{size}x{size}; output shape {tuple(shape)}")
     return 0

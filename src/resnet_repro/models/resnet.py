@@ -143,6 +143,11 @@ def model_names() -> list[str]:
     return list(SPECS)
 
 
+def wide_names() -> list[str]:
+    """The nets `width` (model.width) applies to: the CIFAR ones."""
+    return [name for name, spec in SPECS.items() if spec.stem == "cifar"]
+
+
 def build_model(name: str, num_classes: int = 1000, in_channels: int = 3, zero_init_residual: bool = False,
                 stride_in_3x3: bool = False, shortcut: str | None = None, bn_eps: float = 1e-5,
                 init: str = "he", width: int = 1) -> ResNet:
@@ -160,7 +165,7 @@ def build_model(name: str, num_classes: int = 1000, in_channels: int = 3, zero_i
     if init not in INITS:
         raise ValueError(f"model.init={init!r} is not one of {', '.join(INITS)}")
     s = SPECS[name]
-    if width != 1 and s.stem != "cifar":
+    if width != 1 and name not in wide_names():
         raise ValueError(f"model.width={width!r} widens the CIFAR nets only; {name} is not one")
     if not (isinstance(width, int) and width >= 1):
         raise ValueError(f"model.width={width!r}: must be a whole factor >= 1")

@@ -10,6 +10,7 @@ import time
 import torch.nn as nn
 
 from .. import __version__, checkpoint, dist
+from ..config import model_entry
 from ..data.loading.loader import BatchDataset
 from ..data.shards.remote import open_reader
 from ..evaluate import evaluate
@@ -59,8 +60,8 @@ def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict
            **_by_protocol(after), "before_precise_bn": _by_protocol(before)}
     head_split, head = (data.test_split, test) if test is not None else (cfg.data.val_split, after)
     single = _by_protocol(head)["single"]
-    results = {"model": cfg.model.name, **({"width": cfg.model.width} if cfg.model.width != 1 else {}),
-               "dataset": data.manifest.get("dataset"), "epochs": data.epochs,
+    results = {**model_entry(cfg.model.name, cfg.model.width), "dataset": data.manifest.get("dataset"),
+               "epochs": data.epochs,
                # The headline: the single centre view on the test split (on val where the data set has no test
                # split), as the seed and the data sets' benchmarks report; other protocols are extra entries.
                "top1_err": single["top1_err"], "top5_err": single["top5_err"],
@@ -141,7 +142,7 @@ def _write_results(run: Run, results: dict) -> None:
     from ..export import save_safetensors
 
     cfg, learner, classes = run.cfg, run.learner, run.data.manifest["classes"]
-    net = {"model": cfg.model.name, **({"width": cfg.model.width} if cfg.model.width != 1 else {}), "classes": classes}
+    net = {**model_entry(cfg.model.name, cfg.model.width), "classes": classes}
     save_safetensors(learner.model, run.out / "model.safetensors", net)
     if learner.ema is not None:
         save_safetensors(learner.ema.module, run.out / "model_ema.safetensors", {**net, "ema_decay": cfg.train.ema})

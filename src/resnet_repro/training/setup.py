@@ -218,7 +218,8 @@ def build_learner(run: Run) -> Learner:
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     ema = EMA(model, cfg.train.ema, cfg.train.ema_warmup) if cfg.train.ema else None
-    run.log(f"model {model_label(cfg.model.name, cfg.model.width)}: {sum(p.numel() for p in model.parameters()):,} parameters; device {device}, "
+    run.log(f"model {model_label(cfg.model.name, cfg.model.width)}: {sum(p.numel() for p in model.parameters()):,} "
+            f"parameters; device {device}, "
             f"precision {precision}, {env.world} process(es); global batch {global_batch} = {cfg.data.batch_size} "
             f"x {env.world}; peak lr {peak_lr:g} = {cfg.optim.lr:g} x {global_batch}/{cfg.optim.lr_batch} (linear "
             f"scaling rule); BN statistics {bn_mode}")
