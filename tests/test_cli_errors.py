@@ -108,6 +108,33 @@ def test_exit_code_of_the_real_command(tmp_path):
     assert proc.returncode == 2 and str(missing) in proc.stderr and "Traceback" not in proc.stderr
 
 
+
+@pytest.mark.parametrize("argv", [["model", "resnet20", "--json"], ["model", "resnet50"]])
+def test_a_reader_that_went_away_ends_the_command_quietly(tmp_path, argv):
+    # `resnet-repro predict DIR | head`: head exits and the next write meets a closed pipe. Made deterministic by
+    # closing the reading end before the command starts.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "resnet_repro", *argv], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr  # 128 + SIGPIPE, as `cat` reports it
+    assert proc.stderr == ""  # no traceback, no "Exception ignored" from the flush at exit
+
+
+def test_a_broken_pipe_of_our_own_is_not_taken_for_the_readers(cli, monkeypatch):
+    # A loader worker's pipe breaking is a fault to show, even though it is the same exception type.
+    from resnet_repro.commands import model
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(model, "run", broken)
+    with pytest.raises(BrokenPipeError):
+        cli("model", "resnet20")
+
 @pytest.mark.parametrize("item,shown", [("optim.lr=-1", "-1.0"), ("optim.lr_batch=0", "0"),
                                         ("optim.momentum=-1", "-1.0"), ("optim.label_smoothing=2", "2.0"),
                                         ("train.log_interval=0", "0"), ("train.eval_every=0", "0"),
