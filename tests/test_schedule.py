@@ -121,3 +121,29 @@ def test_what_a_short_run_never_reaches_is_warned_about():
     cosine = ScheduleConfig(kind="cosine", milestones=[30], unit="step")  # milestones mean nothing to a cosine
     assert schedule_warnings(cosine, 100) == []
     assert "peak_epoch" in schedule_warnings(ScheduleConfig(kind="onecycle", peak_epoch=10), 8)[0]
+
+
+def test_the_eta_counts_the_pixels_ahead_under_progressive_resizing():
+    # The log's ETA is measured on the current crop side; the steps ahead at a larger side cost more per step.
+    import dataclasses
+    import types
+
+    from resnet_repro.training.state import Data
+
+    def data(cfg, epochs, steps, total=None):
+        fields = {f.name: None for f in dataclasses.fields(Data) if f.default is dataclasses.MISSING}
+        fields.update(cfg=cfg, train_reader=types.SimpleNamespace(manifest={"image": {"height": 28}}),
+                      steps_per_epoch=steps, epochs=epochs, total_steps=total or epochs * steps)
+        return Data(**fields)
+
+    ramp = DataConfig(image_size=28, image_size_start=16, resize_start_epoch=1, resize_end_epoch=3)  # 16 16 20/24 28
+    d = data(ramp, epochs=5, steps=10)
+    sides = [train_image_size(ramp, e, 28) for e in range(5)]
+    assert sides[0] == 16 and sides[-1] == 28
+    # From step 4 of epoch 0, measured at 16 px: 6 steps at 16 and 10 of each later epoch by its pixels.
+    expected = 6 + sum(10 * (s / 16) ** 2 for s in sides[1:])
+    assert d.work_left(0, 4, 16) == pytest.approx(expected)
+    assert d.work_left(0, 4, 16) > 2 * (50 - 4)  # counting steps alone would promise less than half of it
+    assert d.work_left(4, 3, 28) == pytest.approx(7)  # at full size, steps are steps
+    fixed = data(DataConfig(image_size=0), epochs=3, steps=10, total=25)  # train.max_steps cuts the last epoch
+    assert fixed.work_left(1, 2, 28) == pytest.approx(8 + 5)

@@ -161,7 +161,7 @@ def _log_step(run: Run, tally: EpochTally, epoch: int, epoch_steps: int, loss: f
     now = time.time()
     rate = tally.seen_log * run.env.world / (now - tally.t_log)
     done = epoch * data.steps_per_epoch + step
-    eta = (data.total_steps - done) * data.global_batch / rate
+    eta = data.work_left(epoch, step, tally.size) * data.global_batch / rate
     if run.tb is not None:
         run.tb.add_scalar("train/loss_step", loss, done)
         run.tb.add_scalar("train/lr", lr, done)
