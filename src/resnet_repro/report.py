@@ -3,8 +3,8 @@
 Reads only what the run wrote (metrics.jsonl, the record; config.yaml; results.json when the run finished;
 evaluation.json from ``resnet-repro evaluate --out RUN_DIR/evaluation.json`` when present) and draws:
 
-* curves.png: top-1 error and loss per epoch, train and val, with the learning rate on a second axis, and
-  training throughput (img/s) with the share of time spent waiting for data;
+* curves.png (drawn in report_plots.py): top-1 error and loss per epoch, train and val, with the learning rate on
+  a second axis, and training throughput (img/s) with the share of time spent waiting for data;
 * report.md: the run's figures in a table next to published ones for the same model and data set (the
   ResNet paper, the reference recipe, fb.resnet.torch, torchvision ...: published.py; docs/REFERENCE.md lists
   the sources), with the test protocol and epochs of each.
@@ -12,7 +12,6 @@ evaluation.json from ``resnet-repro evaluate --out RUN_DIR/evaluation.json`` whe
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from . import atomic
 from .config import model_label
 from .published import published_for, published_split
 from .report_inputs import ReportError, check_results, read_epochs, read_object
+from .report_plots import plot_curves
 
 
 # --- The run -------------------------------------------------------------------------------------------
@@ -97,135 +97,6 @@ def _dataset_from_manifest(run: Run) -> str | None:
         except (OSError, ValueError):
             continue
     return None
-
-
-# --- Plots ---------------------------------------------------------------------------------------------
-
-def _series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
-    pts = [(m["epoch"], m[key]) for m in metrics if isinstance(m.get(key), (int, float)) and math.isfinite(m[key])]
-    return [p[0] for p in pts], [p[1] for p in pts]
-
-
-def plot_curves(run: Run, path: Path) -> Path:
-    """Three stacked panels over epochs: top-1 error, loss (both with the LR), throughput."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ReportError("plots need matplotlib: pip install 'resnet-repro[report]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
-
-    m = run.metrics
-    fig, axes = plt.subplots(3, 1, figsize=(9, 10.5), sharex=True, height_ratios=[1.25, 1, 0.8])
-    done, planned = m[-1]["epoch"], run.planned_epochs
-    title = f"{run.model} on {run.dataset or 'unknown data'}: {done}" + (f" of {planned}" if planned else "") + " epochs"
-    if run.results:
-        head = run.results.get("headline", {"split": "val"})
-        title += f"; top-1 error {run.results['top1_err']:.2f}% ({head['split']}, single view)"
-    fig.suptitle(title, fontsize=13, fontweight="bold")
-    lr_x, lr_y = _series(m, "lr")
-    step_schedule = run.config.get("schedule", {}).get("kind", "step") in ("step", "multistep")
-
-    def add_lr(ax):
-        # The LR logged for epoch e is the LR at its last step: for a step schedule the LR of all of (e - 1, e].
-        twin = ax.twinx()
-        if not lr_x:  # an epoch line without "lr" (hand-made or older): the curves still draw, without it
-            return twin
-        if step_schedule:
-            twin.step([lr_x[0] - 1] + lr_x, [lr_y[0]] + lr_y, where="pre", color="0.55", lw=1.3, ls="--",
-                      label="learning rate (right axis)")
-        else:  # a smooth schedule: the logged end-of-epoch values joined up
-            twin.plot(lr_x, lr_y, color="0.55", lw=1.3, ls="--", label="learning rate (right axis)")
-        twin.set_ylabel("learning rate", color="0.4")
-        twin.tick_params(axis="y", colors="0.4", which="both")
-        positive = [v for v in lr_y if v > 0]
-        if step_schedule and len(positive) == len(lr_y) and max(lr_y) / min(lr_y) > 20:
-            twin.set_yscale("log")  # each /10 drop of a step schedule is an equal step, the last ones visible
-        else:
-            twin.set_ylim(0, max(lr_y) * 1.08)
-        return twin
-
-    ax = axes[0]
-    x, y = _series(m, "train_top1_err")
-    ax.plot(x, y, color="tab:blue", lw=1.8, label="train (augmented, running)")
-    x, y = _series(m, "val_top1_err")
-    ax.plot(x, y, color="tab:orange", lw=1.8, marker="o", ms=3, label="val")
-    x, y = _series(m, "ema_val_top1_err")
-    if x:
-        ax.plot(x, y, color="tab:green", lw=1.5, marker="o", ms=2.5, label="val, EMA weights")
-    if run.results:
-        # The final figure of the curve's own split and protocol (the val pass), next to it.
-        final = _final_val(run.results, run.config)
-        ax.plot([done], [final], marker="*", ms=14, color="tab:red", ls="none",
-                label=f"final val, precise BN: {final:.2f}%")
-    # Errors fall by an order of magnitude; a log axis keeps the end of training readable.
-    errs = [v for k in ("train_top1_err", "val_top1_err") for v in _series(m, k)[1] if v > 0]
-    if errs and max(errs) / min(errs) > 4:
-        ax.set_yscale("log")
-        lo, hi = min(errs) / 1.1, max(errs) * 1.1
-        ax.set_ylim(lo, hi)
-        ticks = [t * 10 ** k for k in range(-2, 3) for t in (1, 1.5, 2, 3, 5, 7)]
-        ax.yaxis.set_major_locator(FixedLocator([t for t in ticks if lo <= t <= hi]))
-        ax.yaxis.set_minor_locator(NullLocator())
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_ylabel("top-1 error (%)")
-    ax.grid(True, which="both", alpha=0.3)
-    twin = add_lr(ax)
-    _legend(ax, twin)
-
-    ax = axes[1]
-    x, y = _series(m, "train_loss")
-    ax.plot(x, y, color="tab:blue", lw=1.8, label="train")
-    x, y = _series(m, "val_loss")
-    ax.plot(x, y, color="tab:orange", lw=1.8, marker="o", ms=3, label="val")
-    ls = run.config.get("optim", {}).get("label_smoothing")
-    ax.set_ylabel("cross-entropy loss" + (f"\n(train with label smoothing {ls:g})" if ls else ""))
-    ax.grid(True, alpha=0.3)
-    twin = add_lr(ax)
-    _legend(ax, twin)
-
-    ax = axes[2]
-    x, y = _series(m, "images_per_s")
-    ax.plot(x, y, color="tab:purple", lw=1.8, marker="o", ms=3, label="training img/s (incl. data wait)")
-    ax.set_ylim(0, max(y) * 1.15 if y else 1)
-    ax.set_ylabel("images / s")
-    ax.grid(True, alpha=0.3)
-    twin = ax.twinx()
-    x, y = _series(m, "data_wait_fraction")
-    twin.plot(x, [100 * v for v in y], color="0.55", lw=1.2, ls="--", label="waiting for data (right axis)")
-    twin.set_ylim(0, max(100 * max(y) * 1.3, 10) if y else 10)
-    twin.set_ylabel("waiting for data (%)", color="0.4")
-    twin.tick_params(axis="y", colors="0.4")
-    _legend(ax, twin, loc="lower right")
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlim(0, max(done, planned or 0) + 0.5)
-    fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic.replacing(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")  # the format named: the temp name's suffix is not .png
-    finally:
-        plt.close(fig)
-    return path
-
-
-def _final_val(res: dict, config: dict) -> float:
-    """The final val error in the protocol of the per-epoch val curve (train.eval_protocol)."""
-    if "val" not in res:
-        return res["top1_err"]  # results.json from before the test split was scored separately: a val figure
-    protocol = config.get("train", {}).get("eval_protocol", "single")
-    return res["val"].get(protocol, res["val"]["single"])["top1_err"]
-
-
-def _legend(ax, twin, loc="upper right"):
-    handles, labels = [], []
-    for a in (ax, twin):
-        h, lab = a.get_legend_handles_labels()
-        handles += h
-        labels += lab
-    ax.legend(handles, labels, loc=loc, fontsize=9, framealpha=0.9)
 
 
 # --- Tables --------------------------------------------------------------------------------------------

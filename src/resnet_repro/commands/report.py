@@ -1,4 +1,5 @@
-"""`resnet-repro report RUN_DIR`: curves and a table next to the published figures, from a run folder."""
+"""`resnet-repro report RUN_DIR`: curves and a table next to the published figures, from a run folder; with
+several run folders and --out, the runs side by side and their spread over seeds (compare.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,14 +9,18 @@ from .common import check_writable_folder
 
 
 def add(sub) -> None:
-    r = sub.add_parser("report", help="plots and a table next to published results, from a run folder")
-    r.add_argument("run_dir", metavar="RUN_DIR")
-    r.add_argument("--out", help="output folder (default RUN_DIR/report)")
+    r = sub.add_parser("report", help="plots and a table next to published results, from a run folder; several "
+                                      "run folders side by side, with their mean and spread over seeds")
+    r.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
+    r.add_argument("--out", help="output folder (default RUN_DIR/report; with several runs, required)")
     r.add_argument("--quiet", action="store_true", help="do not print the Markdown report")
     r.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if len(args.run_dirs) > 1:
+        return _compare(args)
+    args.run_dir = args.run_dirs[0]
     from ..report import ReportError, write_report
 
     # The default folder too: a run folder on a read-only disk, or a file named `report` in it, must be one line
@@ -28,6 +33,27 @@ def run(args) -> int:
         check_writable_folder(out, what)
     try:
         paths = write_report(args.run_dir, args.out)
+    except ReportError as e:
+        raise UserError(str(e)) from None
+    if not args.quiet:
+        print(Path(paths["markdown"]).read_text())
+    print(f"wrote {paths['png']} and {paths['markdown']}")
+    return 0
+
+
+def _compare(args) -> int:
+    from ..compare import write_comparison
+    from ..report import ReportError
+
+    if not args.out:
+        raise UserError(f"{len(args.run_dirs)} run folders: name the folder for their comparison with --out "
+                        "(it gets curves.png and compare.md)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {args.out} is a file; report writes a folder (curves.png, compare.md)")
+    check_writable_folder(out, f"--out {args.out}")
+    try:
+        paths = write_comparison(args.run_dirs, out)
     except ReportError as e:
         raise UserError(str(e)) from None
     if not args.quiet:
