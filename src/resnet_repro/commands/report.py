@@ -18,42 +18,25 @@ def add(sub) -> None:
 
 
 def run(args) -> int:
-    if len(args.run_dirs) > 1:
-        return _compare(args)
-    args.run_dir = args.run_dirs[0]
+    from ..compare import write_comparison
     from ..report import ReportError, write_report
 
-    # The default folder too: a run folder on a read-only disk, or a file named `report` in it, must be one line
-    # before the work, not an OSError after it.
-    out = Path(args.out) if args.out else Path(args.run_dir) / "report"
-    what = f"--out {args.out}" if args.out else f"{out} (the default output folder; choose another with --out)"
-    if args.out or Path(args.run_dir).is_dir():  # else write_report names the missing run folder
-        if out.exists() and not out.is_dir():
-            raise UserError(f"{what} is a file; report writes a folder (curves.png, report.md)")
-        check_writable_folder(out, what)
-    try:
-        paths = write_report(args.run_dir, args.out)
-    except ReportError as e:
-        raise UserError(str(e)) from None
-    if not args.quiet:
-        print(Path(paths["markdown"]).read_text())
-    print(f"wrote {paths['png']} and {paths['markdown']}")
-    return 0
-
-
-def _compare(args) -> int:
-    from ..compare import write_comparison
-    from ..report import ReportError
-
-    if not args.out:
+    several = len(args.run_dirs) > 1
+    if several and not args.out:
         raise UserError(f"{len(args.run_dirs)} run folders: name the folder for their comparison with --out "
                         "(it gets curves.png and compare.md)")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {args.out} is a file; report writes a folder (curves.png, compare.md)")
-    check_writable_folder(out, f"--out {args.out}")
+    # The default folder too: a run folder on a read-only disk, or a file named `report` in it, must be one line
+    # before the work, not an OSError after it.
+    first = args.run_dirs[0]
+    out = Path(args.out) if args.out else Path(first) / "report"
+    what = f"--out {args.out}" if args.out else f"{out} (the default output folder; choose another with --out)"
+    if args.out or Path(first).is_dir():  # else write_report names the missing run folder
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{what} is a file; report writes a folder (curves.png, "
+                            f"{'compare.md' if several else 'report.md'})")
+        check_writable_folder(out, what)
     try:
-        paths = write_comparison(args.run_dirs, out)
+        paths = write_comparison(args.run_dirs, out) if several else write_report(first, args.out)
     except ReportError as e:
         raise UserError(str(e)) from None
     if not args.quiet:
