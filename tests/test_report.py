@@ -239,3 +239,16 @@ def test_epoch_lines_with_few_figures_still_draw_and_evaluation_json_must_be_an_
     (run / "evaluation.json").write_text("[]")
     with pytest.raises(ReportError, match="evaluation.json: a JSON list, not an object"):
         load_run(run)
+
+
+def test_the_peak_memory_of_the_run_is_reported(tmp_path):
+    run = make_run(tmp_path / "r50")  # trained on cuda:0
+    path = run / "metrics.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**rec, "peak_memory_mb": 9000.0 + rec["epoch"]}) + "\n" for rec in lines))
+    md = report_markdown(load_run(run))
+    assert "peak memory: 9,012 MB (allocated by PyTorch on the GPU, rank 0)" in md
+    lines[3]["peak_memory_mb"] = "a lot"
+    path.write_text("".join(json.dumps(rec) + "\n" for rec in lines))
+    with pytest.raises(ReportError, match="line 4: peak_memory_mb is"):
+        load_run(run)

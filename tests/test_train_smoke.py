@@ -68,9 +68,10 @@ def test_loss_falls_and_metrics_are_logged_per_epoch(run):
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
     for r in rows:
         for key in ("lr", "train_loss", "train_top1_err", "val_top1_err", "val_top5_err", "images_per_s",
-                    "data_wait_fraction", "seconds"):
+                    "data_wait_fraction", "seconds", "peak_memory_mb"):
             assert key in r, key
         assert 0 <= r["data_wait_fraction"] <= 1 and r["images_per_s"] > 0
+        assert r["peak_memory_mb"] > 50  # the trainer's resident set on a CPU: torch alone takes more than that
     losses = [r["train_loss"] for r in rows]
     assert losses[-1] < losses[0] * 0.8, losses
     assert rows[-1]["val_top1_err"] < 50  # chance is 75 % on 4 classes
@@ -81,7 +82,7 @@ def test_progress_lines(trained):
     lines = [ln for ln in printed.splitlines() if ln.startswith("epoch ")]
     assert len(lines) == EPOCHS * 2  # log_interval 4 of 8 steps per epoch
     for ln in lines:
-        for word in ("lr ", "loss ", "img/s", "data-wait", "ETA"):
+        for word in ("lr ", "loss ", "img/s", "data-wait", "peak mem ", " MB ", "ETA"):
             assert word in ln, ln
     assert "precise BN over 4 batches" in printed
 

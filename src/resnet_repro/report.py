@@ -221,6 +221,11 @@ def report_markdown(run: Run, png_name: str = "curves.png") -> str:
              f"training time in epochs: {_hours(seconds)}"]
     if rates:
         facts.append(f"throughput: median {sorted(rates)[len(rates) // 2]:,.0f} img/s (incl. data wait)")
+    peaks = [r["peak_memory_mb"] for r in m if "peak_memory_mb" in r]
+    if peaks:
+        device = str((res or {}).get("device") or run.config.get("train", {}).get("device", ""))
+        facts.append(f"peak memory: {max(peaks):,.0f} MB (" + ("allocated by PyTorch on the GPU" if
+                     device.startswith("cuda") else "the training process's resident set") + ", rank 0)")
     if res and "headline" in res:
         head, val = res["headline"], res["val"]
         facts.append(f"**headline: top-1 / top-5 error {res['top1_err']:.2f}% / {res['top5_err']:.2f}% on the "

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -241,6 +242,14 @@ def autocast_for(precision: str, device: torch.device):
         return contextlib.nullcontext, precision
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return (lambda: torch.autocast(device.type, dtype=dtype)), precision
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far, MiB: on a GPU what PyTorch's allocator held (the figure that limits the batch size), on
+    a CPU this process's peak resident set (Linux reports KiB; loader workers are processes of their own)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def facts(hw: Hardware) -> dict:

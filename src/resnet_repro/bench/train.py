@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import math
-import resource
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,18 +34,11 @@ import torch.nn as nn
 
 from ..config import Config, choices, model_entry, model_label
 from ..recipe import load_config
-from ..runtime import load_recipe
+from ..runtime import load_recipe, peak_memory_mb
 from . import e2e
 from .measure import Spread, StepTimer, lower_median
 
 TRAIN_FLOPS_PER_MAC = 3 * 2  # forward + backward (input and weight gradients) = 3 forwards; 2 FLOPs per MAC
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # No device allocator on the CPU: the process's peak resident set (Linux reports KiB).
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _device_name(device: torch.device) -> str:
@@ -158,7 +150,7 @@ def bench_train(opts: TrainOptions, log=print) -> dict:
         for k, v in enumerate(variants):
             _timed(runs[f"e2e{k}"], functools.partial(bench.e2e_round, v))
     _summarize(out, runs, variants, cfg, opts.data, log)
-    out["peak_memory_mb"] = _peak_memory_mb(bench.dev)
+    out["peak_memory_mb"] = peak_memory_mb(bench.dev)
     log(f"  peak memory {out['peak_memory_mb']:,.0f} MB ({'device' if bench.dev.type == 'cuda' else 'host RSS'})")
     return out
 

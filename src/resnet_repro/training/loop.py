@@ -34,6 +34,7 @@ import torch
 from .. import dist
 from ..config import Config
 from ..data.loading.cores import pin_trainer, unpin_trainer
+from ..runtime import peak_memory_mb
 from ..schedule import lr_factor, schedule_position, train_image_size
 from ..stopping import RankMeeting, StopRequest
 from .finish import _evaluate, finish
@@ -166,8 +167,8 @@ def _log_step(run: Run, tally: EpochTally, epoch: int, epoch_steps: int, loss: f
         run.tb.add_scalar("train/loss_step", loss, done)
         run.tb.add_scalar("train/lr", lr, done)
     run.log(f"epoch {epoch + 1}/{data.epochs} step {step}/{epoch_steps} lr {lr:.4g} loss {loss:.4f} {rate:,.0f} "
-            f"img/s data-wait {100 * (tally.wait - tally.wait_log) / (now - tally.t_log):.0f}% ETA {_fmt_time(eta)}",
-            flush=True)
+            f"img/s data-wait {100 * (tally.wait - tally.wait_log) / (now - tally.t_log):.0f}% peak mem "
+            f"{peak_memory_mb(run.device):,.0f} MB ETA {_fmt_time(eta)}", flush=True)
     tally.t_log, tally.wait_log, tally.seen_log = now, tally.wait, 0
 
 
@@ -187,7 +188,7 @@ def end_epoch(run: Run, state: RunState, epoch: int, tally: EpochTally) -> dict:
     record = {"epoch": epoch + 1, "lr": learner.lr, "train_loss": loss_sum / max(n, 1),
               "train_top1_err": 100 * (1 - correct / max(n, 1)), "images_per_s": n / seconds,
               "data_wait_fraction": tally.wait / seconds, "seconds": seconds, "bad_samples": int(bad),
-              "image_size": tally.size}
+              "image_size": tally.size, "peak_memory_mb": peak_memory_mb(run.device)}
     if epoch_steps < run.data.steps_per_epoch:
         # The last epoch, cut short by train.max_steps, is saved as the mid-epoch position it is, so that
         # a resume with a larger train.max_steps runs the rest of this epoch instead of skipping it.
