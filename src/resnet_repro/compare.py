@@ -26,10 +26,10 @@ from .report import Run, load_run
 from .report_inputs import ReportError
 from .report_plots import plot_comparison
 
-# Config keys that do not change what a run trains (see the module docstring); train.seed is apart: it is what
-# the aggregates run over.
-# The EMA (train.ema) is kept beside the weights and leaves them as they are.
-NOT_RECIPE = {"data.path", "data.cache_dir", "data.workers", "data.eval_batch_size", "data.gpu_decode_share",
+# Config keys that do not change what a run trains (see the module docstring): evaluation batches run with BN in
+# eval mode, the EMA (train.ema) is kept beside the weights and leaves them as they are. train.seed is apart: it is
+# what the aggregates run over.
+NOT_RECIPE = {"data.path", "data.cache_dir", "data.workers", "data.eval_batch_size",
               "train.log_interval", "train.eval_every", "train.tensorboard", "train.checkpoint_interval_min",
               "train.keep_checkpoints", "train.checkpoint_every_steps", "train.threads", "train.ema",
               "train.ema_warmup"}
