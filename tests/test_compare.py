@@ -129,3 +129,18 @@ def test_runs_that_cannot_be_compared_are_refused_in_one_line(tmp_path, cli):
     code, _, err = cli("report", a, c)
     assert_one_clear_line(code, err, "--out")
     assert not (tmp_path / "cmp").exists()
+
+
+def test_a_run_without_its_config_is_shown_and_kept_out_of_the_spread(tmp_path):
+    from resnet_repro.compare import comparison_markdown
+
+    a = make_run(tmp_path / "a", seed=0, test=6.0, **{"optim.lr": 0.2})
+    b = make_run(tmp_path / "b", seed=1, test=6.4, **{"optim.lr": 0.2})
+    c = make_run(tmp_path / "c", seed=2, test=5.0)
+    (c / "config.yaml").unlink()  # its recipe is unknown: not read as the defaults
+    md = comparison_markdown(load_entries([a, b, c]))
+    assert "Config keys that differ between the runs: `train.seed`." in md  # c's missing keys differ from nothing
+    row = next(r for r in rows_of(md, "Runs")[1:] if r[0] == "c")
+    assert row[3] == "?" and row[4] == "5.00"
+    groups = rows_of(md, "Over seeds")
+    assert [g[:2] for g in groups[1:]] == [["a, b", "0, 1"]]

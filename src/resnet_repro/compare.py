@@ -11,7 +11,8 @@ function of seed, epoch and index) and the machine record under `chosen_on` are 
 choices that do change the arithmetic (train.precision, train.channels_last) are resolved in config.yaml and so
 count. A key that an older run's config.yaml lacks (the option came later) is read as today's default, which is
 what every new option's default keeps: the behaviour from before it. Unfinished runs get a row from their last
-val pass and stay out of the aggregates.
+val pass, and a run folder without its config.yaml (its recipe unknown) a row with "?" for each key; both stay out
+of the aggregates.
 """
 from __future__ import annotations
 
@@ -105,15 +106,18 @@ def load_entries(run_dirs: list[str | Path]) -> list[Entry]:
     for root, run in zip(roots, runs):
         label = os.path.relpath(root.resolve(), common) if len(roots) > 1 else root.name
         figures, held_out = _figures(run)
-        entries.append(Entry(label if label != "." else root.name, run, {**defaults, **_flatten(run.config)}, figures,
+        config = {**defaults, **_flatten(run.config)} if run.config else {}  # {}: no config.yaml, recipe unknown
+        entries.append(Entry(label if label != "." else root.name, run, config, figures,
                              run.results is not None, held_out))
     return entries
 
 
 def differing_keys(entries: list[Entry]) -> list[str]:
-    """The config keys (chosen_on's machine record aside) whose values are not the same in every run."""
-    keys = sorted({k for e in entries for k in e.config if not k.startswith("chosen_on")})
-    return [k for k in keys if len({repr(e.config.get(k)) for e in entries}) > 1]
+    """The config keys (chosen_on's machine record aside) whose values are not the same in every run that has its
+    config.yaml."""
+    known = [e for e in entries if e.config]
+    keys = sorted({k for e in known for k in e.config if not k.startswith("chosen_on")})
+    return [k for k in keys if len({repr(e.config.get(k)) for e in known}) > 1]
 
 
 def recipe_of(entry: Entry) -> tuple:
@@ -122,10 +126,11 @@ def recipe_of(entry: Entry) -> tuple:
 
 
 def seed_groups(entries: list[Entry]) -> list[list[Entry]]:
-    """Finished runs of one recipe, in the order the first of each was named; each group's seeds all differ."""
+    """Finished runs of one recipe, in the order the first of each was named (two runs of one seed are grouped too:
+    a rerun measures what nondeterminism moves)."""
     groups: dict[tuple, list[Entry]] = {}
     for e in entries:
-        if e.finished:
+        if e.finished and e.config:
             groups.setdefault(recipe_of(e), []).append(e)
     return list(groups.values())
 
@@ -189,7 +194,7 @@ def comparison_markdown(entries: list[Entry], png_name: str = "curves.png") -> s
             note = " (not held out)" if split == "val" and v is not None and not e.val_held_out else ""
             cells.append("-" if v is None else f"{v:.2f}{note}")
         seconds = sum(m.get("seconds", 0) for m in run.metrics)
-        row = [e.label, run.model, epochs, *(_value(e.config.get(k, "-")) for k in differ), *cells,
+        row = [e.label, run.model, epochs, *(_value(e.config.get(k, "-")) if e.config else "?" for k in differ), *cells,
                f"{seconds / 60:.1f} min", _machine(run)]
         lines.append("| " + " | ".join(row) + " |")
     groups = [g for g in seed_groups(entries) if len(g) > 1]
