@@ -17,8 +17,8 @@ from ..data.loading.cores import CorePlan
 from ..data.loading.loader import DevicePrefetcher, Job, eval_batch_indices, make_loader, train_batch_indices
 from ..data.shards.reader import RecordReader
 from ..ema import EMA
-from ..schedule import train_image_size
 from ..evaluate import topk_correct
+from ..schedule import train_image_size
 
 
 class TrainingError(RuntimeError):
