@@ -20,6 +20,7 @@ def make_run(root, seed=0, test=6.0, val=6.1, dataset="fashion-mnist", finished=
     cfg = Config().to_dict()
     cfg["train"]["seed"], cfg["train"]["epochs"] = seed, 3
     cfg["data"]["train_splits"] = list(train_splits)
+    cfg["data"]["path"] = str(root.parent / "data-gone")  # leads nowhere from any folder: the record names the data
     for key, value in changes.items():
         section, name = key.split(".")
         cfg[section][name] = value
@@ -33,6 +34,8 @@ def make_run(root, seed=0, test=6.0, val=6.1, dataset="fashion-mnist", finished=
         {"epoch": e, "lr": 0.1, "train_loss": 1.0 / e, "train_top1_err": 30 / e, "images_per_s": 500.0,
          "data_wait_fraction": 0.01, "seconds": 60.0, "val_top1_err": val + 20 / e, "val_top5_err": 0.5}) + "\n"
         for e in range(1, epochs + 1)))
+    if dataset:
+        (root / "run.json").write_text(json.dumps({"run_id": root.name, "dataset": dataset}))  # written at start
     if finished:
         held_out = "val" not in train_splits
         (root / "results.json").write_text(json.dumps({
@@ -144,3 +147,13 @@ def test_a_run_without_its_config_is_shown_and_kept_out_of_the_spread(tmp_path):
     assert row[3] == "?" and row[4] == "5.00"
     groups = rows_of(md, "Over seeds")
     assert [g[:2] for g in groups[1:]] == [["a, b", "0, 1"]]
+
+
+def test_a_run_whose_data_set_is_not_recorded_is_compared_as_it_is(tmp_path):
+    from resnet_repro.compare import comparison_markdown
+
+    a = make_run(tmp_path / "a", seed=0)
+    b = make_run(tmp_path / "b", seed=1, dataset=None, finished=False)  # no run.json, no results.json, no data
+    md = comparison_markdown(load_entries([b, a]))
+    assert md.startswith("# 2 runs on fashion-mnist")  # named by the run that records it
+    assert [r[0] for r in rows_of(md, "Runs")[1:]] == ["b", "a"]

@@ -94,12 +94,12 @@ def load_entries(run_dirs: list[str | Path]) -> list[Entry]:
             raise ReportError(f"{root}: named twice (as {seen[key]} too); name each run once")
         seen[key] = root
     runs = [load_run(root) for root in roots]
-    datasets = {run.dataset for run in runs}
-    if len(datasets) > 1:
-        first = runs[0]
-        other = next(run for run in runs if run.dataset != first.dataset)
-        raise ReportError(f"{other.root} trained on {other.dataset or 'unknown data'}, {first.root} on "
-                          f"{first.dataset or 'unknown data'}: a comparison is of runs on one data set")
+    # A run whose data set is not recorded (an older unfinished one away from its data) is compared as it is.
+    named = [run for run in runs if run.dataset]
+    other = next((run for run in named if run.dataset != named[0].dataset), None)
+    if other is not None:
+        raise ReportError(f"{other.root} trained on {other.dataset}, {named[0].root} on {named[0].dataset}: a "
+                          "comparison is of runs on one data set")
     common = os.path.commonpath([str(r.resolve()) for r in roots])
     defaults = _flatten(Config().to_dict())
     entries = []
@@ -167,7 +167,7 @@ def _machine(run: Run) -> str:
 
 
 def comparison_markdown(entries: list[Entry], png_name: str = "curves.png") -> str:
-    first = entries[0].run
+    first = next((e.run for e in entries if e.run.dataset), entries[0].run)  # the data set, where recorded
     every = differing_keys(entries)
     # The columns: what changes the training, and the seed; the rest is named once.
     differ = [k for k in every if k not in NOT_RECIPE]

@@ -174,7 +174,8 @@ def plot_comparison(entries: list, path: Path) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     error_axis(axes[0], [v for line in axes[0].get_lines() for v in line.get_ydata()])
-    fig.suptitle(f"{len(entries)} runs on {entries[0].run.dataset or 'unknown data'}", fontsize=13,
+    dataset = next((e.run.dataset for e in entries if e.run.dataset), "unknown data")
+    fig.suptitle(f"{len(entries)} runs on {dataset}", fontsize=13,
                  fontweight="bold")
     fig.tight_layout()
     return _save(fig, path)
