@@ -108,7 +108,6 @@ def test_exit_code_of_the_real_command(tmp_path):
     assert proc.returncode == 2 and str(missing) in proc.stderr and "Traceback" not in proc.stderr
 
 
-
 @pytest.mark.parametrize("argv", [["model", "resnet20", "--json"], ["model", "resnet50"]])
 def test_a_reader_that_went_away_ends_the_command_quietly(tmp_path, argv):
     # `resnet-repro predict DIR | head`: head exits and the next write meets a closed pipe. Made deterministic by
@@ -134,6 +133,7 @@ def test_a_broken_pipe_of_our_own_is_not_taken_for_the_readers(cli, monkeypatch)
     monkeypatch.setattr(model, "run", broken)
     with pytest.raises(BrokenPipeError):
         cli("model", "resnet20")
+
 
 @pytest.mark.parametrize("item,shown", [("optim.lr=-1", "-1.0"), ("optim.lr_batch=0", "0"),
                                         ("optim.momentum=-1", "-1.0"), ("optim.label_smoothing=2", "2.0"),

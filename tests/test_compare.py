@@ -157,3 +157,16 @@ def test_a_run_whose_data_set_is_not_recorded_is_compared_as_it_is(tmp_path):
     md = comparison_markdown(load_entries([b, a]))
     assert md.startswith("# 2 runs on fashion-mnist")  # named by the run that records it
     assert [r[0] for r in rows_of(md, "Runs")[1:]] == ["b", "a"]
+
+
+def test_an_older_results_file_gives_its_val_figures_by_the_training_protocol(tmp_path):
+    # results.json from before the test split was scored apart: top1_err in train.eval_protocol, the single view
+    # beside it.
+    from resnet_repro.compare import comparison_markdown
+
+    a = make_run(tmp_path / "a", seed=0, **{"train.eval_protocol": "flip"})
+    (a / "results.json").write_text(json.dumps({"model": "resnet20", "dataset": "fashion-mnist", "epochs": 3,
+                                                "top1_err": 5.9, "top5_err": 0.1, "top1_err_single": 6.2}))
+    b = make_run(tmp_path / "b", seed=1)
+    row = rows_of(comparison_markdown(load_entries([a, b])), "Runs")[1]
+    assert row[0] == "a" and row[-6:-2] == ["-", "-", "6.20", "5.90"]

@@ -45,8 +45,11 @@ class Entry:
     run: Run
     config: dict  # flattened: "section.key" -> value
     figures: dict  # (split, protocol) -> top-1 error, for the figures the run has
-    finished: bool
     val_held_out: bool
+
+    @property
+    def finished(self) -> bool:
+        return self.run.results is not None
 
 
 def _flatten(config: dict) -> dict:
@@ -63,22 +66,19 @@ def _flatten(config: dict) -> dict:
 def _figures(run: Run) -> tuple[dict, bool]:
     """(split, protocol) -> top-1 error of a finished run (results.json), else the last val pass; and whether val
     was held out."""
+    def val_only(error: float, single: float | None) -> dict:
+        # The training's own protocol (train.eval_protocol), and its single view when that protocol was another.
+        protocol = run.config.get("train", {}).get("eval_protocol", "single")
+        return {("val", protocol): error, **({("val", "single"): single} if single is not None else {})}
+
     res = run.results
     if res is None:
         last = next((m for m in reversed(run.metrics) if "val_top1_err" in m), None)
         if last is None:
             return {}, True
-        protocol = run.config.get("train", {}).get("eval_protocol", "single")
-        figures = {("val", protocol): last["val_top1_err"]}
-        if "val_top1_err_single" in last:
-            figures[("val", "single")] = last["val_top1_err_single"]
-        return figures, last.get("val_held_out", True)
+        return val_only(last["val_top1_err"], last.get("val_top1_err_single")), last.get("val_held_out", True)
     if "headline" not in res:  # results.json from before the test split was scored separately: val figures
-        protocol = run.config.get("train", {}).get("eval_protocol", "single")
-        figures = {("val", protocol): res["top1_err"]}
-        if "top1_err_single" in res:
-            figures[("val", "single")] = res["top1_err_single"]
-        return figures, True
+        return val_only(res["top1_err"], res.get("top1_err_single")), True
     figures = {(split, protocol): res[split][protocol]["top1_err"]
                for split in ("test", "val") if split in res for protocol in ("single", "flip")
                if protocol in res[split]}
@@ -107,9 +107,14 @@ def load_entries(run_dirs: list[str | Path]) -> list[Entry]:
         label = os.path.relpath(root.resolve(), common) if len(roots) > 1 else root.name
         figures, held_out = _figures(run)
         config = {**defaults, **_flatten(run.config)} if run.config else {}  # {}: no config.yaml, recipe unknown
-        entries.append(Entry(label if label != "." else root.name, run, config, figures,
-                             run.results is not None, held_out))
+        entries.append(Entry(label if label != "." else root.name, run, config, figures, held_out))
     return entries
+
+
+def comparison_title(entries: list[Entry]) -> str:
+    """The heading, "N runs on DATA": the data set of the runs that record one (load_entries allows one)."""
+    dataset = next((e.run.dataset for e in entries if e.run.dataset), None)
+    return f"{len(entries)} runs on {dataset or 'unknown data'}"
 
 
 def differing_keys(entries: list[Entry]) -> list[str]:
@@ -167,11 +172,10 @@ def _machine(run: Run) -> str:
 
 
 def comparison_markdown(entries: list[Entry], png_name: str = "curves.png") -> str:
-    first = next((e.run for e in entries if e.run.dataset), entries[0].run)  # the data set, where recorded
     every = differing_keys(entries)
     # The columns: what changes the training, and the seed; the rest is named once.
     differ = [k for k in every if k not in NOT_RECIPE]
-    lines = [f"# {len(entries)} runs on {first.dataset or 'unknown data'}", ""]
+    lines = [f"# {comparison_title(entries)}", ""]
     if differ:
         lines.append("Config keys that differ between the runs: " + ", ".join(f"`{k}`" for k in differ) + ".")
     else:
@@ -227,7 +231,7 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path) -> dict:
     entries = load_entries(run_dirs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    png = plot_comparison(entries, out / "curves.png")
+    png = plot_comparison(entries, out / "curves.png", comparison_title(entries))
     md = out / "compare.md"
     atomic.write_text(md, comparison_markdown(entries, os.path.relpath(png, out)), fsync=False)
     return {"png": str(png), "markdown": str(md)}

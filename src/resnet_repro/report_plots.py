@@ -9,6 +9,7 @@ from pathlib import Path
 from . import atomic
 from .report_inputs import ReportError
 
+
 def _pyplot():
     try:
         import matplotlib
@@ -154,18 +155,15 @@ def _legend(ax, twin, loc="upper right"):
     ax.legend(handles, labels, loc=loc, fontsize=9, framealpha=0.9)
 
 
-def plot_comparison(entries: list, path: Path) -> Path:
+def plot_comparison(entries: list, path: Path, title: str) -> Path:
     """Val top-1 error and train loss per epoch, one line per run (`entries`: compare.Entry)."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
     for e in entries:
-        m = e.run.metrics
-        pts = [(r["epoch"], r["val_top1_err"]) for r in m if isinstance(r.get("val_top1_err"), (int, float))]
-        line, = axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.5, label=e.label)
-        pts = [(r["epoch"], r["train_loss"]) for r in m if isinstance(r.get("train_loss"), (int, float))]
-        axes[1].plot([p[0] for p in pts], [p[1] for p in pts], lw=1.5, color=line.get_color(), label=e.label)
+        line, = axes[0].plot(*_series(e.run.metrics, "val_top1_err"), marker="o", ms=3, lw=1.5, label=e.label)
+        axes[1].plot(*_series(e.run.metrics, "train_loss"), lw=1.5, color=line.get_color(), label=e.label)
     axes[0].set_ylabel("val top-1 error (%)")
     axes[1].set_ylabel("train loss")
     axes[1].set_xlabel("epoch")
@@ -174,8 +172,6 @@ def plot_comparison(entries: list, path: Path) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     error_axis(axes[0], [v for line in axes[0].get_lines() for v in line.get_ydata()])
-    dataset = next((e.run.dataset for e in entries if e.run.dataset), "unknown data")
-    fig.suptitle(f"{len(entries)} runs on {dataset}", fontsize=13,
-                 fontweight="bold")
+    fig.suptitle(title, fontsize=13, fontweight="bold")
     fig.tight_layout()
     return _save(fig, path)
