@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from resnet_repro.evaluate import evaluate, topk_correct
 from resnet_repro.evaluate.val_pass import logits_with_mirror
+from resnet_repro.figures import top5_text
 
 # 7 classes. Row 0 ranks the classes 4, 1, 6, 5, 2, 0, 3 (best first).
 ROW = [0.1, 0.5, 0.2, 0.0, 0.9, 0.3, 0.4]
@@ -48,6 +49,15 @@ def test_evaluate_error_rates_and_loss_by_hand():
     loss = sum(math.log(sum(math.exp(v) for v in r)) - r[t] for r, t in rows) / 6  # cross-entropy per sample
     assert result["loss"] == pytest.approx(loss, rel=1e-6)
     assert model.training  # mode restored
+    assert result["classes"] == 7
+
+
+def test_top5_is_printed_only_where_it_can_miss():
+    # With 5 classes or fewer every target is in the top 5: the 0 % says nothing and is not printed as a figure.
+    assert top5_text(0.0, 4) == "n/a (4 classes)" and top5_text(0.0, 5) == "n/a (5 classes)"
+    assert top5_text(1.234, 6) == "1.23%" and top5_text(1.234, 1000, unit="") == "1.23"
+    assert top5_text(1.234, None) == "1.23%"  # a record older than the class count: the figure as it was
+    assert top5_text(None, 10) == "-"
 
 
 def test_evaluate_with_no_samples_is_an_error():

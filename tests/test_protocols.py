@@ -220,6 +220,8 @@ def test_evaluate_protocols_counts_every_sample_once(tmp_path, workers):
         assert r["top1_err"] == pytest.approx(25.0)
     table = format_table(results)
     assert "10crop" in table and "25.00" in table
+    # 5 classes: top-5 holds every label, so the table says so instead of printing 0.00.
+    assert all(r["classes"] == 5 for r in results) and "n/a (5 classes)" in table and "0.00" not in table
     json.dumps(results)
 
 

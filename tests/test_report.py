@@ -94,6 +94,12 @@ def test_the_headline_is_the_single_view_on_test_and_every_other_row_says_its_sp
     assert [r.split(" | ")[2] for r in rows[2:]] == ["val (5000 images)"] * 2
     assert sum("**" in r for r in rows) == 1
     assert "**headline: top-1 / top-5 error 5.14% / 0.10% on the test split (10000 images), single centre view**" in md
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "classes": 4}))  # top-5 of 4 classes holds every label
+    md4 = report_markdown(load_run(run))
+    assert "top-1 / top-5 error 5.14% / n/a (4 classes) on the test split" in md4
+    rows4 = [line for line in md4.splitlines() if line.startswith("| ") and "this run" in line]
+    assert len(rows4) == 4 and all(r.split(" | ")[5] == "n/a (4 classes)" for r in rows4)
     published = [line for line in md.splitlines() if "zalandoresearch" in line]
     assert published and all("| official test |" in line for line in published)
     assert "compared on the val split (choices are made there; training scored the test split once)" in md

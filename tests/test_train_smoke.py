@@ -85,6 +85,7 @@ def test_progress_lines(trained):
         for word in ("lr ", "loss ", "img/s", "data-wait", "peak mem ", " MB ", "ETA"):
             assert word in ln, ln
     assert "precise BN over 4 batches" in printed
+    assert "top-5 n/a (4 classes)" in printed  # the closing headline: 0 % top-5 of 4 classes says nothing
 
 
 def test_results_and_artifacts(run):
@@ -96,6 +97,7 @@ def test_results_and_artifacts(run):
     # (a multiple of 1/64), and well below chance (75 % on 4 classes). Top-5 is not checked: with 4 classes
     # every label is among the top 5.
     assert results["headline"]["split"] == "val" and results["headline"]["images"] == 64
+    assert results["classes"] == 4
     wrong = results["top1_err"] * 64 / 100
     assert wrong == pytest.approx(round(wrong), abs=1e-6) and results["top1_err"] < 50
     assert results["wall_s"] > 0 and results["images_per_s"] > 0

@@ -20,6 +20,7 @@ import yaml
 
 from . import atomic
 from .config import model_label
+from .figures import top5_text
 from .published import published_for, published_split
 from .report_inputs import ReportError, check_results, read_epochs, read_object
 from .report_plots import plot_curves
@@ -139,7 +140,7 @@ def _run_rows(run: Run, res: dict, epochs: str, when: str) -> list[dict]:
     if "headline" not in res:  # results.json written before the test split was scored separately
         row = {"who": "**this run**", "epochs": epochs, "split": "val (the split training evaluated)",
                "protocol": _protocol_of_run(run) + ", precise BN", "top1": res["top1_err"],
-               "top5": res.get("top5_err"), "source": when}
+               "top5": res.get("top5_err"), "classes": res.get("classes"), "source": when}
         single = [{**row, "who": "this run", "protocol": _protocol_of_run(run, single=True) + ", precise BN",
                    "top1": res["top1_err_single"], "top5": res.get("top5_err_single")}] \
             if "top1_err_single" in res else []
@@ -158,7 +159,8 @@ def _run_rows(run: Run, res: dict, epochs: str, when: str) -> list[dict]:
             rows.append({"who": "**this run**" if first else "this run", "epochs": epochs, "split": split,
                          "protocol": _protocol_of_run(run, single=protocol == "single", flip=protocol == "flip")
                          + ", precise BN" + (" (the headline)" if first else ""),
-                         "top1": block[protocol]["top1_err"], "top5": block[protocol]["top5_err"], "source": when})
+                         "top1": block[protocol]["top1_err"], "top5": block[protocol]["top5_err"],
+                         "classes": res.get("classes"), "source": when})
     rows.sort(key=lambda r: r["who"] != "**this run**")  # the headline first, the rest in their order
     return rows
 
@@ -178,7 +180,7 @@ def comparison_rows(run: Run) -> list[dict]:
         if "ema_top1_err" in res:
             rows.append({"who": "this run, EMA weights", "epochs": epochs, "split": val_split,
                          "protocol": _protocol_of_run(run), "top1": res["ema_top1_err"],
-                         "top5": res.get("ema_top5_err"), "source": when})
+                         "top5": res.get("ema_top5_err"), "classes": res.get("classes"), "source": when})
     else:
         last = next((r for r in reversed(m) if "val_top1_err" in r), None)
         if last:
@@ -193,7 +195,7 @@ def comparison_rows(run: Run) -> list[dict]:
         count = f" ({r['count']} images)" if "count" in r else ""
         rows.append({"who": f"this run, {r['protocol']}", "epochs": epochs, "split": split,
                      "protocol": r["description"] + count, "top1": r["top1_err"], "top5": r["top5_err"],
-                     "source": f"{where}/evaluation.json"})
+                     "classes": r.get("classes"), "source": f"{where}/evaluation.json"})
     for ds, model, who, ep, protocol, e1, e5, source in published_for(run.dataset, run.model):
         rows.append({"who": who, "epochs": ep, "split": published_split(ds), "protocol": protocol, "top1": e1,
                      "top5": e5, "source": source})
@@ -204,7 +206,7 @@ def markdown_table(rows: list[dict]) -> str:
     out = ["| system | epochs | split | test protocol | top-1 err % | top-5 err % | source |",
            "|---|---:|---|---|---:|---:|---|"]
     out += [f"| {r['who']} | {r['epochs']} | {r.get('split', '?')} | {r['protocol']} | {_fmt(r['top1'])} | "
-            f"{_fmt(r['top5'])} | {r['source']} |" for r in rows]
+            f"{top5_text(r['top5'], r.get('classes'), unit='')} | {r['source']} |" for r in rows]
     return "\n".join(out)
 
 
@@ -228,7 +230,8 @@ def report_markdown(run: Run, png_name: str = "curves.png") -> str:
                      device.startswith("cuda") else "the training process's resident set") + ", rank 0)")
     if res and "headline" in res:
         head, val = res["headline"], res["val"]
-        facts.append(f"**headline: top-1 / top-5 error {res['top1_err']:.2f}% / {res['top5_err']:.2f}% on the "
+        facts.append(f"**headline: top-1 / top-5 error {res['top1_err']:.2f}% / "
+                     f"{top5_text(res['top5_err'], res.get('classes'))} on the "
                      f"{head['split']} split ({head['images']} images), single centre view**, after precise BN over "
                      f"{res.get('precise_bn_batches')} batches; other protocols and splits are the extra rows below")
         before = val.get("before_precise_bn", {}).get("single", {}).get("top1_err", float("nan"))
@@ -237,7 +240,8 @@ def report_markdown(run: Run, png_name: str = "curves.png") -> str:
                      f"(before precise BN {before:.2f}%); recipe choices are made on it, the test split is scored "
                      "once, when training ends")
     elif res:
-        facts.append(f"final top-1 / top-5 error: {res['top1_err']:.2f}% / {res['top5_err']:.2f}% on "
+        facts.append(f"final top-1 / top-5 error: {res['top1_err']:.2f}% / "
+                     f"{top5_text(res['top5_err'], res.get('classes'))} on "
                      f"{res.get('val_count', '?')} val images (after precise BN over {res.get('precise_bn_batches')} "
                      f"batches; before: {res.get('top1_err_before_precise_bn', float('nan')):.2f}%)")
     if res:

@@ -32,6 +32,7 @@ from .. import dist
 from ..data.augment.geometry import EvalGeometry, center_crop_resize, resize_to
 from ..data.decode.cpu import DecodeError, decode
 from ..data.loading.loader import Job, close_workers, eval_batch_indices, make_loader
+from ..figures import top5_text
 from ..stopping import on_every_rank
 from .val_pass import logits_with_mirror, topk_correct
 
@@ -267,10 +268,12 @@ def evaluate_protocols(model: torch.nn.Module, reader, protocols: list[Protocol]
     model.eval()
     # Per protocol: [top-1 correct, top-5 correct, samples, summed -log p(target)], float64 for exact counts.
     sums = torch.zeros(len(protocols), 4, dtype=torch.float64, device=device)
+    classes = 0
     for groups, labels in on_every_rank(_decoded(loader), device):
         labels = labels.to(device, non_blocking=True)
         probs = score_groups(model, groups, len(labels), protocols, transform, device, autocast, batch_size)
         for p_id, p in enumerate(probs):
+            classes = p.shape[1]
             c1, c5 = topk_correct(p, labels)
             nll = -p.gather(1, labels.view(-1, 1)).clamp_min(1e-12).log().sum()
             sums[p_id] += torch.stack([c1.double(), c5.double(),
@@ -284,14 +287,14 @@ def evaluate_protocols(model: torch.nn.Module, reader, protocols: list[Protocol]
             raise ValueError(f"{reader.root} split {reader.split}: evaluation saw no samples")
         results.append({"protocol": p.name, "description": p.describe(), "views": p.views_per_image,
                         "top1_err": 100.0 * (1 - c1 / n), "top5_err": 100.0 * (1 - c5 / n), "loss": nll / n,
-                        "count": int(n), "top1_correct": int(c1), "top5_correct": int(c5)})
+                        "count": int(n), "top1_correct": int(c1), "top5_correct": int(c5), "classes": classes})
     return results
 
 
 def format_table(results: list[dict]) -> str:
     """Results of ``evaluate_protocols`` as an aligned text table."""
     rows = [("protocol", "views", "top-1 err %", "top-5 err %", "images", "geometry")]
-    rows += [(r["protocol"], str(r["views"]), f"{r['top1_err']:.2f}", f"{r['top5_err']:.2f}", str(r["count"]),
+    rows += [(r["protocol"], str(r["views"]), f"{r['top1_err']:.2f}", top5_text(r["top5_err"], r.get("classes"), unit=""), str(r["count"]),
               r["description"]) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in

@@ -50,11 +50,12 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=con
     # [top-1 correct, top-5 correct, samples, summed loss, single-view top-1, top-5] in float64 so counts stay
     # exact after all_reduce.
     sums = torch.zeros(6, dtype=torch.float64, device=device)
-    bad = 0
+    bad, classes = 0, 0
     for batch in on_every_rank(batches, device):  # a rank that cannot load its batch stops them all
         x, y = batch[0], batch[1]
         bad += int(batch[2]) if len(batch) > 2 else 0
         logits = logits_with_mirror(model, x, mirror, autocast)
+        classes = logits.shape[1]
         s1, s5 = c1, c5 = topk_correct(logits[:len(y)], y)  # the single view (all of it without mirror)
         if mirror:
             # log of the mean probability: its top-k are the averaged views' and its NLL their loss
@@ -69,7 +70,7 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=con
         raise ValueError("evaluation saw no samples")
     bad = int(dist.all_reduce_sum(torch.tensor([float(bad)], dtype=torch.float64, device=device)).item())
     out = {"top1_err": 100.0 * (1 - c1 / n), "top5_err": 100.0 * (1 - c5 / n), "loss": loss / n,
-           "count": int(n), "top1_correct": int(c1), "top5_correct": int(c5), "bad": bad}
+           "count": int(n), "top1_correct": int(c1), "top5_correct": int(c5), "bad": bad, "classes": classes}
     if mirror:
         out.update(top1_err_single=100.0 * (1 - s1 / n), top5_err_single=100.0 * (1 - s5 / n))
     return out

@@ -14,6 +14,7 @@ from ..config import model_entry
 from ..data.loading.loader import BatchDataset
 from ..data.shards.remote import open_reader
 from ..evaluate import evaluate
+from ..figures import top5_text
 from ..precise_bn import update_bn_stats
 from ..stopping import StopRequest
 from .resume import _model_file
@@ -64,7 +65,7 @@ def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict
                "epochs": data.epochs,
                # The headline: the single centre view on the test split (on val where the data set has no test
                # split), as the seed and the data sets' benchmarks report; other protocols are extra entries.
-               "top1_err": single["top1_err"], "top5_err": single["top5_err"],
+               "top1_err": single["top1_err"], "top5_err": single["top5_err"], "classes": head["classes"],
                "headline": {"split": head_split, "protocol": "single", "images": head["count"],
                             "held_out": True if test is not None else data.val_held_out},
                "val": val, **({"test": {"split": data.test_split, "images": test["count"], **_by_protocol(test)}}
@@ -110,7 +111,7 @@ def _headline_line(results: dict) -> str:
     """The closing log line: the headline (single centre view, test split) first, then the extra rows."""
     head = results["headline"]
     out = (f"headline: {head['split']} split ({head['images']} images), single centre view: top-1 error "
-           f"{results['top1_err']:.2f}%, top-5 {results['top5_err']:.2f}%")
+           f"{results['top1_err']:.2f}%, top-5 {top5_text(results['top5_err'], results['classes'])}")
     if not head["held_out"]:
         out += " (NOT held out: the split was trained on)"
     for name in ("test", "val"):
