@@ -86,6 +86,19 @@ def test_seeds_of_one_recipe_are_aggregated_and_another_recipe_stands_apart(tmp_
     assert png is not None and png.shape[0] > 300
 
 
+def test_the_net_and_its_epochs_are_one_column_each(tmp_path, cli):
+    runs = [make_run(tmp_path / "runs" / "r20"), make_run(tmp_path / "runs" / "w2", **{"model.width": 2}),
+            make_run(tmp_path / "runs" / "r32", **{"model.name": "resnet32", "train.epochs": 4}, finished=False)]
+    code, out, err = cli("report", *runs, "--out", tmp_path / "cmp")
+    assert code == 0, err
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "Config keys that differ between the runs: `model.name`, `model.width`, `train.epochs`." in md
+    table = rows_of(md, "Runs")
+    assert table[0][:4] == ["run", "model", "epochs", "test, single view"]  # no column repeats model or epochs
+    assert [r[1:3] for r in table[1:]] == [["resnet20", "3"], ["resnet20 x2 wide", "3"],
+                                           ["resnet32", "2 of 4, not finished"]]
+
+
 def test_spread_is_the_sample_standard_deviation():
     s = spread([1.0, 3.0])
     assert (s["n"], s["mean"], s["min"], s["max"]) == (2, 2.0, 1.0, 3.0)

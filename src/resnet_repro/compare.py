@@ -187,7 +187,10 @@ def comparison_markdown(entries: list[Entry], png_name: str = "curves.png") -> s
     lines += ["Top-1 error, %. The single centre view on the test split is the headline where the data set has one; "
               "val figures of runs that trained on val are marked \"not held out\".", "",
               f"![val error per epoch]({png_name})", "", "## Runs", ""]
-    head = ["run", "model", "epochs", *differ, *(label for label, _, _ in FIGURES), "training time", "machine"]
+    # The model and epochs columns already show the net (its width included) and the epochs run: those keys are
+    # named in the sentence above, not repeated as columns.
+    columns = [k for k in differ if k not in ("model.name", "model.width", "train.epochs")]
+    head = ["run", "model", "epochs", *columns, *(label for label, _, _ in FIGURES), "training time", "machine"]
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for e in entries:
         run, logged = e.run, e.run.metrics[-1]["epoch"]
@@ -198,7 +201,7 @@ def comparison_markdown(entries: list[Entry], png_name: str = "curves.png") -> s
             note = " (not held out)" if split == "val" and v is not None and not e.val_held_out else ""
             cells.append("-" if v is None else f"{v:.2f}{note}")
         seconds = sum(m.get("seconds", 0) for m in run.metrics)
-        row = [e.label, run.model, epochs, *(_value(e.config.get(k, "-")) if e.config else "?" for k in differ), *cells,
+        row = [e.label, run.model, epochs, *(_value(e.config.get(k, "-")) if e.config else "?" for k in columns), *cells,
                f"{seconds / 60:.1f} min", _machine(run)]
         lines.append("| " + " | ".join(row) + " |")
     groups = [g for g in seed_groups(entries) if len(g) > 1]
