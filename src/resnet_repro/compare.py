@@ -201,8 +201,8 @@ def comparison_markdown(entries: list[Entry], png_name: str = "curves.png") -> s
             note = " (not held out)" if split == "val" and v is not None and not e.val_held_out else ""
             cells.append("-" if v is None else f"{v:.2f}{note}")
         seconds = sum(m.get("seconds", 0) for m in run.metrics)
-        row = [e.label, run.model, epochs, *(_value(e.config.get(k, "-")) if e.config else "?" for k in columns), *cells,
-               f"{seconds / 60:.1f} min", _machine(run)]
+        row = [e.label, run.model, epochs, *(_value(e.config.get(k, "-")) if e.config else "?" for k in columns),
+               *cells, f"{seconds / 60:.1f} min", _machine(run)]
         lines.append("| " + " | ".join(row) + " |")
     groups = [g for g in seed_groups(entries) if len(g) > 1]
     lines += ["", "## Over seeds", ""]

@@ -294,8 +294,8 @@ def evaluate_protocols(model: torch.nn.Module, reader, protocols: list[Protocol]
 def format_table(results: list[dict]) -> str:
     """Results of ``evaluate_protocols`` as an aligned text table."""
     rows = [("protocol", "views", "top-1 err %", "top-5 err %", "images", "geometry")]
-    rows += [(r["protocol"], str(r["views"]), f"{r['top1_err']:.2f}", top5_text(r["top5_err"], r.get("classes"), unit=""), str(r["count"]),
-              r["description"]) for r in results]
+    rows += [(r["protocol"], str(r["views"]), f"{r['top1_err']:.2f}",
+              top5_text(r["top5_err"], r.get("classes"), unit=""), str(r["count"]), r["description"]) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in
                                enumerate(zip(row, widths))).rstrip() for row in rows)
