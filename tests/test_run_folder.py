@@ -493,6 +493,7 @@ def test_report_names_the_data_set_of_an_unfinished_run_whose_data_path_leads_no
 
     record = json.loads((finished / "run.json").read_text())
     assert record["dataset"] == "synthetic-textures" and record["data_folder"] == str(data.resolve())
+    assert record["classes"] == 4
     run = tmp_path / "unfinished"
     shutil.copytree(finished, run, ignore=shutil.ignore_patterns("results.json", "final.pt*", "report"))
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -500,7 +501,11 @@ def test_report_names_the_data_set_of_an_unfinished_run_whose_data_path_leads_no
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     code, out, err = cli("report", run)
     assert code == 0, err
-    assert "on synthetic-textures" in (run / "report" / "report.md").read_text()
+    md = (run / "report" / "report.md").read_text()
+    assert "on synthetic-textures" in md
+    # run.json's class count reaches the unfinished run's row: a top-5 of 4 classes holds every label.
+    row = next(line for line in md.splitlines() if line.startswith("| **this run (not finished)**"))
+    assert "| n/a (4 classes) |" in row, row
     (run / "run.json").write_text(json.dumps({"run_id": record["run_id"]}) + "\n")  # a run from before
     code, out, err = cli("report", run)
     assert code == 0, err

@@ -80,13 +80,24 @@ def load_run(root: str | Path) -> Run:
     return run
 
 
-def _dataset_from_record(run: Run) -> str | None:
-    """run.json's data set name (runs since 2026-12-05 record it when they start)."""
+def _record(run: Run, key: str):
+    """A value from run.json, the record a run writes when it starts (None where it is missing or damaged)."""
     try:
-        name = json.loads((run.root / "run.json").read_text()).get("dataset")
+        return json.loads((run.root / "run.json").read_text()).get(key)
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _dataset_from_record(run: Run) -> str | None:
+    """run.json's data set name (runs since 2026-12-05 record it when they start)."""
+    name = _record(run, "dataset")
     return name if isinstance(name, str) else None
+
+
+def _classes_from_record(run: Run) -> int | None:
+    """run.json's class count (runs since 2026-12-05 record it), for the unfinished run's top-5 figure."""
+    n = _record(run, "classes")
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
 
 
 def _dataset_from_manifest(run: Run) -> str | None:
@@ -188,7 +199,8 @@ def comparison_rows(run: Run) -> list[dict]:
             rows.append({"who": "**this run (not finished)**", "epochs": f"{last['epoch']}" + (f" of {planned}" if planned else ""),
                          "split": val_split + ("" if last.get("val_held_out", True) else " (not held out)"),
                          "protocol": _protocol_of_run(run), "top1": last["val_top1_err"],
-                         "top5": last.get("val_top5_err"), "source": f"{where}/metrics.jsonl (no results.json yet)"})
+                         "top5": last.get("val_top5_err"), "classes": _classes_from_record(run),
+                         "source": f"{where}/metrics.jsonl (no results.json yet)"})
     split = (run.evaluation or {}).get("split", "?")
     for r in (run.evaluation or {}).get("results", []):
         # The image count shows when evaluate ran on another split or a subset than the training's val pass.

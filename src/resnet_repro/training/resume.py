@@ -44,8 +44,10 @@ def start_or_resume(run: Run, resume: str | None, held: contextlib.ExitStack, fo
         if folder["run_id"] != state.run_id:
             # The run's id (run_folder.py), and what it trains on: `report` names the data set from here while no
             # results.json exists yet, wherever it is run from (data.path may be relative to another folder).
+            # The class count too: with 5 classes or fewer a top-5 error says nothing, and report's row for an
+            # unfinished run has only this record and metrics.jsonl to tell.
             record = {"run_id": state.run_id, "dataset": run.data.manifest.get("dataset"),
-                      "data_folder": _absolute(run.cfg.data.path)}
+                      "classes": len(run.data.manifest["classes"]), "data_folder": _absolute(run.cfg.data.path)}
             checkpoint.write_atomic(out / "run.json", (json.dumps(record) + "\n").encode())
         save_config(run.cfg, out / "config.yaml", chosen_on=run.chosen_on)
         if run.overrides or run.changes:
