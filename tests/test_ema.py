@@ -120,3 +120,18 @@ def test_training_evaluates_saves_and_resumes_the_ema(texture_data, tmp_path):
     # The averaged weights are not the trained ones.
     live = checkpoint.load(tmp_path / "whole" / "final.pt")["model"]
     assert any(not torch.equal(live[k], a[k]) for k in a if a[k].is_floating_point())
+
+
+def test_with_the_mirror_protocol_the_emas_single_view_is_recorded_as_evaluate_scores_it(texture_data, tmp_path, cli):
+    """Under eval_protocol flip, ema_top1_err is the centre + mirror figure; the centre view alone (the figure a
+    headline uses) is recorded beside it, and is what `evaluate --weights ema --protocol single` gives on val."""
+    from resnet_repro.training.loop import train
+
+    res = train(_cfg(texture_data, 1, ["train.eval_protocol=flip"]), tmp_path / "run")
+    assert {"ema_top1_err", "ema_top1_err_single", "ema_top5_err_single"} <= res.keys()
+    code, out, err = cli("evaluate", "--checkpoint", tmp_path / "run" / "final.pt", "--weights", "ema",
+                         "--split", "val", "--protocol", "single", "--protocol", "flip", "--workers", "0", "--json")
+    assert code == 0, err
+    scored = {r["protocol"]: r for r in json.loads(out)["results"]}
+    assert scored["single"]["top1_err"] == pytest.approx(res["ema_top1_err_single"], abs=1e-6)
+    assert scored["flip"]["top1_err"] == pytest.approx(res["ema_top1_err"], abs=1e-6)

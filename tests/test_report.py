@@ -258,3 +258,23 @@ def test_the_peak_memory_of_the_run_is_reported(tmp_path):
     path.write_text("".join(json.dumps(rec) + "\n" for rec in lines))
     with pytest.raises(ReportError, match="line 4: peak_memory_mb is"):
         load_run(run)
+
+
+def test_the_ema_rows_give_the_single_view_and_say_when_val_was_trained_on(tmp_path):
+    run = make_run(tmp_path / "fm", model="resnet20", dataset="fashion-mnist", epochs=4, val_size=0, val_resize=0)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["train"]["eval_protocol"] = "flip"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "results.json").write_text(json.dumps({
+        "model": "resnet20", "dataset": "fashion-mnist", "epochs": 4, "top1_err": 5.14, "top5_err": 0.1,
+        "headline": {"split": "test", "protocol": "single", "images": 10000, "held_out": True},
+        "val": {"split": "val", "held_out": False, "images": 5000, "single": {"top1_err": 3.3, "top5_err": 0.2},
+                "flip": {"top1_err": 3.2, "top5_err": 0.2}, "before_precise_bn": {"single": {"top1_err": 3.5}}},
+        "test": {"split": "test", "images": 10000, "single": {"top1_err": 5.14, "top5_err": 0.1}},
+        "ema_decay": 0.9998, "ema_top1_err": 3.11, "ema_top5_err": 0.02, "ema_top1_err_single": 3.27,
+        "ema_top5_err_single": 0.04, "precise_bn_batches": 25, "wall_s": 2400, "device": "cpu", "precision": "bf16"}))
+    md = report_markdown(load_run(run))
+    ema = [line for line in md.splitlines() if line.startswith("| this run, EMA weights")]
+    assert [line.split(" | ")[2:5] for line in ema] == [
+        ["val (trained on: not held out)", "single view, stored size", "3.27"],
+        ["val (trained on: not held out)", "centre view + mirror, stored size", "3.11"]]

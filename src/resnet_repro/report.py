@@ -189,7 +189,14 @@ def comparison_rows(run: Run) -> list[dict]:
         when = f"{where}/results.json ({machine}, {_hours(res.get('train_wall_s', res.get('wall_s', 0)))})"
         rows += _run_rows(run, res, epochs, when)
         if "ema_top1_err" in res:
-            rows.append({"who": "this run, EMA weights", "epochs": epochs, "split": val_split,
+            # The EMA is scored on val only (the test split is the live model's, once); say when val was trained on.
+            held = (res.get("val") or {}).get("held_out", True)
+            split = val_split + ("" if held else " (trained on: not held out)")
+            if "ema_top1_err_single" in res:
+                rows.append({"who": "this run, EMA weights", "epochs": epochs, "split": split,
+                             "protocol": _protocol_of_run(run, single=True), "top1": res["ema_top1_err_single"],
+                             "top5": res.get("ema_top5_err_single"), "classes": res.get("classes"), "source": when})
+            rows.append({"who": "this run, EMA weights", "epochs": epochs, "split": split,
                          "protocol": _protocol_of_run(run), "top1": res["ema_top1_err"],
                          "top5": res.get("ema_top5_err"), "classes": res.get("classes"), "source": when})
     else:

@@ -20,8 +20,8 @@ class ReportError(UserError):
 EPOCH_NUMBERS = ("lr", "train_loss", "train_top1_err", "val_top1_err", "val_top5_err", "val_loss",
                  "ema_val_top1_err", "images_per_s", "data_wait_fraction", "seconds", "peak_memory_mb")
 # results.json's top-level figures, read when present; top1_err and top5_err are always there.
-RESULT_NUMBERS = ("top1_err_single", "top5_err_single", "ema_top1_err", "ema_top5_err", "wall_s", "train_wall_s",
-                  "top1_err_before_precise_bn")
+RESULT_NUMBERS = ("top1_err_single", "top5_err_single", "ema_top1_err", "ema_top5_err", "ema_top1_err_single",
+                  "ema_top5_err_single", "wall_s", "train_wall_s", "top1_err_before_precise_bn")
 
 
 def _number(v) -> bool:
