@@ -38,6 +38,16 @@ def make_run(root, model="resnet50", dataset="imagenet", epochs=12, finished=Tru
     return root
 
 
+def flip_run(root, results: dict):
+    """A finished 4-epoch Fashion-MNIST run whose training scored centre + mirror, with the given results.json."""
+    run = make_run(root, model="resnet20", dataset="fashion-mnist", epochs=4, val_size=0, val_resize=0)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["train"]["eval_protocol"] = "flip"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
 def test_imagenet_run_sits_next_to_the_published_resnet50_figures(tmp_path):
     run = make_run(tmp_path / "r50")
     md = report_markdown(load_run(run))
@@ -73,18 +83,14 @@ def test_unfinished_run_and_evaluation_rows(tmp_path):
 
 
 def test_the_headline_is_the_single_view_on_test_and_every_other_row_says_its_split(tmp_path):
-    run = make_run(tmp_path / "fm", model="resnet20", dataset="fashion-mnist", epochs=4, val_size=0, val_resize=0)
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    cfg["train"]["eval_protocol"] = "flip"
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (run / "results.json").write_text(json.dumps({
+    run = flip_run(tmp_path / "fm", {
         "model": "resnet20", "dataset": "fashion-mnist", "epochs": 4, "top1_err": 5.14, "top5_err": 0.1,
         "headline": {"split": "test", "protocol": "single", "images": 10000, "held_out": True},
         "val": {"split": "val", "held_out": True, "images": 5000, "single": {"top1_err": 5.3, "top5_err": 0.2},
                 "flip": {"top1_err": 5.2, "top5_err": 0.2}, "before_precise_bn": {"single": {"top1_err": 5.5}}},
         "test": {"split": "test", "images": 10000, "single": {"top1_err": 5.14, "top5_err": 0.1},
                  "flip": {"top1_err": 4.99, "top5_err": 0.1}},
-        "precise_bn_batches": 25, "wall_s": 2400, "device": "cpu", "precision": "bf16"}))
+        "precise_bn_batches": 25, "wall_s": 2400, "device": "cpu", "precision": "bf16"})
     md = report_markdown(load_run(run))
     rows = [line for line in md.splitlines() if line.startswith("| ") and "this run" in line]
     assert rows[0].startswith("| **this run** | 4 | test (10000 images) | single view, stored size, precise BN "
@@ -261,18 +267,14 @@ def test_the_peak_memory_of_the_run_is_reported(tmp_path):
 
 
 def test_the_ema_rows_give_the_single_view_and_say_when_val_was_trained_on(tmp_path):
-    run = make_run(tmp_path / "fm", model="resnet20", dataset="fashion-mnist", epochs=4, val_size=0, val_resize=0)
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    cfg["train"]["eval_protocol"] = "flip"
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (run / "results.json").write_text(json.dumps({
+    run = flip_run(tmp_path / "fm", {
         "model": "resnet20", "dataset": "fashion-mnist", "epochs": 4, "top1_err": 5.14, "top5_err": 0.1,
         "headline": {"split": "test", "protocol": "single", "images": 10000, "held_out": True},
         "val": {"split": "val", "held_out": False, "images": 5000, "single": {"top1_err": 3.3, "top5_err": 0.2},
                 "flip": {"top1_err": 3.2, "top5_err": 0.2}, "before_precise_bn": {"single": {"top1_err": 3.5}}},
         "test": {"split": "test", "images": 10000, "single": {"top1_err": 5.14, "top5_err": 0.1}},
         "ema_decay": 0.9998, "ema_top1_err": 3.11, "ema_top5_err": 0.02, "ema_top1_err_single": 3.27,
-        "ema_top5_err_single": 0.04, "precise_bn_batches": 25, "wall_s": 2400, "device": "cpu", "precision": "bf16"}))
+        "ema_top5_err_single": 0.04, "precise_bn_batches": 25, "wall_s": 2400, "device": "cpu", "precision": "bf16"})
     md = report_markdown(load_run(run))
     ema = [line for line in md.splitlines() if line.startswith("| this run, EMA weights")]
     assert [line.split(" | ")[2:5] for line in ema] == [
