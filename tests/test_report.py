@@ -278,5 +278,5 @@ def test_the_ema_rows_give_the_single_view_and_say_when_val_was_trained_on(tmp_p
     md = report_markdown(load_run(run))
     ema = [line for line in md.splitlines() if line.startswith("| this run, EMA weights")]
     assert [line.split(" | ")[2:5] for line in ema] == [
-        ["val (trained on: not held out)", "single view, stored size", "3.27"],
-        ["val (trained on: not held out)", "centre view + mirror, stored size", "3.11"]]
+        ["val (5000 images, trained on: not held out)", "single view, stored size", "3.27"],
+        ["val (5000 images, trained on: not held out)", "centre view + mirror, stored size", "3.11"]]

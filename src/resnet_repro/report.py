@@ -36,6 +36,7 @@ class Run:
     results: dict | None = None
     evaluation: dict | None = None
     dataset: str | None = None
+    record: dict = field(default_factory=dict)  # run.json, written when the run starts ({} where missing or damaged)
 
     @property
     def model(self) -> str:
@@ -76,27 +77,29 @@ def load_run(root: str | Path) -> Run:
             setattr(run, name, read_object(f))
     if run.results is not None:
         check_results(run.results, root / "results.json")
+    run.record = _read_record(root)
     run.dataset = (run.results or {}).get("dataset") or _dataset_from_record(run) or _dataset_from_manifest(run)
     return run
 
 
-def _record(run: Run, key: str):
-    """A value from run.json, the record a run writes when it starts (None where it is missing or damaged)."""
+def _read_record(root: Path) -> dict:
+    """run.json, the record a run writes when it starts; {} where it is missing or damaged (it only adds names)."""
     try:
-        return json.loads((run.root / "run.json").read_text()).get(key)
-    except (OSError, ValueError, AttributeError):
-        return None
+        record = json.loads((root / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _dataset_from_record(run: Run) -> str | None:
     """run.json's data set name (runs since 2026-12-05 record it when they start)."""
-    name = _record(run, "dataset")
+    name = run.record.get("dataset")
     return name if isinstance(name, str) else None
 
 
 def _classes_from_record(run: Run) -> int | None:
     """run.json's class count (runs since 2026-12-05 record it), for the unfinished run's top-5 figure."""
-    n = _record(run, "classes")
+    n = run.record.get("classes")
     return n if isinstance(n, int) and not isinstance(n, bool) else None
 
 
@@ -145,6 +148,12 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
+def _split_label(block: dict) -> str:
+    """A results.json split block's name for a row: the split, its image count, and whether it was trained on."""
+    return f"{block['split']} ({block['images']} images" + ("" if block.get("held_out", True) else
+                                                            ", trained on: not held out") + ")"
+
+
 def _run_rows(run: Run, res: dict, epochs: str, when: str) -> list[dict]:
     """A finished run's rows: the headline (single centre view; test split where the data set has one) first,
     then the other protocols and the val figures as extra rows."""
@@ -161,8 +170,7 @@ def _run_rows(run: Run, res: dict, epochs: str, when: str) -> list[dict]:
         block = res.get(name)
         if block is None:
             continue
-        split = f"{block['split']} ({block['images']} images" + ("" if block.get("held_out", True) else
-                                                                  ", trained on: not held out") + ")"
+        split = _split_label(block)
         for protocol in ("single", "flip"):
             if protocol not in block:
                 continue
@@ -189,16 +197,14 @@ def comparison_rows(run: Run) -> list[dict]:
         when = f"{where}/results.json ({machine}, {_hours(res.get('train_wall_s', res.get('wall_s', 0)))})"
         rows += _run_rows(run, res, epochs, when)
         if "ema_top1_err" in res:
-            # The EMA is scored on val only (the test split is the live model's, once); say when val was trained on.
-            held = (res.get("val") or {}).get("held_out", True)
-            split = val_split + ("" if held else " (trained on: not held out)")
-            if "ema_top1_err_single" in res:
-                rows.append({"who": "this run, EMA weights", "epochs": epochs, "split": split,
-                             "protocol": _protocol_of_run(run, single=True), "top1": res["ema_top1_err_single"],
-                             "top5": res.get("ema_top5_err_single"), "classes": res.get("classes"), "source": when})
-            rows.append({"who": "this run, EMA weights", "epochs": epochs, "split": split,
-                         "protocol": _protocol_of_run(run), "top1": res["ema_top1_err"],
-                         "top5": res.get("ema_top5_err"), "classes": res.get("classes"), "source": when})
+            # The EMA is scored on val only (the test split is the live model's, once), on the val rows' images: the
+            # same split label, which says when val was trained on. Its single view first where the mirror scored too.
+            split = _split_label(res["val"]) if "val" in res else val_split
+            views = ([(True, "_single")] if "ema_top1_err_single" in res else []) + [(False, "")]
+            rows += [{"who": "this run, EMA weights", "epochs": epochs, "split": split,
+                      "protocol": _protocol_of_run(run, single=single), "top1": res[f"ema_top1_err{key}"],
+                      "top5": res.get(f"ema_top5_err{key}"), "classes": res.get("classes"), "source": when}
+                     for single, key in views]
     else:
         last = next((r for r in reversed(m) if "val_top1_err" in r), None)
         if last:

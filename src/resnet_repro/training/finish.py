@@ -41,8 +41,7 @@ def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict
     before, after, used = _with_precise_bn(run, learner.model)
     if n_bn > 0:
         log(f"precise BN over {used} batches x {data.global_batch}: val top-1 error {before['top1_err']:.2f}% -> "
-            f"{after['top1_err']:.2f}%" + (f" (centre + mirror; the centre view alone: {after['top1_err_single']:.2f}%)"
-                                           if "top1_err_single" in after else ""))
+            f"{after['top1_err']:.2f}%" + _single_view_note(after))
     note_stop()
     ema_results = {}
     if learner.ema is not None:
@@ -56,9 +55,7 @@ def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict
                            "ema_top5_err_single": ema_after["top5_err_single"]} if "top1_err_single" in ema_after
                           else {})}
         log(f"EMA weights (decay {cfg.train.ema:g}): val top-1 error {ema_before['top1_err']:.2f}% -> "
-            f"{ema_after['top1_err']:.2f}% after precise BN" + (f" (centre + mirror; the centre view alone: "
-                                                                f"{ema_after['top1_err_single']:.2f}%)"
-                                                                if "top1_err_single" in ema_after else ""))
+            f"{ema_after['top1_err']:.2f}% after precise BN" + _single_view_note(ema_after))
     # The test split, scored once, here: after precise BN, with the recipe's protocol (and the single view).
     test = _score_test(run)
     note_stop()
@@ -104,6 +101,13 @@ def _score_test(run: Run) -> dict | None:
     dataset = BatchDataset(reader, data.val_ds.geometry, data.channels, run.cfg.train.seed, train=False)
     return evaluate(run.learner.model, data.val_batches(dataset), run.device, run.autocast,
                     mirror=run.cfg.train.eval_protocol == "flip")
+
+
+def _single_view_note(scored: dict) -> str:
+    """For a log line whose figure is centre + mirror: the centre view alone, in brackets ("" for a single view)."""
+    if "top1_err_single" not in scored:
+        return ""
+    return f" (centre + mirror; the centre view alone: {scored['top1_err_single']:.2f}%)"
 
 
 def _by_protocol(scored: dict) -> dict:
