@@ -3,7 +3,9 @@
 What a seed study or an ablation needs: one row per run with the config keys that differ between the runs, its
 figures per split and protocol (the single centre view on the test split first, as in a single run's report), and
 for runs that share a recipe and differ only in `train.seed`, the mean, the standard deviation and the range of
-each figure, as the ResNet paper reports its CIFAR runs (s4.2: "best (mean ± std)" over 5 runs).
+each figure, as the ResNet paper reports its CIFAR runs (s4.2: "best (mean ± std)" over 5 runs); and, for runs whose
+evaluation.json records which images they get right (`evaluate --out`), each run against the first one named, image
+by image (paired.py: the discordant images and McNemar's exact p).
 
 A recipe here is every config key that changes what is trained. Keys that only say where the data lies, how it is
 loaded or logged (the loader's worker count changes nothing the model sees: sampling and augmentation are a pure
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from . import atomic
 from .config import Config
+from .paired import discordant, mcnemar_p, unpack_hits
 from .report import Run, load_run
 from .report_inputs import ReportError
 from .report_plots import plot_comparison
@@ -204,16 +207,20 @@ def comparison_markdown(entries: list[Entry], png_name: str = "curves.png") -> s
         row = [e.label, run.model, epochs, *(_value(e.config.get(k, "-")) if e.config else "?" for k in columns),
                *cells, f"{seconds / 60:.1f} min", _machine(run)]
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Over seeds", "", *_seed_lines(entries, differ)]
+    lines += ["", "## Image by image", "", *paired_lines(entries)]
+    return "\n".join(lines) + "\n"
+
+
+def _seed_lines(entries: list[Entry], differ: list[str]) -> list[str]:
+    """The seed groups' table: mean ± std (min–max) of each figure over runs that differ only in train.seed."""
     groups = [g for g in seed_groups(entries) if len(g) > 1]
-    lines += ["", "## Over seeds", ""]
     if not groups:
-        lines.append("No two finished runs share a recipe (every config key that changes what is trained, "
-                     "`train.seed` aside), so there is nothing to aggregate.")
-        return "\n".join(lines) + "\n"
-    lines.append("Finished runs that differ only in `train.seed` (and in keys that change nothing trained: where the "
-                 "data lies, loader workers, logging, checkpoint cadence, the machine record): mean ± sample "
-                 "standard deviation (min–max).")
-    lines.append("")
+        return ["No two finished runs share a recipe (every config key that changes what is trained, "
+                "`train.seed` aside), so there is nothing to aggregate."]
+    lines = ["Finished runs that differ only in `train.seed` (and in keys that change nothing trained: where the "
+             "data lies, loader workers, logging, checkpoint cadence, the machine record): mean ± sample standard "
+             "deviation (min–max).", ""]
     recipe_keys = [k for k in differ if k != "train.seed"]  # what tells the groups apart
     gh = ["runs", "seeds", *recipe_keys, *(label for label, _, _ in FIGURES)]
     lines += ["| " + " | ".join(gh) + " |", "|" + "|".join("---" for _ in gh) + "|"]
@@ -226,7 +233,82 @@ def comparison_markdown(entries: list[Entry], png_name: str = "curves.png") -> s
         row = [", ".join(e.label for e in g), ", ".join(_value(e.config.get("train.seed")) for e in g),
                *(_value(g[0].config.get(k, "-")) for k in recipe_keys), *cells]
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _hits_of(entry: Entry) -> dict:
+    """{protocol: (hits, result)} from the run's evaluation.json (resnet-repro evaluate --out), for the protocols
+    that record per-image outcomes; {} without them. A record that does not add up is an error naming the file."""
+    ev = entry.run.evaluation or {}
+    if not isinstance(ev.get("labels_sha256"), str):
+        return {}
+    path = entry.run.root / "evaluation.json"
+    out = {}
+    for i, r in enumerate(ev.get("results") or []):
+        if not isinstance(r, dict) or "top1_hits" not in r:
+            continue
+        where = f"{path}: results[{i}] ({r.get('protocol', '?')})"
+        count, correct = r.get("count"), r.get("top1_correct")
+        if not (isinstance(count, int) and isinstance(correct, int)):
+            raise ReportError(f"{where}: top1_hits without whole count and top1_correct; run resnet-repro evaluate "
+                              "--out again")
+        try:
+            hits = unpack_hits(r["top1_hits"], count) if isinstance(r["top1_hits"], str) else None
+        except ValueError as e:
+            raise ReportError(f"{where}: top1_hits: {e}; run resnet-repro evaluate --out again") from None
+        if hits is None or int(hits.sum()) != correct:
+            got = "not a string" if hits is None else f"{int(hits.sum())} images right"
+            raise ReportError(f"{where}: top1_hits ({got}) does not match top1_correct {correct}; the file was "
+                              "changed or damaged: run resnet-repro evaluate --out again")
+        out[r.get("protocol", "?")] = (hits, r)
+    return out
+
+
+def paired_lines(entries: list[Entry]) -> list[str]:
+    """Each run against the first one named, on the images both were evaluated on (paired.py): how many images only
+    one of the two gets right, and McNemar's exact p for a split that uneven by chance."""
+    outcomes = [(e, _hits_of(e)) for e in entries]
+    recorded = [(e, h) for e, h in outcomes if h]
+    missing = [e.label for e, h in outcomes if not h]
+    how = ("`resnet-repro evaluate --checkpoint RUN/final.pt --split val --protocol single --out RUN/evaluation.json` "
+           "records which images a run gets right")
+    lines = []
+    if len(recorded) < 2:
+        lines.append(f"Fewer than two runs record which images they get right, so none are compared image by image: "
+                     f"{how}, then report again.")
+        return lines
+    (base, base_hits), rest = recorded[0], recorded[1:]
+    base_ev = base.run.evaluation
+    lines.append(f"Each run against `{base.label}` on the same images: of the images exactly one of the two gets "
+                 "right, how many each; the difference in top-1 error is theirs alone. McNemar's exact p is the chance "
+                 "of a split at least that uneven if each such image were a coin toss: it judges these two trained "
+                 "models; a recipe difference must also outlast the spread between seeds.")
+    lines += ["", "| run | split (images) | protocol | top-1 err %: run / baseline | difference, points | only the run "
+              "right | only the baseline right | McNemar p |", "|---|---|---|---|---|---|---|---|"]
+    other = []
+    for e, hits in rest:
+        ev = e.run.evaluation
+        if (ev.get("split"), ev.get("labels_sha256")) != (base_ev.get("split"), base_ev.get("labels_sha256")):
+            other.append(f"`{e.label}` (split {ev.get('split')})")
+            continue
+        for protocol, (h, r) in hits.items():
+            if protocol not in base_hits:
+                continue
+            bh, br = base_hits[protocol]
+            only_run, only_base = discordant(h, bh)
+            geometry = "" if r.get("description") == br.get("description") else \
+                f" (run: {r.get('description')}; baseline: {br.get('description')})"
+            lines.append(f"| {e.label} | {ev.get('split')} ({r['count']}) | {protocol}{geometry} | "
+                         f"{r['top1_err']:.2f} / {br['top1_err']:.2f} | "
+                         f"{100.0 * (only_base - only_run) / r['count']:+.2f} | {only_run} | {only_base} | "
+                         f"{mcnemar_p(only_run, only_base):.3f} |")
+    if other:
+        lines += ["", f"Not paired with `{base.label}` (split {base_ev.get('split')}): evaluated on other images: "
+                  + ", ".join(other) + "."]
+    if missing:
+        lines += ["", "Without per-image outcomes (no evaluation.json, or one from before they were recorded): "
+                  + ", ".join(f"`{m}`" for m in missing) + f". {how}."]
+    return lines
 
 
 def write_comparison(run_dirs: list[str | Path], out: str | Path) -> dict:

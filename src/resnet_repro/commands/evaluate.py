@@ -145,6 +145,7 @@ def _evaluate_on_ranks(trained: Trained, opts: EvalOptions, device: torch.device
     from ..data.shards.records import MANIFEST
     from ..data.shards.remote import is_url, load_manifest, open_reader
     from ..evaluate import eval_transform, evaluate_protocols, make_protocol
+    from ..paired import labels_digest
     from ..runtime import autocast_for, choose_channels_last
 
     root = opts.data or trained.cfg.data.path
@@ -176,4 +177,7 @@ def _evaluate_on_ranks(trained: Trained, opts: EvalOptions, device: torch.device
                                  device, opts.batch_size, opts.workers, autocast, env.rank, env.world)
     return {"model": trained.cfg.model.name, "weights": trained.source, "data": str(reader.root), "split": split,
             "split_chosen_by": "--split" if opts.split else "default (test where the data set has one, else val)",
+            # Which images the results' top1_hits refer to, in their order (paired.py: runs are paired only on the
+            # same images).
+            "labels_sha256": labels_digest(reader.labels),
             "precision": precision, "device": str(device), "world_size": env.world, "results": results}

@@ -14,9 +14,9 @@ The names below are re-exported so that callers import from ``resnet_repro.evalu
 from .protocols import (PAPER_SCALES, PROTOCOLS, Protocol, ViewDataset, evaluate_protocols, five_crops,
                         format_table, group_views, make_protocol, resize_shorter, score_groups, score_images)
 from .trained_model import Trained, load_trained, read_state_dict, trained_from_torchvision
-from .val_pass import eval_transform, evaluate, topk_correct
+from .val_pass import eval_transform, evaluate, topk_correct, topk_hits
 
 __all__ = ["PAPER_SCALES", "PROTOCOLS", "Protocol", "Trained", "ViewDataset", "eval_transform",
            "evaluate", "evaluate_protocols", "five_crops", "format_table", "group_views",
            "load_trained", "make_protocol", "read_state_dict", "resize_shorter", "score_groups", "score_images",
-           "topk_correct", "trained_from_torchvision"]
+           "topk_correct", "topk_hits", "trained_from_torchvision"]

@@ -34,7 +34,8 @@ from ..data.decode.cpu import DecodeError, decode
 from ..data.loading.loader import Job, close_workers, eval_batch_indices, make_loader
 from ..figures import top5_text
 from ..stopping import on_every_rank
-from .val_pass import logits_with_mirror, topk_correct
+from ..paired import pack_hits
+from .val_pass import logits_with_mirror, topk_hits
 
 PROTOCOLS = ("single", "flip", "10crop", "multiscale")
 # Shorter-side lengths in pixels of the paper's multi-scale test (He et al. 2015, s3.4, after VGG / OverFeat),
@@ -211,7 +212,7 @@ def score_images(model: torch.nn.Module, images: list[np.ndarray], protocols: li
 
 class ViewDataset(torch.utils.data.Dataset):
     """Loader-worker side of ``evaluate_protocols``: a Job (data/loading/loader.py) of sample indices -> (view groups,
-    labels)."""
+    labels, the indices)."""
 
     def __init__(self, reader, channels: int, protocols: list[Protocol]):
         self.reader, self.channels, self.protocols = reader, channels, protocols
@@ -232,7 +233,7 @@ class ViewDataset(torch.utils.data.Dataset):
                               f"every sample, so none is replaced: run resnet-repro verify {self.reader.root}, and "
                               "prepare the data again")
         groups = group_views(images, self.protocols, [self.reader.where(i) for i in indices.tolist()])
-        return groups, torch.from_numpy(self.reader.labels[indices].astype(np.int64))
+        return groups, torch.from_numpy(self.reader.labels[indices].astype(np.int64)), torch.as_tensor(indices)
 
 
 def _decoded(loader):
@@ -240,10 +241,10 @@ def _decoded(loader):
     main process. Its workers are stopped when the loop ends, however it ends (close_workers)."""
     it = iter(loader)
     try:
-        for groups, labels in it:
+        for groups, labels, indices in it:
             if groups is None:
                 raise DecodeError(labels)
-            yield groups, labels
+            yield groups, labels, indices
     finally:
         close_workers(it)
 
@@ -268,26 +269,33 @@ def evaluate_protocols(model: torch.nn.Module, reader, protocols: list[Protocol]
     model.eval()
     # Per protocol: [top-1 correct, top-5 correct, samples, summed -log p(target)], float64 for exact counts.
     sums = torch.zeros(len(protocols), 4, dtype=torch.float64, device=device)
+    # Per protocol and image, in the split's order: 1 where the top-1 guess is right. Each rank fills its own
+    # images, so the sum over ranks is every image's outcome once (paired.py compares two runs image by image).
+    hits = torch.zeros(len(protocols), len(reader), dtype=torch.float32, device=device)
     classes = 0
-    for groups, labels in on_every_rank(_decoded(loader), device):
+    for groups, labels, indices in on_every_rank(_decoded(loader), device):
         labels = labels.to(device, non_blocking=True)
+        indices = indices.to(device, non_blocking=True)
         probs = score_groups(model, groups, len(labels), protocols, transform, device, autocast, batch_size)
         for p_id, p in enumerate(probs):
             classes = p.shape[1]
-            c1, c5 = topk_correct(p, labels)
+            h1, h5 = topk_hits(p, labels)
+            hits[p_id, indices] = h1.float()
             nll = -p.gather(1, labels.view(-1, 1)).clamp_min(1e-12).log().sum()
-            sums[p_id] += torch.stack([c1.double(), c5.double(),
+            sums[p_id] += torch.stack([h1.sum().double(), h5.sum().double(),
                                        torch.tensor(float(len(labels)), dtype=torch.float64, device=device),
                                        nll.double()])
     model.train(was_training)
     dist.all_reduce_sum(sums)
+    dist.all_reduce_sum(hits)
     results = []
-    for p, (c1, c5, n, nll) in zip(protocols, sums.tolist()):
+    for p, (c1, c5, n, nll), h in zip(protocols, sums.tolist(), hits.cpu().numpy()):
         if n == 0:
             raise ValueError(f"{reader.root} split {reader.split}: evaluation saw no samples")
         results.append({"protocol": p.name, "description": p.describe(), "views": p.views_per_image,
                         "top1_err": 100.0 * (1 - c1 / n), "top5_err": 100.0 * (1 - c5 / n), "loss": nll / n,
-                        "count": int(n), "top1_correct": int(c1), "top5_correct": int(c5), "classes": classes})
+                        "count": int(n), "top1_correct": int(c1), "top5_correct": int(c5), "classes": classes,
+                        "top1_hits": pack_hits(h > 0.5)})
     return results
 
 

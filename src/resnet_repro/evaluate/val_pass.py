@@ -18,12 +18,17 @@ from ..data.augment.device import DeviceTransform
 from ..stopping import on_every_rank
 
 
-def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list[torch.Tensor]:
-    """Number of samples whose target is among the k highest logits, for each k (capped at #classes)."""
+def topk_hits(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list[torch.Tensor]:
+    """For each k (capped at #classes), which samples have their target among the k highest logits: bool [B]."""
     kmax = min(max(ks), logits.shape[1])
     top = logits.topk(kmax, dim=1).indices  # [B, kmax], best first
     hit = top.eq(targets.view(-1, 1))
-    return [hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
+    return [hit[:, : min(k, kmax)].any(dim=1) for k in ks]
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list[torch.Tensor]:
+    """Number of samples whose target is among the k highest logits, for each k (capped at #classes)."""
+    return [hits.sum() for hits in topk_hits(logits, targets, ks)]
 
 
 def logits_with_mirror(model: torch.nn.Module, x: torch.Tensor, mirror: bool, autocast=contextlib.nullcontext):
