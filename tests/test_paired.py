@@ -7,10 +7,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from resnet_repro.compare import comparison_markdown, load_entries
 from resnet_repro.config import DataConfig
-from resnet_repro.evaluate import evaluate_protocols, make_protocol
+from resnet_repro.evaluate import evaluate, evaluate_protocols, make_protocol
 from resnet_repro.paired import labels_digest, mcnemar_p, pack_hits, unpack_hits
 from resnet_repro.report_inputs import ReportError
 from test_compare import make_run, rows_of
@@ -93,7 +94,8 @@ def test_report_pairs_runs_evaluated_on_the_same_images(tmp_path):
     assert float(better_row[7]) == pytest.approx(mcnemar_p(30, 10), abs=5e-4) and float(better_row[7]) < 0.01
     assert same_row[4:8] == ["+0.00", "5", "5", "1.000"]
     assert len(rows) == 3
-    assert "`other` (split val)" in md and "Without per-image outcomes" in md and "`none`" in md
+    assert "`other` val (single): other images than `base`'s val" in md
+    assert "Without per-image outcomes: `none`" in md
 
 
 def test_report_says_how_to_record_outcomes_when_fewer_than_two_runs_have_them(tmp_path):
@@ -102,13 +104,15 @@ def test_report_says_how_to_record_outcomes_when_fewer_than_two_runs_have_them(t
     md = comparison_markdown(load_entries([a, b]))
     assert rows_of(md, "Image by image") == []
     assert "--out RUN/evaluation.json" in md.split("## Image by image", 1)[1]
+    assert "results.json" in md.split("## Image by image", 1)[1]
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"top1_correct": 2}, "does not match top1_correct 2"),
+    ({"top1_err": 1.0}, "does not match its top-1 error 1.00"),
     ({"top1_hits": "!!"}, "not base64"),
     ({"count": 20}, "expected 3"),
     ({"top1_hits": 5}, "not a string"),
+    ({"count": "3"}, "whole image count"),
 ])
 def test_a_damaged_outcome_record_is_named_not_compared(tmp_path, change, message):
     a, b = make_run(tmp_path / "a", seed=0), make_run(tmp_path / "b", seed=1)
@@ -117,3 +121,59 @@ def test_a_damaged_outcome_record_is_named_not_compared(tmp_path, change, messag
     with pytest.raises(ReportError, match=message) as e:
         comparison_markdown(load_entries([a, b]))
     assert str(b / "evaluation.json") in str(e.value) and "results[0] (single)" in str(e.value)
+
+
+class Guess(torch.nn.Module):
+    """Logits that pick class x[:, 0, 0, 0] (a pixel value set by the test); the row's last pixel weighs half."""
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), 3).float() \
+            + 0.5 * torch.nn.functional.one_hot(x[:, 0, 0, -1].long(), 3).float()
+
+
+def test_the_val_pass_puts_each_images_outcome_at_its_index_in_the_split():
+    # Two batches of a rank that holds the split's images 5, 1, 3 and 0, 4 (of 7): the guesses are right for
+    # images 5, 3 and 4 only; images 2 and 6 are another rank's and stay 0 here.
+    x = torch.zeros(5, 1, 2, 2)
+    x[:, 0, 0, 0] = torch.tensor([2.0, 0.0, 1.0, 2.0, 0.0])  # the guess, centre view
+    x[:, 0, 0, 1] = torch.tensor([2.0, 1.0, 1.0, 0.0, 0.0])  # the row's last pixel (the mirror's first)
+    y = torch.tensor([2, 1, 1, 0, 0])
+    batches = [(x[:3], y[:3]), (x[3:], y[3:])]
+    out = evaluate(Guess(), batches, CPU, order=np.array([5, 1, 3, 0, 4]), total=7)
+    np.testing.assert_array_equal(unpack_hits(out["top1_hits"], 7), [False, False, False, True, True, True, False])
+    assert out["top1_correct"] == 3
+    flip = evaluate(Guess(), batches, CPU, mirror=True, order=np.array([5, 1, 3, 0, 4]), total=7)
+    # With the mirror: the single view's outcomes as before, and the two views' own, counted as their top-1.
+    assert unpack_hits(flip["top1_hits_single"], 7).tolist() == unpack_hits(out["top1_hits"], 7).tolist()
+    assert flip["top1_correct"] == int(unpack_hits(flip["top1_hits"], 7).sum())
+    with pytest.raises(RuntimeError, match=r"more images than its order names \(4\)"):
+        evaluate(Guess(), batches, CPU, order=np.array([5, 1, 3, 0]), total=7)
+    with pytest.raises(RuntimeError, match="saw 5 images where its order names 6"):
+        evaluate(Guess(), batches, CPU, order=np.array([5, 1, 3, 0, 4, 6]), total=7)
+
+
+def add_outcomes(run, val_hits, test_hits):
+    """Per-image outcomes in a make_run results.json, as training writes them (its errors made to match)."""
+    res = json.loads((run / "results.json").read_text())
+    for name, hits in (("val", val_hits), ("test", test_hits)):
+        hits = np.asarray(hits, dtype=bool)
+        block = res[name]
+        block.update(images=len(hits), labels_sha256=name * 32)
+        block["single"].update(top1_err=100.0 * (1 - hits.mean()), top1_hits=pack_hits(hits))
+    (run / "results.json").write_text(json.dumps(res))
+
+
+def test_results_pair_on_each_split_and_leave_out_a_split_either_run_trained_on(tmp_path):
+    base = make_run(tmp_path / "base", seed=0)
+    held = make_run(tmp_path / "held", seed=1)
+    final = make_run(tmp_path / "final", seed=2, train_splits=("train", "val"))  # val trained on
+    add_outcomes(base, [True, True, False, False], [True] * 6 + [False] * 4)
+    add_outcomes(held, [True, False, True, False], [True] * 4 + [False] * 6)
+    add_outcomes(final, [True] * 4, [False] + [True] * 9)
+    rows = rows_of(comparison_markdown(load_entries([base, held, final])), "Image by image")[1:]
+    assert [r[:3] for r in rows] == [["held", "val (4)", "single"], ["held", "test (10)", "single"],
+                                     ["final", "test (10)", "single"]]
+    assert rows[0][4:7] == ["+0.00", "1", "1"] and rows[1][4:7] == ["+20.00", "0", "2"]
+    assert rows[2][4:7] == ["-30.00", "4", "1"]
+    md = comparison_markdown(load_entries([base, held, final]))
+    assert "`final` val (single): trained on by `final`" in md

@@ -7,6 +7,7 @@ with train / val / test splits (conftest.write_image_dataset); runs are 2 epochs
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -177,6 +178,30 @@ def test_results_carry_val_and_test_with_the_single_view_first(spied_run, three_
     assert all("val_held_out" not in m for m in metrics)
 
 
+def test_results_record_which_images_were_right_and_report_pairs_runs_by_them(spied_run, three_splits, tmp_path,
+                                                                              cli):
+    from resnet_repro.paired import labels_digest, unpack_hits
+
+    out, _ = spied_run
+    res = json.loads((out / "results.json").read_text())
+    for name, images in (("val", 32), ("test", 40)):
+        block = res[name]
+        assert block["labels_sha256"] == labels_digest(RecordReader(three_splits, name).labels)
+        for protocol in ("single", "flip"):
+            right = unpack_hits(block[protocol]["top1_hits"], images)
+            assert 100.0 * (1 - right.mean()) == pytest.approx(block[protocol]["top1_err"], abs=1e-9)
+    assert "top1_hits" not in res["val"]["before_precise_bn"]["single"]
+    # The same run twice (a copy): every split and protocol paired, no image differs.
+    twin = tmp_path / "twin"
+    shutil.copytree(out, twin)
+    code, _, err = cli("report", out, twin, "--out", tmp_path / "cmp")
+    assert code == 0, err
+    md = (tmp_path / "cmp" / "compare.md").read_text().split("## Image by image", 1)[1]
+    rows = [r for r in md.splitlines() if r.split(" | ")[0].endswith("twin")]  # labels: paths from the shared folder
+    assert len(rows) == 4 and all(r.endswith("| +0.00 | 0 | 0 | 1.000 |") for r in rows)
+    assert {r.split(" | ")[1] for r in rows} == {"val (32)", "test (40)"}
+
+
 def test_evaluate_scores_test_by_default_and_val_when_asked(spied_run, three_splits, cli):
     out, _ = spied_run
     res = json.loads((out / "results.json").read_text())
@@ -207,6 +232,7 @@ def test_training_on_train_and_val_labels_val_as_not_held_out(three_splits, tmp_
     metrics = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert all(m["val_held_out"] is False for m in metrics)
     assert "not held out" in printed
+    assert "top1_hits" in (tmp_path / "r" / "results.json").read_text() and "top1_hits" not in printed  # not logged
     # 160 images trained on = 128 + 32: 5 steps of 32 per epoch.
     assert res["steps"] == 2 * 5
 

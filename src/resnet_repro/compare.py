@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import atomic
 from .config import Config
-from .paired import discordant, mcnemar_p, unpack_hits
+from .paired import paired_lines
 from .report import Run, load_run
 from .report_inputs import ReportError
 from .report_plots import plot_comparison
@@ -208,7 +208,7 @@ def comparison_markdown(entries: list[Entry], png_name: str = "curves.png") -> s
                *cells, f"{seconds / 60:.1f} min", _machine(run)]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Over seeds", "", *_seed_lines(entries, differ)]
-    lines += ["", "## Image by image", "", *paired_lines(entries)]
+    lines += ["", "## Image by image", "", *paired_lines([(e.label, e.run) for e in entries])]
     return "\n".join(lines) + "\n"
 
 
@@ -233,81 +233,6 @@ def _seed_lines(entries: list[Entry], differ: list[str]) -> list[str]:
         row = [", ".join(e.label for e in g), ", ".join(_value(e.config.get("train.seed")) for e in g),
                *(_value(g[0].config.get(k, "-")) for k in recipe_keys), *cells]
         lines.append("| " + " | ".join(row) + " |")
-    return lines
-
-
-def _hits_of(entry: Entry) -> dict:
-    """{protocol: (hits, result)} from the run's evaluation.json (resnet-repro evaluate --out), for the protocols
-    that record per-image outcomes; {} without them. A record that does not add up is an error naming the file."""
-    ev = entry.run.evaluation or {}
-    if not isinstance(ev.get("labels_sha256"), str):
-        return {}
-    path = entry.run.root / "evaluation.json"
-    out = {}
-    for i, r in enumerate(ev.get("results") or []):
-        if not isinstance(r, dict) or "top1_hits" not in r:
-            continue
-        where = f"{path}: results[{i}] ({r.get('protocol', '?')})"
-        count, correct = r.get("count"), r.get("top1_correct")
-        if not (isinstance(count, int) and isinstance(correct, int)):
-            raise ReportError(f"{where}: top1_hits without whole count and top1_correct; run resnet-repro evaluate "
-                              "--out again")
-        try:
-            hits = unpack_hits(r["top1_hits"], count) if isinstance(r["top1_hits"], str) else None
-        except ValueError as e:
-            raise ReportError(f"{where}: top1_hits: {e}; run resnet-repro evaluate --out again") from None
-        if hits is None or int(hits.sum()) != correct:
-            got = "not a string" if hits is None else f"{int(hits.sum())} images right"
-            raise ReportError(f"{where}: top1_hits ({got}) does not match top1_correct {correct}; the file was "
-                              "changed or damaged: run resnet-repro evaluate --out again")
-        out[r.get("protocol", "?")] = (hits, r)
-    return out
-
-
-def paired_lines(entries: list[Entry]) -> list[str]:
-    """Each run against the first one named, on the images both were evaluated on (paired.py): how many images only
-    one of the two gets right, and McNemar's exact p for a split that uneven by chance."""
-    outcomes = [(e, _hits_of(e)) for e in entries]
-    recorded = [(e, h) for e, h in outcomes if h]
-    missing = [e.label for e, h in outcomes if not h]
-    how = ("`resnet-repro evaluate --checkpoint RUN/final.pt --split val --protocol single --out RUN/evaluation.json` "
-           "records which images a run gets right")
-    lines = []
-    if len(recorded) < 2:
-        lines.append(f"Fewer than two runs record which images they get right, so none are compared image by image: "
-                     f"{how}, then report again.")
-        return lines
-    (base, base_hits), rest = recorded[0], recorded[1:]
-    base_ev = base.run.evaluation
-    lines.append(f"Each run against `{base.label}` on the same images: of the images exactly one of the two gets "
-                 "right, how many each; the difference in top-1 error is theirs alone. McNemar's exact p is the chance "
-                 "of a split at least that uneven if each such image were a coin toss: it judges these two trained "
-                 "models; a recipe difference must also outlast the spread between seeds.")
-    lines += ["", "| run | split (images) | protocol | top-1 err %: run / baseline | difference, points | only the run "
-              "right | only the baseline right | McNemar p |", "|---|---|---|---|---|---|---|---|"]
-    other = []
-    for e, hits in rest:
-        ev = e.run.evaluation
-        if (ev.get("split"), ev.get("labels_sha256")) != (base_ev.get("split"), base_ev.get("labels_sha256")):
-            other.append(f"`{e.label}` (split {ev.get('split')})")
-            continue
-        for protocol, (h, r) in hits.items():
-            if protocol not in base_hits:
-                continue
-            bh, br = base_hits[protocol]
-            only_run, only_base = discordant(h, bh)
-            geometry = "" if r.get("description") == br.get("description") else \
-                f" (run: {r.get('description')}; baseline: {br.get('description')})"
-            lines.append(f"| {e.label} | {ev.get('split')} ({r['count']}) | {protocol}{geometry} | "
-                         f"{r['top1_err']:.2f} / {br['top1_err']:.2f} | "
-                         f"{100.0 * (only_base - only_run) / r['count']:+.2f} | {only_run} | {only_base} | "
-                         f"{mcnemar_p(only_run, only_base):.3f} |")
-    if other:
-        lines += ["", f"Not paired with `{base.label}` (split {base_ev.get('split')}): evaluated on other images: "
-                  + ", ".join(other) + "."]
-    if missing:
-        lines += ["", "Without per-image outcomes (no evaluation.json, or one from before they were recorded): "
-                  + ", ".join(f"`{m}`" for m in missing) + f". {how}."]
     return lines
 
 

@@ -212,7 +212,7 @@ def score_images(model: torch.nn.Module, images: list[np.ndarray], protocols: li
 
 class ViewDataset(torch.utils.data.Dataset):
     """Loader-worker side of ``evaluate_protocols``: a Job (data/loading/loader.py) of sample indices -> (view groups,
-    labels, the indices)."""
+    labels, the indices), or (None, the message, None) for a sample no decoder reads."""
 
     def __init__(self, reader, channels: int, protocols: list[Protocol]):
         self.reader, self.channels, self.protocols = reader, channels, protocols
@@ -231,7 +231,7 @@ class ViewDataset(torch.utils.data.Dataset):
                 # Returned, not raised: raised in a loader worker it would reach the user wrapped in a traceback.
                 return None, (f"{self.reader.root} {self.reader.where(i)}: cannot decode; an evaluation scores "
                               f"every sample, so none is replaced: run resnet-repro verify {self.reader.root}, and "
-                              "prepare the data again")
+                              "prepare the data again"), None
         groups = group_views(images, self.protocols, [self.reader.where(i) for i in indices.tolist()])
         return groups, torch.from_numpy(self.reader.labels[indices].astype(np.int64)), torch.as_tensor(indices)
 

@@ -15,6 +15,7 @@ from ..data.loading.loader import BatchDataset
 from ..data.shards.remote import open_reader
 from ..evaluate import evaluate
 from ..figures import top5_text
+from ..paired import labels_digest
 from ..precise_bn import update_bn_stats
 from ..stopping import StopRequest
 from .resume import _model_file
@@ -62,7 +63,8 @@ def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict
     steps = state.steps_done(data.total_steps, data.steps_per_epoch)
     trained_steps = steps - state.steps_before  # by this call: its images per second
     val = {"split": cfg.data.val_split, "held_out": data.val_held_out, "images": after["count"],
-           **_by_protocol(after), "before_precise_bn": _by_protocol(before)}
+           "labels_sha256": labels_digest(data.val_reader.labels), **_by_protocol(after),
+           "before_precise_bn": _by_protocol(before, hits=False)}
     head_split, head = (data.test_split, test) if test is not None else (cfg.data.val_split, after)
     single = _by_protocol(head)["single"]
     results = {**model_entry(cfg.model.name, cfg.model.width), "dataset": data.manifest.get("dataset"),
@@ -72,7 +74,8 @@ def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict
                "top1_err": single["top1_err"], "top5_err": single["top5_err"], "classes": head["classes"],
                "headline": {"split": head_split, "protocol": "single", "images": head["count"],
                             "held_out": True if test is not None else data.val_held_out},
-               "val": val, **({"test": {"split": data.test_split, "images": test["count"], **_by_protocol(test)}}
+               "val": val, **({"test": {"split": data.test_split, "images": test["count"],
+                                        "labels_sha256": test["labels_sha256"], **_by_protocol(test)}}
                               if test is not None else {}),
                "precise_bn_batches": n_bn, "val_count": after["count"],
                **({"test_count": test["count"]} if test is not None else {}), "wall_s": time.time() - t_start,
@@ -99,8 +102,10 @@ def _score_test(run: Run) -> dict | None:
         return None
     reader = open_reader(run.cfg.data.path, data.test_split, run.cfg.data.cache_dir)
     dataset = BatchDataset(reader, data.val_ds.geometry, data.channels, run.cfg.train.seed, train=False)
-    return evaluate(run.learner.model, data.val_batches(dataset), run.device, run.autocast,
-                    mirror=run.cfg.train.eval_protocol == "flip")
+    order, total = data.val_order(dataset)
+    return {**evaluate(run.learner.model, data.val_batches(dataset), run.device, run.autocast,
+                       mirror=run.cfg.train.eval_protocol == "flip", order=order, total=total),
+            "labels_sha256": labels_digest(reader.labels)}
 
 
 def _single_view_note(scored: dict) -> str:
@@ -110,12 +115,17 @@ def _single_view_note(scored: dict) -> str:
     return f" (centre + mirror; the centre view alone: {scored['top1_err_single']:.2f}%)"
 
 
-def _by_protocol(scored: dict) -> dict:
-    """One evaluation's errors per protocol, the single centre view first: {"single": {...}[, "flip": {...}]}."""
+def _by_protocol(scored: dict, hits: bool = True) -> dict:
+    """One evaluation's errors per protocol, the single centre view first: {"single": {...}[, "flip": {...}]}; with
+    `hits`, each with the images it got right where the evaluation recorded them (top1_hits, paired.py)."""
+    def right(key: str) -> dict:
+        return {"top1_hits": scored[key]} if hits and key in scored else {}
+
     if "top1_err_single" not in scored:
-        return {"single": {k: scored[k] for k in ("top1_err", "top5_err", "loss")}}
-    return {"single": {"top1_err": scored["top1_err_single"], "top5_err": scored["top5_err_single"]},
-            "flip": {k: scored[k] for k in ("top1_err", "top5_err", "loss")}}
+        return {"single": {**{k: scored[k] for k in ("top1_err", "top5_err", "loss")}, **right("top1_hits")}}
+    return {"single": {"top1_err": scored["top1_err_single"], "top5_err": scored["top5_err_single"],
+                       **right("top1_hits_single")},
+            "flip": {**{k: scored[k] for k in ("top1_err", "top5_err", "loss")}, **right("top1_hits")}}
 
 
 def _headline_line(results: dict) -> str:
@@ -141,12 +151,12 @@ def _with_precise_bn(run: Run, module: nn.Module) -> tuple[dict, dict, int]:
     """(val numbers before, after, batches used): precise BN of `module` over the first train.precise_bn_batches
     batches of the epoch after the last, the same batches for the model and its EMA (none: after = before)."""
     n_bn = run.cfg.train.precise_bn_batches
-    before = _evaluate(run, module)
+    before = _evaluate(run, module, outcomes=n_bn <= 0)
     if n_bn <= 0:
         return before, before, 0
     bn_batches = run.data.train_batches(run.data.train_jobs(run.data.epochs, n_bn))
     used = update_bn_stats(module, bn_batches, n_bn, run.autocast)
-    return before, _evaluate(run, module), used
+    return before, _evaluate(run, module, outcomes=True), used
 
 
 def _write_results(run: Run, results: dict) -> None:
@@ -163,10 +173,19 @@ def _write_results(run: Run, results: dict) -> None:
                                                 **({"model_ema": learner.ema.module.state_dict()}
                                                    if learner.ema is not None else {})})
     checkpoint.write_atomic(run.out / "results.json", json.dumps(results, indent=1).encode())
-    run.log(json.dumps(results))
+    run.log(json.dumps(_without_hits(results)))  # the per-image bits stay in the file, not in the log
 
 
-def _evaluate(run: Run, module: nn.Module) -> dict:
-    """`module` (the model or its EMA) over the whole val split, every rank its share (evaluate/val_pass.py)."""
+def _without_hits(value):
+    """results.json's content less its top1_hits strings (kilobytes of base64 per split)."""
+    if isinstance(value, dict):
+        return {k: _without_hits(v) for k, v in value.items() if k != "top1_hits"}
+    return value
+
+
+def _evaluate(run: Run, module: nn.Module, outcomes: bool = False) -> dict:
+    """`module` (the model or its EMA) over the whole val split, every rank its share (evaluate/val_pass.py); with
+    `outcomes`, which images it got right too (the final evaluation's, for results.json)."""
+    order, total = run.data.val_order() if outcomes else (None, 0)
     return evaluate(module, run.data.val_batches(), run.device, run.autocast,
-                    mirror=run.cfg.train.eval_protocol == "flip")
+                    mirror=run.cfg.train.eval_protocol == "flip", order=order, total=total)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -119,10 +120,18 @@ class Data:
     def val_batches(self, dataset=None):
         """Batches of the val split (or of `dataset`, an eval-geometry BatchDataset: the test split at the end)."""
         ds = self.val_ds if dataset is None else dataset
-        jobs = [Job(0, s, idx) for s, idx in enumerate(
-            eval_batch_indices(len(ds.reader), self.cfg.eval_batch_size, self.env.rank, self.env.world))]
+        jobs = [Job(0, s, idx) for s, idx in enumerate(self._eval_indices(ds))]
         loader = make_loader(ds, jobs, self.core_plan.workers, self.device.type == "cuda", self.core_plan)
         return DevicePrefetcher(loader, self.device, self.val_transform)
+
+    def val_order(self, dataset=None) -> tuple[np.ndarray, int]:
+        """(the split's indices of the images val_batches brings on this rank, in that order; the split's size): what
+        evaluate needs to say which images were right (val_pass.evaluate's `order`)."""
+        ds = self.val_ds if dataset is None else dataset
+        return np.concatenate(self._eval_indices(ds) or [np.zeros(0, dtype=np.int64)]), len(ds.reader)
+
+    def _eval_indices(self, ds) -> list[np.ndarray]:
+        return eval_batch_indices(len(ds.reader), self.cfg.eval_batch_size, self.env.rank, self.env.world)
 
 
 @dataclass
