@@ -3,9 +3,9 @@
 What a seed study or an ablation needs: one row per run with the config keys that differ between the runs, its
 figures per split and protocol (the single centre view on the test split first, as in a single run's report), and
 for runs that share a recipe and differ only in `train.seed`, the mean, the standard deviation and the range of
-each figure, as the ResNet paper reports its CIFAR runs (s4.2: "best (mean ± std)" over 5 runs); and, for runs whose
-evaluation.json records which images they get right (`evaluate --out`), each run against the first one named, image
-by image (paired.py: the discordant images and McNemar's exact p).
+each figure, as the ResNet paper reports its CIFAR runs (s4.2: "best (mean ± std)" over 5 runs); and each run
+against the first one named, image by image, where both recorded which images they get right (results.json since
+2026-12-05, `evaluate --out`; paired.py: the discordant images and McNemar's exact p).
 
 A recipe here is every config key that changes what is trained. Keys that only say where the data lies, how it is
 loaded or logged (the loader's worker count changes nothing the model sees: sampling and augmentation are a pure

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-
 from dataclasses import dataclass
 
 import numpy as np
