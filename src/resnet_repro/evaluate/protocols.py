@@ -34,8 +34,7 @@ from ..data.decode.cpu import DecodeError, decode
 from ..data.loading.loader import Job, close_workers, eval_batch_indices, make_loader
 from ..figures import top5_text
 from ..stopping import on_every_rank
-from ..paired import pack_hits
-from .val_pass import logits_with_mirror, topk_hits
+from .val_pass import logits_with_mirror, packed_hits, topk_hits
 
 PROTOCOLS = ("single", "flip", "10crop", "multiscale")
 # Shorter-side lengths in pixels of the paper's multi-scale test (He et al. 2015, s3.4, after VGG / OverFeat),
@@ -287,15 +286,14 @@ def evaluate_protocols(model: torch.nn.Module, reader, protocols: list[Protocol]
                                        nll.double()])
     model.train(was_training)
     dist.all_reduce_sum(sums)
-    dist.all_reduce_sum(hits)
     results = []
-    for p, (c1, c5, n, nll), h in zip(protocols, sums.tolist(), hits.cpu().numpy()):
+    for p, (c1, c5, n, nll), h in zip(protocols, sums.tolist(), packed_hits(hits)):
         if n == 0:
             raise ValueError(f"{reader.root} split {reader.split}: evaluation saw no samples")
         results.append({"protocol": p.name, "description": p.describe(), "views": p.views_per_image,
                         "top1_err": 100.0 * (1 - c1 / n), "top5_err": 100.0 * (1 - c5 / n), "loss": nll / n,
                         "count": int(n), "top1_correct": int(c1), "top5_correct": int(c5), "classes": classes,
-                        "top1_hits": pack_hits(h > 0.5)})
+                        "top1_hits": h})
     return results
 
 

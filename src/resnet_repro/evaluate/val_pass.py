@@ -98,12 +98,18 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=con
     if mirror:
         out.update(top1_err_single=100.0 * (1 - s1 / n), top5_err_single=100.0 * (1 - s5 / n))
     if hits is not None:
-        dist.all_reduce_sum(hits)
-        right = hits.cpu().numpy() > 0.5
-        out["top1_hits"] = pack_hits(right[1])
+        single_hits, view_hits = packed_hits(hits)
+        out["top1_hits"] = view_hits
         if mirror:
-            out["top1_hits_single"] = pack_hits(right[0])
+            out["top1_hits_single"] = single_hits
     return out
+
+
+def packed_hits(hits: torch.Tensor) -> list[str]:
+    """Per row of `hits` ([rows, images of the split], 1 where right, each rank's own images filled and the rest 0):
+    every rank's outcomes summed, then packed (paired.pack_hits). Called on every rank."""
+    dist.all_reduce_sum(hits)
+    return [pack_hits(row > 0.5) for row in hits.cpu().numpy()]
 
 
 def eval_transform(data_cfg, channels: int, device: torch.device, channels_last: bool = True):

@@ -47,7 +47,7 @@ def finish(run: Run, state: RunState, stop: StopRequest, t_start: float) -> dict
     ema_results = {}
     if learner.ema is not None:
         # The averaged weights get their own exact BN statistics (see ema.py), from the same batches.
-        ema_before, ema_after, _ = _with_precise_bn(run, learner.ema.module)
+        ema_before, ema_after, _ = _with_precise_bn(run, learner.ema.module, outcomes=False)
         # ema_top1_err is the training's own protocol, as the live model's val figure in the epoch lines; with the
         # mirror the single centre view is recorded beside it (ema_top1_err_single), the figure the headline uses.
         ema_results = {"ema_decay": cfg.train.ema, "ema_top1_err": ema_after["top1_err"],
@@ -147,16 +147,17 @@ def _headline_line(results: dict) -> str:
     return out
 
 
-def _with_precise_bn(run: Run, module: nn.Module) -> tuple[dict, dict, int]:
+def _with_precise_bn(run: Run, module: nn.Module, outcomes: bool = True) -> tuple[dict, dict, int]:
     """(val numbers before, after, batches used): precise BN of `module` over the first train.precise_bn_batches
-    batches of the epoch after the last, the same batches for the model and its EMA (none: after = before)."""
+    batches of the epoch after the last, the same batches for the model and its EMA (none: after = before); with
+    `outcomes`, the final numbers say which images were right (results.json records the model's, not the EMA's)."""
     n_bn = run.cfg.train.precise_bn_batches
-    before = _evaluate(run, module, outcomes=n_bn <= 0)
+    before = _evaluate(run, module, outcomes=outcomes and n_bn <= 0)
     if n_bn <= 0:
         return before, before, 0
     bn_batches = run.data.train_batches(run.data.train_jobs(run.data.epochs, n_bn))
     used = update_bn_stats(module, bn_batches, n_bn, run.autocast)
-    return before, _evaluate(run, module, outcomes=True), used
+    return before, _evaluate(run, module, outcomes=outcomes), used
 
 
 def _write_results(run: Run, results: dict) -> None:
